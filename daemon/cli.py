@@ -1,0 +1,43 @@
+"""The ``kdsignal`` command line: a thin dispatcher over subcommand modules.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run_cli(args) -> int``.
+Modules are imported only when their command runs, so ``kdsignal run`` never imports the training code
+(lightgbm, matplotlib) and start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("daemon.service", "run the live signal daemon against a Bybit v5 feed"),
+    "replay": ("daemon.replay", "drive the live pipeline from a recorded kline CSV"),
+    "fake-bybit": ("daemon.fake_bybit", "serve a loopback Bybit v5 WebSocket + REST stand-in from CSV files"),
+    "tail": ("daemon.tail", "follow a signal log and print it as a readable table"),
+    "bench": ("daemon.bench", "measure per-bar latency and throughput"),
+    "fetch": ("daemon.training.fetch", "download closed klines from Bybit's REST API into a CSV"),
+    "train": ("daemon.training.pipeline", "train teacher and student, evaluate, write the artifact and report"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdsignal", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Only the module of the chosen command is imported; the others appear in --help by name alone.
+    chosen = next((a for a in (argv or []) if a in COMMANDS), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return int(args._module.run_cli(args) or 0)
