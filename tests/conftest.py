@@ -1,0 +1,65 @@
+"""Shared fixtures: real sample candles from data/ and artifacts built from seeded random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.artifact import save_artifact
+from kernels.features import FEATURE_NAMES, features_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+def load_csv(path) -> np.ndarray:
+    """Rows of start_ms, open, high, low, close, volume as float64 (n, 6)."""
+    return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+
+
+def random_student(seed: int = 0, sizes=(len(FEATURE_NAMES), 16, 8, 3), activations=("relu", "relu", "linear")):
+    """Seeded random student weights with output scaled so probabilities are not saturated."""
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(0, 1 / np.sqrt(sizes[k]), size=(sizes[k + 1], sizes[k])) for k in range(len(sizes) - 1)]
+    biases = [rng.normal(0, 0.1, size=sizes[k + 1]) for k in range(len(sizes) - 1)]
+    return weights, biases, list(activations)
+
+
+def write_random_artifact(path, *, seed: int = 0, interval: str = "5", symbols=("BTCUSDT",), **overrides) -> str:
+    """Write a valid artifact with random weights and real normalisation statistics; return its id."""
+    bars = load_csv(DATA / "BTCUSDT-5m.csv")
+    feats = features_batch(*(bars[:, i] for i in range(1, 6)))
+    weights, biases, acts = random_student(seed)
+    manifest = {
+        "normalisation": {"clip": 6.0},
+        "distillation": {"temperature": 1.0, "alpha": 1.0},
+        "labels": {"note": "random weights for tests"},
+        "data": {"symbols": list(symbols), "interval": interval, "start_ms": int(bars[0, 0]), "end_ms": int(bars[-1, 0])},
+        "metrics": {},
+    }
+    manifest.update(overrides)
+    return save_artifact(
+        path,
+        weights=weights,
+        biases=biases,
+        activations=acts,
+        feature_mean=np.nanmean(feats, axis=0),
+        feature_std=np.nanstd(feats, axis=0),
+        manifest=manifest,
+    )
+
+
+@pytest.fixture(scope="session")
+def btc_5m() -> np.ndarray:
+    """Two weeks of real BTCUSDT 5m candles (n, 6)."""
+    return load_csv(DATA / "BTCUSDT-5m.csv")
+
+
+@pytest.fixture
+def random_artifact(tmp_path) -> Path:
+    """Path of a valid artifact with seeded random weights, interval "5"."""
+    path = tmp_path / "random.npz"
+    write_random_artifact(path)
+    return path

@@ -1,0 +1,94 @@
+"""Slow, obviously correct NumPy references for every kernel (the definitions the kernels must match)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+WINDOW = 21
+
+
+def fill_missing(o, h, l, c, v):
+    """Apply the missing-bar policy: invalid bars become flat bars at the previous close, volume 0.
+
+    Returns cleaned (h, l, c, v) and a mask of accepted bars (False before the first valid bar).
+    """
+    o, h, l, c, v = (np.asarray(x, dtype=np.float64).copy() for x in (o, h, l, c, v))
+    with np.errstate(invalid="ignore"):
+        valid = (
+            np.isfinite(o) & np.isfinite(h) & np.isfinite(l) & np.isfinite(c) & (o > 0) & (h > 0) & (l > 0) & (c > 0)
+            & np.isfinite(v) & (v >= 0)
+        )
+    accepted = np.zeros(len(c), dtype=bool)
+    last = None
+    for t in range(len(c)):
+        if valid[t]:
+            last = c[t]
+            accepted[t] = True
+        elif last is not None:
+            h[t] = l[t] = c[t] = last
+            v[t] = 0.0
+            accepted[t] = True
+    return h, l, c, v, accepted
+
+
+def features_reference(o, h, l, c, v) -> np.ndarray:
+    """Features (n, 9) straight from their definitions in ``kernels.features``; warming rows NaN."""
+    h, l, c, v, accepted = fill_missing(o, h, l, c, v)
+    n = len(c)
+    out = np.full((n, 9), np.nan)
+    idx = np.flatnonzero(accepted)
+    for pos, t in enumerate(idx):
+        if pos + 1 < WINDOW:
+            continue
+        w = idx[pos - WINDOW + 1 : pos + 1]
+        cw, vw = c[w], v[w]
+        r = np.log(cw[1:] / cw[:-1])
+        vol = np.sqrt(np.mean(r**2))
+        sv = vw[1:].sum()
+        out[t] = [
+            np.log(cw[-1] / cw[-2]),
+            np.log(cw[-1] / cw[-6]),
+            np.log(cw[-1] / cw[-11]),
+            np.log(cw[-1] / cw[0]),
+            vol,
+            vw[-1] / vw[1:].mean() if sv > 0 else 1.0,
+            (vw[1:] * r).sum() / sv if sv > 0 else 0.0,
+            (h[t] - l[t]) / c[t],
+            (cw[-1] / cw[1:].mean() - 1) / vol if vol > 0 else 0.0,
+        ]
+    return out
+
+
+def mlp_reference(weights, biases, activations, x) -> np.ndarray:
+    """Logits of an MLP by matrix products."""
+    a = np.asarray(x, dtype=np.float64)
+    for w, b, act in zip(weights, biases, activations):
+        a = a @ np.asarray(w).T + b
+        if act == "relu":
+            a = np.maximum(a, 0.0)
+        elif act == "tanh":
+            a = np.tanh(a)
+    return a
+
+
+def softmax_reference(z, temperature=1.0) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64) / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def student_reference(weights, biases, activations, mean, std, clip, features) -> np.ndarray:
+    """Probabilities of the student on raw features: standardise, clip, MLP, softmax."""
+    z = np.clip((np.asarray(features) - mean) / std, -clip, clip)
+    return softmax_reference(mlp_reference(weights, biases, activations, z))
+
+
+def kd_loss_reference(zs, zt, y, w, temperature, alpha) -> float:
+    """Weighted-mean Hinton loss: alpha * CE + (1 - alpha) * T^2 * KL(p_t^T || p_s^T)."""
+    ps = softmax_reference(zs)
+    pst = softmax_reference(zs, temperature)
+    ptt = softmax_reference(zt, temperature)
+    ce = -np.log(ps[np.arange(len(y)), y])
+    kl = (ptt * (np.log(ptt) - np.log(pst))).sum(axis=1)
+    per_row = alpha * ce + (1 - alpha) * temperature**2 * kl
+    return float((w * per_row).sum() / w.sum())
