@@ -1,0 +1,305 @@
+"""Bybit v5 public kline messages, parsed without I/O (layer 2: this module must not import asyncio).
+
+One parser serves the WebSocket stream and the REST ``/v5/market/kline`` pages, so a candle from either
+source is the same :class:`Candle` with the same float conversion (live and replay must agree bit for bit).
+
+Every problem with a message raises :class:`FrameError` and nothing else: the feed counts and skips it.
+Only confirmed (``confirm: true``) candles are fully validated and converted; unconfirmed updates are
+checked for shape and counted, because nothing downstream reads them (this keeps the per-frame path lean).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+__all__ = [
+    "INTERVAL_MS",
+    "Ack",
+    "Candle",
+    "FrameError",
+    "KlineFrame",
+    "KlinePage",
+    "Pong",
+    "interval_ms",
+    "kline_topic",
+    "parse_frame",
+    "parse_kline_page",
+]
+
+# Bybit kline intervals we can serve; "M" (calendar months) has no fixed length, so it is not supported.
+INTERVAL_MS: dict[str, int] = {
+    **{str(m): m * 60_000 for m in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)},
+    "D": 86_400_000,
+    "W": 7 * 86_400_000,
+}
+
+_isfinite = math.isfinite
+_loads = json.loads
+
+
+class FrameError(ValueError):
+    """A message that is not a well-formed Bybit v5 kline, ack or pong; the text says what was found."""
+
+
+def interval_ms(interval: str) -> int:
+    """Return the length of one candle of ``interval`` ("1".."720", "D", "W") in milliseconds."""
+    try:
+        return INTERVAL_MS[interval]
+    except KeyError:
+        raise FrameError(f"unsupported interval {interval!r}; expected one of {sorted(INTERVAL_MS)}") from None
+
+
+def kline_topic(interval: str, symbol: str) -> str:
+    """Return the v5 topic name ``kline.{interval}.{SYMBOL}``."""
+    return f"kline.{interval}.{symbol}"
+
+
+class Candle:
+    """One closed candle: start in Unix ms and float OHLCV, as parsed from a push or a REST row."""
+
+    __slots__ = ("symbol", "interval", "start_ms", "open", "high", "low", "close", "volume")
+
+    def __init__(self, symbol: str, interval: str, start_ms: int, open_: float, high: float, low: float,
+                 close: float, volume: float) -> None:
+        self.symbol = symbol
+        self.interval = interval
+        self.start_ms = start_ms
+        self.open = open_
+        self.high = high
+        self.low = low
+        self.close = close
+        self.volume = volume
+
+    def ohlcv(self) -> tuple[float, float, float, float, float]:
+        """Return (open, high, low, close, volume)."""
+        return (self.open, self.high, self.low, self.close, self.volume)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Candle):
+            return NotImplemented
+        return (self.symbol, self.interval, self.start_ms, self.ohlcv()) == (
+            other.symbol, other.interval, other.start_ms, other.ohlcv())
+
+    def __hash__(self) -> int:
+        return hash((self.symbol, self.interval, self.start_ms))
+
+    def __repr__(self) -> str:
+        return (f"Candle({self.symbol} {self.interval} start_ms={self.start_ms} o={self.open} h={self.high} "
+                f"l={self.low} c={self.close} v={self.volume})")
+
+
+class KlineFrame:
+    """A kline push: its topic and the confirmed candles it carried (often none)."""
+
+    __slots__ = ("topic", "symbol", "interval", "closed", "n_open")
+
+    def __init__(self, topic: str, symbol: str, interval: str, closed: list[Candle], n_open: int) -> None:
+        self.topic = topic
+        self.symbol = symbol
+        self.interval = interval
+        self.closed = closed  # confirmed candles in array order
+        self.n_open = n_open  # unconfirmed updates in the same push
+
+
+class Ack:
+    """A reply to subscribe/unsubscribe. ``refused_topic`` is the topic a failure names, if any."""
+
+    __slots__ = ("req_id", "op", "success", "ret_msg")
+
+    def __init__(self, req_id: str | None, op: str, success: bool, ret_msg: str) -> None:
+        self.req_id = req_id
+        self.op = op
+        self.success = success
+        self.ret_msg = ret_msg
+
+    @property
+    def already_subscribed(self) -> bool:
+        """True for Bybit's "already subscribed" failure, which leaves the topic subscribed."""
+        return "already subscribed" in self.ret_msg
+
+    @property
+    def refused_topic(self) -> str | None:
+        """Return the topic named by ``...,topic:kline.1.NOPE`` style failures, else None."""
+        _, sep, topic = self.ret_msg.rpartition("topic:")
+        return topic.strip() or None if sep else None
+
+
+class Pong:
+    """A reply to the JSON ping (``ret_msg == "pong"`` on spot/linear, ``op == "pong"`` elsewhere)."""
+
+    __slots__ = ("req_id",)
+
+    def __init__(self, req_id: str | None) -> None:
+        self.req_id = req_id
+
+
+def _price(entry: dict, key: str) -> float:
+    raw = entry[key]
+    if type(raw) not in (str, int, float):
+        raise FrameError(f"{key} is {type(raw).__name__}, expected a decimal string")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FrameError(f"{key} is {raw!r:.40}, expected a decimal string") from None
+    if not (_isfinite(value) and value > 0.0):
+        raise FrameError(f"{key} is {raw!r}, expected a finite positive price")
+    return value
+
+
+def _volume(entry: dict, key: str) -> float:
+    raw = entry[key]
+    if type(raw) not in (str, int, float):
+        raise FrameError(f"{key} is {type(raw).__name__}, expected a decimal string")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FrameError(f"{key} is {raw!r:.40}, expected a decimal string") from None
+    if not (_isfinite(value) and value >= 0.0):
+        raise FrameError(f"{key} is {raw!r}, expected a finite non-negative volume")
+    return value
+
+
+def _start(raw: object) -> int:
+    if type(raw) is not int or raw < 0:
+        raise FrameError(f"start is {raw!r}, expected a non-negative integer of Unix ms")
+    return raw
+
+
+def _candle(symbol: str, interval: str, start_ms: int, entry) -> Candle:
+    # One conversion routine for WebSocket dicts and REST rows (rows are mapped to the same keys first).
+    o = _price(entry, "open")
+    h = _price(entry, "high")
+    lo = _price(entry, "low")
+    c = _price(entry, "close")
+    v = _volume(entry, "volume")
+    if h < lo:
+        raise FrameError(f"high {h} is below low {lo}")
+    return Candle(symbol, interval, start_ms, o, h, lo, c, v)
+
+
+def _parse_topic(topic: object) -> tuple[str, str]:
+    if type(topic) is not str:
+        raise FrameError(f"topic is {type(topic).__name__}, expected a string")
+    kind, _, rest = topic.partition(".")
+    interval, _, symbol = rest.partition(".")
+    if kind != "kline" or not symbol or interval not in INTERVAL_MS:
+        raise FrameError(f"unknown topic {topic!r}")
+    return interval, symbol
+
+
+def _parse_kline(msg: dict, topic: object, topic_cache: dict | None) -> KlineFrame:
+    parsed = topic_cache.get(topic) if topic_cache is not None and type(topic) is str else None
+    if parsed is None:
+        parsed = _parse_topic(topic)
+        if topic_cache is not None:
+            topic_cache[topic] = parsed
+    interval, symbol = parsed
+    data = msg.get("data")
+    if type(data) is not list or not data:
+        raise FrameError(f"data of {topic} is {type(data).__name__}, expected a non-empty array")
+    closed: list[Candle] = []
+    n_open = 0
+    for entry in data:
+        if type(entry) is not dict:
+            raise FrameError(f"data element of {topic} is {type(entry).__name__}, expected an object")
+        confirm = entry.get("confirm")
+        if confirm is True:
+            if entry.get("interval", interval) != interval:
+                raise FrameError(f"interval {entry.get('interval')!r} inside topic {topic}")
+            closed.append(_candle(symbol, interval, _start(entry.get("start")), entry))
+        elif confirm is False:
+            _start(entry.get("start"))
+            n_open += 1
+        else:
+            raise FrameError(f"confirm is {confirm!r}, expected true or false")
+    return KlineFrame(topic, symbol, interval, closed, n_open)
+
+
+def parse_frame(text: str | bytes, topic_cache: dict | None = None) -> KlineFrame | Ack | Pong:
+    """Parse one WebSocket message into a :class:`KlineFrame`, :class:`Ack` or :class:`Pong`.
+
+    ``topic_cache`` (a dict the caller keeps) memoises topic splitting across frames.
+    Raises :class:`FrameError` for anything else: not JSON, wrong types, non-finite prices, unknown topics.
+    """
+    try:
+        msg = _loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise FrameError(f"not JSON: {str(exc)[:80]}") from None
+    if type(msg) is not dict:
+        raise FrameError(f"message is {type(msg).__name__}, expected an object")
+    topic = msg.get("topic")
+    if topic is not None:
+        try:
+            return _parse_kline(msg, topic, topic_cache)
+        except FrameError:
+            raise
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise FrameError(f"bad kline in {str(topic)[:60]}: {type(exc).__name__}: {str(exc)[:80]}") from None
+    op = msg.get("op")
+    ret_msg = msg.get("ret_msg", "")
+    req_id = msg.get("req_id")
+    if req_id is not None and type(req_id) is not str:
+        req_id = str(req_id) if type(req_id) is int else None
+    if op == "pong" or ret_msg == "pong":
+        return Pong(req_id)
+    if type(op) is str and type(ret_msg) is str and type(msg.get("success")) is bool:
+        return Ack(req_id, op, msg["success"], ret_msg)
+    raise FrameError(f"unrecognised message with keys {sorted(map(str, msg))[:8]}")
+
+
+class KlinePage:
+    """One decoded REST kline page: retCode/retMsg, the server's time, and its rows oldest first."""
+
+    __slots__ = ("ret_code", "ret_msg", "time_ms", "candles")
+
+    def __init__(self, ret_code: int, ret_msg: str, time_ms: int | None, candles: list[Candle]) -> None:
+        self.ret_code = ret_code
+        self.ret_msg = ret_msg
+        self.time_ms = time_ms
+        self.candles = candles
+
+
+_ROW_KEYS = ("start", "open", "high", "low", "close", "volume")
+
+
+def parse_kline_page(body: str | bytes | dict, symbol: str, interval: str) -> KlinePage:
+    """Decode a ``/v5/market/kline`` response body. Rows are returned oldest first, open candle included.
+
+    A non-zero retCode yields a page with no candles (the caller decides whether to retry).
+    Raises :class:`FrameError` naming the field for anything malformed.
+    """
+    try:
+        msg = body if isinstance(body, dict) else _loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise FrameError(f"REST body is not JSON: {str(exc)[:80]}") from None
+    if type(msg) is not dict:
+        raise FrameError(f"REST body is {type(msg).__name__}, expected an object")
+    ret_code = msg.get("retCode")
+    if type(ret_code) is not int:
+        raise FrameError(f"retCode is {ret_code!r}, expected an integer")
+    ret_msg = msg.get("retMsg", "")
+    time_ms = msg.get("time")
+    if type(time_ms) is not int:
+        time_ms = None
+    if ret_code != 0:
+        return KlinePage(ret_code, str(ret_msg), time_ms, [])
+    result = msg.get("result")
+    rows = result.get("list") if type(result) is dict else None
+    if type(rows) is not list:
+        raise FrameError("result.list is missing or not an array")
+    candles: list[Candle] = []
+    try:
+        for i, row in enumerate(rows):
+            if type(row) is not list or len(row) < 6:
+                raise FrameError(f"result.list[{i}] is {row!r:.80}, expected [start, open, high, low, close, volume, ...]")
+            entry = dict(zip(_ROW_KEYS, row))
+            raw_start = entry["start"]
+            start_ms = int(raw_start) if type(raw_start) in (str, int) else _start(raw_start)
+            candles.append(_candle(symbol, interval, _start(start_ms), entry))
+    except FrameError as exc:
+        raise FrameError(f"REST {symbol} {interval}: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise FrameError(f"REST {symbol} {interval}: bad row: {str(exc)[:80]}") from None
+    candles.reverse()  # Bybit lists newest first
+    return KlinePage(0, str(ret_msg), time_ms, candles)
