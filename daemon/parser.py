@@ -134,7 +134,7 @@ class Pong:
         self.req_id = req_id
 
 
-def _price(entry: dict, key: str) -> float:
+def _number(entry: dict, key: str, allow_zero: bool) -> float:
     raw = entry[key]
     if type(raw) not in (str, int, float):
         raise FrameError(f"{key} is {type(raw).__name__}, expected a decimal string")
@@ -142,21 +142,9 @@ def _price(entry: dict, key: str) -> float:
         value = float(raw)
     except ValueError:
         raise FrameError(f"{key} is {raw!r:.40}, expected a decimal string") from None
-    if not (_isfinite(value) and value > 0.0):
-        raise FrameError(f"{key} is {raw!r}, expected a finite positive price")
-    return value
-
-
-def _volume(entry: dict, key: str) -> float:
-    raw = entry[key]
-    if type(raw) not in (str, int, float):
-        raise FrameError(f"{key} is {type(raw).__name__}, expected a decimal string")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise FrameError(f"{key} is {raw!r:.40}, expected a decimal string") from None
-    if not (_isfinite(value) and value >= 0.0):
-        raise FrameError(f"{key} is {raw!r}, expected a finite non-negative volume")
+    if not (_isfinite(value) and (value > 0.0 or (allow_zero and value == 0.0))):
+        what = "non-negative volume" if allow_zero else "positive price"
+        raise FrameError(f"{key} is {raw!r:.40}, expected a finite {what}")
     return value
 
 
@@ -168,11 +156,11 @@ def _start(raw: object) -> int:
 
 def _candle(symbol: str, interval: str, start_ms: int, entry) -> Candle:
     # One conversion routine for WebSocket dicts and REST rows (rows are mapped to the same keys first).
-    o = _price(entry, "open")
-    h = _price(entry, "high")
-    lo = _price(entry, "low")
-    c = _price(entry, "close")
-    v = _volume(entry, "volume")
+    o = _number(entry, "open", False)
+    h = _number(entry, "high", False)
+    lo = _number(entry, "low", False)
+    c = _number(entry, "close", False)
+    v = _number(entry, "volume", True)
     if h < lo:
         raise FrameError(f"high {h} is below low {lo}")
     return Candle(symbol, interval, start_ms, o, h, lo, c, v)
