@@ -1,0 +1,243 @@
+"""Daemon configuration: TOML in, frozen dataclasses out; every key has a default, unknown keys are refused.
+
+Sections: ``[feed]`` (Bybit endpoints, symbols, heartbeat), ``[backoff]`` (reconnect/retry delays),
+``[rest]`` (REST retries and paging), ``[model]`` (artifact path), ``[log]`` (JSON log file, latency
+summary period) and ``[metrics]`` (parsed here, served by the health/metrics endpoint). A ``[train]`` table
+is accepted and left alone: it belongs to the offline training code (daemon/training/config.py).
+
+Relative paths (artifact, log file) are resolved against the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.parser import INTERVAL_MS
+
+__all__ = ["BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
+           "ModelConfig", "RestConfig", "load_config", "parse_config"]
+
+CATEGORIES = ("spot", "linear", "inverse")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the table and key."""
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """Where the klines come from and how the WebSocket is kept alive."""
+
+    ws_url: str = "wss://stream.bybit.com/v5/public/linear"
+    rest_url: str = "https://api.bybit.com"
+    category: str = "linear"
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    interval: str = "5"
+    ping_interval_s: float = 20.0
+    pong_timeout_s: float = 10.0
+    # Bybit spot refuses a whole subscribe request with more than 10 args; linear has no limit.
+    subscribe_chunk: int = 10
+    # A subscription not acknowledged within this time counts as a dead connection.
+    ack_timeout_s: float = 10.0
+    open_timeout_s: float = 10.0
+
+    @property
+    def interval_ms(self) -> int:
+        """Length of one candle in milliseconds."""
+        return INTERVAL_MS[self.interval]
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """Capped exponential backoff with jitter, shared by reconnects and REST retries."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+    # Each delay is drawn uniformly from [(1 - jitter) * d, d], so many clients do not retry in step.
+    jitter: float = 0.5
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Yield an endless sequence of delays in seconds: initial_s, initial_s*factor, ... capped at max_s."""
+        rng = rng or random.Random()
+        delay = self.initial_s
+        while True:
+            yield delay * (1.0 - self.jitter * rng.random())
+            delay = min(self.max_s, delay * self.factor)
+
+
+@dataclass(frozen=True)
+class RestConfig:
+    """REST kline requests: timeouts, retry budget, page size."""
+
+    timeout_s: float = 10.0
+    max_attempts: int = 8
+    page_limit: int = 1000
+    # Extra closed bars fetched at warm-up beyond the model's warm-up length.
+    warmup_extra_bars: int = 5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The student artifact to serve."""
+
+    artifact: str = "models/default.npz"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The structured JSON log (signals also go to stdout)."""
+
+    file: str = ""  # empty: JSON log lines go to stderr
+    level: str = "info"
+    latency_summary_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Optional health/metrics HTTP endpoint (served by the metrics module)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Accepted untouched; validated by the training code, never by the daemon.
+    train: dict = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+_SECTIONS = {"feed": FeedConfig, "backoff": BackoffConfig, "rest": RestConfig, "model": ModelConfig,
+             "log": LogConfig, "metrics": MetricsConfig}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _coerce(table: str, key: str, value: object, default: object) -> object:
+    where = f"[{table}].{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} is {value!r}, expected true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} is {value!r}, expected an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} is {value!r}, expected a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} is {value!r}, expected a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} is {value!r}, expected a list of strings")
+        return tuple(value)
+    raise AssertionError(f"no coercion for {where}")  # pragma: no cover - a new field type
+
+
+def _section(table: str, cls: type, raw: object):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{table}] is {type(raw).__name__}, expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} in [{table}]: {', '.join(unknown)}")
+    defaults = cls()
+    values = {k: _coerce(table, k, v, getattr(defaults, k)) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _positive(where: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where} is {value!r}, expected a positive number")
+
+
+def _validate(cfg: Config) -> None:
+    feed = cfg.feed
+    if feed.category not in CATEGORIES:
+        raise ConfigError(f"[feed].category is {feed.category!r}, expected one of {', '.join(CATEGORIES)}")
+    if feed.interval not in INTERVAL_MS:
+        raise ConfigError(f"[feed].interval is {feed.interval!r}, expected one of {', '.join(INTERVAL_MS)}")
+    if not feed.symbols:
+        raise ConfigError("[feed].symbols is empty, expected at least one symbol")
+    for s in feed.symbols:
+        if not s or s != s.upper() or not s.isalnum():
+            raise ConfigError(f"[feed].symbols has {s!r}, expected upper-case letters and digits like BTCUSDT")
+    if len(set(feed.symbols)) != len(feed.symbols):
+        raise ConfigError(f"[feed].symbols lists a symbol twice: {list(feed.symbols)}")
+    if not feed.ws_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"[feed].ws_url is {feed.ws_url!r}, expected a ws:// or wss:// URL")
+    if not feed.rest_url.startswith(("http://", "https://")):
+        raise ConfigError(f"[feed].rest_url is {feed.rest_url!r}, expected an http:// or https:// URL")
+    for key in ("ping_interval_s", "pong_timeout_s", "subscribe_chunk", "ack_timeout_s", "open_timeout_s"):
+        _positive(f"[feed].{key}", getattr(feed, key))
+    for key in ("initial_s", "max_s", "factor"):
+        _positive(f"[backoff].{key}", getattr(cfg.backoff, key))
+    if cfg.backoff.factor < 1:
+        raise ConfigError(f"[backoff].factor is {cfg.backoff.factor}, expected >= 1")
+    if not 0 <= cfg.backoff.jitter < 1:
+        raise ConfigError(f"[backoff].jitter is {cfg.backoff.jitter}, expected 0 <= jitter < 1")
+    for key in ("timeout_s", "max_attempts", "page_limit"):
+        _positive(f"[rest].{key}", getattr(cfg.rest, key))
+    if cfg.rest.page_limit > 1000:
+        raise ConfigError(f"[rest].page_limit is {cfg.rest.page_limit}, Bybit allows at most 1000")
+    if cfg.rest.warmup_extra_bars < 0:
+        raise ConfigError(f"[rest].warmup_extra_bars is {cfg.rest.warmup_extra_bars}, expected >= 0")
+    if not cfg.model.artifact:
+        raise ConfigError("[model].artifact is empty, expected a path to an artifact")
+    if cfg.log.level not in _LOG_LEVELS:
+        raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
+    _positive("[log].latency_summary_s", cfg.log.latency_summary_s)
+    if not 0 <= cfg.metrics.port <= 65535:
+        raise ConfigError(f"[metrics].port is {cfg.metrics.port}, expected 0..65535")
+
+
+def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
+    """Build a validated :class:`Config` from a parsed TOML document; relative paths join ``base_dir``."""
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"train"})
+    if unknown:
+        raise ConfigError(f"unknown table{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(unknown)}")
+    sections = {name: _section(name, cls, raw[name]) for name, cls in _SECTIONS.items() if name in raw}
+    train = raw.get("train", {})
+    if not isinstance(train, dict):
+        raise ConfigError(f"[train] is {type(train).__name__}, expected a table")
+    cfg = Config(**sections, train=train, source=source)
+    if base_dir is not None:
+        model = cfg.model
+        if not Path(model.artifact).is_absolute():
+            model = dataclasses.replace(model, artifact=str(base_dir / model.artifact))
+        log = cfg.log
+        if log.file and not Path(log.file).is_absolute():
+            log = dataclasses.replace(log, file=str(base_dir / log.file))
+        cfg = dataclasses.replace(cfg, model=model, log=log)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file; raises :class:`ConfigError` naming the problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(raw, base_dir=path.resolve().parent, source=str(path))

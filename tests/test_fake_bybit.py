@@ -1,0 +1,203 @@
+"""The fake Bybit speaks the v5 shapes the daemon relies on, and its faults do what they say."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from daemon.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
+from daemon.parser import FrameError, KlineFrame, parse_frame
+from tests.daemon_support import ROOT, sample_rows, wait_until
+
+START = 30  # bars of REST-only history before the open bar
+
+
+@pytest.fixture
+async def fake():
+    """A fake serving 60 real BTCUSDT and ETHUSDT 5m bars, bar 30 open."""
+    async with FakeBybit(sample_rows(("BTCUSDT", "ETHUSDT"), 60), "5", start_index=START) as f:
+        yield f
+
+
+async def _rest(fake, **params):
+    q = {"category": "linear", "symbol": "BTCUSDT", "interval": "5", **{k: str(v) for k, v in params.items()}}
+    async with aiohttp.ClientSession() as s, s.get(fake.rest_url + "/v5/market/kline", params=q) as r:
+        return r.status, dict(r.headers), await r.json()
+
+
+async def _recv_json(ws):
+    return json.loads(await ws.recv())
+
+
+async def test_rest_pages_newest_first_with_the_open_candle(fake):
+    """REST lists newest first, its first row is the still-open bar, and limit/end are honoured."""
+    status, _, body = await _rest(fake, limit=3)
+    assert status == 200 and body["retCode"] == 0 and body["time"] == fake.clock.now_ms()
+    starts = [int(r[0]) for r in body["result"]["list"]]
+    assert starts[0] == fake.open_start_ms and starts == sorted(starts, reverse=True) and len(starts) == 3
+    _, _, body = await _rest(fake, limit=1000, end=fake.open_start_ms - 1)
+    assert len(body["result"]["list"]) == START and int(body["result"]["list"][0][0]) < fake.open_start_ms
+    _, _, body = await _rest(fake, start=fake.open_start_ms - 2 * 300_000 + 5, limit=1000)
+    assert [int(r[0]) for r in body["result"]["list"]][-1] == fake.open_start_ms - 2 * 300_000  # the candle holding start
+
+
+async def test_rest_errors_and_scripted_faults(fake):
+    """Unknown symbols get retCode 10001; scripted 429 and 500 come first, in order, then good data."""
+    _, _, body = await _rest(fake, symbol="NOPE")
+    assert body["retCode"] == 10001
+    fake.faults.rest_errors[:] = [429, 500, ("retcode", 10006)]
+    status, headers, body = await _rest(fake)
+    assert status == 429 and int(headers["X-Bapi-Limit-Reset-Timestamp"]) > body["time"]
+    assert (await _rest(fake))[0] == 500
+    status, _, body = await _rest(fake)
+    assert status == 200 and body["retCode"] == 10006
+    status, _, body = await _rest(fake)
+    assert status == 200 and body["retCode"] == 0
+
+
+async def test_subscribe_acks_ping_and_a_bar(fake):
+    """Acks echo req_id, refused and repeated topics fail by name, ping gets the linear pong, a bar closes once."""
+    async with connect(fake.ws_url) as ws:
+        await ws.send(json.dumps({"req_id": "a", "op": "subscribe", "args": ["kline.5.BTCUSDT"]}))
+        assert await _recv_json(ws) == {"success": True, "ret_msg": "", "conn_id": "fake-1", "req_id": "a",
+                                        "op": "subscribe"}
+        await ws.send(json.dumps({"req_id": "b", "op": "subscribe", "args": ["kline.5.BTCUSDT", "kline.5.NOPE"]}))
+        ack = await _recv_json(ws)
+        assert ack["req_id"] == "b" and not ack["success"]
+        assert ack["ret_msg"] == "error:already subscribed,topic:kline.5.BTCUSDT"
+        await ws.send(json.dumps({"req_id": "c", "op": "subscribe", "args": ["kline.5.NOPE"]}))
+        assert (await _recv_json(ws))["ret_msg"] == "error:handler not found,topic:kline.5.NOPE"
+        await ws.send(json.dumps({"req_id": "p1", "op": "ping"}))
+        pong = await _recv_json(ws)
+        assert pong["ret_msg"] == "pong" and pong["op"] == "ping" and pong["req_id"] == "p1"
+        start = fake.open_start_ms
+        await fake.step()
+        frames = [parse_frame(await ws.recv()) for _ in range(fake.updates_per_bar + 1)]
+        assert [len(f.closed) for f in frames] == [0] * fake.updates_per_bar + [1]
+        assert frames[-1].closed[0].start_ms == start and fake.open_start_ms == start + 300_000
+        assert fake.pings == 1 and fake.closes_sent == {("BTCUSDT", start): 1, ("ETHUSDT", start): 1}
+
+
+async def _collect_closes(ws, fake, bars: int) -> list[int]:
+    """Step ``bars`` bars and return the confirmed starts received, until a sentinel ping comes back."""
+    await fake.step(bars)
+    await ws.send(json.dumps({"req_id": "end", "op": "ping"}))
+    starts = []
+    while True:
+        try:
+            frame = parse_frame(await ws.recv())
+        except FrameError:
+            continue
+        if isinstance(frame, KlineFrame):
+            starts += [c.start_ms for c in frame.closed]
+        elif getattr(frame, "req_id", None) == "end":
+            return starts
+
+
+async def _subscribed(fake):
+    ws = await connect(fake.ws_url)
+    await ws.send(json.dumps({"req_id": "s", "op": "subscribe", "args": ["kline.5.BTCUSDT"]}))
+    assert (await _recv_json(ws))["success"]
+    return ws
+
+
+async def test_close_faults(fake):
+    """Duplicate closes repeat a start, merged arrays carry the next open, a lost close never arrives."""
+    ws = await _subscribed(fake)
+    s0 = fake.open_start_ms
+    fake.faults.duplicate_close = True
+    assert await _collect_closes(ws, fake, 2) == [s0, s0, s0, s0 + 300_000, s0 + 300_000]
+    fake.faults.duplicate_close = False
+    fake._pending_dup.clear()
+    fake.faults.merge_close_open = True
+    await fake.step()
+    while not (frame := parse_frame(await ws.recv())).closed:
+        pass
+    assert frame.n_open == 1 and frame.closed[0].start_ms == s0 + 600_000
+    fake.faults.merge_close_open = False
+    fake.lose_next_close()
+    s3 = fake.open_start_ms
+    assert await _collect_closes(ws, fake, 2) == [s3 + 300_000]
+    await ws.close()
+
+
+async def test_garbage_frames_are_all_malformed(fake):
+    """Every garbage frame the fake sends is rejected by the parser (or names an unsubscribed topic)."""
+    ws = await _subscribed(fake)
+    await fake.send_raw(GARBAGE_FRAMES)
+    for _ in GARBAGE_FRAMES:
+        raw = await ws.recv()
+        try:
+            frame = parse_frame(raw)
+        except FrameError:
+            continue
+        assert isinstance(frame, KlineFrame) and frame.topic == "kline.5.ZZZUSDT"
+    await ws.close()
+
+
+async def test_drop_refuses_then_accepts(fake):
+    """A drop cuts the connection, the next attempts get HTTP 503, then connections are accepted again."""
+    ws = await _subscribed(fake)
+    await fake.drop(refuse_next=2)
+    with pytest.raises(ConnectionClosed):
+        await ws.recv()
+    for _ in range(2):
+        with pytest.raises(InvalidStatus, match="503"):
+            await connect(fake.ws_url)
+    ws = await _subscribed(fake)
+    assert fake.connections_refused == 2
+    await ws.close()
+
+
+async def test_stall_answers_nothing(fake):
+    """A stalled connection stays open but gets no pong and no data; a new connection works."""
+    ws = await _subscribed(fake)
+    fake.stall()
+    await ws.send(json.dumps({"req_id": "p", "op": "ping"}))
+    await fake.step()
+    fresh = await _subscribed(fake)
+    await fresh.send(json.dumps({"req_id": "p", "op": "ping"}))
+    assert (await _recv_json(fresh))["ret_msg"] == "pong"
+    assert fake.pings == 1 and fake.live_connections == 2
+    await ws.close()
+    await fresh.close()
+
+
+def test_cli_serves_and_stops_on_sigterm(tmp_path):
+    """`kdsignal fake-bybit` prints its URLs, plays bars, and exits 0 on SIGTERM."""
+    for sym, rows in sample_rows(("BTCUSDT",), 40).items():
+        (tmp_path / f"{sym}-5m.csv").write_text(
+            "start_ms,open,high,low,close,volume\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "fake-bybit", "--data", str(tmp_path), "--bar-s",
+                             "0.05", "--start-index", "10"], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["ws_url"].startswith("ws://127.0.0.1:") and info["symbols"] == ["BTCUSDT"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
+
+
+def test_faults_default_to_none():
+    """A fresh fault plan injects nothing."""
+    f = Faults()
+    assert not (f.garbage_per_bar or f.duplicate_close or f.merge_close_open or f.lose_close_every
+                or f.drop_every or f.stall_every or f.refused_symbols or f.rest_errors)
+
+
+async def test_fake_plays_in_real_time():
+    """play(bar_s) advances the clock bar by bar until the data runs out."""
+    async with FakeBybit(sample_rows(("BTCUSDT",), 8), "5", start_index=5) as f:
+        await f.play(0.004)
+        assert not f.has_next_bar()
+        await wait_until(lambda: f.open_start_ms == f.starts[-1] + 300_000, 1, "clock at the end")
