@@ -6,6 +6,8 @@ Training, replay and the live daemon all run these objects, so what was evaluate
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from daemon.artifact import Artifact, load_artifact
@@ -17,7 +19,7 @@ from kernels.student import (
     probs_offset,
     student_batch,
     student_state_size,
-    student_step,
+    student_step_unchecked,
 )
 
 
@@ -57,23 +59,23 @@ class Model:
 
 
 class SymbolState:
-    """Rolling features and student scratch for one (symbol, interval), in one preallocated vector."""
+    """Rolling features and student scratch for one (symbol, interval), in one preallocated vector.
 
-    __slots__ = ("model", "array", "probs", "_vector")
+    ``update(o, h, l, c, v) -> int`` advances by one closed bar and runs the student: it returns the
+    class index (probabilities in ``probs``), -1 while warming up, or -2 for an invalid bar before any
+    valid one (later invalid bars are filled forward, see ``kernels.features``). It is a ``partial`` of
+    the compiled kernel over this state's own arrays, so a call costs no Python frame and no dispatch.
+    """
+
+    __slots__ = ("model", "array", "probs", "update")
 
     def __init__(self, model: Model, array: np.ndarray | None = None):
         self.model = model
-        self._vector = model.vector
         self.array = np.zeros(model._state_size, dtype=np.float64) if array is None else array
         self.probs = self.array[model._probs_at : model._probs_at + len(model.classes)]
-
-    def update(self, o: float, h: float, l: float, c: float, v: float) -> int:
-        """Advance by one closed bar and run the student: the class index, or -1 while warming up.
-
-        An invalid bar before any valid one returns -2; later invalid bars are filled forward (see
-        ``kernels.features``). ``probs`` holds the probabilities when the result is >= 0.
-        """
-        return student_step(self.array, self._vector, o, h, l, c, v)
+        # Arguments the kernel cannot check on this path: the arrays are ours and float64 by construction.
+        assert self.array.dtype == np.float64 and self.array.flags.c_contiguous and len(self.array) == model._state_size
+        self.update = partial(student_step_unchecked, self.array, model.vector)
 
     @property
     def warm(self) -> bool:

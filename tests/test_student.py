@@ -136,3 +136,15 @@ print(counts[1] - counts[0])
     env = dict(os.environ, NUMBA_NRT_STATS="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert out.stdout.split() == ["0"], out.stdout + out.stderr
+
+
+def test_unchecked_entry_equals_dispatcher(random_artifact, btc_5m):
+    """The dispatcher-free entry point used by SymbolState gives the dispatcher's results exactly."""
+    from kernels.student import student_step
+
+    model = Model.load(random_artifact)
+    fast = model.new_state()
+    slow = np.zeros_like(fast.array)
+    for o, h, l, c, v in btc_5m[:300, 1:6]:
+        assert fast.update(o, h, l, c, v) == student_step(slow, model.vector, o, h, l, c, v)
+    np.testing.assert_array_equal(fast.array, slow)
