@@ -83,6 +83,7 @@ class Faults:
     drop_every: int = 0               # drop all connections after every Nth bar ...
     refuse_after_drop: int = 0        # ... and refuse this many connection attempts afterwards
     stall_every: int = 0              # every Nth bar, current connections go half-open (no data, no pong)
+    stall_new_connections: int = 0    # the next N accepted connections are half-open from the start
     refused_symbols: set[str] = field(default_factory=set)  # subscribable symbols answered "handler not found"
     rest_errors: list = field(default_factory=list)  # next REST answers: HTTP status ints or ("retcode", n)
 
@@ -340,6 +341,9 @@ class FakeBybit:
 
     async def _ws_handler(self, ws: ServerConnection) -> None:
         conn = _Conn(ws, f"fake-{next(self._conn_ids)}")
+        if self.faults.stall_new_connections > 0:
+            self.faults.stall_new_connections -= 1
+            conn.stalled = True
         self._conns.add(conn)
         self.connections_accepted += 1
         try:
