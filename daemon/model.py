@@ -13,6 +13,7 @@ import numpy as np
 from daemon.artifact import Artifact, load_artifact
 from kernels import CLASSES
 from kernels.features import FEATURE_STATE_SIZE, S_FILLED, S_SEEN
+from kernels.specialise import cache_dir, specialised_step
 from kernels.student import (
     STATUS_WARMING,
     pack_student,
@@ -26,7 +27,19 @@ from kernels.student import (
 class Model:
     """A validated student ready to serve: the packed model vector plus its manifest."""
 
-    __slots__ = ("artifact", "vector", "id", "interval", "classes", "warmup_bars", "manifest", "_state_size", "_probs_at")
+    __slots__ = (
+        "artifact",
+        "vector",
+        "id",
+        "interval",
+        "classes",
+        "warmup_bars",
+        "manifest",
+        "step_kernel",
+        "kernel_note",
+        "_state_size",
+        "_probs_at",
+    )
 
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
@@ -40,6 +53,14 @@ class Model:
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)
+        # The per-bar kernel: specialised to this architecture (same bits, fewer instructions), or the
+        # generic one when the generated module cannot be written (read-only cache directory).
+        try:
+            self.step_kernel = specialised_step(self.vector)
+            self.kernel_note = "specialised"
+        except OSError as e:
+            self.step_kernel = student_step_unchecked
+            self.kernel_note = f"generic (cannot write {cache_dir()}: {e.strerror or e})"
 
     @classmethod
     def load(cls, path) -> Model:
@@ -64,7 +85,7 @@ class SymbolState:
     ``update(o, h, l, c, v) -> int`` advances by one closed bar and runs the student: it returns the
     class index (probabilities in ``probs``), -1 while warming up, or -2 for an invalid bar before any
     valid one (later invalid bars are filled forward, see ``kernels.features``). It is a ``partial`` of
-    the compiled kernel over this state's own arrays, so a call costs no Python frame and no dispatch.
+    the model's compiled step kernel over this state's own arrays: no Python frame, no dispatch.
     """
 
     __slots__ = ("model", "array", "probs", "update")
@@ -75,7 +96,7 @@ class SymbolState:
         self.probs = self.array[model._probs_at : model._probs_at + len(model.classes)]
         # Arguments the kernel cannot check on this path: the arrays are ours and float64 by construction.
         assert self.array.dtype == np.float64 and self.array.flags.c_contiguous and len(self.array) == model._state_size
-        self.update = partial(student_step_unchecked, self.array, model.vector)
+        self.update = partial(model.step_kernel, self.array, model.vector)
 
     @property
     def warm(self) -> bool:
