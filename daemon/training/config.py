@@ -1,0 +1,161 @@
+"""The ``[train]`` section of ``config.toml``: every knob of the offline distillation run.
+
+``TrainConfig`` is frozen and rejects unknown keys (with the key named), so a typo in ``config.toml``
+fails loudly instead of silently training with a default. Sub-tables are not used: every knob is a flat
+key, so the table in ``config.toml`` reads like this dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TAKER_FEE = 0.00055  # Bybit linear taker fee, one side
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All parameters of ``kdsignal train``; defaults are the shipped model's configuration."""
+
+    # --- labels
+    horizon_bars: int = 3  # h: forward return from close t to close t+h
+    band_k: float = 0.5  # hold band = max(band_k * vol * sqrt(h), round-trip cost)
+    vol_window: int = 100  # bars of 1-bar log returns the band's volatility is measured over
+    fee_per_side: float = TAKER_FEE
+    # --- folds (walk-forward over time: block 0 teaches only, block 1 gives the first soft targets)
+    n_folds: int = 5
+    embargo_bars: int = 12  # gap on top of the h-bar purge between any training row and a test block
+    val_frac: float = 0.15  # tail of each training window held out for early stopping
+    # --- teacher
+    teacher_hidden: tuple[tuple[int, ...], ...] = ((128, 64, 32), (128, 64, 32), (256, 128, 64))
+    teacher_epochs: int = 12
+    teacher_batch: int = 1024
+    teacher_lr: float = 1e-3
+    teacher_weight_decay: float = 1e-5
+    teacher_patience: int = 2
+    teacher_lgbm: bool = True
+    lgbm_rounds: int = 400
+    lgbm_leaves: int = 31
+    lgbm_lr: float = 0.05
+    lgbm_min_leaf: int = 400
+    lgbm_weight: float = 0.5  # share of the ensemble probability given to LightGBM (rest: MLP mean)
+    teacher_extra_features: bool = True  # longer windows, time of day, other symbols' moves
+    teacher_buckets: tuple[float, ...] = ()  # extra bucket edges in band units (e.g. 2.0): finer targets
+    # --- student
+    student_hidden: tuple[int, ...] = (16, 8)
+    student_activation: str = "relu"
+    feature_clip: float = 8.0  # |z| bound after normalisation, as the serving kernel applies it
+    temperature: float = 2.0
+    alpha: float = 0.5
+    student_epochs: int = 30
+    student_batch: int = 512
+    student_lr: float = 2e-3
+    student_patience: int = 4
+    recency_half_life_days: float = 0.0  # 0 = uniform sample weights
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # --- evaluation / output
+    ece_bins: int = 10
+    sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
+    sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    num_threads: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("horizon_bars", self.horizon_bars >= 1),
+            ("band_k", self.band_k >= 0),
+            ("vol_window", self.vol_window >= 2),
+            ("fee_per_side", 0 <= self.fee_per_side < 0.01),
+            ("n_folds", self.n_folds >= 1),
+            ("embargo_bars", self.embargo_bars >= 0),
+            ("val_frac", 0 < self.val_frac < 0.5),
+            ("temperature", self.temperature > 0),
+            ("alpha", 0 <= self.alpha <= 1),
+            ("student_hidden", len(self.student_hidden) >= 1 and min(self.student_hidden) >= 1),
+            ("student_activation", self.student_activation in ("relu", "tanh")),
+            ("seeds", len(self.seeds) >= 1),
+            ("lgbm_weight", 0 <= self.lgbm_weight <= 1),
+            ("teacher_buckets", all(b > 1 for b in self.teacher_buckets)),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"[train] {name} = {getattr(self, name)!r} is out of range")
+
+    @property
+    def round_trip_cost(self) -> float:
+        """Cost of entering and leaving a position with taker orders (a fraction of notional)."""
+        return 2.0 * self.fee_per_side
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """Return a copy with ``changes`` applied (validated like the original)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the knobs as plain TOML/JSON-friendly values."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_mapping(cls, table: dict[str, Any]) -> "TrainConfig":
+        """Build from a ``[train]`` table; unknown keys and wrong types raise ``ValueError`` naming the key."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        defaults = cls()
+        for key, value in table.items():
+            if key not in known:
+                raise ValueError(f"[train] has unknown key {key!r}")
+            default = getattr(defaults, key)
+            kwargs[key] = _coerce(key, value, default)
+        return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"[train] {key} must be true/false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"[train] {key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"[train] {key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"[train] {key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise ValueError(f"[train] {key} must be a list, got {value!r}")
+        if key == "teacher_hidden":
+            if not all(isinstance(x, list) and all(isinstance(i, int) for i in x) for x in value):
+                raise ValueError(f"[train] {key} must be a list of integer lists, got {value!r}")
+            return tuple(tuple(x) for x in value)
+        if key in ("student_hidden", "seeds"):
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+                raise ValueError(f"[train] {key} must be a list of integers, got {value!r}")
+            return tuple(value)
+        if not all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in value):
+            raise ValueError(f"[train] {key} must be a list of numbers, got {value!r}")
+        return tuple(float(i) for i in value)
+    raise ValueError(f"[train] {key}: unsupported value {value!r}")
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """Read the ``[train]`` table of a TOML file (defaults when ``path`` is None or has no such table)."""
+    if path is None:
+        return TrainConfig()
+    with open(path, "rb") as fh:
+        doc = tomllib.load(fh)
+    table = doc.get("train", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [train] must be a table")
+    return TrainConfig.from_mapping(table)

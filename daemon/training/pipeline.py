@@ -1,0 +1,345 @@
+"""``kdsignal train``: teacher ensemble, distilled student and control over purged walk-forward folds.
+
+Flow: read and check the CSVs, pool features and labels (``dataset``), fit one teacher per walk-forward
+block so every soft target is out of fold (``folds``), train the distilled student and the hard-label
+control for every fold and seed, score everything out of sample (``evaluate``), then train the shipped
+student on all blocks with soft targets and write the artifact, ``report.json``, ``report.md`` and plots
+next to it (``report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate as ev
+from .config import TrainConfig, load_train_config
+from .data import gap_report, load_dataset
+from .dataset import Pooled, build, label_params
+from .folds import split_validation, walk_forward
+from .labels import CLASSES
+from .student import Student, recency_weights, train_student
+from .teacher import fit_teacher
+
+
+def _bar(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
+    if not cfg.progress:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _prior(y: np.ndarray) -> np.ndarray:
+    c = np.bincount(y, minlength=3).astype(np.float64) + 1.0
+    return c / c.sum()
+
+
+def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+    """Fit one teacher per block on everything before it (purged) and predict that block.
+
+    Returns the out-of-fold ensemble probabilities (NaN on rows no teacher labelled), each member's
+    probabilities, and per-block fit info.
+    """
+    reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
+    p_t = np.full((len(P), 3), np.nan)
+    members: dict[str, np.ndarray] = {}
+    info = []
+    for f in _bar(folds, cfg, "teachers"):
+        t0 = time.perf_counter()
+        fit, val = split_validation(P.start_ms, f.train, cfg.val_frac, reach_ms)
+        teacher = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val],
+                              P.to_class, cfg, seed=seed)
+        p, mem = teacher.predict(P.x_teacher[f.test])
+        p_t[f.test] = p
+        for k, v in mem.items():
+            members.setdefault(k, np.full((len(P), 3), np.nan))[f.test] = v
+        info.append({"block": f.index, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
+                     "seconds": round(time.perf_counter() - t0, 2), "members": teacher.info})
+    return p_t, members, info
+
+
+def student_rows(P: Pooled, train_mask: np.ndarray, p_teacher: np.ndarray, cfg: TrainConfig):
+    """Fit/validation masks and weights for a student trained on ``train_mask`` rows with soft targets."""
+    reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
+    rows = train_mask & np.all(np.isfinite(p_teacher), axis=1)
+    fit, val = split_validation(P.start_ms, rows, cfg.val_frac, reach_ms)
+    w = recency_weights(P.start_ms[fit], cfg.recency_half_life_days)
+    return fit, val, w
+
+
+def _train(P: Pooled, p_t: np.ndarray, fit, val, w, cfg: TrainConfig, seed: int, **kw) -> Student:
+    return train_student(P.x_student[fit], P.y[fit], p_t[fit], w, P.x_student[val], P.y[val], cfg, seed, **kw)
+
+
+def run_folds(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, sweep: bool) -> list[dict]:
+    """Train distilled students and controls per fold and seed; return raw out-of-sample predictions."""
+    lo_ms = int(folds[0].test_lo_ms)  # soft targets start at block 1
+    out = []
+    jobs = [(f, s) for f in folds[1:] for s in cfg.seeds]
+    results: dict[int, dict] = {}
+    for f, seed in _bar(jobs, cfg, "students", total=len(jobs)):
+        train = f.train & (P.start_ms >= lo_ms)
+        fit, val, w = student_rows(P, train, p_t, cfg)
+        r = results.setdefault(f.index, {"fold": f, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
+                                         "prior": _prior(P.y[f.train]), "student": {}, "control": {},
+                                         "epochs": {}, "sweep": {}})
+        xt = P.x_student[f.test]
+        s = _train(P, p_t, fit, val, w, cfg, seed)
+        c = _train(P, p_t, fit, val, w, cfg, seed, alpha=1.0)
+        r["student"][seed] = s.predict_proba(xt)
+        r["control"][seed] = c.predict_proba(xt)
+        r["epochs"][seed] = {"student": s.best_epoch, "control": c.best_epoch}
+        if sweep and seed == cfg.seeds[0]:
+            for temp in cfg.sweep_temperatures:
+                for a in cfg.sweep_alphas:
+                    if (temp, a) == (cfg.temperature, cfg.alpha):
+                        r["sweep"][(temp, a)] = r["student"][seed]
+                        continue
+                    r["sweep"][(temp, a)] = _train(P, p_t, fit, val, w, cfg, seed, temperature=temp,
+                                                   alpha=a).predict_proba(xt)
+    for f in folds[1:]:
+        out.append(results[f.index])
+    return out
+
+
+def summarise(P: Pooled, cfg: TrainConfig, fold_results: list[dict], p_t: np.ndarray,
+              members: dict[str, np.ndarray]) -> dict:
+    """Pooled and per-fold, per-symbol metrics of teacher, students, controls and the prior."""
+    bars_per_year = 365.25 * 86_400_000 / P.interval_ms
+    fee = cfg.fee_per_side
+    test = np.concatenate([np.flatnonzero(r["fold"].test) for r in fold_results])
+    y = P.y[test]
+    prior = np.concatenate([np.tile(r["prior"], (int(r["fold"].test.sum()), 1)) for r in fold_results])
+    groups = np.concatenate([P.sym[r["fold"].test] * 1000 + r["fold"].index for r in fold_results])
+    nr = P.next_ret[test]
+    pt = p_t[test]
+    base_ll = ev.log_loss(prior, y)
+
+    def pooled(kind: str) -> np.ndarray:
+        return np.stack([np.concatenate([r[kind][s] for r in fold_results]) for s in cfg.seeds])
+
+    teacher = ev.classification(pt, y, prior.mean(axis=0), cfg.ece_bins)
+    teacher["log_loss"] = ev.log_loss(pt, y)
+    teacher["gain_over_baseline"] = base_ll - teacher["log_loss"]
+    teacher["trading"] = ev.trading(pt, nr, groups, fee, bars_per_year)
+    teacher["members_log_loss"] = {k: ev.log_loss(v[test], y) for k, v in members.items()}
+    summary = {"teacher": teacher,
+               "baseline": {"log_loss": base_ll, "majority_accuracy": float(np.mean(y == np.argmax(prior, axis=1))),
+                            "accuracy": float(np.mean(y == np.argmax(prior, axis=1))), "kind": "class prior of each fold's training rows"}}
+    for kind in ("student", "control"):
+        ps = pooled(kind)
+        per_seed = []
+        for p in ps:
+            m = ev.classification(p, y, prior.mean(axis=0), cfg.ece_bins)
+            m["log_loss"] = ev.log_loss(p, y)
+            m["agreement"] = ev.agreement(pt, p)
+            m["kl_from_teacher"] = ev.kl(pt, p)
+            m["gain_kept"] = ev.gain_kept(base_ll, teacher["log_loss"], m["log_loss"])
+            m["trading"] = ev.trading(p, nr, groups, fee, bars_per_year)
+            per_seed.append(m)
+        keys = ("log_loss", "accuracy", "macro_f1", "ece", "agreement", "kl_from_teacher", "gain_kept")
+        agg = {k: float(np.mean([m[k] for m in per_seed])) for k in keys}
+        agg["log_loss_seed_sd"] = float(np.std([m["log_loss"] for m in per_seed]))
+        agg["trading"] = {k: float(np.mean([m["trading"][k] for m in per_seed])) for k in per_seed[0]["trading"]}
+        agg["per_seed"] = [{"seed": s, **{k: m[k] for k in keys}} for s, m in zip(cfg.seeds, per_seed)]
+        summary[kind] = agg
+
+    # per fold, per symbol
+    per_fold = []
+    wins, pairs = 0, 0
+    for r in fold_results:
+        f = r["fold"]
+        idx = np.flatnonzero(f.test)
+        yf = P.y[idx]
+        ptf = p_t[idx]
+        entry = {"fold": f.index, "test_start_ms": f.test_lo_ms, "test_end_ms": f.test_hi_ms,
+                 "fit_rows": r["fit_rows"], "val_rows": r["val_rows"], "test_rows": int(len(idx)),
+                 "prior": r["prior"].tolist(), "epochs": {str(k): v for k, v in r["epochs"].items()}}
+        bl = ev.log_loss(np.tile(r["prior"], (len(yf), 1)), yf)
+        entry["baseline"] = {"log_loss": bl, "accuracy": float(np.mean(yf == np.argmax(r["prior"])))}
+        entry["teacher"] = {"log_loss": ev.log_loss(ptf, yf), "accuracy": ev.accuracy(ptf, yf)}
+        for kind in ("student", "control"):
+            lls = [ev.log_loss(r[kind][s], yf) for s in cfg.seeds]
+            accs = [ev.accuracy(r[kind][s], yf) for s in cfg.seeds]
+            agr = [ev.agreement(ptf, r[kind][s]) for s in cfg.seeds]
+            entry[kind] = {"log_loss": float(np.mean(lls)), "accuracy": float(np.mean(accs)),
+                           "agreement": float(np.mean(agr)),
+                           "gain_kept": ev.gain_kept(bl, entry["teacher"]["log_loss"], float(np.mean(lls)))}
+        entry["symbols"] = {}
+        for j, sym in enumerate(P.symbols):
+            m = P.sym[idx] == j
+            if not m.any():
+                continue
+            ys = yf[m]
+            d = {"baseline": ev.log_loss(np.tile(r["prior"], (len(ys), 1)), ys), "teacher": ev.log_loss(ptf[m], ys)}
+            for kind in ("student", "control"):
+                d[kind] = float(np.mean([ev.log_loss(r[kind][s][m], ys) for s in cfg.seeds]))
+            d["distilled_beats_control"] = bool(d["student"] < d["control"])
+            wins += int(d["distilled_beats_control"])
+            pairs += 1
+            entry["symbols"][sym] = d
+        per_fold.append(entry)
+    summary["student"]["wins_over_control"] = {"wins": wins, "pairs": pairs}
+    out = {"summary": summary, "folds": per_fold}
+
+    if fold_results and fold_results[0]["sweep"]:
+        grid = []
+        y0 = np.concatenate([P.y[r["fold"].test] for r in fold_results])
+        ctrl0 = np.concatenate([r["control"][cfg.seeds[0]] for r in fold_results])
+        for key in fold_results[0]["sweep"]:
+            p = np.concatenate([r["sweep"][key] for r in fold_results])
+            ll = ev.log_loss(p, y0)
+            grid.append({"temperature": key[0], "alpha": key[1], "log_loss": ll, "accuracy": ev.accuracy(p, y0),
+                         "agreement": ev.agreement(pt, p),
+                         "gain_kept": ev.gain_kept(base_ll, teacher["log_loss"], ll)})
+        out["sweep"] = {"seed": cfg.seeds[0], "control_log_loss": ev.log_loss(ctrl0, y0), "grid": grid}
+    out["_reliability"] = {
+        "teacher": ev.reliability(pt, y, cfg.ece_bins),
+        "student": ev.reliability(pooled("student")[0], y, cfg.ece_bins),
+        "control": ev.reliability(pooled("control")[0], y, cfg.ece_bins),
+    }
+    return out
+
+
+def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
+          sweep: bool = False, config_path: str | None = None) -> dict:
+    """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
+    from daemon.artifact import save_artifact
+
+    from . import report
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out_path = Path(out_path)
+    series = load_dataset(inputs, interval=interval)
+    P = build(series, cfg)
+    timings["data_s"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    edges, folds = walk_forward(P.start_ms, P.valid, cfg.n_folds, P.interval_ms, cfg.horizon_bars, cfg.embargo_bars)
+    p_t, members, teacher_info = fit_teachers(P, cfg, folds, seed=cfg.seeds[0])
+    timings["teachers_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fold_results = run_folds(P, cfg, folds, p_t, sweep)
+    timings["students_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = summarise(P, cfg, fold_results, p_t, members)
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    # the shipped student: every block that has out-of-fold soft targets, the newest tail validating
+    t0 = time.perf_counter()
+    all_rows = P.valid & (P.start_ms >= int(folds[0].test_lo_ms))
+    fit, val, w = student_rows(P, all_rows, p_t, cfg)
+    final = _train(P, p_t, fit, val, w, cfg, cfg.seeds[0])
+    p_val = final.predict_proba(P.x_student[val])
+    final_info = {"fit_rows": int(fit.sum()), "val_rows": int(val.sum()), "best_epoch": final.best_epoch,
+                  "val_log_loss": ev.log_loss(p_val, P.y[val]), "val_agreement": ev.agreement(p_t[val], p_val),
+                  "val_teacher_log_loss": ev.log_loss(p_t[val], P.y[val])}
+    timings["final_s"] = time.perf_counter() - t0
+
+    s = result["summary"]
+    manifest = {
+        "normalisation": {"clip": cfg.feature_clip},
+        "distillation": {"temperature": cfg.temperature, "alpha": cfg.alpha,
+                         "teacher": {"mlps": [list(h) for h in cfg.teacher_hidden], "lgbm": cfg.teacher_lgbm,
+                                     "lgbm_weight": cfg.lgbm_weight, "extra_features": cfg.teacher_extra_features,
+                                     "buckets": list(cfg.teacher_buckets)}},
+        "labels": {**label_params(cfg).to_dict(), "fee_per_side": cfg.fee_per_side},
+        "data": {"symbols": P.symbols, "interval": series[0].interval, "start_ms": int(P.start_ms.min()),
+                 "end_ms": int(P.start_ms.max()), "files": [Path(x.path).name for x in series]},
+        "metrics": {
+            "out_of_sample": {k: {m: s[k][m] for m in ("log_loss", "accuracy")} for k in ("teacher", "student", "control", "baseline")},
+            "agreement": s["student"]["agreement"], "gain_kept": s["student"]["gain_kept"],
+            "final_validation": final_info,
+        },
+        "training": {"config": cfg.to_dict(), "seed": cfg.seeds[0]},
+    }
+    model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
+                             activations=final.mlp.activations, feature_mean=final.feature_mean,
+                             feature_std=final.feature_std, manifest=manifest)
+    timings["total_s"] = time.perf_counter() - t_start
+    doc = {
+        "model_id": model_id,
+        "artifact": out_path.name,
+        "command": "kdsignal train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None,
+        "config_file": config_path,
+        "config": cfg.to_dict(),
+        "data": {"files": gap_report(series), "interval": series[0].interval, "pooled_rows": int(len(P)),
+                 "valid_rows": int(P.valid.sum()), "class_share": (np.bincount(P.y[P.valid], minlength=3) / P.valid.sum()).tolist(),
+                 "block_edges_ms": [int(e) for e in edges]},
+        "classes": list(CLASSES),
+        "teacher_inputs": {"student": list(P.teacher_names[: P.x_student.shape[1]]),
+                           "extra": [n for n in P.teacher_names[P.x_student.shape[1]:] if not n.startswith("is_")]},
+        "teacher_fits": teacher_info,
+        "final_student": final_info,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        **{k: v for k, v in result.items() if not k.startswith("_")},
+    }
+    report.write_all(out_path.parent, doc, result["_reliability"], cfg)
+    return doc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kdsignal train``."""
+    parser.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE",
+                        help="kline CSVs (start_ms,open,high,low,close,volume) or folders of them")
+    parser.add_argument("--out", default="models/default.npz", help="artifact path; report and plots go next to it")
+    parser.add_argument("--config", default=None, help="TOML file whose [train] table sets the knobs")
+    parser.add_argument("--interval", default=None, help="only use files of this bar length (Bybit code, e.g. 5)")
+    parser.add_argument("--sweep", action="store_true", help="also train a temperature x alpha grid (seed 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one [train] knob (TOML value syntax), e.g. --set alpha=0.3")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config file's [train] table with ``--set`` overrides applied."""
+    import tomllib
+
+    cfg = load_train_config(args.config)
+    if args.set:
+        table = cfg.to_dict()
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            table[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        cfg = TrainConfig.from_mapping(table)
+    if args.no_progress:
+        cfg = cfg.replace(progress=False)
+    return cfg
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Entry point of ``kdsignal train``."""
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, OSError) as e:
+        print(f"kdsignal train: {e}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
+    from .data import DataError
+
+    try:
+        doc = train(args.data, args.out, cfg, interval=args.interval, sweep=args.sweep, config_path=args.config)
+    except DataError as e:
+        print(f"kdsignal train: {e}", file=sys.stderr)
+        return 2
+    s = doc["summary"]
+    print(json.dumps({
+        "model_id": doc["model_id"], "artifact": str(args.out), "seconds": doc["timings_s"]["total_s"],
+        **{k: {m: round(s[k][m], 4) for m in ("log_loss", "accuracy")} for k in ("teacher", "student", "control")},
+        "baseline_log_loss": round(s["baseline"]["log_loss"], 4),
+        "agreement": round(s["student"]["agreement"], 4), "gain_kept": round(s["student"]["gain_kept"], 3),
+        "wins_over_control": s["student"]["wins_over_control"],
+    }, indent=1))
+    return 0
