@@ -1,0 +1,167 @@
+"""``kdsignal fetch``: download closed klines from Bybit's REST ``/v5/market/kline`` into a CSV.
+
+The range is walked in chunks of one page (``page_limit`` bars), oldest chunk first; inside a chunk the
+shared REST client (``daemon.rest.RestClient``) pages backwards through Bybit's newest-first lists, drops the
+still-open candle and retries 429, 5xx, network errors and retryable ``retCode`` answers. Each chunk is
+appended and flushed before the next is asked for, so an interrupted download resumes where it stopped:
+rerunning the same command reads the last ``start_ms`` of the existing file and continues after it.
+
+Output schema: ``start_ms,open,high,low,close,volume``, the schema ``kdsignal train`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from daemon.parser import INTERVAL_MS
+
+HEADER = "start_ms,open,high,low,close,volume"
+
+
+class FetchError(RuntimeError):
+    """The output file cannot be resumed, or the arguments do not make sense."""
+
+
+def parse_time_ms(text: str) -> int:
+    """Accept Unix ms (digits) or an ISO date/time (UTC unless it names an offset)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise FetchError(f"time {text!r} is neither Unix ms nor an ISO date") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+def last_start_ms(path: Path) -> int | None:
+    """The ``start_ms`` of the last row of an existing output file (None: absent or header only)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as fh:
+        header = fh.readline().decode("ascii", "replace").strip()
+        if header != HEADER:
+            raise FetchError(f"{path}: header is {header!r}, expected {HEADER!r}; refusing to append")
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 4096))
+        tail = fh.read().decode("ascii", "replace").splitlines()
+    rows = [r for r in tail if r.strip() and r.strip() != HEADER]
+    if not rows:
+        return None
+    first = rows[-1].split(",")[0]
+    if not first.isdigit():
+        raise FetchError(f"{path}: last row starts with {first!r}, not a start_ms; refusing to append")
+    return int(first)
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x))
+
+
+async def fetch(*, base_url: str, symbol: str, interval: str, start_ms: int, end_ms: int | None, out: Path,
+                category: str = "linear", page_limit: int = 1000, max_attempts: int = 8, backoff=None,
+                progress: bool = True, sleep=None) -> dict:
+    """Fetch closed candles with start in ``[start_ms, end_ms]`` (``end_ms`` None: now) and append to ``out``.
+
+    Returns counts: rows written, rows already present, requests, retries, missing bars inside the range.
+    """
+    import aiohttp
+
+    from daemon.rest import RestClient
+
+    if interval not in INTERVAL_MS:
+        raise FetchError(f"interval {interval!r} is not a Bybit kline interval ({', '.join(INTERVAL_MS)})")
+    step = INTERVAL_MS[interval]
+    if end_ms is None:
+        end_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    if end_ms < start_ms:
+        raise FetchError(f"end ({end_ms}) is before start ({start_ms})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    last = last_start_ms(out)
+    already = 0
+    lo = start_ms
+    if last is not None:
+        lo = max(start_ms, last + step)
+        already = 1
+    total_bars = max(0, (end_ms - lo) // step + 1)
+    written, missing, prev = 0, 0, last
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_bars, desc=f"{symbol} {interval}", unit="bar", file=sys.stderr, dynamic_ncols=True)
+    kwargs = {"page_limit": page_limit, "max_attempts": max_attempts}
+    if backoff is not None:
+        kwargs["backoff"] = backoff
+    if sleep is not None:
+        kwargs["sleep"] = sleep
+    async with aiohttp.ClientSession() as session:
+        client = RestClient(base_url, category, session, **kwargs)
+        with open(out, "a", encoding="ascii", newline="\n") as fh:
+            if last is None:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() == 0:
+                    fh.write(HEADER + "\n")
+            while lo <= end_ms:
+                hi = min(end_ms, lo + page_limit * step - 1)
+                candles = await client.closed_klines(symbol, interval, start_ms=lo, end_ms=hi)
+                candles = [c for c in candles if prev is None or c.start_ms > prev]
+                for c in candles:
+                    if prev is not None and c.start_ms - prev > step:
+                        missing += (c.start_ms - prev) // step - 1
+                    fh.write(f"{c.start_ms},{_fmt(c.open)},{_fmt(c.high)},{_fmt(c.low)},{_fmt(c.close)},{_fmt(c.volume)}\n")
+                    prev = c.start_ms
+                fh.flush()
+                os.fsync(fh.fileno())
+                written += len(candles)
+                if bar is not None:
+                    bar.update(min(total_bars - bar.n, (hi - lo) // step + 1))
+                if not candles and hi >= end_ms:
+                    break  # nothing closed yet at the end of the range
+                lo = hi + 1
+        requests, retries = client.requests, client.retries
+    if bar is not None:
+        bar.close()
+    return {"written": written, "resumed": bool(already), "requests": requests, "retries": retries,
+            "missing_bars": int(missing), "last_start_ms": prev}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kdsignal fetch``."""
+    parser.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
+    parser.add_argument("--interval", required=True, help="Bybit interval code: 1, 3, 5, 15, 30, 60, ..., D")
+    parser.add_argument("--start", required=True, help="first candle start: Unix ms or ISO date (UTC)")
+    parser.add_argument("--end", default=None, help="last candle start: Unix ms or ISO date (default: now)")
+    parser.add_argument("--out", required=True, help="CSV to write; an existing file is resumed (appended to)")
+    parser.add_argument("--category", default="linear", help="spot, linear or inverse (default linear)")
+    parser.add_argument("--base-url", default="https://api.bybit.com", help="REST base URL")
+    parser.add_argument("--page-limit", type=int, default=1000, help="rows per request (Bybit maximum 1000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Entry point of ``kdsignal fetch``."""
+    from daemon.rest import RestError
+
+    try:
+        start = parse_time_ms(args.start)
+        end = parse_time_ms(args.end) if args.end else None
+        if not 1 <= args.page_limit <= 1000:
+            raise FetchError(f"--page-limit {args.page_limit} is outside 1..1000")
+        res = asyncio.run(fetch(base_url=args.base_url, symbol=args.symbol.upper(), interval=args.interval,
+                                start_ms=start, end_ms=end, out=Path(args.out), category=args.category,
+                                page_limit=args.page_limit, progress=not args.no_progress))
+    except (FetchError, RestError) as e:
+        print(f"kdsignal fetch: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {res['written']} rows written ({'resumed' if res['resumed'] else 'new file'}), "
+          f"{res['requests']} requests, {res['retries']} retries, {res['missing_bars']} missing bars")
+    return 0
