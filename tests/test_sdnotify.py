@@ -6,12 +6,12 @@ import asyncio
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from daemon.sdnotify import Activity, Notifier, Watchdog, parse_notify_address
+from tests.daemon_support import wait_until
 
 
 class NotifyReceiver:
@@ -55,15 +55,6 @@ def receiver():
     r = NotifyReceiver()
     yield r
     r.close()
-
-
-async def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` holds, failing with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def test_parse_notify_address_forms():
@@ -215,13 +206,13 @@ async def test_run_pings_while_frames_arrive_and_stops_when_stale(receiver):
     assert dog.interval_s == pytest.approx(0.02)
     task = asyncio.create_task(dog.run(), name="watchdog")
     try:
-        await wait_for(lambda: dog.pings >= 3, what="three pings")
+        await wait_until(lambda: dog.pings >= 3, what="three pings")
         fresh[0] = False
-        await wait_for(lambda: any("UNHEALTHY" in m.get("STATUS", "") for m in receiver.drain()), what="withheld")
+        await wait_until(lambda: any("UNHEALTHY" in m.get("STATUS", "") for m in receiver.drain()), what="withheld")
         pings_when_stale = dog.pings
         fresh[0] = True
         activity.mark()
-        await wait_for(lambda: dog.pings >= pings_when_stale + 2, what="resumed pings")
+        await wait_until(lambda: dog.pings >= pings_when_stale + 2, what="resumed pings")
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

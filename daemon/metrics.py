@@ -1,0 +1,215 @@
+"""Health and Prometheus metrics: counters the daemon updates in-process, and an optional aiohttp endpoint.
+
+``Metrics`` is cheap to update from the hot path (a counter increment per frame, one histogram observation
+per bar) and lives whether or not the HTTP endpoint is enabled (config ``[metrics] enabled/host/port``).
+It owns its own ``CollectorRegistry`` rather than the process-global one, so two instances (tests, a
+reload) never collide over metric names.
+
+Endpoints (``await metrics.start(host, port)``):
+
+``GET /healthz``
+    JSON ``{"status", "feed_connected", "model_loaded", "model_id", "last_candle_age_s", ...}``; 200 when the
+    feed is connected, a model is loaded and some symbol closed a candle within ``max_candle_age_s``
+    (counted from start-up until the first close), 503 otherwise with ``problems`` saying why.
+``GET /metrics``
+    Prometheus text format. Latency is in seconds, the Prometheus base unit, with buckets from 0.25 us up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+__all__ = ["INFERENCE_BUCKETS_US", "Metrics"]
+
+log = structlog.get_logger("kdsignal.metrics")
+
+CLASSES = ("sell", "hold", "buy")
+
+# The student's forward pass takes about a microsecond; the top buckets catch GC pauses and page faults.
+INFERENCE_BUCKETS_US = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0, 10000.0)
+
+
+class _CandleAgeCollector(Collector):
+    """Age of each symbol's last closed candle, computed at scrape time so it keeps growing during an outage."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "kdsignal_last_candle_age_seconds",
+            "Seconds since the end of the last closed candle, per symbol",
+            labels=["symbol"],
+        )
+        for symbol, age_s in sorted(self._metrics.candle_ages_s().items()):
+            if age_s is not None:
+                family.add_metric([symbol], age_s)
+        yield family
+
+
+class Metrics:
+    """Counters, gauges and the inference latency histogram of one daemon, plus its HTTP endpoint."""
+
+    def __init__(
+        self,
+        *,
+        symbols: Iterable[str] = (),
+        interval_ms: int = 0,
+        max_candle_age_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.interval_ms = interval_ms
+        # A healthy feed closes a candle every interval; allow one missed close and Bybit's ~1 s delay.
+        self.max_candle_age_s = max_candle_age_s if max_candle_age_s is not None else 2 * interval_ms / 1e3 + 30.0
+        self._clock = clock
+        self.started_s = clock()
+        self._last_close_end_s: dict[str, float | None] = {s: None for s in symbols}
+        self._connected = False
+        self.model_id: str | None = None
+
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self._inference = Histogram(
+            "kdsignal_inference_seconds", "Student inference time per closed bar",
+            buckets=tuple(b * 1e-6 for b in INFERENCE_BUCKETS_US), registry=r,
+        )
+        self._frames = Counter("kdsignal_frames", "WebSocket frames received", registry=r)
+        self._malformed = Counter("kdsignal_malformed_frames", "Frames counted and skipped as malformed", registry=r)
+        self._reconnects = Counter("kdsignal_reconnects", "WebSocket reconnects", registry=r)
+        self._gaps = Counter("kdsignal_gaps", "Gaps in closed candles detected and backfilled from REST", registry=r)
+        self._backfilled = Counter("kdsignal_backfilled_bars", "Closed candles fetched from REST to fill gaps",
+                                   registry=r)
+        self._signals = Counter("kdsignal_signals", "Signals emitted, by class", ["signal"], registry=r)
+        for cls in CLASSES:  # present from the first scrape, so rate() works before the first signal
+            self._signals.labels(signal=cls)
+        self._connected_g = Gauge("kdsignal_feed_connected", "1 while the WebSocket is connected and subscribed",
+                                  registry=r)
+        self._model_g = Gauge("kdsignal_model_loaded", "1 while a model is loaded", registry=r)
+        self._model_info = Info("kdsignal_model", "The artifact being served", registry=r)
+        r.register(_CandleAgeCollector(self))
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # --- updates from the daemon (hot path: keep them trivial) -------------------------------------------
+
+    def observe_inference_us(self, inference_us: float) -> None:
+        """Record one inference time in microseconds."""
+        self._inference.observe(inference_us * 1e-6)
+
+    def frame(self) -> None:
+        """Count one received frame."""
+        self._frames.inc()
+
+    def malformed(self, n: int = 1) -> None:
+        """Count malformed frames that were skipped."""
+        self._malformed.inc(n)
+
+    def reconnect(self) -> None:
+        """Count one reconnect."""
+        self._reconnects.inc()
+
+    def gap_backfilled(self, n: int) -> None:
+        """Count one gap and the ``n`` closed candles fetched to fill it."""
+        self._gaps.inc()
+        self._backfilled.inc(n)
+
+    def signal(self, cls: str) -> None:
+        """Count one emitted signal of class ``cls`` ("sell", "hold" or "buy")."""
+        self._signals.labels(signal=cls).inc()
+
+    def candle_closed(self, symbol: str, start_ms: int) -> None:
+        """Note that ``symbol`` closed the candle starting at ``start_ms`` (ages count from its end)."""
+        end_s = (start_ms + self.interval_ms) / 1e3
+        prev = self._last_close_end_s.get(symbol)
+        if prev is None or end_s > prev:  # a backfilled older bar must not make the symbol look stale
+            self._last_close_end_s[symbol] = end_s
+
+    def set_feed_connected(self, connected: bool) -> None:
+        """Record whether the feed is connected and subscribed."""
+        self._connected = connected
+        self._connected_g.set(1 if connected else 0)
+
+    def set_model(self, model_id: str | None) -> None:
+        """Record the loaded model's id (None when no model is loaded)."""
+        self.model_id = model_id
+        self._model_g.set(0 if model_id is None else 1)
+        self._model_info.info({"model": model_id or ""})
+
+    # --- reading --------------------------------------------------------------------------------------------
+
+    def candle_ages_s(self) -> dict[str, float | None]:
+        """Seconds since each symbol's last closed candle ended (None before its first close)."""
+        now = self._clock()
+        return {s: None if end is None else max(0.0, now - end) for s, end in self._last_close_end_s.items()}
+
+    def health(self) -> tuple[bool, dict]:
+        """Return (healthy, JSON-ready details) for ``/healthz``."""
+        ages = self.candle_ages_s()
+        known = [a for a in ages.values() if a is not None]
+        freshest = min(known) if known else None
+        # Before the first close the clock runs from start-up, so a feed that never delivers goes unhealthy too.
+        staleness = freshest if freshest is not None else self._clock() - self.started_s
+        problems = []
+        if not self._connected:
+            problems.append("feed not connected")
+        if self.model_id is None:
+            problems.append("no model loaded")
+        if staleness > self.max_candle_age_s:
+            problems.append(f"no closed candle for {staleness:.0f} s (limit {self.max_candle_age_s:.0f} s)")
+        body = {
+            "status": "ok" if not problems else "unhealthy",
+            "feed_connected": self._connected,
+            "model_loaded": self.model_id is not None,
+            "model_id": self.model_id,
+            "last_candle_age_s": None if freshest is None else round(freshest, 3),
+            "max_candle_age_s": self.max_candle_age_s,
+            "candle_age_s": {s: None if a is None else round(a, 3) for s, a in sorted(ages.items())},
+            "uptime_s": round(self._clock() - self.started_s, 3),
+            "problems": problems,
+        }
+        return not problems, body
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    # --- HTTP endpoint ---------------------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, body = self.health()
+        return web.Response(status=200 if ok else 503, text=json.dumps(body), content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve ``/healthz`` and ``/metrics`` on host:port (0 picks a free port); return the bound port."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        # Scrapes every few seconds would drown the structured log; errors are still logged by aiohttp.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        log.info("metrics_listening", host=host, port=self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop the HTTP endpoint (the counters stay usable)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
