@@ -9,6 +9,7 @@ so the lines are identical to the live ones except ``inference_us``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -72,3 +73,69 @@ def row_candle(row: CsvRow, symbol: str, interval: str) -> Candle:
     """Convert a CSV row with the parser's own conversion (bit-identical to a live push of the same strings)."""
     entry = {"open": row.open, "high": row.high, "low": row.low, "close": row.close, "volume": row.volume}
     return _candle(symbol, interval, row.start_ms, entry)
+
+
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "models" / "default.npz"
+
+
+def replay(rows: list[CsvRow], symbol: str, interval: str, model, writer, report=None) -> int:
+    """Feed ``rows`` as closed candles through a fresh :class:`Pipeline` and write its signals.
+
+    The file is the whole record, so a hole in it is reported (``report(first_start_ms, bars)``) and
+    stepped over exactly as the live daemon does when REST cannot fill a gap. Returns the signal count.
+    """
+    from daemon.pipeline import FILL, Pipeline
+
+    pipeline = Pipeline(symbol, interval, model)
+    if rows:
+        pipeline.start_cold(rows[0].start_ms)
+    for row in rows:
+        result = pipeline.on_close(row_candle(row, symbol, interval))
+        if result is None:
+            continue
+        if result is FILL:
+            res = pipeline.fill_failed()
+            for first_ms, n in res.unfilled:
+                if report is not None:
+                    report(first_ms, n)
+            for sig in res.signals:
+                writer.write(sig)
+        else:
+            writer.write(result)
+    return pipeline.signals
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the replay options."""
+    parser.add_argument("--data", required=True, help="kline CSV: start_ms,open,high,low,close,volume")
+    parser.add_argument("--symbol", required=True, help="symbol the lines are labelled with, e.g. BTCUSDT")
+    parser.add_argument("--interval", default="5", help="kline interval of the file (default 5)")
+    parser.add_argument("--artifact", default=str(DEFAULT_ARTIFACT), help="student artifact (.npz)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Replay a CSV and print one signal line per bar after warm-up."""
+    from daemon.artifact import ArtifactError
+    from daemon.model import Model
+    from daemon.output import SignalWriter
+
+    def report(first_ms: int, n: int) -> None:
+        print(f'{{"event": "gap_unfilled", "symbol": "{args.symbol}", "first_missing_start_ms": {first_ms}, '
+              f'"bars": {n}}}', file=sys.stderr)
+
+    try:
+        if args.interval not in INTERVAL_MS:
+            raise ReplayError(f"--interval {args.interval!r} is not one of {', '.join(INTERVAL_MS)}")
+        model = Model.load(args.artifact)
+        if str(model.interval) != args.interval:
+            raise ReplayError(f"artifact {args.artifact} is for interval {model.interval!r}, "
+                              f"--interval is {args.interval!r}")
+        rows = read_kline_csv(args.data)
+        replay(rows, args.symbol, args.interval, model, SignalWriter(sys.stdout.buffer), report)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ReplayError, ArtifactError, FrameError, OSError) as exc:
+        print(f"kdsignal replay: {exc}", file=sys.stderr)
+        return 2
+    return 0

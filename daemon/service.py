@@ -1,0 +1,244 @@
+"""``kdsignal run --config FILE``: the live daemon, wired under one ``asyncio.TaskGroup``.
+
+Tasks: the WebSocket feed, one REST fill per symbol when needed (warm-up at start, catch-up after every
+(re)subscription, backfill when a close arrives later than expected), and the periodic ``latency_summary``.
+Confirmed candles are processed synchronously in the frame callback (no queue hop on the hot path).
+
+Signals: SIGTERM/SIGINT stop cleanly (exit 0; a line is always written whole because the handler runs in
+the event loop between callbacks); SIGHUP reloads the artifact (validated first, the old model keeps
+running if the new one fails) and reopens the log file.
+
+Exit codes: 0 after a clean stop, 78 (EX_CONFIG) for a bad configuration or artifact, which a supervisor
+should not retry; anything unexpected propagates (crash-and-restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import BinaryIO
+
+import aiohttp
+import structlog
+
+from daemon.artifact import ArtifactError
+from daemon.config import Config, ConfigError, load_config
+from daemon.feed import Feed
+from daemon.model import Model
+from daemon.output import ReopenableFile, SignalWriter, configure_logging
+from daemon.parser import KlineFrame, kline_topic
+from daemon.pipeline import FILL, FillResult, Pipeline
+from daemon.rest import RestClient, RestError
+
+__all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
+
+EX_CONFIG = 78
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start with this configuration or artifact."""
+
+
+class _Stop(Exception):
+    """Raised inside the task group to cancel every task on a stop signal."""
+
+
+def check_model(cfg: Config, model: Model) -> None:
+    """Refuse an artifact whose interval differs from the feed's."""
+    if str(model.interval) != cfg.feed.interval:
+        raise StartupError(f"artifact {cfg.model.artifact} is for interval {model.interval!r}, "
+                           f"but [feed].interval is {cfg.feed.interval!r}")
+
+
+class Service:
+    """The running daemon: feed, pipelines, REST fills and the signal writer."""
+
+    def __init__(self, cfg: Config, model: Model, *, out: BinaryIO | None = None, log=None,
+                 log_file: ReopenableFile | None = None,
+                 load_model: Callable[[str], Model] = Model.load) -> None:
+        check_model(cfg, model)
+        self.cfg = cfg
+        self.model = model
+        self.log = log or structlog.get_logger("kdsignal")
+        self.log_file = log_file
+        self._load_model = load_model
+        feed_cfg = cfg.feed
+        self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars)
+                          for s in feed_cfg.symbols}
+        self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category))
+        self.feed = Feed(feed_cfg.ws_url, [kline_topic(feed_cfg.interval, s) for s in feed_cfg.symbols],
+                         self._on_kline, ping_interval_s=feed_cfg.ping_interval_s,
+                         pong_timeout_s=feed_cfg.pong_timeout_s, ack_timeout_s=feed_cfg.ack_timeout_s,
+                         open_timeout_s=feed_cfg.open_timeout_s, subscribe_chunk=feed_cfg.subscribe_chunk,
+                         backoff=cfg.backoff, on_subscribed=self._on_subscribed, log=self.log)
+        self.rest: RestClient | None = None
+        self.gaps_backfilled = 0
+        self.unfilled_bars = 0
+        self.reloads = 0
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()  # set once the task group runs (tests wait on it)
+
+    # ------------------------------------------------------------------ hot path
+    def _on_kline(self, frame: KlineFrame, recv_ns: int) -> None:
+        pipeline = self.pipelines.get(frame.symbol)
+        if pipeline is None:  # a subscribed topic with another interval cannot happen; be safe
+            return
+        write = self.writer.write
+        for candle in frame.closed:
+            result = pipeline.on_close(candle, recv_ns)
+            if result is None:
+                continue
+            if result is FILL:
+                self._spawn_fill(pipeline, "gap")
+            else:
+                write(result)
+
+    # ------------------------------------------------------------------ fills
+    def _on_subscribed(self) -> None:
+        for pipeline in self.pipelines.values():
+            if pipeline.begin_fill():
+                self._spawn_fill(pipeline, "catch_up")
+
+    def _spawn_fill(self, pipeline: Pipeline, reason: str) -> None:
+        if self._tg is not None:
+            self._tg.create_task(self._fill(pipeline, reason), name=f"fill-{pipeline.symbol}")
+
+    async def _fill(self, p: Pipeline, reason: str) -> None:
+        log = self.log.bind(symbol=p.symbol, interval=p.interval)
+        while True:
+            start_ms, end_ms, count = p.fill_range()
+            try:
+                candles = await self.rest.closed_klines(p.symbol, p.interval, start_ms=start_ms, end_ms=end_ms,
+                                                        count=count)
+            except RestError as exc:
+                log.error("fill_failed", reason=reason, start_ms=start_ms, end_ms=end_ms, error=str(exc))
+                res = p.fill_failed()
+            else:
+                res = p.apply_fill(candles)
+            self._report(log, reason, res, p)
+            if not res.more:
+                return
+            reason = "gap"
+
+    def _report(self, log, reason: str, res: FillResult, p: Pipeline) -> None:
+        if res.history:
+            log.info("warmup_loaded", bars=res.history, next_start_ms=p.next_start_ms, warm=bool(p.state.warm))
+        for first_ms, n in res.unfilled:
+            self.unfilled_bars += n
+            log.error("gap_unfilled", first_missing_start_ms=first_ms, bars=n, unfilled_total=self.unfilled_bars)
+        if res.backfilled:
+            self.gaps_backfilled += res.backfilled
+            log.info("gap_backfilled", reason=reason, bars=res.backfilled, backfilled_total=self.gaps_backfilled)
+        for sig in res.signals:
+            self.writer.write(sig)
+
+    # ------------------------------------------------------------------ signals
+    def stop(self) -> None:
+        """Ask the service to stop (SIGTERM/SIGINT)."""
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """Reopen the log file and swap in the artifact from disk if it validates (SIGHUP)."""
+        if self.log_file is not None:
+            self.log_file.reopen()
+            self.log.info("log_reopened", file=self.log_file.path)
+        path = self.cfg.model.artifact
+        try:
+            model = self._load_model(path)
+            check_model(self.cfg, model)
+        except (ArtifactError, StartupError, OSError, ValueError) as exc:
+            self.log.error("model_reload_failed", artifact=path, error=str(exc), model=self.model.id)
+            return False
+        old, self.model = self.model, model
+        for pipeline in self.pipelines.values():
+            pipeline.set_model(model)
+        self.reloads += 1
+        self.log.info("model_reloaded", artifact=path, old_model=old.id, model=model.id)
+        return True
+
+    # ------------------------------------------------------------------ main
+    async def _summaries(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.log.latency_summary_s)
+            self.log_summary()
+
+    def log_summary(self) -> None:
+        """Log ``latency_summary`` with counters of the period and the totals so far."""
+        stats = self.feed.stats
+        self.log.info("latency_summary", **(self.writer.latency.take() or {"n": 0}), signals=self.writer.written,
+                      frames=stats.frames, malformed=stats.malformed, reconnects=max(0, stats.connects - 1),
+                      gaps_backfilled=self.gaps_backfilled, unfilled_bars=self.unfilled_bars,
+                      duplicates=sum(p.duplicates for p in self.pipelines.values()),
+                      by_class=dict(self.writer.by_class))
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; the warm-up fills start at once, alongside the feed."""
+        loop = asyncio.get_running_loop()
+        timeout = aiohttp.ClientTimeout(total=self.cfg.rest.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self.rest = RestClient(self.cfg.feed.rest_url, self.cfg.feed.category, session,
+                                   backoff=self.cfg.backoff, max_attempts=self.cfg.rest.max_attempts,
+                                   timeout_s=self.cfg.rest.timeout_s, page_limit=self.cfg.rest.page_limit,
+                                   log=self.log)
+            self.log.info("daemon_started", symbols=list(self.pipelines), interval=self.cfg.feed.interval,
+                          model=self.model.id, ws_url=self.cfg.feed.ws_url, config=self.cfg.source)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    for pipeline in self.pipelines.values():
+                        if pipeline.begin_fill():
+                            self._spawn_fill(pipeline, "warmup")
+                    tg.create_task(self.feed.run(), name="feed")
+                    tg.create_task(self._summaries(), name="latency-summary")
+                    self.started.set()
+                    await self._stop.wait()
+                    raise _Stop
+            except* _Stop:
+                pass
+            finally:
+                self._tg = None
+        self.log_summary()
+        self.log.info("daemon_stopped", signals=self.writer.written, loop_time_s=round(loop.time(), 3))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the run options."""
+    parser.add_argument("--config", default="config.toml", help="TOML configuration file (default config.toml)")
+
+
+async def _main(service: Service) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, service.stop)
+    loop.add_signal_handler(signal.SIGINT, service.stop)
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
+    try:
+        await service.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Load the configuration and the artifact, then serve until SIGTERM/SIGINT."""
+    try:
+        cfg = load_config(args.config)
+        model = Model.load(cfg.model.artifact)
+        check_model(cfg, model)
+    except (ConfigError, ArtifactError, StartupError, OSError) as exc:
+        print(f"kdsignal run: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    log_file = configure_logging(cfg.log.file, cfg.log.level)
+    try:
+        service = Service(cfg, model, log_file=log_file)
+        asyncio.run(_main(service))
+    finally:
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.flush()
+                log_file.close()
+    return 0
