@@ -1,0 +1,127 @@
+"""The student's training maths: NumPy forward equals the serving kernel, gradients match finite differences,
+the control ignores the teacher, and a trained student survives the artifact round trip bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.artifact import load_artifact, save_artifact
+from daemon.model import Model
+from daemon.training import nn
+from daemon.training.config import TrainConfig
+from daemon.training.data import read_csv
+from daemon.training.features import student_features
+from daemon.training.labels import LabelParams, make_labels
+from daemon.training.student import Student, kd_loss_fn, teacher_logits, train_student
+from kernels.mlp import mlp_forward_batch, pack_mlp
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+SMALL = TrainConfig(student_epochs=3, student_batch=256, seeds=(0,), progress=False)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """Features, labels and a fake teacher's probabilities on two weeks of real BTCUSDT 5m bars."""
+    s = read_csv(DATA / "BTCUSDT-5m.csv")
+    x = student_features(s)
+    y = make_labels(s.close, LabelParams(3, 0.5, 100, 0.0011))["y"]
+    ok = np.all(np.isfinite(x), axis=1) & (y >= 0)
+    x, y = x[ok], y[ok]
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet([2.0, 4.0, 2.0], size=len(y))
+    return x, y, p
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_numpy_forward_equals_kernel(rows, activation):
+    """The training forward pass (NumPy) gives the logits of kernels.mlp.mlp_forward_batch."""
+    x = rows[0][:2000]
+    z = (x - x.mean(0)) / x.std(0)
+    m = nn.MLP.init([x.shape[1], 16, 8, 3], activation, np.random.default_rng(1))
+    out = np.empty((len(z), 3))
+    mlp_forward_batch(pack_mlp(m.weights, m.biases, m.activations), np.ascontiguousarray(z), out)
+    np.testing.assert_allclose(m.forward(z), out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha,temperature", [(0.5, 2.0), (0.0, 4.0), (1.0, 1.0)])
+def test_parameter_gradients_match_finite_differences(rows, alpha, temperature):
+    """Backprop through kd_loss_grad's logit gradient equals central differences of the weighted loss."""
+    x, y, p = rows
+    rng = np.random.default_rng(3)
+    idx = rng.choice(len(y), 64, replace=False)
+    xb = (x[idx] - x.mean(0)) / x.std(0)
+    m = nn.MLP.init([x.shape[1], 6, 4, 3], "tanh", rng)
+    for b in m.biases:
+        b += rng.normal(0, 0.1, b.shape)
+    w = rng.uniform(0.2, 2.0, len(y))
+    fn = kd_loss_fn(y, teacher_logits(p), w, temperature, alpha)
+    z, cache = m.forward(xb, keep=True)
+    _, g = fn(z, idx)
+    grads = m.backward(cache, g)
+    eps = 1e-6
+    for param, grad in zip(m.params(), grads):
+        flat, gflat = param.reshape(-1), grad.reshape(-1)
+        for j in rng.choice(flat.size, min(6, flat.size), replace=False):
+            old = flat[j]
+            flat[j] = old + eps
+            lp = fn(m.forward(xb), idx)[0]
+            flat[j] = old - eps
+            lm = fn(m.forward(xb), idx)[0]
+            flat[j] = old
+            assert gflat[j] == pytest.approx((lp - lm) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_control_ignores_the_teacher(rows):
+    """With alpha=1 the teacher's probabilities do not change a single weight."""
+    x, y, p = rows
+    n = len(y) * 3 // 4
+    w = np.ones(n)
+    a = train_student(x[:n], y[:n], p[:n], w, x[n:], y[n:], SMALL, 0, alpha=1.0)
+    b = train_student(x[:n], y[:n], p[::-1][:n], w, x[n:], y[n:], SMALL, 0, alpha=1.0)
+    c = train_student(x[:n], y[:n], p[:n], w, x[n:], y[n:], SMALL, 0, alpha=0.5)
+    for wa, wb in zip(a.mlp.params(), b.mlp.params()):
+        assert np.array_equal(wa, wb)
+    assert not all(np.array_equal(wa, wc) for wa, wc in zip(a.mlp.params(), c.mlp.params()))
+
+
+def test_distillation_moves_the_student_towards_the_teacher(rows):
+    """Pure distillation (alpha=0) ends closer to the teacher's probabilities than the hard-label control."""
+    x, y, _ = rows
+    n = len(y) * 3 // 4
+    # a teacher that is a smooth function of the features, so a student can learn it
+    zt = np.column_stack([-x[:, 0] / x[:, 0].std(), np.zeros(len(y)), x[:, 0] / x[:, 0].std()])
+    p = nn.softmax(zt)
+    cfg = SMALL.replace(student_epochs=6)
+    d = train_student(x[:n], y[:n], p[:n], np.ones(n), x[n:], y[n:], cfg, 0, alpha=0.0, temperature=1.0)
+    c = train_student(x[:n], y[:n], p[:n], np.ones(n), x[n:], y[n:], cfg, 0, alpha=1.0)
+
+    def kl(q):
+        return float(np.mean(np.sum(p[n:] * (np.log(p[n:]) - np.log(q)), axis=1)))
+
+    assert kl(d.predict_proba(x[n:])) < kl(c.predict_proba(x[n:]))
+
+
+def test_trained_student_round_trips_through_the_artifact(rows, tmp_path):
+    """Saved and reloaded, the daemon's Model gives exactly the probabilities evaluated in training."""
+    x, y, p = rows
+    n = len(y) * 3 // 4
+    s = train_student(x[:n], y[:n], p[:n], np.ones(n), x[n:], y[n:], SMALL, 0)
+    path = tmp_path / "m.npz"
+    model_id = save_artifact(path, weights=s.mlp.weights, biases=s.mlp.biases, activations=s.mlp.activations,
+                             feature_mean=s.feature_mean, feature_std=s.feature_std,
+                             manifest={"normalisation": {"clip": s.clip}, "distillation": {"temperature": 2.0, "alpha": 0.5},
+                                       "labels": {"horizon_bars": 3}, "data": {"symbols": ["BTCUSDT"], "interval": "5"},
+                                       "metrics": {}})
+    art = load_artifact(path)
+    assert art.model_id == model_id
+    for a, b in zip(art.mlp, s.packed()):
+        assert a == b
+    model = Model.load(path)
+    assert model.interval == "5"
+    assert np.array_equal(model.predict_features(x[n:]), s.predict_proba(x[n:]))
+    # the logits route (mlp_forward_batch) agrees with the served probabilities
+    np.testing.assert_allclose(nn.softmax(s.logits(x[n:])), s.predict_proba(x[n:]), rtol=1e-12, atol=1e-14)
+    assert isinstance(s, Student)
