@@ -201,8 +201,8 @@ class Pipeline:
                 self.filling = False
                 return res
             self.next_start_ms = min(self._held)  # cold start: the state warms on live bars
-        elif self._fill_end is not None:
-            self._step_over_missing(min(self._fill_end, min(self._held)), res)
+        elif self._held:  # nothing else will bring the bars before the first held close
+            self._step_over_missing(min(self._held), res)
         self._fill_end = None
         self._drain_held(res)
         return res

@@ -126,7 +126,7 @@ async def test_server_drop_with_refusals(fake, random_artifact):
         await fake.step(2)
         backfilled = await check_exactly_once(d, random_artifact, first, first + 5 * BAR_MS)
         assert backfilled == {s: [first + 2 * BAR_MS, first + 3 * BAR_MS] for s in SYMBOLS}
-        assert fake.connections_refused == 3 and d.service.feed.stats.connects == 2
+        assert fake.connections_refused == 3 and d.service.feed.stats.connects >= 2
 
 
 async def test_half_open_stall(fake, random_artifact):
@@ -141,7 +141,7 @@ async def test_half_open_stall(fake, random_artifact):
         await fake.step(2)
         backfilled = await check_exactly_once(d, random_artifact, first, first + 4 * BAR_MS)
         assert backfilled == {s: [first + BAR_MS, first + 2 * BAR_MS] for s in SYMBOLS}
-        assert d.service.feed.stats.connects == 2
+        assert d.service.feed.stats.connects >= 2
 
 
 async def test_refused_topic(fake, random_artifact):
