@@ -1,0 +1,89 @@
+"""Daemon configuration: defaults, the shipped config.toml, refusals that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from daemon.config import Config, ConfigError, load_config, parse_config
+from tests.daemon_support import ROOT
+
+
+def test_shipped_config_equals_the_defaults():
+    """The documented config.toml parses to exactly the built-in defaults (paths resolved to its folder)."""
+    cfg = load_config(ROOT / "config.toml")
+    default = Config()
+    assert cfg.feed == default.feed and cfg.backoff == default.backoff and cfg.rest == default.rest
+    assert cfg.log == default.log and cfg.metrics == default.metrics
+    assert cfg.model.artifact == str(ROOT / "models" / "default.npz")
+    assert cfg.feed.interval_ms == 300_000
+
+
+def test_empty_document_gives_defaults():
+    """Every key has a default: an empty file is a valid configuration."""
+    cfg = parse_config({})
+    assert dataclasses.replace(cfg, source="<defaults>") == Config()
+
+
+def test_values_are_coerced_and_frozen():
+    """Integers are accepted for float keys, lists become tuples, and the result is immutable."""
+    cfg = parse_config({"feed": {"symbols": ["SOLUSDT"], "ping_interval_s": 5}, "metrics": {"enabled": True}})
+    assert cfg.feed.symbols == ("SOLUSDT",) and cfg.feed.ping_interval_s == 5.0 and cfg.metrics.enabled
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.feed.interval = "1"
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"feed": {"ws_urll": "x"}}, r"unknown key in \[feed\]: ws_urll"),
+    ({"feed": {"a": 1, "b": 2}}, r"unknown keys in \[feed\]: a, b"),
+    ({"fead": {}}, "unknown table in <dict>: fead"),
+    ({"feed": {"symbols": "BTCUSDT"}}, r"\[feed\].symbols is 'BTCUSDT', expected a list of strings"),
+    ({"feed": {"symbols": []}}, r"\[feed\].symbols is empty"),
+    ({"feed": {"symbols": ["btcusdt"]}}, r"\[feed\].symbols has 'btcusdt'"),
+    ({"feed": {"symbols": ["BTCUSDT", "BTCUSDT"]}}, "twice"),
+    ({"feed": {"interval": 5}}, r"\[feed\].interval is 5, expected a string"),
+    ({"feed": {"interval": "7"}}, r"\[feed\].interval is '7'"),
+    ({"feed": {"interval": "M"}}, r"\[feed\].interval is 'M'"),
+    ({"feed": {"category": "option"}}, r"\[feed\].category is 'option'"),
+    ({"feed": {"ws_url": "http://x"}}, r"\[feed\].ws_url"),
+    ({"feed": {"rest_url": "ws://x"}}, r"\[feed\].rest_url"),
+    ({"feed": {"pong_timeout_s": 0}}, r"\[feed\].pong_timeout_s is 0.0"),
+    ({"feed": {"ping_interval_s": True}}, r"\[feed\].ping_interval_s is True, expected a number"),
+    ({"backoff": {"jitter": 1.5}}, r"\[backoff\].jitter"),
+    ({"backoff": {"factor": 0.5}}, r"\[backoff\].factor"),
+    ({"rest": {"page_limit": 5000}}, r"\[rest\].page_limit is 5000"),
+    ({"rest": {"max_attempts": 1.5}}, r"\[rest\].max_attempts is 1.5, expected an integer"),
+    ({"log": {"level": "loud"}}, r"\[log\].level is 'loud'"),
+    ({"metrics": {"enabled": "yes"}}, r"\[metrics\].enabled is 'yes', expected true or false"),
+    ({"metrics": {"port": 70000}}, r"\[metrics\].port is 70000"),
+    ({"model": {"artifact": ""}}, r"\[model\].artifact is empty"),
+    ({"feed": 3}, r"\[feed\] is int, expected a table"),
+    ({"train": 3}, r"\[train\] is int"),
+])
+def test_bad_values_are_refused_naming_the_key(raw, words):
+    """Each bad value raises ConfigError naming the table and key."""
+    with pytest.raises(ConfigError, match=words):
+        parse_config(raw)
+
+
+def test_train_table_is_accepted_untouched():
+    """A [train] table is kept as-is for the training code; the daemon does not validate it."""
+    train = {"anything": {"goes": [1, 2]}, "epochs": "many"}
+    assert parse_config({"train": train}).train == train
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path):
+    """Artifact and log paths are relative to the config file, absolute ones are kept."""
+    (tmp_path / "c.toml").write_text('[model]\nartifact = "m/a.npz"\n[log]\nfile = "/var/log/k.log"\n')
+    cfg = load_config(tmp_path / "c.toml")
+    assert cfg.model.artifact == str(tmp_path / "m" / "a.npz") and cfg.log.file == "/var/log/k.log"
+
+
+def test_missing_and_invalid_files(tmp_path):
+    """A missing file and invalid TOML are ConfigErrors naming the file."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    (tmp_path / "bad.toml").write_text("[feed\n")
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        load_config(tmp_path / "bad.toml")

@@ -1,0 +1,201 @@
+"""`kdsignal run` as a real process: SIGTERM, SIGHUP reload and log reopen, start-up refusals, layering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from daemon.fake_bybit import FakeBybit
+from tests.conftest import write_random_artifact
+from tests.daemon_support import ROOT, sample_rows, wait_until
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+BAR_MS = 300_000
+
+
+def write_config(path, fake=None, artifact="a.npz", log_file="", interval="5", extra=""):
+    """Write a TOML config for a daemon pointed at ``fake`` (or at closed local ports)."""
+    ws = fake.ws_url if fake else "ws://127.0.0.1:9/v5/public/linear"
+    rest = fake.rest_url if fake else "http://127.0.0.1:9"
+    path.write_text(textwrap.dedent(f"""
+        [feed]
+        ws_url = "{ws}"
+        rest_url = "{rest}"
+        symbols = ["BTCUSDT"]
+        interval = "{interval}"
+        ping_interval_s = 0.2
+        pong_timeout_s = 1
+        [backoff]
+        initial_s = 0.05
+        max_s = 0.2
+        [rest]
+        max_attempts = 2
+        [model]
+        artifact = "{artifact}"
+        [log]
+        file = "{log_file}"
+        latency_summary_s = 0.5
+        [train]
+        anything = "is left to the training code"
+        """) + extra)
+    return path
+
+
+class Proc:
+    """A `kdsignal run` subprocess with its stdout read line by line."""
+
+    async def start(self, config):
+        self.p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run", "--config", str(config), cwd=ROOT, env=ENV,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        return self
+
+    async def line(self) -> dict:
+        raw = await asyncio.wait_for(self.p.stdout.readline(), 20)
+        assert raw.endswith(b"\n"), raw
+        return json.loads(raw)
+
+    async def stop(self) -> tuple[int, bytes]:
+        self.p.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(self.p.stdout.read(), 20)
+        return await asyncio.wait_for(self.p.wait(), 20), rest
+
+
+def log_events(path) -> list[dict]:
+    """Every line of a JSON log file, parsed (a split line would fail here)."""
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+async def _started(fake, log):
+    await wait_until(lambda: fake.subscribed("kline.5.BTCUSDT")
+                     and any(e["event"] == "warmup_loaded" for e in log_events(log)), 30, "daemon start")
+
+
+@pytest.mark.slow
+async def test_sigterm_exits_zero_without_a_partial_line(tmp_path):
+    """SIGTERM while bars flow ends the process with 0, whole stdout lines and a flushed log."""
+    log = tmp_path / "daemon.log"
+    write_random_artifact(tmp_path / "a.npz")
+    async with FakeBybit(sample_rows(("BTCUSDT",), 400), "5", start_index=40) as fake:
+        proc = await Proc().start(write_config(tmp_path / "c.toml", fake, log_file=log))
+        await _started(fake, log)
+        first = fake.open_start_ms
+        await fake.step(2)
+        assert [(await proc.line())["start"] for _ in range(2)] == [first, first + BAR_MS]
+        player = asyncio.create_task(fake.play(0.01))
+        await wait_until(lambda: fake.open_start_ms > first + 20 * BAR_MS, what="bars flowing")
+        rc, rest = await proc.stop()
+        player.cancel()
+    assert rc == 0
+    assert rest == b"" or rest.endswith(b"\n")
+    starts = [json.loads(x)["start"] for x in rest.decode().splitlines()]
+    assert starts == list(range(first + 2 * BAR_MS, first + (2 + len(starts)) * BAR_MS, BAR_MS))
+    events = [e["event"] for e in log_events(log)]
+    assert events[-1] == "daemon_stopped" and "latency_summary" in events
+
+
+@pytest.mark.slow
+async def test_sighup_reopens_the_log_and_reloads_only_a_valid_artifact(tmp_path):
+    """SIGHUP reopens the log (logrotate) and swaps the artifact; a broken artifact keeps the old model."""
+    log, artifact = tmp_path / "daemon.log", tmp_path / "a.npz"
+    old_id = write_random_artifact(artifact, seed=1)
+    async with FakeBybit(sample_rows(("BTCUSDT",), 100), "5", start_index=40) as fake:
+        proc = await Proc().start(write_config(tmp_path / "c.toml", fake, artifact=artifact, log_file=log))
+        await _started(fake, log)
+        await fake.step(1)
+        assert (await proc.line())["model"] == old_id
+        # logrotate moves the file, then signals; the artifact is broken at that moment.
+        log.rename(tmp_path / "daemon.log.1")
+        artifact.write_bytes(b"garbage")
+        proc.p.send_signal(signal.SIGHUP)
+        await wait_until(lambda: any(e["event"] == "model_reload_failed" for e in log_events(log)), 20,
+                         "reload failure in the reopened log")
+        await fake.step(1)
+        assert (await proc.line())["model"] == old_id
+        write_random_artifact(tmp_path / "b.npz", seed=2)
+        os.replace(tmp_path / "b.npz", artifact)
+        new_id = write_random_artifact(tmp_path / "c.npz", seed=2)
+        proc.p.send_signal(signal.SIGHUP)
+        await wait_until(lambda: any(e["event"] == "model_reloaded" for e in log_events(log)), 20, "reload")
+        await fake.step(1)
+        line = await proc.line()
+        rc, _ = await proc.stop()
+    assert line["model"] == new_id != old_id and rc == 0
+    rotated = log_events(tmp_path / "daemon.log.1")
+    assert rotated[0]["event"] == "daemon_started" and "model_reload_failed" not in [e["event"] for e in rotated]
+    assert [e["event"] for e in log_events(log)][0] == "log_reopened"
+    failed = next(e for e in log_events(log) if e["event"] == "model_reload_failed")
+    assert failed["model"] == old_id and failed["level"] == "error"
+
+
+def _run(config) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon", "run", "--config", str(config)], capture_output=True,
+                          text=True, cwd=ROOT, env=ENV, timeout=60)
+
+
+def test_interval_mismatch_stops_startup(tmp_path):
+    """An artifact trained on 5-minute bars refuses a 1-minute feed: exit 78 naming both intervals."""
+    write_random_artifact(tmp_path / "a.npz")
+    out = _run(write_config(tmp_path / "c.toml", interval="1"))
+    assert out.returncode == 78
+    assert "interval '5'" in out.stderr and "[feed].interval is '1'" in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize("extra, words", [
+    ('[metrics]\nenabled = true\nport = "x"\n', "[metrics].port is 'x'"),
+    ("[feed2]\n", "unknown table"),
+])
+def test_bad_config_stops_startup(tmp_path, extra, words):
+    """A bad configuration exits 78 (do not restart) with a message naming the key."""
+    write_random_artifact(tmp_path / "a.npz")
+    out = _run(write_config(tmp_path / "c.toml", extra=extra))
+    assert out.returncode == 78 and words in out.stderr
+
+
+def test_missing_artifact_stops_startup(tmp_path):
+    """A missing artifact exits 78 naming the file."""
+    out = _run(write_config(tmp_path / "c.toml", artifact=str(tmp_path / "none.npz")))
+    assert out.returncode == 78 and "none.npz" in out.stderr
+
+
+LAYERING = """
+import os, signal, sys, threading, time, json
+from daemon.cli import main
+log, config, session, artifact = sys.argv[1:5]
+
+def stop_when_running():
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if os.path.exists(log) and "feed_disconnected" in open(log).read():
+            break
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=stop_when_running, daemon=True).start()
+rc_run = main(["run", "--config", config])
+rc_replay = main(["replay", "--data", session, "--symbol", "BTCUSDT", "--artifact", artifact])
+banned = ("daemon.training", "lightgbm", "matplotlib", "onnx", "tqdm")  # numba itself loads scipy
+loaded = sorted(m for m in sys.modules if m.startswith(banned))
+print(json.dumps({"rc": [rc_run, rc_replay], "loaded": loaded}), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+def test_run_and_replay_never_import_the_training_code(tmp_path):
+    """A process that ran `kdsignal run` and `kdsignal replay` has no training module in sys.modules."""
+    write_random_artifact(tmp_path / "a.npz")
+    log = tmp_path / "d.log"
+    config = write_config(tmp_path / "c.toml", log_file=log)
+    golden = ROOT / "tests" / "golden"
+    out = subprocess.run([sys.executable, "-c", LAYERING, str(log), str(config), str(golden / "session.csv"),
+                          str(golden / "artifact.npz")], capture_output=True, text=True, cwd=ROOT, env=ENV,
+                         timeout=120)
+    report = json.loads(out.stderr.strip().splitlines()[-1])
+    assert report == {"rc": [0, 0], "loaded": []}
