@@ -178,7 +178,7 @@ class Service:
 
     async def run(self) -> None:
         """Run until :meth:`stop`; the warm-up fills start at once, alongside the feed."""
-        loop = asyncio.get_running_loop()
+        started_s = asyncio.get_running_loop().time()
         timeout = aiohttp.ClientTimeout(total=self.cfg.rest.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self.rest = RestClient(self.cfg.feed.rest_url, self.cfg.feed.category, session,
@@ -203,7 +203,8 @@ class Service:
             finally:
                 self._tg = None
         self.log_summary()
-        self.log.info("daemon_stopped", signals=self.writer.written, loop_time_s=round(loop.time(), 3))
+        self.log.info("daemon_stopped", signals=self.writer.written,
+                      uptime_s=round(asyncio.get_running_loop().time() - started_s, 3))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -78,7 +78,6 @@ async def _started(fake, log):
                      and any(e["event"] == "warmup_loaded" for e in log_events(log)), 30, "daemon start")
 
 
-@pytest.mark.slow
 async def test_sigterm_exits_zero_without_a_partial_line(tmp_path):
     """SIGTERM while bars flow ends the process with 0, whole stdout lines and a flushed log."""
     log = tmp_path / "daemon.log"
@@ -101,7 +100,6 @@ async def test_sigterm_exits_zero_without_a_partial_line(tmp_path):
     assert events[-1] == "daemon_stopped" and "latency_summary" in events
 
 
-@pytest.mark.slow
 async def test_sighup_reopens_the_log_and_reloads_only_a_valid_artifact(tmp_path):
     """SIGHUP reopens the log (logrotate) and swaps the artifact; a broken artifact keeps the old model."""
     log, artifact = tmp_path / "daemon.log", tmp_path / "a.npz"
@@ -187,7 +185,6 @@ print(json.dumps({"rc": [rc_run, rc_replay], "loaded": loaded}), file=sys.stderr
 """
 
 
-@pytest.mark.slow
 def test_run_and_replay_never_import_the_training_code(tmp_path):
     """A process that ran `kdsignal run` and `kdsignal replay` has no training module in sys.modules."""
     write_random_artifact(tmp_path / "a.npz")
