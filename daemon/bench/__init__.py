@@ -1,0 +1,105 @@
+"""``kdsignal bench``: how fast the student is, measured side by side against what a user would pick instead.
+
+Parts (``--parts``, default all): ``inference`` (per-bar latency of the numba student step against the same
+student in NumPy and ONNX Runtime and against the teacher ensemble, plus numba's call floors),
+``throughput`` (bars/s of batch replay and of ``kdsignal replay``), ``loopback`` (the daemon under the fake
+Bybit), ``training`` (pipeline stage wall times from ``models/report.json``), ``size`` (parameters and
+bytes). ``--json`` prints one JSON object; its ``results`` entries carry ``p50_us``/``p99_us`` (latencies) or
+``bars_per_s`` (throughputs). ``--write-md`` regenerates the tables of BENCHMARKS.md and the latency plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from .data import bench_model
+from .timing import machine_info, utc_now
+
+PARTS = ("inference", "throughput", "loopback", "training", "size")
+
+
+def _parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"--parts: unknown {unknown or text!r}; choose from {','.join(PARTS)}")
+    return [p for p in PARTS if p in parts]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kdsignal bench``."""
+    parser.add_argument("--parts", type=_parts, default=list(PARTS), metavar="LIST",
+                        help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
+    parser.add_argument("--n", type=int, default=20_000, help="timed calls per inference contender (default 20000)")
+    parser.add_argument("--model", default=None, metavar="NPZ",
+                        help="artifact to benchmark (default models/default.npz, else a random-weight stand-in)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--write-md", action="store_true",
+                        help="regenerate the tables of BENCHMARKS.md (and the plot, at --plot or its default)")
+    parser.add_argument("--plot", default=None, metavar="PATH", help="write the latency plot (PNG) here")
+    parser.add_argument("--no-teacher", action="store_true", help="skip the teacher contenders (faster)")
+
+
+def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True, workdir=None,
+              command: str = "kdsignal bench") -> tuple[dict, dict]:
+    """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
+    from . import inference, loopback, sizes, throughput, training
+
+    model, model_note, artifact_path = bench_model(model_path, workdir)
+    report: dict = {"command": command, "date": utc_now(), "machine": machine_info(), "parts": {}, "results": [],
+                    "ratios": [], "skipped": []}
+    samples: dict = {}
+    teacher_obj = None
+
+    def add(part: str, out: dict) -> None:
+        for r in out.pop("results", []):
+            report["results"].append({**r, "part": part})
+        for s in out.pop("skipped", []):
+            report["skipped"].append({**s, "part": part})
+        report["ratios"] += out.pop("ratios", [])
+        report["parts"][part] = out
+
+    if "inference" in parts:
+        if n < 1:
+            raise ValueError(f"--n is {n}, expected at least 1")
+        out = inference.run(model, model_note, n, teacher=teacher)
+        samples = out.pop("samples_ns")
+        teacher_obj = out.pop("teacher_obj")
+        add("inference", out)
+    if "throughput" in parts:
+        add("throughput", throughput.run(model, artifact_path))
+    if "loopback" in parts:
+        add("loopback", loopback.run(artifact_path))
+    if "training" in parts:
+        add("training", training.run())
+    if "size" in parts:
+        add("size", sizes.run(model, artifact_path, teacher_obj, teacher))
+    return report, samples
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run the chosen parts and print tables or JSON; optionally rewrite BENCHMARKS.md and the plot."""
+    from . import report as rep
+
+    command = "kdsignal bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "kdsignal bench"
+    with tempfile.TemporaryDirectory(prefix="kdsignal-bench-") as tmp:
+        report, samples = run_bench(args.parts, args.n, model_path=args.model, teacher=not args.no_teacher,
+                                    workdir=tmp, command=command.strip())
+    plot = Path(args.plot) if args.plot else (rep.DEFAULT_PLOT if args.write_md else None)
+    if plot is not None and samples:
+        m = report["machine"]
+        rep.plot_latency(samples, plot, f"Per-bar latency, one call per sample, n={args.n} each, interleaved; "
+                                        f"{m['cpu']} ({m['cores']} cores), {report['date']}")
+        report["plot"] = str(plot)
+    if args.write_md:
+        rep.write_markdown(report, plot_path=plot if samples else None)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(rep.render_text(report))
+    return 0

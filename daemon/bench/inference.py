@@ -1,0 +1,174 @@
+"""Per-bar inference latency: the numba student against NumPy, ONNX Runtime and the teacher ensemble.
+
+One sample per call from Python, real BTCUSDT 5m bars from ``data/`` passed as Python floats, every
+contender fed the same bars in interleaved rounds (``timing.sample``). ``CONTENDERS`` says what each
+one includes; the report quotes it.
+"""
+
+from __future__ import annotations
+
+from daemon.model import Model
+from kernels.student import M_CLIP, M_FEATURES, M_HEADER, student_step
+
+from . import floors
+from .data import sample_bars
+from .numpy_student import NumpyStudent
+from .onnx_student import OnnxStudent, onnxruntime_available
+from .teacher import Teacher, lightgbm_available
+from .timing import Contender, latency_entry, sample
+
+CONTENDERS: dict[str, str] = {
+    "timer_overhead": "two back-to-back perf_counter_ns reads, no call: included in every sample below",
+    "python_call_floor": "a Python function with 5 float arguments that returns 0",
+    "numba_floor_1_array": "a numba function with 1 array argument that returns 0",
+    "numba_floor_2_arrays": "a numba function with 2 array arguments that returns 0",
+    "numba_floor_2_arrays_5_floats": "a numba function with student_step's signature (2 arrays + 5 floats) that "
+    "returns 0, through numba's dispatcher",
+    "numba_entry_floor_2_arrays_5_floats": "the same do-nothing function called through its compiled entry point "
+    "(no dispatcher type checks), as SymbolState.update calls the student",
+    "student_step": "SymbolState.update(o, h, l, c, v), the daemon's per-bar call: one compiled call doing feature "
+    "step, normalisation, student forward, softmax, argmax",
+    "student_step_raw": "model.step_kernel(state, vector, o, h, l, c, v) called directly, without the partial that "
+    "SymbolState.update wraps it in",
+    "student_step_dispatcher": "kernels.student.student_step(state, vector, o, h, l, c, v): the generic kernel "
+    "through numba's dispatcher",
+    "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, argmax",
+    "student_onnxruntime": "numba features_step, then InferenceSession.run (float64 graph: standardise, clip, MLP, "
+    "softmax; 1 thread, sequential), argmax",
+    "student_onnxruntime_iobinding": "numba features_step, then run_with_iobinding with the input bound in place to the "
+    "feature slice and the output to a preallocated array, argmax",
+    "teacher_mlps_numba": "one numba call: feature step, standardise, 3 MLP members (128-64-32 x2, 256-128-64), "
+    "softmax each, average",
+    "teacher_mlps_numpy": "numba features_step, then the 3 MLP members in NumPy (matmuls, softmax, average)",
+    "teacher_lgbm": "numba features_step, then LightGBM Booster.predict on the one row (400 rounds x 3 classes, "
+    "31 leaves, num_threads=1)",
+    "teacher_ensemble": "the whole teacher served the fastest way: teacher_mlps_numba + teacher_lgbm's predict, "
+    "blended 50/50",
+}
+
+# (numerator, denominator, target speed-up or None): ratios of p50 (and of p99) from the same run.
+RATIOS = (
+    ("student_numpy", "student_step", 20.0),
+    ("student_onnxruntime", "student_step", None),
+    ("student_onnxruntime_iobinding", "student_step", 10.0),
+    ("teacher_ensemble", "student_step", 100.0),
+    ("teacher_mlps_numba", "student_step", None),
+    ("teacher_mlps_numpy", "student_step", None),
+    ("teacher_lgbm", "student_step", None),
+    ("student_step_dispatcher", "student_step", None),
+    ("student_step", "student_step_raw", None),
+    ("student_step_dispatcher", "numba_floor_2_arrays_5_floats", None),
+)
+
+STEP_TARGETS_US = {"p50_us": 0.6, "p99_us": 2.0}
+
+
+def _ratios(entries: dict[str, dict]) -> list[dict]:
+    out = []
+    for num, den, target in RATIOS:
+        if num in entries and den in entries:
+            a, b = entries[num], entries[den]
+            r = {
+                "name": f"{num}/{den}",
+                "p50_ratio": round(a["p50_us"] / b["p50_us"], 2),
+                "p99_ratio": round(a["p99_us"] / b["p99_us"], 2),
+            }
+            if target is not None:
+                r["target"] = target
+                r["meets_target"] = r["p50_ratio"] >= target
+            out.append(r)
+    return out
+
+
+def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True, warmup: int = 500) -> dict:
+    """Time every available contender ``n`` times; return entries, ratios, samples and skip notes."""
+    bars = sample_bars("BTCUSDT")
+    skipped: list[dict] = []
+
+    state = model.new_state()
+    raw_state = model.new_state()
+    disp_state = model.new_state()
+    floor_state = model.new_state()
+    # The lead's Model may carry a specialised compiled kernel; older versions only have the generic one.
+    step_kernel = getattr(model, "step_kernel", None) or floors.entry_point(student_step)
+    kernel_note = getattr(model, "kernel_note", "generic")
+    np_student = NumpyStudent(model)
+    contenders = [
+        Contender("timer_overhead", None, "empty", CONTENDERS["timer_overhead"], group="floor"),
+        Contender("python_call_floor", floors.python_noop, "bar", CONTENDERS["python_call_floor"], group="floor"),
+        Contender("numba_floor_1_array", floors.floor_1_array, "fixed", CONTENDERS["numba_floor_1_array"],
+                  (floor_state.array,), group="floor"),
+        Contender("numba_floor_2_arrays", floors.floor_2_arrays, "fixed", CONTENDERS["numba_floor_2_arrays"],
+                  (floor_state.array, model.vector), group="floor"),
+        Contender("numba_floor_2_arrays_5_floats", floors.floor_2_arrays_5_floats, "args",
+                  CONTENDERS["numba_floor_2_arrays_5_floats"], (floor_state.array, model.vector), group="floor"),
+        Contender("numba_entry_floor_2_arrays_5_floats", floors.entry_point(floors.floor_2_arrays_5_floats), "args",
+                  CONTENDERS["numba_entry_floor_2_arrays_5_floats"], (floor_state.array, model.vector),
+                  group="floor"),
+        Contender("student_step", state.update, "bar", f"{CONTENDERS['student_step']} ({kernel_note} kernel)"),
+        Contender("student_step_raw", step_kernel, "args", f"{CONTENDERS['student_step_raw']} ({kernel_note} kernel)",
+                  (raw_state.array, model.vector)),
+        Contender("student_step_dispatcher", student_step, "args", CONTENDERS["student_step_dispatcher"],
+                  (disp_state.array, model.vector)),
+        Contender("student_numpy", np_student.update, "bar", CONTENDERS["student_numpy"]),
+    ]
+    missing_ort = onnxruntime_available()
+    if missing_ort is None:
+        ort_student = OnnxStudent(model)
+        ort_bound = OnnxStudent(model, ort_student.session)
+        contenders += [
+            Contender("student_onnxruntime", ort_student.update, "bar", CONTENDERS["student_onnxruntime"]),
+            Contender("student_onnxruntime_iobinding", ort_bound.update_bound, "bar",
+                      CONTENDERS["student_onnxruntime_iobinding"]),
+        ]
+    else:
+        for name in ("student_onnxruntime", "student_onnxruntime_iobinding"):
+            skipped.append({"name": name, "reason": missing_ort})
+    teacher_note = None
+    teacher_obj = None
+    if teacher:
+        vec = model.vector
+        f = int(vec[M_FEATURES])
+        mean, inv_std = vec[M_HEADER : M_HEADER + f].copy(), vec[M_HEADER + f : M_HEADER + 2 * f].copy()
+        clip = float(vec[M_CLIP])
+        base = Teacher.build(mean, inv_std, clip)
+
+        def fresh() -> Teacher:
+            # Each contender owns a teacher so that feature states advance independently.
+            return Teacher(base.members, base.booster, mean, inv_std, clip)
+
+        contenders += [
+            Contender("teacher_mlps_numba", base.mlps_numba, "bar", CONTENDERS["teacher_mlps_numba"], group="teacher"),
+            Contender("teacher_mlps_numpy", fresh().mlps_numpy, "bar", CONTENDERS["teacher_mlps_numpy"], group="teacher"),
+        ]
+        if base.booster is not None:
+            contenders += [
+                Contender("teacher_lgbm", fresh().lgbm, "bar", CONTENDERS["teacher_lgbm"], group="teacher"),
+                Contender("teacher_ensemble", fresh().ensemble, "bar", CONTENDERS["teacher_ensemble"], group="teacher"),
+            ]
+        else:
+            # Without LightGBM the ensemble is its MLP members alone; say so rather than drop the figure.
+            contenders.append(Contender("teacher_ensemble", fresh().ensemble, "bar",
+                                        CONTENDERS["teacher_mlps_numba"] + " (LightGBM member missing)",
+                                        group="teacher"))
+            skipped.append({"name": "teacher_lgbm", "reason": lightgbm_available()})
+        teacher_note = base.sizes()
+        teacher_obj = base
+
+    samples = sample(contenders, bars, n, warmup=warmup)
+    entries = {c.name: latency_entry(c.name, samples[c.name]) for c in contenders}
+    for c in contenders:
+        entries[c.name]["group"] = c.group
+    return {
+        "model": {"source": model_note, "id": model.id, "kernel": kernel_note, "sizes": model.manifest["student"]["sizes"],
+                  "activations": model.manifest["student"]["activations"]},
+        "bars": "data/BTCUSDT-5m.csv (4,032 real 5m bars, cycled), passed as Python floats",
+        "results": list(entries.values()),
+        "ratios": _ratios(entries),
+        "contenders": {c.name: c.includes for c in contenders},
+        "samples_ns": samples,
+        "skipped": skipped,
+        "teacher": teacher_note,
+        "teacher_obj": teacher_obj,
+        "step_targets_us": STEP_TARGETS_US,
+    }

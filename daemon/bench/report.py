@@ -1,0 +1,245 @@
+"""Rendering a bench run: the terminal table, the generated blocks of BENCHMARKS.md, the latency plot.
+
+BENCHMARKS.md is prose written by hand around generated blocks delimited by
+``<!-- bench:NAME:begin -->`` / ``<!-- bench:NAME:end -->``. ``write_markdown`` replaces the blocks of
+the parts that ran and leaves the rest of the file alone, so the explanations survive a regeneration.
+A block missing from the file is appended at the end under its own heading.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+DEFAULT_PLOT = ROOT / "models" / "bench" / "latency.png"
+
+# Contenders drawn in the latency plot, in legend order.
+PLOTTED = (
+    "student_step",
+    "student_step_dispatcher",
+    "student_onnxruntime_iobinding",
+    "student_onnxruntime",
+    "student_numpy",
+    "teacher_mlps_numba",
+    "teacher_mlps_numpy",
+    "teacher_ensemble",
+)
+
+
+def _fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        if abs(x) >= 100:
+            return f"{x:.1f}"
+        return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def _table(headers: list[str], rows: list[list], markdown: bool) -> str:
+    cells = [[_fmt(c) for c in r] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "-" * len(line)]
+    # Numbers right-aligned, text left-aligned.
+    out += ["  ".join(c.rjust(w) if isinstance(raw, (int, float)) else c.ljust(w) for raw, c, w in zip(rr, r, widths))
+            for rr, r in zip(rows, cells)]
+    return "\n".join(out)
+
+
+def _stamp(report: dict) -> str:
+    m = report["machine"]
+    return (
+        f"Measured {report['date']} by `{report['command']}` on {m['cpu']} ({m['cores']} cores), "
+        f"Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, onnxruntime {m['onnxruntime'] or 'absent'}, "
+        f"lightgbm {m['lightgbm'] or 'absent'}, {m['os']}, load average {m.get('load_avg_1m')} at the start."
+    )
+
+
+def _results(report: dict, part: str) -> list[dict]:
+    return [r for r in report["results"] if r.get("part") == part]
+
+
+def section_inference(report: dict, markdown: bool) -> str:
+    part = report["parts"].get("inference", {})
+    rows = _results(report, "inference")
+    if not rows:
+        return "inference: not run"
+    includes = part.get("contenders", {})
+    out = []
+    if markdown:
+        out.append(f"Student: {part['model']['source']} (model id `{part['model']['id']}`, sizes "
+                   f"{part['model']['sizes']}, {part['model'].get('kernel', 'generic')} kernel). Bars: {part['bars']}.")
+        out.append("")
+    headers = ["name", "p50 us", "p99 us", "mean us", "n"] + (["what one call includes"] if markdown else [])
+    table_rows = [[r["name"], r["p50_us"], r["p99_us"], r["mean_us"], r["n"]] + ([includes.get(r["name"], "")] if markdown else [])
+                  for r in rows]
+    out.append(_table(headers, table_rows, markdown))
+    ratios = report.get("ratios", [])
+    if ratios:
+        out.append("")
+        if markdown:
+            out.append("Ratios, same run (slower / faster; a target is the speed-up the issue asks for):")
+            out.append("")
+        rr = [[r["name"], r["p50_ratio"], r["p99_ratio"],
+               (f">= {r['target']:g}: " + ("met" if r["meets_target"] else "NOT met")) if "target" in r else ""]
+              for r in ratios]
+        out.append(_table(["ratio", "at p50", "at p99", "target"], rr, markdown))
+    targets = part.get("step_targets_us")
+    step = next((r for r in rows if r["name"] == "student_step"), None)
+    if targets and step:
+        verdict = ", ".join(
+            f"{k[:3]} {step[k]:.2f} us vs target {v:g} us: {'met' if step[k] <= v else 'NOT met'}" for k, v in targets.items()
+        )
+        out.append("")
+        out.append(f"student_step against the foundation issue's targets: {verdict}.")
+    return "\n".join(out)
+
+
+def section_throughput(report: dict, markdown: bool) -> str:
+    rows = _results(report, "throughput")
+    if not rows:
+        return "throughput: not run"
+    part = report["parts"].get("throughput", {})
+    out = []
+    if markdown and part.get("source"):
+        out += [f"Input: {part['source']}.", ""]
+    out.append(_table(["name", "bars/s", "bars", "seconds", "what it includes"],
+                      [[r["name"], r["bars_per_s"], r["n"], r.get("seconds"), r.get("includes", "")] for r in rows],
+                      markdown))
+    return "\n".join(out)
+
+
+def section_loopback(report: dict, markdown: bool) -> str:
+    part = report["parts"].get("loopback", {})
+    rows = part.get("levels", [])
+    if not rows:
+        return "loopback: not run"
+    out = [_table(
+        ["symbols", "pushes/s", "signals/s", "tick_to_signal p50 us", "p99 us", "CPU %", "RSS MB", "kept up"],
+        [[r["symbols"], r["pushes_per_s"], r["signals_per_s"], r["p50_us"], r["p99_us"], r["cpu_percent"],
+          r["rss_mb"], "yes" if r["kept_up"] else "no"] for r in rows],
+        markdown,
+    )]
+    if part.get("startup"):
+        out.append("")
+        out.append(_table(["start-up to first subscription", "seconds"],
+                          [[k, v] for k, v in part["startup"].items()], markdown))
+    return "\n".join(out)
+
+
+def section_training(report: dict, markdown: bool) -> str:
+    part = report["parts"].get("training", {})
+    stages = part.get("stages", [])
+    if not stages:
+        return "training: not run"
+    out = []
+    if part.get("source"):
+        out += [f"From {part['source']}.", ""] if markdown else [f"from {part['source']}"]
+    out.append(_table(["stage", "wall s"], [[s["stage"], s["seconds"]] for s in stages], markdown))
+    return "\n".join(out)
+
+
+def section_size(report: dict, markdown: bool) -> str:
+    rows = _results(report, "size")
+    if not rows:
+        return "size: not run"
+    return _table(["model", "parameters", "bytes", "what is counted"],
+                  [[r["name"], r["params"], r["bytes"], r.get("includes", "")] for r in rows], markdown)
+
+
+SECTIONS = {
+    "inference": ("Per-bar inference latency", section_inference),
+    "throughput": ("Throughput", section_throughput),
+    "loopback": ("The daemon on loopback", section_loopback),
+    "training": ("Training stage wall times", section_training),
+    "size": ("Model size", section_size),
+}
+
+
+def render_text(report: dict) -> str:
+    """The readable terminal report of a run."""
+    m = report["machine"]
+    out = [f"kdsignal bench  {report['date']}  {m['cpu']} ({m['cores']} cores)  Python {m['python']}  "
+           f"numba {m['numba']}  numpy {m['numpy']}  onnxruntime {m['onnxruntime'] or 'absent'}"]
+    for name in report["parts"]:
+        title, fn = SECTIONS[name]
+        out += ["", f"== {title} ==", fn(report, markdown=False)]
+    for s in report.get("skipped", []):
+        out.append(f"skipped {s['name']}: {s['reason']}")
+    return "\n".join(out)
+
+
+def _block(name: str, body: str) -> str:
+    return f"<!-- bench:{name}:begin -->\n{body}\n<!-- bench:{name}:end -->"
+
+
+def write_markdown(report: dict, path: Path = BENCHMARKS_MD, plot_path: Path | None = None) -> list[str]:
+    """Replace the generated blocks of the parts that ran; return the block names written."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    written = []
+    for name in report["parts"]:
+        title, fn = SECTIONS[name]
+        body = [f"_{_stamp(report)}_", "", fn(report, markdown=True)]
+        skipped = [s for s in report.get("skipped", []) if s.get("part") == name]
+        if skipped:
+            body += [""] + [f"- not measured: `{s['name']}`: {s['reason']}" for s in skipped]
+        if name == "inference" and plot_path is not None:
+            rel = plot_path.resolve().relative_to(path.resolve().parent) if plot_path.is_absolute() else plot_path
+            body += ["", f"![Per-call latency distributions]({rel.as_posix()})"]
+        block = _block(name, "\n".join(body))
+        pattern = re.compile(rf"<!-- bench:{name}:begin -->.*?<!-- bench:{name}:end -->", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda _m: block, text)
+        else:
+            text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+        written.append(name)
+    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    return written
+
+
+def plot_latency(samples_ns: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Draw the per-call latency distributions (empirical CDFs, log time axis) of the plotted contenders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
+    for name in PLOTTED:
+        if name not in samples_ns:
+            continue
+        us = np.sort(samples_ns[name].astype(np.float64) / 1000.0)
+        q = np.arange(1, us.size + 1) / us.size
+        keep = q <= 0.999  # the last 0.1% are scheduler noise and would squash the plot
+        (line,) = ax.step(us[keep], q[keep], where="post", label=name, linewidth=1.4)
+        p50, p99 = np.percentile(us, [50, 99])
+        ax.plot([p50], [0.5], "o", color=line.get_color(), markersize=4)
+        ax.plot([p99], [0.99], "s", color=line.get_color(), markersize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per call from Python (us, log scale)")
+    ax.set_ylabel("fraction of calls")
+    ax.set_ylim(0, 1.001)
+    ax.axhline(0.5, color="0.85", linewidth=0.8, zorder=0)
+    ax.axhline(0.99, color="0.85", linewidth=0.8, zorder=0)
+    ax.grid(True, which="both", axis="x", color="0.92")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,135 @@
+"""``kdsignal bench``: its contenders compute what the student computes, and the command emits its figures.
+
+No timing assertions here: speed is reported by the bench, never tested.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daemon.bench import report
+from daemon.bench.numpy_student import NumpyStudent
+from daemon.bench.teacher import Teacher, member_mlps
+from daemon.model import Model
+from kernels.student import M_CLIP, M_FEATURES, M_HEADER
+
+from tests.conftest import ROOT
+
+
+def _bars(btc_5m: np.ndarray) -> list[tuple[float, ...]]:
+    # Python floats, as the parser hands them to the daemon; a few invalid bars exercise the fill-forward path.
+    bars = [tuple(float(x) for x in r[1:6]) for r in btc_5m[:1500]]
+    bars[300] = (bars[300][0], bars[300][1], bars[300][2], float("nan"), bars[300][4])
+    bars[301] = (bars[301][0], bars[301][1], bars[301][2], bars[301][3], -1.0)
+    return bars
+
+
+def test_numpy_student_equals_numba(random_artifact, btc_5m):
+    """The NumPy student gives the numba step's class and probabilities (rtol 1e-9) on every real bar."""
+    model = Model.load(random_artifact)
+    state, np_student = model.new_state(), NumpyStudent(model)
+    compared = 0
+    for bar in _bars(btc_5m):
+        got, want = np_student.update(*bar), state.update(*bar)
+        assert got == want
+        if want >= 0:
+            np.testing.assert_allclose(np_student.probs, state.probs, rtol=1e-9, atol=0)
+            compared += 1
+    assert compared > 1400
+
+
+def test_onnx_student_equals_numba(random_artifact, btc_5m):
+    """The float64 ONNX export, by plain run and by I/O binding, gives the numba step's probabilities (rtol 1e-9)."""
+    pytest.importorskip("onnxruntime")
+    from daemon.bench.onnx_student import OnnxStudent
+
+    model = Model.load(random_artifact)
+    state = model.new_state()
+    plain = OnnxStudent(model)
+    bound = OnnxStudent(model, plain.session)
+    compared = 0
+    for bar in _bars(btc_5m):
+        want = state.update(*bar)
+        assert plain.update(*bar) == want
+        assert bound.update_bound(*bar) == want
+        if want >= 0:
+            np.testing.assert_allclose(plain.probs[0], state.probs, rtol=1e-9, atol=0)
+            np.testing.assert_allclose(bound.bound_probs[0], state.probs, rtol=1e-9, atol=0)
+            compared += 1
+    assert compared > 1400
+
+
+def test_teacher_numba_members_equal_numpy(random_artifact, btc_5m):
+    """The one-call numba teacher averages the same member probabilities as the NumPy teacher (rtol 1e-9)."""
+    model = Model.load(random_artifact)
+    vec = model.vector
+    f = int(vec[M_FEATURES])
+    mean, inv_std = vec[M_HEADER : M_HEADER + f].copy(), vec[M_HEADER + f : M_HEADER + 2 * f].copy()
+    fast = Teacher(member_mlps(f), None, mean, inv_std, float(vec[M_CLIP]))
+    slow = Teacher(member_mlps(f), None, mean, inv_std, float(vec[M_CLIP]))
+    for bar in _bars(btc_5m)[:400]:
+        got = fast.mlps_numba(*bar)
+        want = slow.mlps_numpy(*bar)
+        assert got == want
+        if want >= 0:
+            np.testing.assert_allclose(fast.mlp_probs, slow.probs, rtol=1e-9, atol=0)
+
+
+@pytest.mark.slow
+def test_bench_json_inference_emits_named_entries():
+    """`kdsignal bench --json --n 200 --parts inference` prints every named latency with positive numbers."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "bench", "--json", "--n", "200", "--parts", "inference"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {"date", "machine", "command", "results"} <= set(doc)
+    assert doc["machine"]["cores"] >= 1
+    by_name = {r["name"]: r for r in doc["results"]}
+    names = ["student_step", "student_step_raw", "student_numpy", "teacher_ensemble", "numba_floor_1_array",
+             "numba_floor_2_arrays", "numba_floor_2_arrays_5_floats"]
+    try:
+        import onnxruntime  # noqa: F401
+
+        names += ["student_onnxruntime", "student_onnxruntime_iobinding"]
+    except ImportError:
+        assert {s["name"] for s in doc["skipped"]} >= {"student_onnxruntime", "student_onnxruntime_iobinding"}
+    for name in names:
+        entry = by_name[name]
+        assert entry["n"] == 200
+        assert 0 < entry["p50_us"] <= entry["p99_us"], entry
+    assert any(r["name"] == "teacher_ensemble/student_step" and r["p50_ratio"] > 0 for r in doc["ratios"])
+
+
+def test_write_markdown_replaces_blocks_and_keeps_prose(tmp_path):
+    """Regenerating BENCHMARKS.md rewrites only the generated blocks of the parts that ran."""
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text(
+        "# Benchmarks\n\nHand-written prose.\n\n<!-- bench:size:begin -->\nold table\n<!-- bench:size:end -->\n\nMore prose.\n"
+    )
+    doc = {
+        "command": "kdsignal bench --parts size", "date": "2026-01-01T00:00:00Z",
+        "machine": {"cpu": "test cpu", "cores": 2, "python": "3.11", "numpy": "2", "numba": "0.6",
+                    "onnxruntime": None, "lightgbm": None, "os": "Linux"},
+        "parts": {"size": {}},
+        "results": [{"name": "student", "params": 323, "bytes": 2824, "part": "size", "includes": "weights"}],
+        "ratios": [], "skipped": [],
+    }
+    assert report.write_markdown(doc, md) == ["size"]
+    text = md.read_text()
+    assert "old table" not in text
+    assert "Hand-written prose." in text and "More prose." in text
+    assert "| student | 323 | 2,824 | weights |" in text
+    assert "test cpu (2 cores)" in text
+    # A part without a block in the file gets one appended under its heading.
+    doc["parts"] = {"training": {"stages": [{"stage": "data", "seconds": 1.5}]}}
+    report.write_markdown(doc, md)
+    text = md.read_text()
+    assert "## Training stage wall times" in text and "<!-- bench:training:begin -->" in text
+    assert "| data | 1.50 |" in text
