@@ -97,6 +97,10 @@ class Metrics:
         r.register(_CandleAgeCollector(self))
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        # Called before each /healthz or /metrics answer, so totals kept elsewhere (the feed's frame counters)
+        # can be copied in at scrape time instead of costing a call per frame.
+        self.on_scrape: Callable[[], None] | None = None
+        self._synced = {"frames": 0, "malformed": 0, "reconnects": 0}
 
     # --- updates from the daemon (hot path: keep them trivial) -------------------------------------------
 
@@ -183,11 +187,29 @@ class Metrics:
 
     # --- HTTP endpoint ---------------------------------------------------------------------------------------
 
+    def _refresh(self) -> None:
+        if self.on_scrape is not None:
+            try:
+                self.on_scrape()
+            except Exception as exc:  # a scrape must still answer; the numbers are just older
+                log.error("metrics_refresh_failed", error=repr(exc))
+
+    def sync_totals(self, *, frames: int, malformed: int, reconnects: int) -> None:
+        """Add what running totals counted elsewhere gained since the last sync (instead of per-event calls)."""
+        for name, counter, total in (("frames", self._frames, frames), ("malformed", self._malformed, malformed),
+                                     ("reconnects", self._reconnects, reconnects)):
+            gained = total - self._synced[name]
+            if gained > 0:
+                counter.inc(gained)
+                self._synced[name] = total
+
     async def _healthz(self, request: web.Request) -> web.Response:
+        self._refresh()
         ok, body = self.health()
         return web.Response(status=200 if ok else 503, text=json.dumps(body), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        self._refresh()
         return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:

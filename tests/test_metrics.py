@@ -170,3 +170,25 @@ async def test_start_on_busy_port_raises_and_leaves_nothing_running(served):
         await other.start("127.0.0.1", m.port)
     assert other.port is None
     await other.stop()
+
+
+async def test_on_scrape_syncs_external_totals(served):
+    """on_scrape runs before each answer and sync_totals adds only what the external totals gained."""
+    m, _, session = served
+    totals = {"frames": 0, "malformed": 0, "reconnects": 0}
+    m.on_scrape = lambda: m.sync_totals(**totals)
+    totals.update(frames=10, malformed=2, reconnects=1)
+    async with session.get("/metrics") as resp:
+        got = samples(await resp.text())
+    assert got[("kdsignal_frames_total", ())] == 10 and got[("kdsignal_malformed_frames_total", ())] == 2
+    totals.update(frames=25)
+    async with session.get("/metrics") as resp:
+        got = samples(await resp.text())
+    assert got[("kdsignal_frames_total", ())] == 25 and got[("kdsignal_reconnects_total", ())] == 1
+
+    def broken() -> None:
+        raise RuntimeError("stats gone")
+
+    m.on_scrape = broken
+    async with session.get("/metrics") as resp:
+        assert resp.status == 200  # older numbers beat no answer
