@@ -327,6 +327,8 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"kdsignal train: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
+    # LightGBM's OpenMP workers spin while waiting by default; on a busy 2-core box that starves everything
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .data import DataError
 
     try:

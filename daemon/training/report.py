@@ -110,7 +110,7 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict) -> dict[str, Path]:
         ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps], fontsize=8)
         ax.set_xlabel("alpha (weight of hard labels)", fontsize=8)
         ax.set_ylabel("temperature", fontsize=8)
-        ax.set_title("% of teacher's gain kept (seed %d)" % doc["sweep"]["seed"], fontsize=9)
+        ax.set_title(f"% of teacher's gain kept (seed {doc['sweep']['seed']})", fontsize=9)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         out["sweep"] = out_dir / "sweep.png"

@@ -40,11 +40,13 @@ class Standardizer:
     @classmethod
     def fit(cls, x: np.ndarray, clip: float = 8.0) -> "Standardizer":
         """Fit on the finite values of each column."""
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(x, axis=0)
-            std = np.nanstd(x, axis=0)
-        mean = np.nan_to_num(mean)
-        std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+        ok = np.isfinite(x)
+        cnt = np.maximum(ok.sum(axis=0), 1)
+        xz = np.where(ok, x, 0.0).astype(np.float64)
+        mean = xz.sum(axis=0) / cnt
+        var = (np.where(ok, x - mean, 0.0) ** 2).sum(axis=0) / cnt
+        std = np.sqrt(var)
+        std = np.where(std > 1e-12, std, 1.0)
         return cls(mean, std, clip)
 
     def __call__(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
