@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from daemon.config import BackoffConfig
 from daemon.parser import Ack, FrameError, KlineFrame, Pong, parse_frame
 
-__all__ = ["Feed", "FeedStats", "default_retryable"]
+__all__ = ["CallbackError", "Feed", "FeedStats", "default_retryable"]
 
 
 def default_retryable(exc: BaseException) -> bool:
@@ -56,6 +56,10 @@ class FeedStats:
 
 class _Dead(Exception):
     """The connection was declared dead by the client (missed pong, unacked subscription)."""
+
+
+class CallbackError(RuntimeError):
+    """The ``on_kline`` callback failed: a bug or a broken output, never a reason to reconnect."""
 
 
 class Feed:
@@ -168,7 +172,10 @@ class Feed:
                 return None
             stats.last_frame_ns = recv_ns
             if frame.closed:
-                self.on_kline(frame, recv_ns)
+                try:
+                    self.on_kline(frame, recv_ns)
+                except Exception as exc:  # e.g. BrokenPipeError is an OSError, which would look retryable
+                    raise CallbackError(f"on_kline failed: {exc!r}") from exc
             return None
         if type(frame) is Pong:
             stats.pongs += 1

@@ -142,3 +142,19 @@ def test_backoff_is_capped_and_jittered():
     nominal = [1, 2, 4, 8, 8, 8, 8, 8]
     assert all(0.5 * d <= x <= d for x, d in zip(delays, nominal))
     assert len(set(delays)) == len(delays)
+
+
+async def test_callback_failure_is_not_a_reconnect(fake):
+    """An exception in on_kline (here a broken pipe, an OSError) ends run() instead of looking like a drop."""
+    from daemon.feed import CallbackError
+
+    def broken(frame, recv_ns):
+        raise BrokenPipeError("stdout closed")
+
+    feed = Feed(fake.ws_url, TOPICS, broken, backoff=FAST, ping_interval_s=1)
+    task = asyncio.create_task(feed.run())
+    await wait_until(lambda: fake.subscribed("kline.5.BTCUSDT"), what="subscription")
+    await fake.step()
+    with pytest.raises(CallbackError, match="stdout closed"):
+        await asyncio.wait_for(task, 10)
+    assert feed.stats.connects == 1
