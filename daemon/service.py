@@ -33,6 +33,7 @@ from daemon.output import ReopenableFile, SignalWriter, configure_logging
 from daemon.parser import KlineFrame, kline_topic
 from daemon.pipeline import FILL, FillResult, Pipeline
 from daemon.rest import RestClient, RestError
+from daemon.supervision import Supervision
 
 __all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
 
@@ -82,6 +83,8 @@ class Service:
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()  # set once the task group runs (tests wait on it)
+        # sd_notify READY/WATCHDOG/STATUS/STOPPING and the optional /healthz + /metrics endpoint.
+        self.supervision = Supervision(self)
 
     # ------------------------------------------------------------------ hot path
     def _on_kline(self, frame: KlineFrame, recv_ns: int) -> None:
@@ -97,6 +100,7 @@ class Service:
                 self._spawn_fill(pipeline, "gap")
             else:
                 write(result)
+                self.supervision.on_signal(result)
 
     # ------------------------------------------------------------------ fills
     def _on_subscribed(self) -> None:
@@ -134,8 +138,10 @@ class Service:
         if res.backfilled:
             self.gaps_backfilled += res.backfilled
             log.info("gap_backfilled", reason=reason, bars=res.backfilled, backfilled_total=self.gaps_backfilled)
+            self.supervision.on_gap(res.backfilled)
         for sig in res.signals:
             self.writer.write(sig)
+            self.supervision.on_signal(sig)
 
     # ------------------------------------------------------------------ signals
     def stop(self) -> None:
@@ -195,8 +201,10 @@ class Service:
                             self._spawn_fill(pipeline, "warmup")
                     tg.create_task(self.feed.run(), name="feed")
                     tg.create_task(self._summaries(), name="latency-summary")
+                    tg.create_task(self.supervision.run(), name="supervision")
                     self.started.set()
                     await self._stop.wait()
+                    self.supervision.stopping()
                     raise _Stop
             except* _Stop:
                 pass

@@ -1,0 +1,125 @@
+"""What a supervisor sees of a running :class:`daemon.service.Service`: sd_notify, watchdog, metrics endpoint.
+
+The service owns one :class:`Supervision` and calls four things: :meth:`run` as a task of its task group,
+:meth:`on_signal` after each signal line is written, :meth:`on_gap` when REST filled a gap, and
+:meth:`stopping` when a stop was requested. Everything else is read from the service at check time (the
+feed's counters, the pipelines' fill state), so the per-frame hot path gains no calls.
+
+- ``READY=1`` once the feed is subscribed and every symbol's warm-up fill has finished.
+- ``WATCHDOG=1`` at ``WATCHDOG_USEC / 2`` while the loop keeps time and some frame (a kline push or a pong)
+  arrived within ``stale_after_s``; by default twice the feed's own dead-connection time plus the longest
+  backoff, so a feed that stays down through several reconnect attempts gets the process restarted.
+- ``STATUS=`` lines: symbols, signals so far, last inference time, feed state.
+- ``/healthz`` and ``/metrics`` when ``[metrics] enabled = true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+
+from daemon.metrics import Metrics
+from daemon.sdnotify import Activity, Notifier, Watchdog
+
+if TYPE_CHECKING:
+    from daemon.pipeline import Signal
+    from daemon.service import Service
+
+__all__ = ["Supervision"]
+
+log = structlog.get_logger("kdsignal.supervision")
+
+
+class Supervision:
+    """systemd notifications, the health-gated watchdog and the optional metrics endpoint of one service."""
+
+    def __init__(self, service: Service, *, environ: Mapping[str, str] | None = None,
+                 stale_after_s: float | None = None) -> None:
+        self.service = service
+        cfg = service.cfg
+        self.notifier = Notifier.from_env(environ)
+        self.metrics = Metrics(symbols=cfg.feed.symbols, interval_ms=cfg.feed.interval_ms)
+        self.metrics.on_scrape = self._sync_metrics
+        feed = cfg.feed
+        self.stale_after_s = (stale_after_s if stale_after_s is not None
+                              else 2 * (feed.ping_interval_s + feed.pong_timeout_s) + cfg.backoff.max_s)
+        self._activity = Activity()
+        self._frames_seen = 0
+        self.watchdog = Watchdog(self.notifier, self.frames_fresh, status=self.status_text)
+        self.ready_sent = False
+        self.last_inference_us: float | None = None
+
+    # --- called by the service --------------------------------------------------------------------------------
+
+    def on_signal(self, sig: Signal) -> None:
+        """Count a written signal (after the line is out, so it costs the latency budget nothing)."""
+        self.last_inference_us = sig.inference_us
+        m = self.metrics
+        m.signal(sig.signal)
+        m.observe_inference_us(sig.inference_us)
+        m.candle_closed(sig.symbol, sig.start_ms)
+
+    def on_gap(self, bars: int) -> None:
+        """Count one gap filled from REST with ``bars`` closed candles."""
+        self.metrics.gap_backfilled(bars)
+
+    def stopping(self) -> None:
+        """Tell systemd the daemon is shutting down."""
+        self.notifier.stopping(f"stopping after {self.service.writer.written} signals")
+
+    async def run(self) -> None:
+        """Serve metrics if enabled, send READY when warm, then keep the watchdog and status going."""
+        mcfg = self.service.cfg.metrics
+        try:
+            if mcfg.enabled:
+                try:
+                    await self.metrics.start(mcfg.host, mcfg.port)
+                except OSError as exc:  # the signals matter more than the endpoint: log loudly, keep running
+                    log.error("metrics_listen_failed", host=mcfg.host, port=mcfg.port, error=str(exc))
+            if self.notifier.enabled:
+                while not self.is_ready():
+                    await asyncio.sleep(0.05)
+                self.ready_sent = self.notifier.ready(self.status_text())
+                log.info("sd_ready", status=self.status_text())
+                await self.watchdog.run()
+            await asyncio.Event().wait()  # keep the metrics endpoint up until the task group cancels us
+        finally:
+            await self.metrics.stop()
+            self.notifier.close()
+
+    # --- checks ---------------------------------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """Subscribed, and no symbol still waiting for its warm-up history."""
+        svc = self.service
+        return svc.feed.stats.subscribed and not any(p.filling for p in svc.pipelines.values())
+
+    def frames_fresh(self) -> bool:
+        """True while some frame arrived within ``stale_after_s`` (checked at each watchdog tick)."""
+        frames = self.service.feed.stats.frames
+        if frames != self._frames_seen:
+            self._frames_seen = frames
+            self._activity.mark()
+        return self._activity.age_s() < self.stale_after_s
+
+    def status_text(self) -> str:
+        """One line for ``systemctl status``."""
+        svc = self.service
+        symbols = list(svc.pipelines)
+        shown = ",".join(symbols[:4]) + (f",+{len(symbols) - 4}" if len(symbols) > 4 else "")
+        latency = "-" if self.last_inference_us is None else f"{self.last_inference_us:.2f} us"
+        stats = svc.feed.stats
+        feed = "subscribed" if stats.subscribed else ("connected" if stats.connected else "disconnected")
+        return (f"{len(symbols)} symbols ({shown}) interval {svc.cfg.feed.interval}; "
+                f"{svc.writer.written} signals; last inference {latency}; feed {feed}")
+
+    def _sync_metrics(self) -> None:
+        svc = self.service
+        stats = svc.feed.stats
+        self.metrics.sync_totals(frames=stats.frames, malformed=stats.malformed,
+                                 reconnects=max(0, stats.connects - 1))
+        self.metrics.set_feed_connected(stats.subscribed)
+        self.metrics.set_model(svc.model.id if svc.model is not None else None)
