@@ -113,8 +113,12 @@ class Supervision:
         latency = "-" if self.last_inference_us is None else f"{self.last_inference_us:.2f} us"
         stats = svc.feed.stats
         feed = "subscribed" if stats.subscribed else ("connected" if stats.connected else "disconnected")
-        return (f"{len(symbols)} symbols ({shown}) interval {svc.cfg.feed.interval}; "
+        text = (f"{len(symbols)} symbols ({shown}) interval {svc.cfg.feed.interval}; "
                 f"{svc.writer.written} signals; last inference {latency}; feed {feed}")
+        quiet_s = self._activity.age_s()
+        if quiet_s >= self.stale_after_s:
+            text += f"; no frames for {quiet_s:.0f} s"
+        return text
 
     def _sync_metrics(self) -> None:
         svc = self.service
