@@ -94,7 +94,6 @@ class Feed:
         self._pong = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._dead_reason: str | None = None
-        self._last_ack: Ack | None = None
 
     # ------------------------------------------------------------------ connection loop
     async def run(self) -> None:
@@ -137,8 +136,9 @@ class Feed:
         on_message = self._on_message
         try:
             async for message in ws:
-                if on_message(message, perf_counter_ns()) is not None:
-                    await self._on_ack(ws, self._last_ack)
+                ack = on_message(message, perf_counter_ns())
+                if ack is not None:  # acks are rare; only they need to await (a re-subscribe)
+                    await self._on_ack(ws, ack)
             return "server closed the connection"
         except ConnectionClosed:
             if self._dead_reason is not None:
@@ -181,7 +181,6 @@ class Feed:
             stats.pongs += 1
             self._pong.set()
             return None
-        self._last_ack = frame
         return frame
 
     def _malformed(self, reason: str) -> None:
