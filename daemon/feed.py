@@ -14,7 +14,6 @@ logged and skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -145,11 +144,13 @@ class Feed:
                 raise _Dead(self._dead_reason) from None
             raise
         finally:
+            # The helpers die with the connection. Collect their outcomes without raising: an exception here
+            # would replace a CancelledError on its way out and leave the feed running after shutdown.
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+                if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionClosed):
+                    self.log.error("feed_task_failed", task=task.get_name(), error=repr(outcome))
 
     def _kill(self, ws: ClientConnection, reason: str) -> None:
         # Abort instead of a close handshake: a half-open peer would never answer it.

@@ -62,8 +62,8 @@ class Proc:
         assert raw.endswith(b"\n"), raw
         return json.loads(raw)
 
-    async def stop(self) -> tuple[int, bytes]:
-        self.p.send_signal(signal.SIGTERM)
+    async def stop(self, sig=signal.SIGTERM) -> tuple[int, bytes]:
+        self.p.send_signal(sig)
         rest = await asyncio.wait_for(self.p.stdout.read(), 20)
         return await asyncio.wait_for(self.p.wait(), 20), rest
 
@@ -78,8 +78,9 @@ async def _started(fake, log):
                      and any(e["event"] == "warmup_loaded" for e in log_events(log)), 30, "daemon start")
 
 
-async def test_sigterm_exits_zero_without_a_partial_line(tmp_path):
-    """SIGTERM while bars flow ends the process with 0, whole stdout lines and a flushed log."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_stop_signal_exits_zero_without_a_partial_line(tmp_path, sig):
+    """SIGTERM or SIGINT while bars flow ends the process with 0, whole stdout lines and a flushed log."""
     log = tmp_path / "daemon.log"
     write_random_artifact(tmp_path / "a.npz")
     async with FakeBybit(sample_rows(("BTCUSDT",), 400), "5", start_index=40) as fake:
@@ -90,7 +91,7 @@ async def test_sigterm_exits_zero_without_a_partial_line(tmp_path):
         assert [(await proc.line())["start"] for _ in range(2)] == [first, first + BAR_MS]
         player = asyncio.create_task(fake.play(0.01))
         await wait_until(lambda: fake.open_start_ms > first + 20 * BAR_MS, what="bars flowing")
-        rc, rest = await proc.stop()
+        rc, rest = await proc.stop(sig)
         player.cancel()
     assert rc == 0
     assert rest == b"" or rest.endswith(b"\n")
