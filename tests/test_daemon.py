@@ -195,7 +195,6 @@ async def test_sighup_reload_keeps_old_model_on_bad_artifact(fake, random_artifa
 
     async with InProcessDaemon(fake, random_artifact, ("BTCUSDT",)) as d:
         old_id = d.service.model.id
-        d.service.cfg.model.__class__  # the artifact path is read from the config on each reload
         random_artifact.write_bytes(b"not an artifact")
         with capture_logs() as logs:
             assert d.service.reload() is False
