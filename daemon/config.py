@@ -78,6 +78,8 @@ class RestConfig:
     timeout_s: float = 10.0
     max_attempts: int = 8
     page_limit: int = 1000
+    # REST requests in flight at once (a reconnect makes every symbol catch up together).
+    max_concurrent: int = 8
     # Extra closed bars fetched at warm-up beyond the model's warm-up length.
     warmup_extra_bars: int = 5
 
@@ -194,7 +196,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[backoff].factor is {cfg.backoff.factor}, expected >= 1")
     if not 0 <= cfg.backoff.jitter < 1:
         raise ConfigError(f"[backoff].jitter is {cfg.backoff.jitter}, expected 0 <= jitter < 1")
-    for key in ("timeout_s", "max_attempts", "page_limit"):
+    for key in ("timeout_s", "max_attempts", "page_limit", "max_concurrent"):
         _positive(f"[rest].{key}", getattr(cfg.rest, key))
     if cfg.rest.page_limit > 1000:
         raise ConfigError(f"[rest].page_limit is {cfg.rest.page_limit}, Bybit allows at most 1000")

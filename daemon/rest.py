@@ -39,7 +39,7 @@ class RestClient:
 
     def __init__(self, base_url: str, category: str, session: aiohttp.ClientSession, *,
                  backoff: BackoffConfig | None = None, max_attempts: int = 8, timeout_s: float = 10.0,
-                 page_limit: int = 1000, rng: random.Random | None = None,
+                 page_limit: int = 1000, max_concurrent: int = 8, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), log=None) -> None:
         self.url = base_url.rstrip("/") + "/v5/market/kline"
@@ -53,6 +53,8 @@ class RestClient:
         self._sleep = sleep
         self._wall_ms = wall_ms
         self.log = log or structlog.get_logger("kdsignal.rest")
+        # After a reconnect every symbol catches up at once: keep the burst well inside Bybit's IP limit.
+        self._slots = asyncio.Semaphore(max_concurrent)
         self.requests = 0
         self.retries = 0
 
@@ -103,7 +105,7 @@ class RestClient:
             self.requests += 1
             wait_s = 0.0
             try:
-                async with self.session.get(self.url, params=params, timeout=self.timeout) as resp:
+                async with self._slots, self.session.get(self.url, params=params, timeout=self.timeout) as resp:
                     body = await resp.read()
                     status = resp.status
                     reset_ms = resp.headers.get("X-Bapi-Limit-Reset-Timestamp")

@@ -190,6 +190,7 @@ class Service:
             self.rest = RestClient(self.cfg.feed.rest_url, self.cfg.feed.category, session,
                                    backoff=self.cfg.backoff, max_attempts=self.cfg.rest.max_attempts,
                                    timeout_s=self.cfg.rest.timeout_s, page_limit=self.cfg.rest.page_limit,
+                                   max_concurrent=self.cfg.rest.max_concurrent,
                                    log=self.log)
             self.log.info("daemon_started", symbols=list(self.pipelines), interval=self.cfg.feed.interval,
                           model=self.model.id, ws_url=self.cfg.feed.ws_url, config=self.cfg.source)

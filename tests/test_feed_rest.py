@@ -97,3 +97,15 @@ async def test_unreachable_host_is_retried_then_reported():
         c = RestClient("http://127.0.0.1:9", "linear", session, backoff=FAST, max_attempts=2)
         with pytest.raises(RestError, match="ClientConnectorError"):
             await c.closed_klines("BTCUSDT", "5", count=3)
+
+
+async def test_concurrent_fetches_share_a_bounded_pool(fake):
+    """Many symbols catching up at once all get their bars through a pool of two request slots."""
+    import asyncio
+
+    async with aiohttp.ClientSession() as session:
+        c = RestClient(fake.rest_url, "linear", session, backoff=FAST, max_concurrent=2)
+        results = await asyncio.gather(*(c.closed_klines("BTCUSDT", "5", start_ms=fake.starts[90 + i % 10])
+                                         for i in range(20)))
+    assert [len(r) for r in results] == [10 - i % 10 for i in range(20)]
+    assert c._slots._value == 2
