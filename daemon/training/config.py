@@ -16,6 +16,17 @@ from typing import Any
 TAKER_FEE = 0.00055  # Bybit linear taker fee, one side
 
 
+# name -> (config overrides, one-line description); each is re-run with the first seed only
+ABLATIONS: dict[str, tuple[dict, str]] = {
+    "teacher_without_extras": ({"teacher_extra_features": False},
+                               "teacher sees only the student's features (no longer windows, time of day, other symbols)"),
+    "teacher_finer_targets": ({"teacher_buckets": (2.0,)},
+                              "teacher predicts 5 return buckets (edges at 1 and 2 bands), collapsed to 3 classes"),
+    "recency_weighting": ({"recency_half_life_days": 60.0}, "student rows weighted by recency, half-life 60 days"),
+    "student_32_16": ({"student_hidden": (32, 16)}, "a wider student, 32-16 (same budget)"),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """All parameters of ``kdsignal train``; defaults are the shipped model's configuration."""
@@ -60,6 +71,8 @@ class TrainConfig:
     ece_bins: int = 10
     sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    # variants re-run with the first seed to measure what each option is worth (see pipeline.ABLATIONS)
+    ablations: tuple[str, ...] = ("teacher_without_extras", "teacher_finer_targets", "recency_weighting")
     num_threads: int = 2
     progress: bool = True
 
@@ -79,6 +92,7 @@ class TrainConfig:
             ("seeds", len(self.seeds) >= 1),
             ("lgbm_weight", 0 <= self.lgbm_weight <= 1),
             ("teacher_buckets", all(b > 1 for b in self.teacher_buckets)),
+            ("ablations", all(a in ABLATIONS for a in self.ablations)),
         ]
         for name, ok in checks:
             if not ok:
@@ -139,6 +153,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             if not all(isinstance(x, list) and all(isinstance(i, int) for i in x) for x in value):
                 raise ValueError(f"[train] {key} must be a list of integer lists, got {value!r}")
             return tuple(tuple(x) for x in value)
+        if key == "ablations":
+            if not all(isinstance(i, str) for i in value):
+                raise ValueError(f"[train] {key} must be a list of strings, got {value!r}")
+            return tuple(value)
         if key in ("student_hidden", "seeds"):
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
                 raise ValueError(f"[train] {key} must be a list of integers, got {value!r}")

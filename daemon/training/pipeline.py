@@ -19,13 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate as ev
-from .config import TrainConfig, load_train_config
+from .config import ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
 from .dataset import Pooled, build, label_params
 from .folds import split_validation, walk_forward
 from .labels import CLASSES
 from .student import Student, recency_weights, train_student
 from .teacher import fit_teacher
+
+
+_TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", "teacher_lgbm", "lgbm_weight")
 
 
 def _bar(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
@@ -208,6 +211,36 @@ def summarise(P: Pooled, cfg: TrainConfig, fold_results: list[dict], p_t: np.nda
     return out
 
 
+def _short(P: Pooled, cfg: TrainConfig, fold_results: list[dict], p_t: np.ndarray) -> dict:
+    s = summarise(P, cfg, fold_results, p_t, {})["summary"]
+    return {"teacher_log_loss": s["teacher"]["log_loss"], "baseline_log_loss": s["baseline"]["log_loss"],
+            "student_log_loss": s["student"]["log_loss"], "control_log_loss": s["control"]["log_loss"],
+            "gain_kept": s["student"]["gain_kept"], "control_gain_kept": s["control"]["gain_kept"],
+            "agreement": s["student"]["agreement"], "wins_over_control": s["student"]["wins_over_control"]}
+
+
+def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, fold_results: list[dict]) -> list[dict]:
+    """Re-run the distillation with each option in ``cfg.ablations`` toggled, first seed only."""
+    seed = cfg.seeds[0]
+    one = cfg.replace(seeds=(seed,))
+    first = [{**r, "student": {seed: r["student"][seed]}, "control": {seed: r["control"][seed]}} for r in fold_results]
+    rows = [{"name": "default", "description": "the configuration above", **_short(P, one, first, p_t)}]
+    for name in _bar(cfg.ablations, cfg, "ablations"):
+        over, desc = ABLATIONS[name]
+        if all(getattr(cfg, k) == v for k, v in over.items()):
+            continue  # already the default
+        t0 = time.perf_counter()
+        acfg = one.replace(**over)
+        aP, ap_t = P, p_t
+        if any(k in over for k in _TEACHER_KEYS):
+            aP = build(series, acfg)
+            ap_t, _, _ = fit_teachers(aP, acfg, folds, seed=seed)
+        res = run_folds(aP, acfg, folds, ap_t, False)
+        rows.append({"name": name, "description": desc, **_short(aP, acfg, res, ap_t),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
 def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
           sweep: bool = False, config_path: str | None = None) -> dict:
     """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
@@ -234,6 +267,11 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     t0 = time.perf_counter()
     result = summarise(P, cfg, fold_results, p_t, members)
     timings["evaluate_s"] = time.perf_counter() - t0
+
+    if cfg.ablations:
+        t0 = time.perf_counter()
+        result["ablations"] = run_ablations(series, P, cfg, folds, p_t, fold_results)
+        timings["ablations_s"] = time.perf_counter() - t0
 
     # the shipped student: every block that has out-of-fold soft targets, the newest tail validating
     t0 = time.perf_counter()

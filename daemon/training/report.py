@@ -200,6 +200,15 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
             e = f["symbols"].get(sym)
             cells.append("-" if e is None else f"{_f(e['student'])} / {_f(e['control'])}{' *' if e['distilled_beats_control'] else ''}")
         lines.append(f"| {f['fold']} | " + " | ".join(cells) + " |")
+    if doc.get("ablations"):
+        lines += ["", "## Options measured (first seed only, pooled folds)", "",
+                  "| variant | teacher LL | distilled LL | control LL | distilled kept | control kept | agreement | distilled wins |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a in doc["ablations"]:
+            w = a["wins_over_control"]
+            lines.append(f"| {a['name']}: {a['description']} | {_f(a['teacher_log_loss'])} | {_f(a['student_log_loss'])} | "
+                         f"{_f(a['control_log_loss'])} | {_pct(a['gain_kept'], 0)} | {_pct(a['control_gain_kept'], 0)} | "
+                         f"{_pct(a['agreement'])} | {w['wins']}/{w['pairs']} |")
     if doc.get("sweep"):
         sw = doc["sweep"]
         lines += ["", f"## Temperature x alpha sweep (seed {sw['seed']}, pooled folds; control log loss {_f(sw['control_log_loss'])})", "",
