@@ -19,7 +19,7 @@ from daemon.fake_bybit import FakeBybit
 from daemon.service import EX_CONFIG
 from daemon.tail import LogFollower
 from tests.conftest import write_random_artifact
-from tests.daemon_support import ROOT, sample_rows, wait_until
+from tests.daemon_support import ROOT, InProcessDaemon, sample_rows, wait_until
 from tests.test_daemon_process import Proc, log_events, write_config
 from tests.test_sdnotify import NotifyReceiver
 
@@ -217,3 +217,24 @@ async def rotate(tmp_path, log, pid: int) -> None:
                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await p.communicate()
     assert p.returncode == 0, out.decode()
+
+
+async def test_in_process_supervision_counts_gaps_signals_and_status(random_artifact):
+    """A lost close shows up as one gap of one bar in /metrics' counters, and the status line tracks signals."""
+    async with FakeBybit(sample_rows(("BTCUSDT",), 200), "5", start_index=40) as fake:
+        async with InProcessDaemon(fake, random_artifact) as d:
+            sup = d.service.supervision
+            assert sup.is_ready() and sup.frames_fresh()
+            first = fake.open_start_ms
+            await fake.step(1)
+            fake.lose_next_close()
+            await fake.step(2)
+            await d.wait_for_start("BTCUSDT", first + 2 * BAR_MS)
+            status = sup.status_text()
+            got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(sup.metrics.render().decode()) for s in f.samples}
+    assert got[("kdsignal_gaps_total", ())] == 1 and got[("kdsignal_backfilled_bars_total", ())] == 1
+    assert sum(v for (name, _), v in got.items() if name == "kdsignal_signals_total") == 3
+    assert got[("kdsignal_inference_seconds_count", ())] == 3
+    assert status.startswith("1 symbols (BTCUSDT) interval 5; 3 signals; last inference ")
+    assert status.endswith("feed subscribed")
