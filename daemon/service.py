@@ -104,8 +104,10 @@ class Service:
 
     # ------------------------------------------------------------------ fills
     def _on_subscribed(self) -> None:
-        for pipeline in self.pipelines.values():
-            if pipeline.begin_fill():
+        # Catch up on what a reconnect may have cost; a refused topic has no stream to catch up with.
+        refused = self.feed.stats.refused_topics
+        for symbol, pipeline in self.pipelines.items():
+            if kline_topic(pipeline.interval, symbol) not in refused and pipeline.begin_fill():
                 self._spawn_fill(pipeline, "catch_up")
 
     def _spawn_fill(self, pipeline: Pipeline, reason: str) -> None:

@@ -207,3 +207,17 @@ async def test_sighup_reload_keeps_old_model_on_bad_artifact(fake, random_artifa
         await fake.step(1)
         await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
         assert d.lines[-1]["model"] == new_id != old_id
+
+
+async def test_refused_topic_is_not_caught_up_after_a_reconnect(fake, random_artifact):
+    """A refused symbol gets no REST catch-up on reconnect, so it never yields signals of its own."""
+    fake.faults.refused_symbols.add("ETHUSDT")
+    async with InProcessDaemon(fake, random_artifact, SYMBOLS) as d:
+        first = fake.open_start_ms
+        await fake.step(1)
+        await fake.drop()
+        await fake.step(1)
+        await d.ready()
+        await fake.step(1)
+        await check_exactly_once(d, random_artifact, first, first + 2 * BAR_MS, ("BTCUSDT",))
+    assert not [x for x in d.lines if x["symbol"] != "BTCUSDT"]
