@@ -30,6 +30,8 @@ CONTENDERS: dict[str, str] = {
     "step, normalisation, student forward, softmax, argmax",
     "student_step_raw": "model.step_kernel(state, vector, o, h, l, c, v) called directly, without the partial that "
     "SymbolState.update wraps it in",
+    "student_step_generic": "the generic kernels.student.student_step called through its compiled entry point "
+    "(what SymbolState.update ran before the architecture-specialised kernel)",
     "student_step_dispatcher": "kernels.student.student_step(state, vector, o, h, l, c, v): the generic kernel "
     "through numba's dispatcher",
     "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, argmax",
@@ -56,6 +58,7 @@ RATIOS = (
     ("teacher_mlps_numpy", "student_step", None),
     ("teacher_lgbm", "student_step", None),
     ("student_step_dispatcher", "student_step", None),
+    ("student_step_generic", "student_step_raw", None),
     ("student_step", "student_step_raw", None),
     ("student_step_dispatcher", "numba_floor_2_arrays_5_floats", None),
 )
@@ -88,6 +91,7 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
     state = model.new_state()
     raw_state = model.new_state()
     disp_state = model.new_state()
+    generic_state = model.new_state()
     floor_state = model.new_state()
     # The lead's Model may carry a specialised compiled kernel; older versions only have the generic one.
     step_kernel = getattr(model, "step_kernel", None) or floors.entry_point(student_step)
@@ -108,6 +112,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
         Contender("student_step", state.update, "bar", f"{CONTENDERS['student_step']} ({kernel_note} kernel)"),
         Contender("student_step_raw", step_kernel, "args", f"{CONTENDERS['student_step_raw']} ({kernel_note} kernel)",
                   (raw_state.array, model.vector)),
+        Contender("student_step_generic", floors.entry_point(student_step), "args", CONTENDERS["student_step_generic"],
+                  (generic_state.array, model.vector)),
         Contender("student_step_dispatcher", student_step, "args", CONTENDERS["student_step_dispatcher"],
                   (disp_state.array, model.vector)),
         Contender("student_numpy", np_student.update, "bar", CONTENDERS["student_numpy"]),

@@ -83,8 +83,9 @@ def section_inference(report: dict, markdown: bool) -> str:
         out.append(f"Student: {part['model']['source']} (model id `{part['model']['id']}`, sizes "
                    f"{part['model']['sizes']}, {part['model'].get('kernel', 'generic')} kernel). Bars: {part['bars']}.")
         out.append("")
-    headers = ["name", "p50 us", "p99 us", "mean us", "n"] + (["what one call includes"] if markdown else [])
-    table_rows = [[r["name"], r["p50_us"], r["p99_us"], r["mean_us"], r["n"]] + ([includes.get(r["name"], "")] if markdown else [])
+    headers = ["name", "p50 us", "p99 us", "p99.9 us", "mean us", "n"] + (["what one call includes"] if markdown else [])
+    table_rows = [[r["name"], r["p50_us"], r["p99_us"], r.get("p999_us"), r["mean_us"], r["n"]]
+                  + ([includes.get(r["name"], "")] if markdown else [])
                   for r in rows]
     out.append(_table(headers, table_rows, markdown))
     ratios = report.get("ratios", [])
@@ -125,19 +126,22 @@ def section_throughput(report: dict, markdown: bool) -> str:
 def section_loopback(report: dict, markdown: bool) -> str:
     part = report["parts"].get("loopback", {})
     rows = part.get("levels", [])
-    if not rows:
-        return "loopback: not run"
-    out = [_table(
-        ["symbols", "pushes/s", "signals/s", "tick_to_signal p50 us", "p99 us", "CPU %", "RSS MB", "kept up"],
-        [[r["symbols"], r["pushes_per_s"], r["signals_per_s"], r["p50_us"], r["p99_us"], r["cpu_percent"],
-          r["rss_mb"], "yes" if r["kept_up"] else "no"] for r in rows],
-        markdown,
-    )]
+    out = []
+    if rows:
+        out.append(_table(
+            ["symbols", "nominal signals/s", "offered signals/s", "written signals/s", "tick_to_signal p50 us",
+             "p99 us", "max us", "daemon CPU %", "RSS MB", "fake CPU %", "kept up"],
+            [[r["symbols"], r["nominal_signals_per_s"], r["offered_signals_per_s"], r["signals_per_s"], r["p50_us"],
+              r["p99_us"], r["max_us"], r["cpu_percent"], r["rss_mb"], r["fake_cpu_percent"],
+              ("yes" if r["kept_up"] else "no") + (f" (limit: {r['limit']})" if r.get("limit") else "")]
+             for r in rows],
+            markdown,
+        ))
     if part.get("startup"):
         out.append("")
         out.append(_table(["start-up to first subscription", "seconds"],
-                          [[k, v] for k, v in part["startup"].items()], markdown))
-    return "\n".join(out)
+                          [[k.removesuffix("_s"), v] for k, v in part["startup"].items()], markdown))
+    return "\n".join(out) if out else "loopback: not run"
 
 
 def section_training(report: dict, markdown: bool) -> str:
@@ -160,6 +164,36 @@ def section_size(report: dict, markdown: bool) -> str:
                   [[r["name"], r["params"], r["bytes"], r.get("includes", "")] for r in rows], markdown)
 
 
+def section_summary(report: dict, markdown: bool) -> str:
+    """Headline figures: the student step and how many times slower each alternative is, same run."""
+    by = {r["name"]: r for r in _results(report, "inference")}
+    ratios = {r["name"]: r for r in report.get("ratios", [])}
+    step = by.get("student_step")
+    if step is None:
+        return "summary: inference not run"
+    lines = [f"- **student_step** (the daemon's per-bar call: features + student + softmax): "
+             f"p50 **{step['p50_us']:.2f} us**, p99 {step['p99_us']:.2f} us over {step['n']:,} calls."]
+    labels = (
+        ("student_numpy", "the same student in NumPy"),
+        ("student_onnxruntime_iobinding", "ONNX Runtime with I/O binding"),
+        ("student_onnxruntime", "ONNX Runtime, plain run()"),
+        ("teacher_ensemble", "the teacher ensemble (numba MLPs + LightGBM predict)"),
+    )
+    for name, label in labels:
+        r = ratios.get(f"{name}/student_step")
+        if name in by and r:
+            tgt = f" (target >= {r['target']:g}x: {'met' if r['meets_target'] else 'NOT met'})" if "target" in r else ""
+            lines.append(f"- {label}: p50 {by[name]['p50_us']:.2f} us, p99 {by[name]['p99_us']:.2f} us: "
+                         f"**{r['p50_ratio']:.1f}x** slower at p50, {r['p99_ratio']:.1f}x at p99{tgt}.")
+    floor = by.get("numba_floor_2_arrays_5_floats")
+    entry = by.get("numba_entry_floor_2_arrays_5_floats")
+    if floor and entry:
+        lines.append(f"- numba call floor with the step's signature: {floor['p50_us']:.2f} us through the dispatcher, "
+                     f"{entry['p50_us']:.2f} us through the compiled entry point (timer: "
+                     f"{by['timer_overhead']['p50_us']:.2f} us, included in every figure).")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "inference": ("Per-bar inference latency", section_inference),
     "throughput": ("Throughput", section_throughput),
@@ -169,11 +203,16 @@ SECTIONS = {
 }
 
 
+SUMMARY = ("Headline", section_summary)
+
+
 def render_text(report: dict) -> str:
     """The readable terminal report of a run."""
     m = report["machine"]
     out = [f"kdsignal bench  {report['date']}  {m['cpu']} ({m['cores']} cores)  Python {m['python']}  "
            f"numba {m['numba']}  numpy {m['numpy']}  onnxruntime {m['onnxruntime'] or 'absent'}"]
+    if "inference" in report["parts"]:
+        out += ["", f"== {SUMMARY[0]} ==", SUMMARY[1](report, False).replace("**", "")]
     for name in report["parts"]:
         title, fn = SECTIONS[name]
         out += ["", f"== {title} ==", fn(report, markdown=False)]
@@ -186,6 +225,14 @@ def _block(name: str, body: str) -> str:
     return f"<!-- bench:{name}:begin -->\n{body}\n<!-- bench:{name}:end -->"
 
 
+def _replace_block(text: str, name: str, body: str, title: str) -> str:
+    block = _block(name, body)
+    pattern = re.compile(rf"<!-- bench:{name}:begin -->.*?<!-- bench:{name}:end -->", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _m: block, text)
+    return text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+
+
 def write_markdown(report: dict, path: Path = BENCHMARKS_MD, plot_path: Path | None = None) -> list[str]:
     """Replace the generated blocks of the parts that ran; return the block names written."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
@@ -193,18 +240,17 @@ def write_markdown(report: dict, path: Path = BENCHMARKS_MD, plot_path: Path | N
     for name in report["parts"]:
         title, fn = SECTIONS[name]
         body = [f"_{_stamp(report)}_", "", fn(report, markdown=True)]
+        if name == "inference":
+            summary = [f"_{_stamp(report)}_", "", SUMMARY[1](report, True)]
+            if plot_path is not None:
+                rel = plot_path.resolve().relative_to(path.resolve().parent) if plot_path.is_absolute() else plot_path
+                summary += ["", f"![Per-call latency distributions, student against its alternatives]({rel.as_posix()})"]
+            text = _replace_block(text, "summary", "\n".join(summary), SUMMARY[0])
+            written.append("summary")
         skipped = [s for s in report.get("skipped", []) if s.get("part") == name]
         if skipped:
             body += [""] + [f"- not measured: `{s['name']}`: {s['reason']}" for s in skipped]
-        if name == "inference" and plot_path is not None:
-            rel = plot_path.resolve().relative_to(path.resolve().parent) if plot_path.is_absolute() else plot_path
-            body += ["", f"![Per-call latency distributions]({rel.as_posix()})"]
-        block = _block(name, "\n".join(body))
-        pattern = re.compile(rf"<!-- bench:{name}:begin -->.*?<!-- bench:{name}:end -->", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda _m: block, text)
-        else:
-            text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+        text = _replace_block(text, name, "\n".join(body), title)
         written.append(name)
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     return written

@@ -1,0 +1,121 @@
+"""Run the real daemon (``daemon.service.Service``) for one loopback level and print what it measured.
+
+``python -m daemon.bench.loopback_driver CONFIG SIGNALS_FILE SETTLE_S DURATION_S`` builds the service from a
+configuration file exactly as ``kdsignal run`` does (same ``Service``, same logging to the configured file,
+signal lines to ``SIGNALS_FILE``), waits until the feed is subscribed and every symbol's warm-up fill has
+finished, lets it settle, then records for ``DURATION_S`` seconds:
+
+- tick-to-signal latency of every live signal: the service's own measurement (``perf_counter_ns`` when the
+  frame arrived to just after its line was written and flushed), collected by swapping the writer's
+  ``latency`` recorder (public attribute, duck-typed ``add``/``take``) for one that keeps every sample;
+- signals written, CPU seconds (user + system) of this process, RSS at the end.
+
+It prints one JSON object on stdout and stops the service. Run by ``daemon.bench.loopback`` in a
+subprocess so the daemon has a process of its own, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+class KeepAll:
+    """A stand-in for ``daemon.output.LatencyStats`` that keeps every sample while ``recording``."""
+
+    def __init__(self) -> None:
+        self.ns: list[int] = []
+        self.total = 0
+        self.recording = False
+
+    def add(self, ns: int) -> None:
+        self.total += 1
+        if self.recording:
+            self.ns.append(ns)
+
+    def take(self) -> dict | None:
+        return None
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def measure(config_path: str, signals_path: str, settle_s: float, duration_s: float) -> dict:
+    from daemon.config import load_config
+    from daemon.model import Model
+    from daemon.output import configure_logging
+    from daemon.service import Service
+
+    t_start = time.perf_counter()
+    cfg = load_config(config_path)
+    model = Model.load(cfg.model.artifact)
+    log_file = configure_logging(cfg.log.file, cfg.log.level)
+    out = open(signals_path, "wb")  # noqa: SIM115 - closed below, after the service stopped
+    service = Service(cfg, model, out=out, log_file=log_file)
+    recorder = KeepAll()
+    service.writer.latency = recorder
+    task = asyncio.create_task(service.run())
+    result: dict = {}
+    try:
+        deadline = time.perf_counter() + 120.0
+        while not (service.feed.stats.subscribed and not any(p.filling for p in service.pipelines.values())):
+            if task.done() or time.perf_counter() > deadline:
+                raise RuntimeError("the daemon did not get subscribed and warm within 120 s")
+            await asyncio.sleep(0.005)
+        result["ready_s"] = round(time.perf_counter() - t_start, 3)
+        await asyncio.sleep(settle_s)
+        written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
+        recorder.recording = True
+        print(json.dumps({"event": "recording"}), flush=True)
+        await asyncio.sleep(duration_s)
+        recorder.recording = False
+        written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        ns = np.asarray(recorder.ns, dtype=np.float64)
+        wall = t1 - t0
+        result.update({
+            "signals": written1 - written0,
+            "live_samples": int(ns.size),
+            "seconds": round(wall, 3),
+            "signals_per_s": round((written1 - written0) / wall, 1),
+            "p50_us": round(float(np.percentile(ns, 50)) / 1000, 2) if ns.size else None,
+            "p99_us": round(float(np.percentile(ns, 99)) / 1000, 2) if ns.size else None,
+            "max_us": round(float(ns.max()) / 1000, 2) if ns.size else None,
+            "cpu_percent": round(100.0 * (cpu1 - cpu0) / wall, 1),
+            "rss_mb": round(_rss_mb(), 1),
+            "frames": service.feed.stats.frames,
+            "malformed": service.feed.stats.malformed,
+            "reconnects": max(0, service.feed.stats.connects - 1),
+        })
+    finally:
+        service.stop()
+        await task
+        out.close()
+        if log_file is not None:
+            log_file.close()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    config_path, signals_path, settle_s, duration_s = argv[0], argv[1], float(argv[2]), float(argv[3])
+    result = asyncio.run(measure(config_path, signals_path, settle_s, duration_s))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
