@@ -133,3 +133,21 @@ def test_write_markdown_replaces_blocks_and_keeps_prose(tmp_path):
     text = md.read_text()
     assert "## Training stage wall times" in text and "<!-- bench:training:begin -->" in text
     assert "| data | 1.50 |" in text
+
+
+def test_loopback_config_is_accepted_by_the_daemon(tmp_path, random_artifact):
+    """The config the loopback bench writes for the fake's made-up symbols passes the daemon's own validation."""
+    from daemon.bench.loopback import make_symbols, write_config
+    from daemon.config import load_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    names = make_symbols(data, 7, rows=50)
+    assert len(set(names)) == 7 and len(list(data.glob("*-5m.csv"))) == 7
+    assert (data / f"{names[0]}-5m.csv").read_text().count("\n") == 51  # header + 50 rows
+    cfg_path = tmp_path / "config.toml"
+    write_config(cfg_path, "ws://127.0.0.1:1/v5/public/linear", "http://127.0.0.1:2", names, random_artifact,
+                 tmp_path / "daemon.log")
+    cfg = load_config(cfg_path)
+    assert cfg.feed.symbols == tuple(names)
+    assert cfg.model.artifact == str(random_artifact)
