@@ -35,14 +35,14 @@ CONTENDERS: dict[str, str] = {
     "student_step_dispatcher": "kernels.student.student_step(state, vector, o, h, l, c, v): the generic kernel "
     "through numba's dispatcher",
     "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, argmax",
-    "student_onnxruntime": "numba features_step, then InferenceSession.run (float64 graph: standardise, clip, MLP, "
+    "student_onnxruntime": "numba features_step (compiled entry point), then InferenceSession.run (float64 graph: standardise, clip, MLP, "
     "softmax; 1 thread, sequential), argmax",
-    "student_onnxruntime_iobinding": "numba features_step, then run_with_iobinding with the input bound in place to the "
+    "student_onnxruntime_iobinding": "numba features_step (compiled entry point), then run_with_iobinding with the input bound in place to the "
     "feature slice and the output to a preallocated array, argmax",
     "teacher_mlps_numba": "one numba call: feature step, standardise, 3 MLP members (128-64-32 x2, 256-128-64), "
     "softmax each, average",
-    "teacher_mlps_numpy": "numba features_step, then the 3 MLP members in NumPy (matmuls, softmax, average)",
-    "teacher_lgbm": "numba features_step, then LightGBM Booster.predict on the one row (400 rounds x 3 classes, "
+    "teacher_mlps_numpy": "numba features_step (compiled entry point), then the 3 MLP members in NumPy (matmuls, softmax, average)",
+    "teacher_lgbm": "numba features_step (compiled entry point), then LightGBM Booster.predict on the one row (400 rounds x 3 classes, "
     "31 leaves, num_threads=1)",
     "teacher_ensemble": "the whole teacher served the fastest way: teacher_mlps_numba + teacher_lgbm's predict, "
     "blended 50/50",

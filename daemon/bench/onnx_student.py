@@ -2,7 +2,8 @@
 
 The graph is the model part of the student only: ``(x - mean) * inv_std``, ``Clip(-clip, clip)``, one
 ``Gemm`` (+ ``Relu``) per layer, ``Softmax``. The features come from the numba feature kernel
-(``kernels.features.features_step``), so against ``student_step`` only the model part differs. The session
+(``kernels.features.features_step``, called through its compiled entry point as the daemon calls the
+student), so against ``student_step`` only the model part differs. The session
 runs single-threaded (intra_op 1, inter_op 1, sequential execution), as a per-bar server would.
 
 Two ways to call it per bar: ``run`` (the plain ``InferenceSession.run`` with a feed dict) and
@@ -17,10 +18,14 @@ import numpy as np
 
 from daemon.model import Model
 from kernels.features import S_FEATURES, features_step, new_feature_state
+
+from .floors import entry_point
 from kernels.mlp import unpack_mlp
 from kernels.student import M_CLIP, M_FEATURES, M_HEADER
 
 OPSET = 17
+# The feature step without numba's dispatcher: the alternatives pay no call overhead the student does not.
+_features_step = entry_point(features_step)
 
 
 def onnxruntime_available() -> str | None:
@@ -115,14 +120,14 @@ class OnnxStudent:
 
     def update(self, o: float, h: float, l: float, c: float, v: float) -> int:
         """Feature step, then ``InferenceSession.run`` with a feed dict; the class index or -1 warming up."""
-        if features_step(self.state, o, h, l, c, v) <= 0:
+        if _features_step(self.state, o, h, l, c, v) <= 0:
             return -1
         self.probs = self._run(None, self.feed)[0]
         return int(self.probs.argmax())
 
     def update_bound(self, o: float, h: float, l: float, c: float, v: float) -> int:
         """Feature step, then ``run_with_iobinding`` on the bound state slice; probabilities land in ``bound_probs``."""
-        if features_step(self.state, o, h, l, c, v) <= 0:
+        if _features_step(self.state, o, h, l, c, v) <= 0:
             return -1
         self._run_bound(self.binding)
         return int(self.bound_probs.argmax())

@@ -30,12 +30,15 @@ from kernels.features import (
 from kernels.mlp import _mlp_forward, _softmax, mlp_max_width, pack_mlp
 
 from .data import DATA, load_csv
+from .floors import entry_point
 
 MEMBER_HIDDEN = ((128, 64, 32), (128, 64, 32), (256, 128, 64))
 LGBM_ROUNDS = 400
 LGBM_LEAVES = 31
 LGBM_WEIGHT = 0.5
 HORIZON_BARS = 12
+
+_features_step = entry_point(features_step)  # as in onnx_student: no dispatcher on the alternatives' path
 
 # Packed ensemble layout: [n_members, F, K, clip, width, off_1..off_m, mean(F), inv_std(F), member MLPs...]
 E_MEMBERS, E_F, E_K, E_CLIP, E_WIDTH, E_HEADER = 0, 1, 2, 3, 4, 5
@@ -197,14 +200,14 @@ class Teacher:
 
     def mlps_numpy(self, o, h, l, c, v) -> int:
         """Numba feature step, then the MLP members in NumPy."""
-        if features_step(self.fstate, o, h, l, c, v) <= 0:
+        if _features_step(self.fstate, o, h, l, c, v) <= 0:
             return -1
         self.probs = self._numpy_mlps(self.fx[0])
         return int(self.probs.argmax())
 
     def lgbm(self, o, h, l, c, v) -> int:
         """Numba feature step, then LightGBM's own ``predict`` on the one row (single thread)."""
-        if features_step(self.fstate, o, h, l, c, v) <= 0:
+        if _features_step(self.fstate, o, h, l, c, v) <= 0:
             return -1
         self.probs = self.booster.predict(self.fx, num_threads=1)[0]
         return int(self.probs.argmax())
