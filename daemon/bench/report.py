@@ -160,8 +160,14 @@ def section_size(report: dict, markdown: bool) -> str:
     rows = _results(report, "size")
     if not rows:
         return "size: not run"
-    return _table(["model", "parameters", "bytes", "what is counted"],
-                  [[r["name"], r["params"], r["bytes"], r.get("includes", "")] for r in rows], markdown)
+    out = _table(["model", "parameters", "bytes", "what is counted"],
+                 [[r["name"], r["params"], r["bytes"], r.get("includes", "")] for r in rows], markdown)
+    by = {r["name"]: r for r in rows}
+    if "student" in by and "teacher_total" in by:
+        s, t = by["student"], by["teacher_total"]
+        out += (f"\n\nThe teacher has {t['params'] / s['params']:,.0f}x the student's parameters and "
+                f"{t['bytes'] / s['bytes']:,.0f}x its bytes.")
+    return out
 
 
 def section_summary(report: dict, markdown: bool) -> str:

@@ -46,9 +46,4 @@ def run(model: Model, artifact_path: Path | None, teacher, want_teacher: bool = 
                                         "4 per split); bytes: LightGBM's model text"})
             results.append({"name": "teacher_total", "params": t["mlp_params"] + t["lgbm_params"],
                             "bytes": t["mlp_bytes"] + t["lgbm_bytes"], "includes": "MLP members + LightGBM"})
-    student = results[0]
-    total = results[-1] if teacher is not None else None
-    ratio = None
-    if total is not None:
-        ratio = {"name": "teacher_total/student (params)", "p50_ratio": round(total["params"] / student["params"], 1)}
-    return {"results": results, "size_ratio": ratio}
+    return {"results": results}
