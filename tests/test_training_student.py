@@ -46,9 +46,13 @@ def test_numpy_forward_equals_kernel(rows, activation):
     np.testing.assert_allclose(m.forward(z), out, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("alpha,temperature", [(0.5, 2.0), (0.0, 4.0), (1.0, 1.0)])
-def test_parameter_gradients_match_finite_differences(rows, alpha, temperature):
-    """Backprop through kd_loss_grad's logit gradient equals central differences of the weighted loss."""
+@pytest.mark.parametrize("alpha,temperature,mixed", [(0.5, 2.0, False), (0.0, 4.0, False), (1.0, 1.0, False),
+                                                     (0.3, 2.0, True)])
+def test_parameter_gradients_match_finite_differences(rows, alpha, temperature, mixed):
+    """Backprop through kd_loss_grad's logit gradient equals central differences of the weighted loss.
+
+    ``mixed``: a third of the rows have no teacher target and count on hard labels only.
+    """
     x, y, p = rows
     rng = np.random.default_rng(3)
     idx = rng.choice(len(y), 64, replace=False)
@@ -57,7 +61,8 @@ def test_parameter_gradients_match_finite_differences(rows, alpha, temperature):
     for b in m.biases:
         b += rng.normal(0, 0.1, b.shape)
     w = rng.uniform(0.2, 2.0, len(y))
-    fn = kd_loss_fn(y, teacher_logits(p), w, temperature, alpha)
+    soft = (np.arange(len(y)) % 3 != 0) if mixed else None
+    fn = kd_loss_fn(y, teacher_logits(p), w, temperature, alpha, soft)
     z, cache = m.forward(xb, keep=True)
     _, g = fn(z, idx)
     grads = m.backward(cache, g)
@@ -72,6 +77,15 @@ def test_parameter_gradients_match_finite_differences(rows, alpha, temperature):
             lm = fn(m.forward(xb), idx)[0]
             flat[j] = old
             assert gflat[j] == pytest.approx((lp - lm) / (2 * eps), rel=1e-5, abs=1e-9)
+    if mixed:
+        # the mixed loss is the weighted mean of the two groups' own losses
+        s_ = soft[idx]
+        z = m.forward(xb)
+        whole = fn(z, idx)[0]
+        part_soft = kd_loss_fn(y, teacher_logits(p), w, temperature, alpha)(z[s_], idx[s_])[0]
+        part_hard = kd_loss_fn(y, teacher_logits(p), w, temperature, 1.0)(z[~s_], idx[~s_])[0]
+        ws, wh = w[idx][s_].sum(), w[idx][~s_].sum()
+        assert whole == pytest.approx((ws * part_soft + wh * part_hard) / (ws + wh), rel=1e-12)
 
 
 def test_control_ignores_the_teacher(rows):

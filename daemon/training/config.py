@@ -65,6 +65,9 @@ class TrainConfig:
     student_batch: int = 512
     student_lr: float = 2e-3
     student_patience: int = 4
+    student_plateau_patience: int = 0  # halve the learning rate after this many epochs without gain (0: never)
+    # also train on block 0, which no out-of-fold teacher labels: hard labels only there (student and control)
+    student_first_block: bool = False
     recency_half_life_days: float = 0.0  # 0 = uniform sample weights
     seeds: tuple[int, ...] = (0, 1, 2)
     # --- evaluation / output

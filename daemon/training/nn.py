@@ -124,12 +124,14 @@ class FitResult:
 
 def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: Callable[[np.ndarray], float], *,
         epochs: int, batch: int, lr: float, patience: int, rng: np.random.Generator,
-        weight_decay: float = 0.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> FitResult:
+        weight_decay: float = 0.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+        plateau_patience: int = 0, plateau_factor: float = 0.5) -> FitResult:
     """Train with minibatch Adam (decoupled weight decay); stop when ``val_fn`` stops improving.
 
     ``loss_fn(logits, rows)`` returns the minibatch loss and its logit gradient (already divided by the batch
     weight, as ``kernels.mlp.kd_loss_grad`` does); ``val_fn(val_logits)`` scores the validation block, lower
-    is better. The weights of the best validation epoch are returned.
+    is better. The weights of the best validation epoch are returned. With ``plateau_patience > 0`` the
+    learning rate is multiplied by ``plateau_factor`` after that many epochs without improvement.
     """
     params = model.params()
     m = [np.zeros_like(p) for p in params]
@@ -138,6 +140,7 @@ def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: C
     best = val_fn(predict(model, x_val))
     best_model, best_epoch, bad = model.copy(), 0, 0
     val_hist, train_hist = [best], []
+    since_decay = 0
     n = len(x)
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -167,9 +170,13 @@ def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: C
         score = val_fn(predict(model, x_val))
         val_hist.append(score)
         if score < best - 1e-6:
-            best, best_model, best_epoch, bad = score, model.copy(), epoch, 0
+            best, best_model, best_epoch, bad, since_decay = score, model.copy(), epoch, 0, 0
         else:
             bad += 1
+            since_decay += 1
             if bad >= patience:
                 break
+            if plateau_patience and since_decay >= plateau_patience:
+                lr *= plateau_factor
+                since_decay = 0
     return FitResult(best_model, best_epoch, epoch, val_hist, train_hist)

@@ -71,7 +71,7 @@ def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int) -> tuple[np.ndar
 def student_rows(P: Pooled, train_mask: np.ndarray, p_teacher: np.ndarray, cfg: TrainConfig):
     """Fit/validation masks and weights for a student trained on ``train_mask`` rows with soft targets."""
     reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
-    rows = train_mask & np.all(np.isfinite(p_teacher), axis=1)
+    rows = train_mask if cfg.student_first_block else train_mask & np.all(np.isfinite(p_teacher), axis=1)
     fit, val = split_validation(P.start_ms, rows, cfg.val_frac, reach_ms)
     w = recency_weights(P.start_ms[fit], cfg.recency_half_life_days)
     return fit, val, w
@@ -88,7 +88,7 @@ def run_folds(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, sweep: bool) 
     jobs = [(f, s) for f in folds[1:] for s in cfg.seeds]
     results: dict[int, dict] = {}
     for f, seed in _bar(jobs, cfg, "students", total=len(jobs)):
-        train = f.train & (P.start_ms >= lo_ms)
+        train = f.train if cfg.student_first_block else f.train & (P.start_ms >= lo_ms)
         fit, val, w = student_rows(P, train, p_t, cfg)
         r = results.setdefault(f.index, {"fold": f, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
                                          "prior": _prior(P.y[f.train]), "student": {}, "control": {},
@@ -275,7 +275,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
 
     # the shipped student: every block that has out-of-fold soft targets, the newest tail validating
     t0 = time.perf_counter()
-    all_rows = P.valid & (P.start_ms >= int(folds[0].test_lo_ms))
+    all_rows = P.valid if cfg.student_first_block else P.valid & (P.start_ms >= int(folds[0].test_lo_ms))
     fit, val, w = student_rows(P, all_rows, p_t, cfg)
     final = _train(P, p_t, fit, val, w, cfg, cfg.seeds[0])
     p_val = final.predict_proba(P.x_student[val])

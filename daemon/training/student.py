@@ -70,13 +70,30 @@ def recency_weights(start_ms: np.ndarray, half_life_days: float) -> np.ndarray:
     return np.power(0.5, age_days / half_life_days)
 
 
-def kd_loss_fn(y: np.ndarray, zt: np.ndarray, w: np.ndarray, temperature: float, alpha: float) -> nn.LossFn:
-    """Minibatch loss for ``nn.fit`` backed by ``kernels.mlp.kd_loss_grad``."""
+def kd_loss_fn(y: np.ndarray, zt: np.ndarray, w: np.ndarray, temperature: float, alpha: float,
+               soft: np.ndarray | None = None) -> nn.LossFn:
+    """Minibatch loss for ``nn.fit`` backed by ``kernels.mlp.kd_loss_grad``.
+
+    Rows where ``soft`` is False have no teacher target and are scored on hard labels alone (alpha = 1);
+    the two groups are combined as one weighted mean over the minibatch.
+    """
 
     def fn(zs: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray]:
         zs = np.ascontiguousarray(zs, dtype=np.float64)
         g = np.empty_like(zs)
-        loss = kd_loss_grad(zs, zt[rows], y[rows], w[rows], temperature, alpha, g)
+        if soft is None or alpha == 1.0:
+            return float(kd_loss_grad(zs, zt[rows], y[rows], w[rows], temperature, alpha, g)), g
+        s = soft[rows]
+        loss = 0.0
+        total = w[rows].sum()
+        for part, a in ((s, alpha), (~s, 1.0)):
+            if not part.any():
+                continue
+            zp = np.ascontiguousarray(zs[part])
+            gp = np.empty_like(zp)
+            share = w[rows][part].sum() / total
+            loss += share * kd_loss_grad(zp, zt[rows][part], y[rows][part], w[rows][part], temperature, a, gp)
+            g[part] = gp * share
         return float(loss), g
 
     return fn
@@ -88,7 +105,8 @@ def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit
                   hidden: tuple[int, ...] | None = None) -> Student:
     """Distil a student on rows ``x_fit`` (raw features) from teacher probabilities ``p_fit``.
 
-    ``alpha=1`` gives the hard-label control (the teacher's probabilities are then ignored). Early stopping
+    ``alpha=1`` gives the hard-label control (the teacher's probabilities are then ignored). Rows whose
+    ``p_fit`` is NaN (no out-of-fold teacher exists for them) train on hard labels only. Early stopping
     scores the log loss of hard labels on the validation block, the quantity the report compares.
     """
     temperature = cfg.temperature if temperature is None else temperature
@@ -102,7 +120,8 @@ def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit
     # the initial weights depend on the seed only, so distilled and control students start identically
     rng = np.random.default_rng([seed, 7])
     s.mlp = nn.MLP.init([x_fit.shape[1], *hidden, 3], cfg.student_activation, rng)
-    zt = teacher_logits(p_fit)
+    soft = np.all(np.isfinite(p_fit), axis=1)
+    zt = teacher_logits(np.where(soft[:, None], p_fit, 1.0 / 3.0))
     y_fit = np.ascontiguousarray(y_fit, dtype=np.int64)
     w = np.ascontiguousarray(w_fit / w_fit.mean(), dtype=np.float64)
     yv = np.asarray(y_val, dtype=np.int64)
@@ -111,8 +130,9 @@ def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit
         p = nn.softmax(z)
         return float(-np.mean(np.log(np.clip(p[np.arange(len(yv)), yv], 1e-15, 1.0))))
 
-    res = nn.fit(s.mlp, zf, kd_loss_fn(y_fit, zt, w, temperature, alpha), zv, val_fn,
+    res = nn.fit(s.mlp, zf, kd_loss_fn(y_fit, zt, w, temperature, alpha, None if soft.all() else soft), zv, val_fn,
                  epochs=cfg.student_epochs, batch=cfg.student_batch, lr=cfg.student_lr,
-                 patience=cfg.student_patience, rng=np.random.default_rng([seed, 11]))
+                 patience=cfg.student_patience, rng=np.random.default_rng([seed, 11]),
+                 plateau_patience=cfg.student_plateau_patience)
     s.mlp, s.best_epoch, s.epochs_run = res.model, res.best_epoch, res.epochs_run
     return s
