@@ -52,7 +52,7 @@ def daemon_config(fake, symbols=("BTCUSDT",), artifact="", **sections):
 
     raw = {
         "feed": {"ws_url": fake.ws_url, "rest_url": fake.rest_url, "symbols": list(symbols), "interval": "5",
-                 "ping_interval_s": 0.05, "pong_timeout_s": 0.3, "ack_timeout_s": 1.0, "open_timeout_s": 2.0},
+                 "ping_interval_s": 0.1, "pong_timeout_s": 1.0, "ack_timeout_s": 2.0, "open_timeout_s": 2.0},
         "backoff": {"initial_s": 0.01, "max_s": 0.05},
         "rest": {"max_attempts": 4, "timeout_s": 5},
         "model": {"artifact": str(artifact) or "unused.npz"},
