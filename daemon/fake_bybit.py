@@ -443,16 +443,33 @@ class FakeBybit:
 
 # ---------------------------------------------------------------------- CLI
 def load_dir(data_dir: str | Path, interval: str) -> dict[str, list[CsvRow]]:
-    """Load ``SYMBOL-{interval}m.csv`` files from ``data_dir`` (e.g. ``BTCUSDT-5m.csv``)."""
-    paths = sorted(Path(data_dir).glob(f"*-{interval}m.csv"))
+    """Load a directory of kline CSVs: ``SYMBOL-{interval}m.csv`` (as in ``data/``) or ``SYMBOL.csv``.
+
+    The second form is the layout of ``../shared/data/bybit-linear-5m/``, where the folder fixes the
+    interval; there the spacing of each file's first two rows must match ``interval``.
+    """
+    data_dir = Path(data_dir)
+    paths = sorted(data_dir.glob(f"*-{interval}m.csv"))
+    if paths:
+        return {p.name.split("-")[0]: read_kline_csv(p) for p in paths}
+    paths = sorted(p for p in data_dir.glob("*.csv") if p.stem.isalnum() and p.stem.isupper())
     if not paths:
-        raise FileNotFoundError(f"no *-{interval}m.csv files in {data_dir}")
-    return {p.name.split("-")[0]: read_kline_csv(p) for p in paths}
+        raise FileNotFoundError(f"no *-{interval}m.csv or SYMBOL.csv files in {data_dir}")
+    step_ms = INTERVAL_MS.get(interval)
+    out = {}
+    for p in paths:
+        rows = read_kline_csv(p)
+        if step_ms and len(rows) > 1 and rows[1].start_ms - rows[0].start_ms != step_ms:
+            raise ValueError(
+                f"{p}: rows are {rows[1].start_ms - rows[0].start_ms} ms apart, interval {interval} needs {step_ms}"
+            )
+        out[p.stem] = rows
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the fake-bybit options."""
-    parser.add_argument("--data", required=True, help="directory of SYMBOL-{interval}m.csv files")
+    parser.add_argument("--data", required=True, help="directory of SYMBOL-{interval}m.csv or SYMBOL.csv files")
     parser.add_argument("--interval", default="5", help="kline interval in minutes (default 5)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="WebSocket port (0: any free port)")

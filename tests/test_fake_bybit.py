@@ -201,3 +201,15 @@ async def test_fake_plays_in_real_time():
         await f.play(0.004)
         assert not f.has_next_bar()
         await wait_until(lambda: f.open_start_ms == f.starts[-1] + 300_000, 1, "clock at the end")
+
+
+def test_load_dir_reads_shared_data_layout(tmp_path):
+    """A folder of SYMBOL.csv files (the ../shared/data layout) loads, and a wrong interval is refused."""
+    from daemon.fake_bybit import load_dir
+
+    src = (ROOT / "data" / "BTCUSDT-5m.csv").read_text().splitlines()
+    (tmp_path / "BTCUSDT.csv").write_text("\n".join(src[:50]) + "\n")
+    rows = load_dir(tmp_path, "5")
+    assert list(rows) == ["BTCUSDT"] and len(rows["BTCUSDT"]) == 49
+    with pytest.raises(ValueError, match="300000 ms apart, interval 1 needs 60000"):
+        load_dir(tmp_path, "1")
