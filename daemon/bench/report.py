@@ -183,7 +183,8 @@ def section_summary(report: dict, markdown: bool) -> str:
         ("student_numpy", "the same student in NumPy"),
         ("student_onnxruntime_iobinding", "ONNX Runtime with I/O binding"),
         ("student_onnxruntime", "ONNX Runtime, plain run()"),
-        ("teacher_ensemble", "the teacher ensemble (numba MLPs + LightGBM predict)"),
+        ("teacher_ensemble", "the teacher ensemble (numba MLPs + LightGBM predict)" if "teacher_lgbm" in by
+         else "the teacher ensemble (its MLP members only: LightGBM is not installed)"),
     )
     for name, label in labels:
         r = ratios.get(f"{name}/student_step")
