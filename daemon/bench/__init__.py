@@ -79,6 +79,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
         add("training", training.run())
     if "size" in parts:
         add("size", sizes.run(model, artifact_path, teacher_obj, teacher))
+    report["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
     return report, samples
 
 

@@ -64,7 +64,8 @@ def _stamp(report: dict) -> str:
     return (
         f"Measured {report['date']} by `{report['command']}` on {m['cpu']} ({m['cores']} cores), "
         f"Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, onnxruntime {m['onnxruntime'] or 'absent'}, "
-        f"lightgbm {m['lightgbm'] or 'absent'}, {m['os']}, load average {m.get('load_avg_1m')} at the start."
+        f"lightgbm {m['lightgbm'] or 'absent'}, {m['os']}, load average {m.get('load_avg_1m')} at the start, "
+        f"{m.get('load_avg_1m_end', '?')} at the end of the run."
     )
 
 
