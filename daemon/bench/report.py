@@ -199,6 +199,12 @@ def section_summary(report: dict, markdown: bool) -> str:
         lines.append(f"- numba call floor with the step's signature: {floor['p50_us']:.2f} us through the dispatcher, "
                      f"{entry['p50_us']:.2f} us through the compiled entry point (timer: "
                      f"{by['timer_overhead']['p50_us']:.2f} us, included in every figure).")
+    raw, generic = by.get("student_step_raw"), by.get("student_step_generic")
+    if entry and raw and generic:
+        w_raw, w_gen = raw["p50_us"] - entry["p50_us"], generic["p50_us"] - entry["p50_us"]
+        lines.append(f"- work inside the step (p50 minus the entry-point floor): {w_raw:.2f} us with the "
+                     f"architecture-specialised kernel, {w_gen:.2f} us with the generic one "
+                     f"({100 * w_raw / w_gen:.0f}%).")
     return "\n".join(lines)
 
 
