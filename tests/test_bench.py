@@ -151,3 +151,15 @@ def test_loopback_config_is_accepted_by_the_daemon(tmp_path, random_artifact):
     cfg = load_config(cfg_path)
     assert cfg.feed.symbols == tuple(names)
     assert cfg.model.artifact == str(random_artifact)
+
+
+@pytest.mark.slow
+def test_loopback_level_measures_the_real_daemon(tmp_path, random_artifact):
+    """One small loopback level (fake Bybit + daemon processes) reports live signals with positive latencies."""
+    from daemon.bench.loopback import run_level
+
+    row = run_level(tmp_path, random_artifact, symbols=5, bar_s=0.2, duration_s=1.5)
+    assert row["live_samples"] > 0 and row["signals"] >= row["live_samples"]
+    assert 0 < row["p50_us"] <= row["p99_us"] <= row["max_us"]
+    assert row["offered_signals_per_s"] > 0 and row["rss_mb"] > 0
+    assert row["malformed"] == 0 and row["reconnects"] == 0

@@ -110,30 +110,50 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
     finally:
         sel.close()
     if not line:
-        err = proc.stderr.read() if proc.stderr else ""
-        raise RuntimeError(f"process exited: {err.strip()[-400:]}")
+        proc.wait(timeout=15)
+        raise RuntimeError(f"process exited {proc.returncode}: {_err_tail(proc)}")
     return line
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def _spawn(cmd: list[str], err_path: Path, **kw) -> subprocess.Popen:
+    """Start ``cmd`` with stdout piped and stderr to a file (a full stderr pipe would block a chatty child)."""
+    with open(err_path, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(cmd, stdout=kw.pop("stdout", subprocess.PIPE), stderr=err, text=True, cwd=ROOT, **kw)
+    proc.err_path = err_path
+    return proc
+
+
+def _err_tail(proc: subprocess.Popen) -> str:
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        return Path(proc.err_path).read_text(encoding="utf-8", errors="replace").strip()[-400:]
+    except (AttributeError, OSError):
+        return ""
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    """SIGTERM (then SIGKILL after 15 s) a process we started, and close our ends of its pipes."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 class FakeServer:
     """``kdsignal fake-bybit`` in a subprocess; ``ws_url``/``rest_url`` once it printed them."""
 
     def __init__(self, data_dir: Path, bar_s: float, updates_per_bar: int = UPDATES_PER_BAR):
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             [sys.executable, "-m", "daemon", "fake-bybit", "--data", str(data_dir), "--bar-s", str(bar_s),
              "--updates-per-bar", str(updates_per_bar), "--start-index", str(START_INDEX)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            data_dir.parent / "fake.err",
         )
         try:
             info = json.loads(_readline(self.proc, 120.0))
@@ -160,10 +180,10 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
     try:
         cfg = level_dir / "config.toml"
         write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, level_dir / "daemon.log")
-        driver = subprocess.Popen(
+        driver = _spawn(
             [sys.executable, "-m", "daemon.bench.loopback_driver", str(cfg), str(level_dir / "signals.jsonl"),
              str(SETTLE_S), str(duration_s)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            level_dir / "driver.err",
         )
         _readline(driver, 300.0)  # {"event": "recording"}: the measurement window opens
         ticks0 = _cpu_ticks(fake.proc.pid)
@@ -201,7 +221,7 @@ def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, timeout_s: fl
     needle = f'"event": "{event}"'
     while time.perf_counter() - t0 < timeout_s:
         if proc.poll() is not None:
-            raise RuntimeError(f"kdsignal run exited {proc.returncode}: {proc.stderr.read().strip()[-400:]}")
+            raise RuntimeError(f"kdsignal run exited {proc.returncode}: {_err_tail(proc)}")
         with contextlib.suppress(FileNotFoundError):
             if needle in log.read_text(encoding="utf-8"):
                 return time.perf_counter()
@@ -227,8 +247,8 @@ def startup_times(workdir: Path, artifact: Path) -> dict:
             cfg = base / f"{label}.toml"
             write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, log)
             t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(cfg)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+            proc = _spawn([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], base / f"{label}.err",
+                          stdout=subprocess.DEVNULL, env=env)
             try:
                 out[label] = round(_wait_for_event(log, "feed_subscribed", proc, 300.0) - t0, 3)
             finally:
