@@ -75,6 +75,11 @@ def test_train_table_parses_and_rejects_unknown_keys(tmp_path):
         load_train_config(p)
 
 
+def test_repo_config_train_table_is_the_default():
+    """config.toml's [train] table spells out exactly the defaults the shipped model was trained with."""
+    assert load_train_config(DATA.parent / "config.toml") == TrainConfig()
+
+
 @pytest.mark.slow
 def test_train_end_to_end_on_samples(tmp_path, capsys):
     """``kdsignal train`` on the samples writes a loadable interval-5 artifact, report.json/md and plots."""

@@ -23,6 +23,8 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
     "teacher_finer_targets": ({"teacher_buckets": (2.0,)},
                               "teacher predicts 5 return buckets (edges at 1 and 2 bands), collapsed to 3 classes"),
     "recency_weighting": ({"recency_half_life_days": 60.0}, "student rows weighted by recency, half-life 60 days"),
+    "student_first_block": ({"student_first_block": True},
+                            "students also train on block 0 (no teacher there: hard labels only, for both)"),
     "student_32_16": ({"student_hidden": (32, 16)}, "a wider student, 32-16 (same budget)"),
 }
 
@@ -52,7 +54,7 @@ class TrainConfig:
     lgbm_leaves: int = 31
     lgbm_lr: float = 0.05
     lgbm_min_leaf: int = 400
-    lgbm_weight: float = 0.5  # share of the ensemble probability given to LightGBM (rest: MLP mean)
+    lgbm_weight: float = 0.75  # share of the ensemble probability given to LightGBM (rest: MLP mean)
     teacher_extra_features: bool = True  # longer windows, time of day, other symbols' moves
     teacher_buckets: tuple[float, ...] = ()  # extra bucket edges in band units (e.g. 2.0): finer targets
     # --- student
@@ -61,10 +63,10 @@ class TrainConfig:
     feature_clip: float = 8.0  # |z| bound after normalisation, as the serving kernel applies it
     temperature: float = 2.0
     alpha: float = 0.5
-    student_epochs: int = 30
-    student_batch: int = 512
-    student_lr: float = 2e-3
-    student_patience: int = 4
+    student_epochs: int = 60
+    student_batch: int = 256
+    student_lr: float = 5e-3
+    student_patience: int = 8
     student_plateau_patience: int = 0  # halve the learning rate after this many epochs without gain (0: never)
     # also train on block 0, which no out-of-fold teacher labels: hard labels only there (student and control)
     student_first_block: bool = False
@@ -75,7 +77,8 @@ class TrainConfig:
     sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     # variants re-run with the first seed to measure what each option is worth (see pipeline.ABLATIONS)
-    ablations: tuple[str, ...] = ("teacher_without_extras", "teacher_finer_targets", "recency_weighting")
+    ablations: tuple[str, ...] = ("teacher_without_extras", "teacher_finer_targets", "recency_weighting",
+                                  "student_first_block")
     num_threads: int = 2
     progress: bool = True
 
