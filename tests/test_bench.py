@@ -70,8 +70,9 @@ def test_teacher_numba_members_equal_numpy(random_artifact, btc_5m):
     vec = model.vector
     f = int(vec[M_FEATURES])
     mean, inv_std = vec[M_HEADER : M_HEADER + f].copy(), vec[M_HEADER + f : M_HEADER + 2 * f].copy()
-    fast = Teacher(member_mlps(f), None, mean, inv_std, float(vec[M_CLIP]))
-    slow = Teacher(member_mlps(f), None, mean, inv_std, float(vec[M_CLIP]))
+    # Wider than the student's features, like the real teacher: the extra inputs are padded with zeros.
+    fast = Teacher(member_mlps(f + 5), None, mean, inv_std, float(vec[M_CLIP]))
+    slow = fast.with_own_state()
     for bar in _bars(btc_5m)[:400]:
         got = fast.mlps_numba(*bar)
         want = slow.mlps_numpy(*bar)

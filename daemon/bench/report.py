@@ -83,6 +83,9 @@ def section_inference(report: dict, markdown: bool) -> str:
     if markdown:
         out.append(f"Student: {part['model']['source']} (model id `{part['model']['id']}`, sizes "
                    f"{part['model']['sizes']}, {part['model'].get('kernel', 'generic')} kernel). Bars: {part['bars']}.")
+        if part.get("teacher"):
+            out.append("")
+            out.append(f"Teacher: {part['teacher']['shape']}.")
         out.append("")
     headers = ["name", "p50 us", "p99 us", "p99.9 us", "mean us", "n"] + (["what one call includes"] if markdown else [])
     table_rows = [[r["name"], r["p50_us"], r["p99_us"], r.get("p999_us"), r["mean_us"], r["n"]]

@@ -38,8 +38,10 @@ def run(model: Model, artifact_path: Path | None, teacher, want_teacher: bool = 
                                 float(vec[M_CLIP]))
     if teacher is not None:
         t = teacher.sizes()
+        hidden = ", ".join("-".join(str(w) for w in h) for h in teacher.shape.hidden)
         results.append({"name": "teacher_mlps", "params": t["mlp_params"], "bytes": t["mlp_bytes"],
-                        "includes": f"{t['mlp_members']} MLP members (128-64-32 x2, 256-128-64) on 9 inputs, float64"})
+                        "includes": f"{t['mlp_members']} MLP members ({hidden}) on {teacher.shape.n_inputs} inputs, "
+                                    "float64"})
         if "lgbm_trees" in t:
             results.append({"name": "teacher_lgbm", "params": t["lgbm_params"], "bytes": t["lgbm_bytes"],
                             "includes": f"{t['lgbm_trees']} trees, {t['lgbm_leaves']:,} leaves (params: leaf values + "

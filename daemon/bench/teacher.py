@@ -1,20 +1,28 @@
 """The teacher ensemble as it would have to be served per bar, for the student-vs-teacher ratio.
 
 The training pipeline (``daemon.training``) fits one teacher per walk-forward block and keeps none, so
-the bench builds a teacher of the same shape as ``daemon.training.config.TrainConfig``'s defaults:
+the bench builds a teacher of the same shape (``teacher_shape``): the defaults of
+``daemon.training.config.TrainConfig``, overridden by what ``models/report.json`` records for the shipped
+model when it exists (its config, the MLP members' input width, LightGBM's early-stopped round count):
 
-- MLP members 128-64-32, 128-64-32 and 256-128-64 (ReLU), 3 outputs, He-initialised from a fixed seed:
-  their latency does not depend on the weight values, so they are not trained here;
-- a LightGBM multiclass booster, 400 rounds, ``num_leaves`` 31, trained here on the features of the 5m
-  samples in ``data/`` (tree depth does depend on data) against forward-return tertile labels;
-- the ensemble: mean of the MLP members' softmax, blended 50/50 with LightGBM's probabilities.
+- MLP members (128-64-32, 128-64-32, 256-128-64 by default, ReLU), 3 outputs, He-initialised from a fixed
+  seed: their latency does not depend on the weight values, so they are not trained here. Inputs beyond
+  the student's 9 features (the real teacher's extra columns) are fed as zeros: their computation is not
+  timed, only the wider first layer is;
+- a LightGBM multiclass booster of the configured rounds and leaves, trained here on the features of the
+  5m samples in ``data/`` (tree depth does depend on data) against forward-return tertile labels;
+- the ensemble: mean of the MLP members' softmax, blended with LightGBM's probabilities at the configured
+  ``lgbm_weight``.
 
-Its input is the student's 9 features. The real teacher also reads ~30 extra columns (long windows,
-other symbols' moves, time of day) whose computation is not timed here, so the student-vs-teacher ratio
-is a lower bound.
+The real teacher's extra features (long windows, other symbols' moves, time of day) are not computed, so
+the student-vs-teacher ratio is a lower bound.
 """
 
 from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -29,13 +37,10 @@ from kernels.features import (
 )
 from kernels.mlp import _mlp_forward, _softmax, mlp_max_width, pack_mlp
 
-from .data import DATA, load_csv
+from .data import DATA, ROOT, load_csv
 from .floors import entry_point
 
-MEMBER_HIDDEN = ((128, 64, 32), (128, 64, 32), (256, 128, 64))
-LGBM_ROUNDS = 400
-LGBM_LEAVES = 31
-LGBM_WEIGHT = 0.5
+REPORT = ROOT / "models" / "report.json"
 HORIZON_BARS = 12
 
 _features_step = entry_point(features_step)  # as in onnx_student: no dispatcher on the alternatives' path
@@ -53,15 +58,72 @@ def lightgbm_available() -> str | None:
     return None
 
 
-def member_mlps(n_features: int, n_classes: int = 3, seed: int = 0):
+@dataclass(frozen=True)
+class TeacherShape:
+    """What the bench's teacher is built like, and where that was read from."""
+
+    hidden: tuple[tuple[int, ...], ...] = ((128, 64, 32), (128, 64, 32), (256, 128, 64))
+    n_inputs: int = 9
+    rounds: int = 400
+    leaves: int = 31
+    lr: float = 0.05
+    lgbm_weight: float = 0.75
+    source: str = "bench defaults"
+
+    def describe(self) -> str:
+        """One line for reports."""
+        members = ", ".join("-".join(str(w) for w in h) for h in self.hidden)
+        return (f"MLP members {members} on {self.n_inputs} inputs; LightGBM {self.rounds} rounds x 3 classes, "
+                f"{self.leaves} leaves; LightGBM weight {self.lgbm_weight:g} (from {self.source})")
+
+
+def teacher_shape(report_path: Path = REPORT, n_features: int = 9) -> TeacherShape:
+    """The training configuration's teacher shape, refined by the shipped model's training report."""
+    kw: dict = {}
+    sources = []
+    try:
+        from daemon.training.config import TrainConfig
+
+        cfg = TrainConfig()
+        kw = {"hidden": tuple(tuple(h) for h in cfg.teacher_hidden), "rounds": cfg.lgbm_rounds,
+              "leaves": cfg.lgbm_leaves, "lr": cfg.lgbm_lr, "lgbm_weight": cfg.lgbm_weight}
+        sources.append("TrainConfig defaults")
+    except (ImportError, AttributeError, TypeError):
+        sources.append("bench defaults (training config not importable)")
+    if report_path.exists():
+        try:
+            doc = json.loads(report_path.read_text(encoding="utf-8"))
+            c = doc.get("config", {})
+            if c.get("teacher_hidden"):
+                kw["hidden"] = tuple(tuple(int(w) for w in h) for h in c["teacher_hidden"])
+            for key, name in (("lgbm_rounds", "rounds"), ("lgbm_leaves", "leaves"), ("lgbm_lr", "lr"),
+                              ("lgbm_weight", "lgbm_weight")):
+                if key in c:
+                    kw[name] = c[key]
+            inputs = doc.get("teacher_inputs", {})
+            if inputs:
+                kw["n_inputs"] = len(inputs.get("student", [])) + len(inputs.get("extra", []))
+            iters = [m["best_iteration"] for f in doc.get("teacher_fits", []) for m in f.get("members", [])
+                     if m.get("member") == "lgbm" and m.get("best_iteration")]
+            if iters:
+                kw["rounds"] = int(statistics.median(iters))
+            sources.append(f"{report_path.relative_to(ROOT)}" + (" (LightGBM rounds: median early-stopped count)"
+                                                                  if iters else ""))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            sources.append(f"{report_path.name} unreadable")
+    kw["n_inputs"] = max(int(kw.get("n_inputs", n_features)), n_features)
+    return TeacherShape(**kw, source=" + ".join(sources))
+
+
+def member_mlps(n_inputs: int, hidden=TeacherShape.hidden, n_classes: int = 3, seed: int = 0):
     """Weights, biases, activations of each MLP member (He-initialised, seeded)."""
     rng = np.random.default_rng(seed)
     members = []
-    for hidden in MEMBER_HIDDEN:
-        sizes = [n_features, *hidden, n_classes]
+    for h in hidden:
+        sizes = [n_inputs, *h, n_classes]
         ws = [rng.standard_normal((sizes[k + 1], sizes[k])) * np.sqrt(2.0 / sizes[k]) for k in range(len(sizes) - 1)]
         bs = [rng.normal(0, 0.01, sizes[k + 1]) for k in range(len(sizes) - 1)]
-        members.append((ws, bs, ["relu"] * len(hidden) + ["linear"]))
+        members.append((ws, bs, ["relu"] * len(h) + ["linear"]))
     return members
 
 
@@ -83,7 +145,7 @@ def teacher_training_rows() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def train_lgbm(x: np.ndarray, y: np.ndarray, seed: int = 0):
+def train_lgbm(x: np.ndarray, y: np.ndarray, shape: TeacherShape, seed: int = 0):
     """A LightGBM multiclass booster of the training config's shape (all rounds kept, no early stop).
 
     One thread: OpenMP's spinning threads slow to a crawl on a 2-core machine others are using.
@@ -91,12 +153,12 @@ def train_lgbm(x: np.ndarray, y: np.ndarray, seed: int = 0):
     import lightgbm as lgb
 
     params = {
-        "objective": "multiclass", "num_class": 3, "learning_rate": 0.05, "num_leaves": LGBM_LEAVES,
+        "objective": "multiclass", "num_class": 3, "learning_rate": shape.lr, "num_leaves": shape.leaves,
         "min_data_in_leaf": 20, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
         "lambda_l2": 1.0, "num_threads": 1, "seed": seed, "verbose": -1, "deterministic": True,
         "force_row_wise": True,
     }
-    return lgb.train(params, lgb.Dataset(x, y), num_boost_round=LGBM_ROUNDS)
+    return lgb.train(params, lgb.Dataset(x, y), num_boost_round=shape.rounds)
 
 
 def pack_ensemble(members, mean: np.ndarray, inv_std: np.ndarray, clip: float) -> np.ndarray:
@@ -139,11 +201,15 @@ def teacher_mlps_step(state, packed, o, h, l, c, v):
     for i in range(k):
         state[mi + i] = 0.0
     for j in range(m):
-        # _mlp_forward overwrites its scratch, so each member re-standardises into it.
+        # _mlp_forward overwrites its scratch, so each member re-standardises into it; inputs past the
+        # student's features stand for the real teacher's extra columns (zeros: only their cost is kept).
+        off = int(packed[E_HEADER + j])
         for q in range(f):
             z = (state[S_FEATURES + q] - packed[mean_at + q]) * packed[mean_at + f + q]
             state[s0 + q] = min(max(z, -clip), clip)
-        _mlp_forward(packed, int(packed[E_HEADER + j]), state, s0, state, li)
+        for q in range(f, int(packed[off + 1])):
+            state[s0 + q] = 0.0
+        _mlp_forward(packed, off, state, s0, state, li)
         _softmax(state, li, k, 1.0, state, pi)
         for i in range(k):
             state[mi + i] += state[pi + i] / m
@@ -157,9 +223,13 @@ def teacher_mlps_step(state, packed, o, h, l, c, v):
 class Teacher:
     """The ensemble with per-bar entry points for each way of serving it (see the module docstring)."""
 
-    def __init__(self, members, booster, mean: np.ndarray, inv_std: np.ndarray, clip: float):
+    def __init__(self, members, booster, mean: np.ndarray, inv_std: np.ndarray, clip: float,
+                 shape: TeacherShape | None = None):
         self.members = members
         self.booster = booster
+        self.shape = shape or TeacherShape(n_inputs=int(np.shape(members[0][0][0])[1]))
+        self.lgbm_weight = self.shape.lgbm_weight
+        self.n_pad = int(np.shape(members[0][0][0])[1]) - len(mean)
         self.mean, self.inv_std, self.clip = mean, inv_std, clip
         self.packed = pack_ensemble(members, mean, inv_std, clip)
         k = int(self.packed[E_K])
@@ -173,16 +243,24 @@ class Teacher:
         self.probs = np.zeros(k)
 
     @classmethod
-    def build(cls, mean: np.ndarray, inv_std: np.ndarray, clip: float, seed: int = 0) -> Teacher:
+    def build(cls, mean: np.ndarray, inv_std: np.ndarray, clip: float, shape: TeacherShape | None = None,
+              seed: int = 0) -> Teacher:
         """Members of the training config's shape; LightGBM trained on the ``data/`` samples."""
+        shape = shape or teacher_shape(n_features=len(mean))
         booster = None
         if lightgbm_available() is None:
             x, y = teacher_training_rows()
-            booster = train_lgbm(x, y, seed)
-        return cls(member_mlps(len(mean), seed=seed), booster, mean, inv_std, clip)
+            booster = train_lgbm(x, y, shape, seed)
+        return cls(member_mlps(shape.n_inputs, shape.hidden, seed=seed), booster, mean, inv_std, clip, shape)
+
+    def with_own_state(self) -> Teacher:
+        """The same members and trees with fresh per-symbol state (one per benchmark contender)."""
+        return Teacher(self.members, self.booster, self.mean, self.inv_std, self.clip, self.shape)
 
     def _numpy_mlps(self, x: np.ndarray) -> np.ndarray:
         z = np.clip((x - self.mean) * self.inv_std, -self.clip, self.clip)
+        if self.n_pad:
+            z = np.concatenate([z, np.zeros(self.n_pad)])
         total = 0.0
         for layers in self.np_layers:
             a = z
@@ -218,7 +296,8 @@ class Teacher:
             return -1
         p = self.mlp_probs
         if self.booster is not None:
-            p = LGBM_WEIGHT * self.booster.predict(self.x, num_threads=1)[0] + (1.0 - LGBM_WEIGHT) * p
+            w = self.lgbm_weight
+            p = w * self.booster.predict(self.x, num_threads=1)[0] + (1.0 - w) * p
         self.probs = p
         return int(p.argmax())
 
@@ -229,7 +308,8 @@ class Teacher:
     def sizes(self) -> dict:
         """Parameters and bytes of each part: MLP float64 weights, LightGBM trees (nodes and model text)."""
         mlp_params = sum(w.size + b.size for ws, bs, _ in self.members for w, b in zip(ws, bs))
-        out = {"mlp_members": len(self.members), "mlp_params": int(mlp_params), "mlp_bytes": int(mlp_params * 8)}
+        out = {"mlp_members": len(self.members), "mlp_params": int(mlp_params), "mlp_bytes": int(mlp_params * 8),
+               "shape": self.shape.describe()}
         if self.booster is not None:
             # The model text has one "num_leaves=" line per tree (dump_model's JSON takes seconds to build).
             text = self.booster.model_to_string()
