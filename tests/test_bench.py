@@ -164,3 +164,24 @@ def test_loopback_level_measures_the_real_daemon(tmp_path, random_artifact):
     assert 0 < row["p50_us"] <= row["p99_us"] <= row["max_us"]
     assert row["offered_signals_per_s"] > 0 and row["rss_mb"] > 0
     assert row["malformed"] == 0 and row["reconnects"] == 0
+
+
+def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):
+    """The bench's teacher takes its widths, input count and early-stopped rounds from the training report."""
+    import daemon.bench.teacher as teacher_mod
+
+    monkeypatch.setattr(teacher_mod, "ROOT", tmp_path)
+    report_path = tmp_path / "report.json"
+    report_path.write_text(json.dumps({
+        "config": {"teacher_hidden": [[64, 32]], "lgbm_leaves": 15, "lgbm_weight": 0.6},
+        "teacher_inputs": {"student": ["a"] * 9, "extra": ["b"] * 20},
+        "teacher_fits": [{"members": [{"member": "mlp0"}, {"member": "lgbm", "best_iteration": n}]}
+                         for n in (120, 80, 200)],
+    }))
+    shape = teacher_mod.teacher_shape(report_path)
+    assert shape.hidden == ((64, 32),) and shape.leaves == 15 and shape.lgbm_weight == 0.6
+    assert shape.n_inputs == 29 and shape.rounds == 120
+    assert "report.json" in shape.source
+    # No report: the training config's defaults, never fewer inputs than the student's features.
+    default = teacher_mod.teacher_shape(tmp_path / "missing.json")
+    assert default.n_inputs == 9 and len(default.hidden) >= 1
