@@ -49,12 +49,13 @@ class TrainConfig:
     teacher_lr: float = 1e-3
     teacher_weight_decay: float = 1e-5
     teacher_patience: int = 2
+    teacher_input_transform: str = "quantile"  # MLP members' inputs: "standard" (z-score) or "quantile" (Gaussianised)
     teacher_lgbm: bool = True
     lgbm_rounds: int = 400
     lgbm_leaves: int = 31
     lgbm_lr: float = 0.05
     lgbm_min_leaf: int = 400
-    lgbm_weight: float = 0.75  # share of the ensemble probability given to LightGBM (rest: MLP mean)
+    lgbm_weight: float = 0.7  # share of the ensemble probability given to LightGBM (rest: MLP mean)
     teacher_extra_features: bool = True  # longer windows, time of day, other symbols' moves
     teacher_buckets: tuple[float, ...] = ()  # extra bucket edges in band units (e.g. 2.0): finer targets
     # --- student
@@ -95,6 +96,7 @@ class TrainConfig:
             ("alpha", 0 <= self.alpha <= 1),
             ("student_hidden", len(self.student_hidden) >= 1 and min(self.student_hidden) >= 1),
             ("student_activation", self.student_activation in ("relu", "tanh")),
+            ("teacher_input_transform", self.teacher_input_transform in ("standard", "quantile")),
             ("seeds", len(self.seeds) >= 1),
             ("lgbm_weight", 0 <= self.lgbm_weight <= 1),
             ("teacher_buckets", all(b > 1 for b in self.teacher_buckets)),

@@ -60,10 +60,10 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict) -> dict[str, Path]:
     for i, (kind, color) in enumerate((("teacher", "tab:blue"), ("student", "tab:green"), ("control", "tab:gray"))):
         gain = [100 * (f["baseline"]["log_loss"] - f[kind]["log_loss"]) / f["baseline"]["log_loss"] for f in folds]
         axes[0].bar(x + (i - 1) * width, gain, width, label="distilled" if kind == "student" else kind, color=color)
-        acc = [100 * f[kind]["accuracy"] for f in folds]
-        axes[1].plot(x, acc, "o-", label="distilled" if kind == "student" else kind, color=color)
-    axes[1].plot(x, [100 * f["baseline"]["accuracy"] for f in folds], "k--", label="majority")
-    for ax, title in ((axes[0], "log-loss gain over class prior (%)"), (axes[1], "accuracy (%)")):
+        acc = [100 * (f[kind]["accuracy"] - f["baseline"]["accuracy"]) for f in folds]
+        axes[1].bar(x + (i - 1) * width, acc, width, label="distilled" if kind == "student" else kind, color=color)
+    for ax, title in ((axes[0], "log-loss gain over class prior (%)"),
+                      (axes[1], "accuracy minus majority-class accuracy (pp)")):
         ax.set_xticks(x, [f"fold {f['fold']}" for f in folds], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.axhline(0, color="k", lw=0.5)

@@ -56,10 +56,44 @@ class Standardizer:
 
 
 @dataclass
+class QuantileNormal:
+    """Map each column through its training quantiles to a standard normal score (NaN -> 0).
+
+    Teacher-only: the MLP members train better on heavy-tailed ratios (volume, volatility) once they are
+    Gaussianised; the student cannot use this, its normalisation is the serving kernel's affine one.
+    """
+
+    knots: list[np.ndarray]
+    scores: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, n_knots: int = 257) -> "QuantileNormal":
+        """Fit on the finite values of each column."""
+        from scipy.special import ndtri
+
+        q = np.linspace(0.0, 1.0, n_knots)
+        scores = ndtri(np.clip(q, 0.5 / len(x), 1 - 0.5 / len(x)))
+        knots = []
+        for j in range(x.shape[1]):
+            col = x[:, j][np.isfinite(x[:, j])]
+            k = np.quantile(col, q) if len(col) else np.zeros(n_knots)
+            knots.append(np.maximum.accumulate(k + np.arange(n_knots) * 1e-12 * (np.abs(k).max() + 1)))
+        return cls(knots, scores)
+
+    def __call__(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+        out = np.empty(x.shape, dtype=dtype)
+        for j, k in enumerate(self.knots):
+            col = x[:, j]
+            z = np.interp(col, k, self.scores)
+            out[:, j] = np.where(np.isfinite(col), z, 0.0)
+        return out
+
+
+@dataclass
 class Teacher:
     """A fitted ensemble; ``predict`` returns collapsed class probabilities and each member's."""
 
-    scaler: Standardizer
+    scaler: Standardizer | QuantileNormal
     mlps: list[nn.MLP]
     lgbm: object | None
     to_class: np.ndarray
@@ -94,7 +128,7 @@ def fit_teacher(x_fit: np.ndarray, t_fit: np.ndarray, x_val: np.ndarray, t_val: 
     probabilities, the quantity the student is distilled from).
     """
     n_targets = len(to_class)
-    scaler = Standardizer.fit(x_fit)
+    scaler = QuantileNormal.fit(x_fit) if cfg.teacher_input_transform == "quantile" else Standardizer.fit(x_fit)
     xf, xv = scaler(x_fit), scaler(x_val)
     info = []
     mlps = []
