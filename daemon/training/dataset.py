@@ -25,7 +25,7 @@ class Pooled:
     sym: np.ndarray  # int symbol index
     start_ms: np.ndarray
     x_student: np.ndarray  # (n, F) the daemon's features
-    x_teacher: np.ndarray  # (n, F + E) student features + extras + symbol one-hot
+    x_teacher: np.ndarray  # (n, F + E) student features, then (with extras on) extras and symbol one-hot
     teacher_names: list[str]
     y: np.ndarray  # sell/hold/buy, -1 none
     target: np.ndarray  # teacher target: bucket index (== y without finer buckets)
@@ -63,10 +63,11 @@ def build(series: list[Series], cfg: TrainConfig) -> Pooled:
             own, own_names = own_extras(s)
             cols += [own, mkt[j]]
             names += own_names + mkt_names
-        onehot = np.zeros((len(s), len(series)))
-        onehot[:, j] = 1.0
-        cols.append(onehot)
-        names += [f"is_{x.symbol}" for x in series]
+        if cfg.teacher_extra_features:
+            onehot = np.zeros((len(s), len(series)))
+            onehot[:, j] = 1.0
+            cols.append(onehot)
+            names += [f"is_{x.symbol}" for x in series]
         o = s.open
         nr = np.full(len(s), np.nan)
         if len(s) > 2:

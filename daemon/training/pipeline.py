@@ -241,6 +241,25 @@ def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, f
     return rows
 
 
+def transferable_gain(result: dict) -> dict | None:
+    """How much of the teacher's gain a model restricted to the student's inputs reached, and the student's share of that.
+
+    Uses the ``teacher_without_extras`` ablation (same ensemble, only the student's 9 features): its gain over
+    the prior bounds what any student can learn from these inputs here; the rest of the teacher's gain comes
+    from information the student never sees.
+    """
+    abl = {a["name"]: a for a in result.get("ablations", [])}
+    if "teacher_without_extras" not in abl or "default" not in abl:
+        return None
+    s = result["summary"]
+    base, teacher = s["baseline"]["log_loss"], s["teacher"]["log_loss"]
+    plain = abl["teacher_without_extras"]["teacher_log_loss"]
+    reach = ev.gain_kept(base, teacher, plain)
+    return {"student_features_teacher_log_loss": plain, "reachable_share_of_teacher_gain": reach,
+            "student_share_of_reachable": s["student"]["gain_kept"] / reach if reach and reach > 0 else None,
+            "control_share_of_reachable": s["control"]["gain_kept"] / reach if reach and reach > 0 else None}
+
+
 def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
           sweep: bool = False, config_path: str | None = None) -> dict:
     """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
@@ -271,6 +290,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     if cfg.ablations:
         t0 = time.perf_counter()
         result["ablations"] = run_ablations(series, P, cfg, folds, p_t, fold_results)
+        result["transferable"] = transferable_gain(result)
         timings["ablations_s"] = time.perf_counter() - t0
 
     # the shipped student: every block that has out-of-fold soft targets, the newest tail validating

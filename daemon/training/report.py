@@ -146,6 +146,16 @@ def findings(doc: dict) -> list[str]:
                 f"share of the teacher's gain kept {_pct(a['gain_kept'], 0)} (default {_pct(base['gain_kept'], 0)}), "
                 f"agreement {_pct(a['agreement'])}; it {verdict} (differences under ~0.0005 are within seed noise)."
             )
+    tr = doc.get("transferable")
+    if tr:
+        st = doc["summary"]["student"]
+        out.append(
+            f"- **What limits the share kept.** The same ensemble given only the student's 9 inputs reaches log loss "
+            f"{_f(tr['student_features_teacher_log_loss'])}: {_pct(tr['reachable_share_of_teacher_gain'], 0)} of the full teacher's gain "
+            f"is reachable from those inputs at all; the rest comes from what the student never sees (time of day, longer "
+            f"windows, other symbols). The distilled student keeps {_pct(st['gain_kept'], 0)} of the teacher's gain, i.e. "
+            f"{_pct(tr['student_share_of_reachable'], 0)} of the reachable part (control: {_pct(tr['control_share_of_reachable'], 0)})."
+        )
     sw = doc.get("sweep")
     if sw:
         best = min(sw["grid"], key=lambda g: g["log_loss"])
