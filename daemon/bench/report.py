@@ -256,7 +256,13 @@ def write_markdown(report: dict, path: Path = BENCHMARKS_MD, plot_path: Path | N
     written = []
     for name in report["parts"]:
         title, fn = SECTIONS[name]
-        body = [f"_{_stamp(report)}_", "", fn(report, markdown=True)]
+        stamp = _stamp(report)
+        if name == "training":
+            # Not measured by the bench: copied from the training run's own record.
+            stamp = (f"Not measured by the bench: the wall times `kdsignal train` recorded in models/report.json "
+                     f"(written {report['parts']['training'].get('report_written', '?')}); copied by "
+                     f"`{report['command']}` on {report['date']}.")
+        body = [f"_{stamp}_", "", fn(report, markdown=True)]
         if name == "inference":
             summary = [f"_{_stamp(report)}_", "", SUMMARY[1](report, True)]
             if plot_path is not None:

@@ -7,6 +7,7 @@ that produced the shipped model measured, and says so when there is no such repo
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .data import ROOT
@@ -31,4 +32,5 @@ def run(path: Path = REPORT) -> dict:
     data = doc.get("data", {})
     if data.get("pooled_rows"):
         source += f", {data['pooled_rows']:,} pooled rows"
-    return {"stages": stages, "results": results, "source": source}
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"stages": stages, "results": results, "source": source, "report_written": written}
