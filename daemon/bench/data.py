@@ -53,8 +53,8 @@ def replay_files() -> tuple[list[Path], str]:
     if SHARED_5M.is_dir():
         files = sorted(SHARED_5M.glob("*.csv"))
         if files:
-            return files, str(SHARED_5M)
-    return sorted(DATA.glob("*-5m.csv")), str(DATA)
+            return files, "../shared/data/bybit-linear-5m"
+    return sorted(DATA.glob("*-5m.csv")), "data/"
 
 
 def random_student_artifact(path, seed: int = 0) -> str:

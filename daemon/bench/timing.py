@@ -5,8 +5,8 @@ one timer read (the ``timer_overhead`` entry measures an empty interval: about 4
 turns in rounds of ``round_calls`` calls, in a fresh random order each round, so that drift on a shared
 machine (frequency, noisy neighbours) hits all of them alike and ratios from one run are fair.
 
-The first call of a contender's round runs on caches the previous contender used (LightGBM's 4 MB of
-trees evict the student's few hundred bytes). With 500-call rounds that is 0.2% of the samples: in the
+The first call of a contender's round runs on caches the previous contender used (LightGBM's megabytes
+of trees evict the student's few hundred bytes). With 500-call rounds that is 0.2% of the samples: in the
 tail beyond p99, not in it. Shorter rounds would put an interleaving artefact into the p99.
 """
 
