@@ -291,8 +291,10 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
                         "n": best["live_samples"], "signals_per_s": best["signals_per_s"],
                         "symbols": best["symbols"]})
         for r in rows:
-            results.append({"name": f"tick_to_signal_{r['symbols']}sym_{r['offered_signals_per_s']:.0f}per_s",
-                            "p50_us": r["p50_us"], "p99_us": r["p99_us"], "n": r["live_samples"]})
+            # Named by the level's settings, which stay the same from run to run (the rates do not).
+            results.append({"name": f"tick_to_signal_{r['symbols']}sym_bar{r['bar_s']:g}s",
+                            "p50_us": r["p50_us"], "p99_us": r["p99_us"], "n": r["live_samples"],
+                            "signals_per_s": r["signals_per_s"]})
     for k, v in startup.items():
         results.append({"name": f"startup_{k.removesuffix('_s')}", "seconds": v})
     return {"levels": rows, "startup": startup, "results": results, "skipped": skipped,

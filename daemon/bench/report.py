@@ -202,6 +202,18 @@ def section_summary(report: dict, markdown: bool) -> str:
         lines.append(f"- numba call floor with the step's signature: {floor['p50_us']:.2f} us through the dispatcher, "
                      f"{entry['p50_us']:.2f} us through the compiled entry point (timer: "
                      f"{by['timer_overhead']['p50_us']:.2f} us, included in every figure).")
+    levels = report["parts"].get("loopback", {}).get("levels", [])
+    kept = [r for r in levels if r["kept_up"]]
+    if kept:
+        top = max(kept, key=lambda r: r["signals_per_s"])
+        fast = [r for r in levels if r["signals_per_s"] >= 5000]
+        meets = [r for r in fast if r["kept_up"] and r["p99_us"] < 100]
+        lines.append(f"- the daemon on loopback kept up with up to **{top['signals_per_s']:,.0f}** closed-candle "
+                     f"signals/s ({top['symbols']:,} symbols; tick-to-signal p50 {top['p50_us']:.1f} us, "
+                     f"p99 {top['p99_us']:.1f} us, {top['cpu_percent']:.0f}% of a core"
+                     + ("; the fake could not send faster" if top.get("limit") == "fake" else "")
+                     + f"); target >= 5,000/s with p99 < 100 us: {'met' if meets else 'NOT met'}"
+                     + (f" ({len(meets)} of {len(fast)} levels at >= 5,000/s)" if fast else "") + ".")
     raw, generic = by.get("student_step_raw"), by.get("student_step_generic")
     if entry and raw and generic:
         w_raw, w_gen = raw["p50_us"] - entry["p50_us"], generic["p50_us"] - entry["p50_us"]
