@@ -27,15 +27,25 @@ def _parts(text: str) -> list[str]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
-        raise argparse.ArgumentTypeError(f"--parts: unknown {unknown or text!r}; choose from {','.join(PARTS)}")
+        raise argparse.ArgumentTypeError(f"unknown {unknown or text!r}; choose from {','.join(PARTS)}")
     return [p for p in PARTS if p in parts]
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kdsignal bench``."""
     parser.add_argument("--parts", type=_parts, default=list(PARTS), metavar="LIST",
                         help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
-    parser.add_argument("--n", type=int, default=20_000, help="timed calls per inference contender (default 20000)")
+    parser.add_argument("--n", type=_positive, default=20_000, help="timed calls per inference contender (default 20000)")
     parser.add_argument("--model", default=None, metavar="NPZ",
                         help="artifact to benchmark (default models/default.npz, else a random-weight stand-in)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -65,8 +75,6 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
         report["parts"][part] = out
 
     if "inference" in parts:
-        if n < 1:
-            raise ValueError(f"--n is {n}, expected at least 1")
         out = inference.run(model, model_note, n, teacher=teacher)
         samples = out.pop("samples_ns")
         teacher_obj = out.pop("teacher_obj")
