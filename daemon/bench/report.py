@@ -278,8 +278,11 @@ def write_markdown(report: dict, path: Path = BENCHMARKS_MD, plot_path: Path | N
         if name == "inference":
             summary = [f"_{_stamp(report)}_", "", SUMMARY[1](report, True)]
             if plot_path is not None:
-                rel = plot_path.resolve().relative_to(path.resolve().parent) if plot_path.is_absolute() else plot_path
-                summary += ["", f"![Per-call latency distributions, student against its alternatives]({rel.as_posix()})"]
+                try:
+                    rel = Path(plot_path).resolve().relative_to(path.resolve().parent).as_posix()
+                except ValueError:  # a plot outside the repository: link it by its absolute path
+                    rel = Path(plot_path).resolve().as_posix()
+                summary += ["", f"![Per-call latency distributions, student against its alternatives]({rel})"]
             text = _replace_block(text, "summary", "\n".join(summary), SUMMARY[0])
             written.append("summary")
         skipped = [s for s in report.get("skipped", []) if s.get("part") == name]
