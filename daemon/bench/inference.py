@@ -7,6 +7,8 @@ one includes; the report quotes it.
 
 from __future__ import annotations
 
+import numpy as np
+
 from daemon.model import Model
 from kernels.student import M_CLIP, M_FEATURES, M_HEADER, student_step
 
@@ -64,9 +66,16 @@ RATIOS = (
 )
 
 STEP_TARGETS_US = {"p50_us": 0.6, "p99_us": 2.0}
+ROUND_CALLS = 500  # calls per contender per interleaved round (see timing.sample)
 
 
-def _ratios(entries: dict[str, dict]) -> list[dict]:
+def _round_medians(samples_ns: np.ndarray, round_calls: int) -> np.ndarray:
+    """Median of each interleaved round's samples (``timing.sample`` fills rounds in index order)."""
+    return np.array([np.median(samples_ns[lo : lo + round_calls]) for lo in range(0, len(samples_ns), round_calls)])
+
+
+def _ratios(entries: dict[str, dict], samples: dict[str, np.ndarray], round_calls: int) -> list[dict]:
+    """p50 and p99 ratios of the whole run, and the spread of the p50 ratio from round to round."""
     out = []
     for num, den, target in RATIOS:
         if num in entries and den in entries:
@@ -76,6 +85,11 @@ def _ratios(entries: dict[str, dict]) -> list[dict]:
                 "p50_ratio": round(a["p50_us"] / b["p50_us"], 2),
                 "p99_ratio": round(a["p99_us"] / b["p99_us"], 2),
             }
+            # Rounds ran side by side, so their ratios show how much drift moved the comparison.
+            per_round = _round_medians(samples[num], round_calls) / _round_medians(samples[den], round_calls)
+            if per_round.size > 1:
+                lo, hi = np.percentile(per_round, [10, 90])
+                r["p50_ratio_rounds_p10_p90"] = [round(float(lo), 2), round(float(hi), 2)]
             if target is not None:
                 r["target"] = target
                 r["meets_target"] = r["p50_ratio"] >= target
@@ -158,7 +172,7 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
         teacher_note = base.sizes()
         teacher_obj = base
 
-    samples = sample(contenders, bars, n, warmup=warmup)
+    samples = sample(contenders, bars, n, warmup=warmup, round_calls=ROUND_CALLS)
     entries = {c.name: latency_entry(c.name, samples[c.name]) for c in contenders}
     for c in contenders:
         entries[c.name]["group"] = c.group
@@ -167,7 +181,7 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
                   "activations": model.manifest["student"]["activations"]},
         "bars": "data/BTCUSDT-5m.csv (4,032 real 5m bars, cycled), passed as Python floats",
         "results": list(entries.values()),
-        "ratios": _ratios(entries),
+        "ratios": _ratios(entries, samples, ROUND_CALLS),
         "contenders": {c.name: c.includes for c in contenders},
         "samples_ns": samples,
         "skipped": skipped,

@@ -96,12 +96,15 @@ def section_inference(report: dict, markdown: bool) -> str:
     if ratios:
         out.append("")
         if markdown:
-            out.append("Ratios, same run (slower / faster; a target is the speed-up the issue asks for):")
+            out.append("Ratios, same run (slower / faster; a target is the speed-up the issue asks for). The "
+                       "rounds column is the spread of the p50 ratio over the interleaved rounds (10th to 90th "
+                       "percentile): how far drift on the machine moved the comparison.")
             out.append("")
         rr = [[r["name"], r["p50_ratio"], r["p99_ratio"],
+               "{:.1f} - {:.1f}".format(*r["p50_ratio_rounds_p10_p90"]) if "p50_ratio_rounds_p10_p90" in r else "-",
                (f">= {r['target']:g}: " + ("met" if r["meets_target"] else "NOT met")) if "target" in r else ""]
               for r in ratios]
-        out.append(_table(["ratio", "at p50", "at p99", "target"], rr, markdown))
+        out.append(_table(["ratio", "at p50", "at p99", "p50 ratio, rounds p10 - p90", "target"], rr, markdown))
     targets = part.get("step_targets_us")
     step = next((r for r in rows if r["name"] == "student_step"), None)
     if targets and step:
