@@ -44,28 +44,77 @@ def _prior(y: np.ndarray) -> np.ndarray:
     return c / c.sum()
 
 
+# Worker processes are forked with the pooled table already in memory: jobs carry only indices.
+_SHARED: dict = {}
+
+
+def _pool(run_cfg: TrainConfig, **shared):
+    """A fork-based pool of ``cfg.num_threads`` single-threaded workers (None: run in this process).
+
+    One thread per process: OpenBLAS and OpenMP (LightGBM) threads spin while they wait, and two such
+    pools fighting over two cores (or over a core another program holds) slow down many times over.
+    """
+    _SHARED.clear()
+    _SHARED.update(shared)
+    if run_cfg.num_threads <= 1 or os.name != "posix":
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=run_cfg.num_threads, mp_context=multiprocessing.get_context("fork"))
+
+
+def _map(pool, fn, jobs: list, cfg: TrainConfig, desc: str):
+    """Yield ``fn(job)`` results (in completion order when pooled) under a progress bar."""
+    if pool is None:
+        for job in _bar(jobs, cfg, desc, total=len(jobs)):
+            yield fn(job)
+        return
+    from concurrent.futures import as_completed
+
+    with pool:
+        futures = [pool.submit(fn, job) for job in jobs]
+        for fut in _bar(as_completed(futures), cfg, desc, total=len(futures)):
+            yield fut.result()
+
+
+def _worker_cfg(cfg: TrainConfig) -> TrainConfig:
+    return cfg.replace(num_threads=1) if cfg.num_threads > 1 else cfg
+
+
+def _teacher_job(job: tuple[int, int]) -> tuple[int, np.ndarray, dict, dict]:
+    k, seed = job
+    P, cfg, folds = _SHARED["P"], _worker_cfg(_SHARED["cfg"]), _SHARED["folds"]
+    f = folds[k]
+    t0 = time.perf_counter()
+    reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
+    fit, val = split_validation(P.start_ms, f.train, cfg.val_frac, reach_ms)
+    teacher = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val],
+                          P.to_class, cfg, seed=seed)
+    p, mem = teacher.predict(P.x_teacher[f.test])
+    info = {"block": f.index, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
+            "seconds": round(time.perf_counter() - t0, 2), "members": teacher.info}
+    return k, p, mem, info
+
+
 def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
     """Fit one teacher per block on everything before it (purged) and predict that block.
 
     Returns the out-of-fold ensemble probabilities (NaN on rows no teacher labelled), each member's
-    probabilities, and per-block fit info.
+    probabilities, and per-block fit info. Blocks are fitted in parallel, largest first.
     """
-    reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
     p_t = np.full((len(P), 3), np.nan)
     members: dict[str, np.ndarray] = {}
-    info = []
-    for f in _bar(folds, cfg, "teachers"):
-        t0 = time.perf_counter()
-        fit, val = split_validation(P.start_ms, f.train, cfg.val_frac, reach_ms)
-        teacher = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val],
-                              P.to_class, cfg, seed=seed)
-        p, mem = teacher.predict(P.x_teacher[f.test])
+    info = {}
+    jobs = sorted(((k, seed) for k in range(len(folds))), key=lambda j: -int(folds[j[0]].train.sum()))
+    pool = _pool(cfg, P=P, cfg=cfg, folds=folds)
+    for k, p, mem, inf in _map(pool, _teacher_job, jobs, cfg, "teachers"):
+        f = folds[k]
         p_t[f.test] = p
-        for k, v in mem.items():
-            members.setdefault(k, np.full((len(P), 3), np.nan))[f.test] = v
-        info.append({"block": f.index, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
-                     "seconds": round(time.perf_counter() - t0, 2), "members": teacher.info})
-    return p_t, members, info
+        for name, v in mem.items():
+            members.setdefault(name, np.full((len(P), 3), np.nan))[f.test] = v
+        info[k] = inf
+    return p_t, members, [info[k] for k in sorted(info)]
 
 
 def student_rows(P: Pooled, train_mask: np.ndarray, p_teacher: np.ndarray, cfg: TrainConfig):
@@ -81,35 +130,52 @@ def _train(P: Pooled, p_t: np.ndarray, fit, val, w, cfg: TrainConfig, seed: int,
     return train_student(P.x_student[fit], P.y[fit], p_t[fit], w, P.x_student[val], P.y[val], cfg, seed, **kw)
 
 
-def run_folds(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, sweep: bool) -> list[dict]:
-    """Train distilled students and controls per fold and seed; return raw out-of-sample predictions."""
+def _student_job(job: tuple[int, int, bool]) -> tuple[int, int, dict]:
+    k, seed, sweep = job
+    P, cfg, folds, p_t = _SHARED["P"], _worker_cfg(_SHARED["cfg"]), _SHARED["folds"], _SHARED["p_t"]
+    f = folds[k]
     lo_ms = int(folds[0].test_lo_ms)  # soft targets start at block 1
-    out = []
-    jobs = [(f, s) for f in folds[1:] for s in cfg.seeds]
+    train = f.train if cfg.student_first_block else f.train & (P.start_ms >= lo_ms)
+    fit, val, w = student_rows(P, train, p_t, cfg)
+    xt = P.x_student[f.test]
+    s = _train(P, p_t, fit, val, w, cfg, seed)
+    c = _train(P, p_t, fit, val, w, cfg, seed, alpha=1.0)
+    out = {"fit_rows": int(fit.sum()), "val_rows": int(val.sum()), "student": s.predict_proba(xt),
+           "control": c.predict_proba(xt), "epochs": {"student": s.best_epoch, "control": c.best_epoch}, "sweep": {}}
+    if sweep:
+        for temp in cfg.sweep_temperatures:
+            for a in cfg.sweep_alphas:
+                if (temp, a) == (cfg.temperature, cfg.alpha):
+                    out["sweep"][(temp, a)] = out["student"]
+                    continue
+                out["sweep"][(temp, a)] = _train(P, p_t, fit, val, w, cfg, seed, temperature=temp,
+                                                 alpha=a).predict_proba(xt)
+    return k, seed, out
+
+
+def run_folds(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, sweep: bool) -> list[dict]:
+    """Train distilled students and controls per fold and seed (in parallel); return out-of-sample predictions."""
+    jobs = [(k, s, sweep and s == cfg.seeds[0]) for k in range(1, len(folds)) for s in cfg.seeds]
+    jobs.sort(key=lambda j: (-j[2], -int(folds[j[0]].train.sum())))
     results: dict[int, dict] = {}
-    for f, seed in _bar(jobs, cfg, "students", total=len(jobs)):
-        train = f.train if cfg.student_first_block else f.train & (P.start_ms >= lo_ms)
-        fit, val, w = student_rows(P, train, p_t, cfg)
-        r = results.setdefault(f.index, {"fold": f, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
+    pool = _pool(cfg, P=P, cfg=cfg, folds=folds, p_t=p_t)
+    for k, seed, out in _map(pool, _student_job, jobs, cfg, "students"):
+        f = folds[k]
+        r = results.setdefault(f.index, {"fold": f, "fit_rows": out["fit_rows"], "val_rows": out["val_rows"],
                                          "prior": _prior(P.y[f.train]), "student": {}, "control": {},
                                          "epochs": {}, "sweep": {}})
-        xt = P.x_student[f.test]
-        s = _train(P, p_t, fit, val, w, cfg, seed)
-        c = _train(P, p_t, fit, val, w, cfg, seed, alpha=1.0)
-        r["student"][seed] = s.predict_proba(xt)
-        r["control"][seed] = c.predict_proba(xt)
-        r["epochs"][seed] = {"student": s.best_epoch, "control": c.best_epoch}
-        if sweep and seed == cfg.seeds[0]:
-            for temp in cfg.sweep_temperatures:
-                for a in cfg.sweep_alphas:
-                    if (temp, a) == (cfg.temperature, cfg.alpha):
-                        r["sweep"][(temp, a)] = r["student"][seed]
-                        continue
-                    r["sweep"][(temp, a)] = _train(P, p_t, fit, val, w, cfg, seed, temperature=temp,
-                                                   alpha=a).predict_proba(xt)
+        r["student"][seed] = out["student"]
+        r["control"][seed] = out["control"]
+        r["epochs"][seed] = out["epochs"]
+        r["sweep"].update(out["sweep"])
+    # seeds in config order, whatever order the workers finished in
+    ordered = []
     for f in folds[1:]:
-        out.append(results[f.index])
-    return out
+        r = results[f.index]
+        for kind in ("student", "control", "epochs"):
+            r[kind] = {s: r[kind][s] for s in cfg.seeds}
+        ordered.append(r)
+    return ordered
 
 
 def summarise(P: Pooled, cfg: TrainConfig, fold_results: list[dict], p_t: np.ndarray,
