@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-WINDOW = 21
+WINDOW = 101  # closes each feature row reads: 100 one-bar returns for rvol_100
+SHORT = 20
 
 
 def fill_missing(o, h, l, c, v):
@@ -32,29 +33,33 @@ def fill_missing(o, h, l, c, v):
 
 
 def features_reference(o, h, l, c, v) -> np.ndarray:
-    """Features (n, 9) straight from their definitions in ``kernels.features``; warming rows NaN."""
+    """Features (n, 11) straight from their definitions in ``kernels.features``; warming rows NaN."""
     h, l, c, v, accepted = fill_missing(o, h, l, c, v)
     n = len(c)
-    out = np.full((n, 9), np.nan)
+    out = np.full((n, 11), np.nan)
     idx = np.flatnonzero(accepted)
     for pos, t in enumerate(idx):
         if pos + 1 < WINDOW:
             continue
         w = idx[pos - WINDOW + 1 : pos + 1]
         cw, vw = c[w], v[w]
-        r = np.log(cw[1:] / cw[:-1])
+        r_all = np.log(cw[1:] / cw[:-1])
+        r, vs, cs = r_all[-SHORT:], vw[-SHORT:], cw[-SHORT:]
+        hl = (h[w] - l[w]) / cw
         vol = np.sqrt(np.mean(r**2))
-        sv = vw[1:].sum()
+        sv = vs.sum()
         out[t] = [
             np.log(cw[-1] / cw[-2]),
             np.log(cw[-1] / cw[-6]),
             np.log(cw[-1] / cw[-11]),
-            np.log(cw[-1] / cw[0]),
+            np.log(cw[-1] / cw[-21]),
             vol,
-            vw[-1] / vw[1:].mean() if sv > 0 else 1.0,
-            (vw[1:] * r).sum() / sv if sv > 0 else 0.0,
-            (h[t] - l[t]) / c[t],
-            (cw[-1] / cw[1:].mean() - 1) / vol if vol > 0 else 0.0,
+            vw[-1] / vs.mean() if sv > 0 else 1.0,
+            (vs * r).sum() / sv if sv > 0 else 0.0,
+            hl[-1],
+            (cw[-1] / cs.mean() - 1) / vol if vol > 0 else 0.0,
+            hl[-SHORT:].mean(),
+            np.sqrt(np.mean(r_all**2)),
         ]
     return out
 

@@ -11,6 +11,7 @@ import pytest
 
 from daemon.artifact import ArtifactError, load_artifact
 from daemon.model import Model
+from kernels.features import WINDOW
 from tests.conftest import write_random_artifact
 
 
@@ -34,10 +35,10 @@ def test_round_trip_preserves_predictions(tmp_path, btc_5m):
     art = load_artifact(path)
     assert art.model_id == model_id and len(model_id) == 16
     assert art.manifest["data"]["symbols"] == ["BTCUSDT", "ETHUSDT"] and art.interval == "5"
-    assert art.manifest["warmup_bars"] == 21 and art.manifest["classes"] == ["sell", "hold", "buy"]
+    assert art.manifest["warmup_bars"] == WINDOW and art.manifest["classes"] == ["sell", "hold", "buy"]
     m1, m2 = Model.load(path), Model(art)
     s1, s2 = m1.new_state(), m2.new_state()
-    for row in btc_5m[:80, 1:6]:
+    for row in btc_5m[: WINDOW + 60, 1:6]:
         assert s1.update(*row) == s2.update(*row)
     np.testing.assert_array_equal(s1.probs, s2.probs)
 
@@ -60,7 +61,7 @@ def test_model_id_is_a_content_hash(tmp_path):
         (dict(manifest={"data": {"interval": "7", "symbols": []}}), "data.interval"),
         (dict(manifest={"normalisation": {"clip": -1}}), "normalisation.clip"),
         (dict(manifest={"distillation": {"temperature": "hot", "alpha": 0.5}}), "distillation.temperature"),
-        (dict(manifest={"student": {"sizes": [9, 16, 3], "activations": ["relu", "linear"]}}), "mlp"),
+        (dict(manifest={"student": {"sizes": [11, 16, 3], "activations": ["relu", "linear"]}}), "mlp"),
         (dict(arrays={"feature_std": np.zeros(9)}), "feature_std"),
         (dict(arrays={"feature_mean": np.zeros(8)}), "feature_mean"),
         (dict(manifest={"labels": {"h": 4}}), "model_id"),

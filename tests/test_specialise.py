@@ -20,7 +20,7 @@ from tests.test_features import with_gaps
 
 @pytest.mark.parametrize(
     "sizes,acts",
-    [((9, 16, 8, 3), ("relu", "relu", "linear")), ((9, 32, 3), ("tanh", "linear")), ((9, 24, 12, 6, 3), ("relu", "tanh", "relu", "linear"))],
+    [((11, 16, 8, 3), ("relu", "relu", "linear")), ((11, 32, 3), ("tanh", "linear")), ((11, 24, 12, 6, 3), ("relu", "tanh", "relu", "linear"))],
 )
 def test_specialised_equals_generic_bitwise(sizes, acts, tmp_path, monkeypatch):
     """On real candles with gaps, every state slot and return value matches the generic kernel."""
@@ -64,7 +64,7 @@ import numpy as np
 from daemon.model import Model
 model = Model.load({str(random_artifact)!r})
 state = model.new_state()
-for row in np.loadtxt({str(DATA / "BTCUSDT-5m.csv")!r}, delimiter=",", skiprows=1)[:40, 1:6]:
+for row in np.loadtxt({str(DATA / "BTCUSDT-5m.csv")!r}, delimiter=",", skiprows=1)[:150, 1:6]:
     state.update(*row)
 print(model.kernel_note.split()[0], state.warm, round(float(state.probs.sum()), 12))
 """
@@ -77,4 +77,4 @@ def test_generated_source_names_its_architecture(random_artifact):
     """The generated module records the sizes it was made for and uses them as literals."""
     model = Model.load(random_artifact)
     src = generate_source(model.vector)
-    assert "sizes [9, 16, 8, 3]" in src and "for i in range(16):" in src
+    assert "sizes [11, 16, 8, 3]" in src and "for i in range(16):" in src

@@ -74,7 +74,7 @@ def test_property_probabilities_always_finite(spec):
 def test_extreme_features_are_clipped(random_artifact, btc_5m):
     """A 50% crash bar gives the same probabilities as any input beyond the clip bound."""
     model = Model.load(random_artifact)
-    bars = btc_5m[:60, 1:6].copy()
+    bars = btc_5m[: WINDOW + 40, 1:6].copy()
     a, b = model.new_state(), model.new_state()
     for o, h, l, c, v in bars:
         a.update(o, h, l, c, v)
@@ -93,13 +93,13 @@ def test_rebind_keeps_rolling_features(random_artifact, tmp_path, btc_5m):
     write_random_artifact(tmp_path / "new.npz", seed=9)
     new = Model.load(tmp_path / "new.npz")
     s_old, s_new = old.new_state(), new.new_state()
-    bars = btc_5m[:100, 1:6]
-    for row in bars[:50]:
+    bars = btc_5m[: 2 * WINDOW + 50, 1:6]
+    for row in bars[: WINDOW + 20]:
         s_old.update(*row)
         s_new.update(*row)
     s_re = s_old.rebind(new)
     assert s_re.warm
-    for row in bars[50:]:
+    for row in bars[WINDOW + 20 :]:
         assert s_re.update(*row) == s_new.update(*row)
         np.testing.assert_array_equal(s_re.probs, s_new.probs)
 
@@ -124,10 +124,11 @@ def run(state, vec, bars):
 
 m = Model.load({str(random_artifact)!r})
 s = m.new_state()
-bars = np.ascontiguousarray(np.loadtxt({str(DATA / 'BTCUSDT-5m.csv')!r}, delimiter=',', skiprows=1)[:300, 1:6])
-run(s.array, m.vector, bars[:50])
+bars = np.ascontiguousarray(np.loadtxt({str(DATA / 'BTCUSDT-5m.csv')!r}, delimiter=',', skiprows=1)[:400, 1:6])
+run(s.array, m.vector, bars[:150])
+assert s.warm
 counts = []
-for chunk in (bars[50:60], bars[60:210]):
+for chunk in (bars[150:160], bars[160:310]):
     before = rtsys.get_allocation_stats().alloc
     run(s.array, m.vector, chunk)
     counts.append(rtsys.get_allocation_stats().alloc - before)
@@ -145,6 +146,6 @@ def test_unchecked_entry_equals_dispatcher(random_artifact, btc_5m):
     model = Model.load(random_artifact)
     fast = model.new_state()
     slow = np.zeros_like(fast.array)
-    for o, h, l, c, v in btc_5m[:300, 1:6]:
+    for o, h, l, c, v in btc_5m[:400, 1:6]:
         assert fast.update(o, h, l, c, v) == student_step(slow, model.vector, o, h, l, c, v)
     np.testing.assert_array_equal(fast.array, slow)
