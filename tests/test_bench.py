@@ -16,6 +16,7 @@ from daemon.bench import report
 from daemon.bench.numpy_student import NumpyStudent
 from daemon.bench.teacher import Teacher, member_mlps
 from daemon.model import Model
+from kernels.features import WINDOW
 from kernels.student import M_CLIP, M_FEATURES, M_HEADER
 
 from tests.conftest import ROOT
@@ -40,7 +41,7 @@ def test_numpy_student_equals_numba(random_artifact, btc_5m):
         if want >= 0:
             np.testing.assert_allclose(np_student.probs, state.probs, rtol=1e-9, atol=0)
             compared += 1
-    assert compared > 1400
+    assert compared == 1500 - (WINDOW - 1)  # every bar once warm
 
 
 def test_onnx_student_equals_numba(random_artifact, btc_5m):
@@ -61,7 +62,7 @@ def test_onnx_student_equals_numba(random_artifact, btc_5m):
             np.testing.assert_allclose(plain.probs[0], state.probs, rtol=1e-9, atol=0)
             np.testing.assert_allclose(bound.bound_probs[0], state.probs, rtol=1e-9, atol=0)
             compared += 1
-    assert compared > 1400
+    assert compared == 1500 - (WINDOW - 1)  # every bar once warm
 
 
 def test_teacher_numba_members_equal_numpy(random_artifact, btc_5m):

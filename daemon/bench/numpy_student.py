@@ -41,8 +41,8 @@ class NumpyStudent:
         weights, biases, acts, _ = unpack_mlp(model.artifact.mlp)
         self.layers = [(np.ascontiguousarray(w), b.copy(), np.empty(len(b)), a == "relu")
                        for w, b, a in zip(weights, biases, acts)]
-        # One ring of (close, volume, return) rows, each bar written twice so every window is one slice.
-        self.ring = np.zeros((2 * WINDOW, 3))
+        # One ring of (close, volume, return, range) rows, each bar written twice so every window is one slice.
+        self.ring = np.zeros((2 * WINDOW, 4))
         self.head = 0
         self.seen = 0
         self.last_close = 0.0
@@ -63,17 +63,19 @@ class NumpyStudent:
         r = math.log(c / self.last_close) if self.seen else 0.0
         head = self.head
         ring = self.ring
-        ring[head] = ring[head + WINDOW] = (c, v, r)
+        ring[head] = ring[head + WINDOW] = (c, v, r, (h - l) / c)
         head += 1
         self.head = 0 if head == WINDOW else head
         self.last_close = c
         self.seen += 1
         if self.seen < WINDOW:
             return -1
-        # The newest LOOKBACK bars of the oldest-first window ring[head : head + WINDOW].
-        w = ring[self.head + 1 : self.head + WINDOW]
-        sums = w.T @ _REDUCE  # rows close, volume, return; columns: all, newest 1, 5, 10, 20
-        dots = w[:, 2] @ w[:, 1:]  # (return . volume, return . return)
+        # The newest WINDOW - 1 bars of the oldest-first window ring[head : head + WINDOW], and of those
+        # the newest LOOKBACK.
+        long = ring[self.head + 1 : self.head + WINDOW, 2]
+        w = ring[self.head + WINDOW - LOOKBACK : self.head + WINDOW]
+        sums = w.T @ _REDUCE  # rows close, volume, return, range; columns: all, newest 1, 5, 10, 20
+        dots = w[:, 2] @ w[:, 1:3]  # (return . volume, return . return)
         sum_c, sum_v = sums[0, 0], sums[1, 0]
         vol = math.sqrt(dots[1] / LOOKBACK)
         if sum_v > 0.0:
@@ -82,7 +84,9 @@ class NumpyStudent:
             relvol, vwret = 1.0, 0.0
         zclose = (c / (sum_c / LOOKBACK) - 1.0) / vol if vol > 0.0 else 0.0
         rets = sums[2]
-        x = np.array((rets[1], rets[2], rets[3], rets[4], vol, relvol, vwret, (h - l) / c, zclose))
+        rvol_long = math.sqrt((long @ long) / len(long))
+        x = np.array((rets[1], rets[2], rets[3], rets[4], vol, relvol, vwret, (h - l) / c, zclose,
+                      sums[3, 0] / LOOKBACK, rvol_long))
         z = self.z
         np.subtract(x, self.mean, out=z)
         z *= self.inv_std
