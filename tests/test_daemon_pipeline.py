@@ -9,9 +9,11 @@ import pytest
 from daemon.model import Model
 from daemon.pipeline import FILL, Pipeline
 from daemon.replay import row_candle
+from kernels.features import WINDOW
 from tests.daemon_support import sample_rows
 
-ROWS = sample_rows(("BTCUSDT",), 80)["BTCUSDT"]
+L = WINDOW + 19  # the first live bar: REST history before it is enough to warm the model
+ROWS = sample_rows(("BTCUSDT",), L + 40)["BTCUSDT"]
 BAR_MS = 300_000
 
 
@@ -45,65 +47,65 @@ def warmed(model, upto: int) -> Pipeline:
 def test_warmup_then_live_closes_match_a_cold_run(model):
     """After warm-up the first live close is signalled, with the same probabilities as an uninterrupted run."""
     ref = reference(model)
-    p = warmed(model, 40)
-    sigs = [p.on_close(c, recv_ns=123) for c in candles(40, 45)]
-    assert [s.start_ms for s in sigs] == [r.start_ms for r in ROWS[40:45]]
+    p = warmed(model, L)
+    sigs = [p.on_close(c, recv_ns=123) for c in candles(L, L + 5)]
+    assert [s.start_ms for s in sigs] == [r.start_ms for r in ROWS[L:L + 5]]
     assert all(s.probs == ref[s.start_ms] and not s.backfill and s.recv_ns == 123 for s in sigs)
 
 
 def test_duplicates_and_stale_closes_are_dropped(model):
     """A second close for a start, or a close older than the last, yields nothing and is counted."""
-    p = warmed(model, 40)
-    c40, c41 = candles(40, 42)
-    assert p.on_close(c40) is not None
-    assert p.on_close(c40) is None and p.on_close(candles(39, 40)[0]) is None
-    assert p.on_close(c41).start_ms == c41.start_ms and p.duplicates == 2
+    p = warmed(model, L)
+    c0, c1 = candles(L, L + 2)
+    assert p.on_close(c0) is not None
+    assert p.on_close(c0) is None and p.on_close(candles(L - 1, L)[0]) is None
+    assert p.on_close(c1).start_ms == c1.start_ms and p.duplicates == 2
 
 
 def test_gap_asks_for_a_fill_and_backfills_in_order(model):
     """A later close is held, the missing range is requested, and backfilled bars come first, marked."""
     ref = reference(model)
-    p = warmed(model, 40)
-    c40, c41, c42, c43, c44 = candles(40, 45)
-    assert p.on_close(c40) is not None
-    assert p.on_close(c43) is FILL
-    assert p.on_close(c44) is None and p.on_close(c43) is None  # held while the fill is out
-    assert p.fill_range() == (c41.start_ms, c43.start_ms - 1, None)
-    res = p.apply_fill([c41, c42])
+    p = warmed(model, L)
+    c0, c1, c2, c3, c4 = candles(L, L + 5)
+    assert p.on_close(c0) is not None
+    assert p.on_close(c3) is FILL
+    assert p.on_close(c4) is None and p.on_close(c3) is None  # held while the fill is out
+    assert p.fill_range() == (c1.start_ms, c3.start_ms - 1, None)
+    res = p.apply_fill([c1, c2])
     assert [(s.start_ms, s.backfill) for s in res.signals] == [
-        (c41.start_ms, True), (c42.start_ms, True), (c43.start_ms, False), (c44.start_ms, False)]
+        (c1.start_ms, True), (c2.start_ms, True), (c3.start_ms, False), (c4.start_ms, False)]
     assert all(s.probs == ref[s.start_ms] for s in res.signals)
     assert not res.more and not p.filling and res.backfilled == 2 and p.duplicates == 1
 
 
 def test_bars_rest_lacks_are_reported_and_stepped_over(model):
     """A bar neither the stream nor REST has is reported as unfilled, not signalled, and the window moves on."""
-    p = warmed(model, 40)
-    c40, c41, c42, c43 = candles(40, 44)
-    p.on_close(c40)
-    assert p.on_close(c43) is FILL
+    p = warmed(model, L)
+    c0, c1, c2, c3 = candles(L, L + 4)
+    p.on_close(c0)
+    assert p.on_close(c3) is FILL
     p.fill_range()
-    res = p.apply_fill([c42])
-    assert res.unfilled == [(c41.start_ms, 1)]
-    assert [s.start_ms for s in res.signals] == [c42.start_ms, c43.start_ms]
-    assert p.state.bars_filled == 1 and p.unfilled_bars == 1 and p.next_start_ms == c43.start_ms + BAR_MS
+    res = p.apply_fill([c2])
+    assert res.unfilled == [(c1.start_ms, 1)]
+    assert [s.start_ms for s in res.signals] == [c2.start_ms, c3.start_ms]
+    assert p.state.bars_filled == 1 and p.unfilled_bars == 1 and p.next_start_ms == c3.start_ms + BAR_MS
 
 
 def test_failed_fill_reports_the_whole_range(model):
     """When REST gives up, the missing range is reported and the held closes are still signalled."""
-    p = warmed(model, 40)
-    p.on_close(candles(40, 41)[0])
-    c45 = candles(45, 46)[0]
-    assert p.on_close(c45) is FILL
+    p = warmed(model, L)
+    p.on_close(candles(L, L + 1)[0])
+    c5 = candles(L + 5, L + 6)[0]
+    assert p.on_close(c5) is FILL
     p.fill_range()
     res = p.fill_failed()
-    assert res.unfilled == [(ROWS[41].start_ms, 4)] and [s.start_ms for s in res.signals] == [c45.start_ms]
+    assert res.unfilled == [(ROWS[L + 1].start_ms, 4)] and [s.start_ms for s in res.signals] == [c5.start_ms]
 
 
 def test_a_second_hole_needs_another_fill(model):
     """Held closes beyond a second hole wait for a follow-up fill instead of being bridged."""
-    p = warmed(model, 40)
-    c = candles(40, 46)
+    p = warmed(model, L)
+    c = candles(L, L + 6)
     p.on_close(c[0])
     assert p.on_close(c[2]) is FILL
     assert p.on_close(c[5]) is None
@@ -117,28 +119,28 @@ def test_a_second_hole_needs_another_fill(model):
 
 def test_catch_up_after_reconnect(model):
     """A catch-up fill with nothing held fetches up to now and signals what was missed as backfill."""
-    p = warmed(model, 40)
+    p = warmed(model, L)
     assert p.begin_fill() and not p.begin_fill()
-    assert p.fill_range() == (ROWS[40].start_ms, None, None)
-    res = p.apply_fill(candles(38, 43))
-    assert [s.start_ms for s in res.signals] == [r.start_ms for r in ROWS[40:43]] and res.duplicates == 2
+    assert p.fill_range() == (ROWS[L].start_ms, None, None)
+    res = p.apply_fill(candles(L - 2, L + 3))
+    assert [s.start_ms for s in res.signals] == [r.start_ms for r in ROWS[L:L + 3]] and res.duplicates == 2
     assert all(s.backfill for s in res.signals) and not p.filling
 
 
 def test_closes_during_warmup_are_held_and_signalled_live(model):
     """A close arriving before warm-up finished is held, history stops before it, and it is signalled live."""
     p = Pipeline("BTCUSDT", "5", model)
-    assert p.on_close(candles(40, 41)[0], recv_ns=7) is FILL
-    assert p.fill_range() == (None, ROWS[40].start_ms - 1, model.warmup_bars + 5)
-    res = p.apply_fill(candles(0, 41))
-    assert res.history == 40 and [(s.start_ms, s.backfill, s.recv_ns) for s in res.signals] == [
-        (ROWS[40].start_ms, False, 7)]
+    assert p.on_close(candles(L, L + 1)[0], recv_ns=7) is FILL
+    assert p.fill_range() == (None, ROWS[L].start_ms - 1, model.warmup_bars + 5)
+    res = p.apply_fill(candles(0, L + 1))
+    assert res.history == L and [(s.start_ms, s.backfill, s.recv_ns) for s in res.signals] == [
+        (ROWS[L].start_ms, False, 7)]
 
 
 def test_line_is_exact_json(model):
     """The hand-formatted line is valid JSON with the issue's keys in order and exact floats."""
-    p = warmed(model, 40)
-    sig = p.on_close(candles(40, 41)[0])
+    p = warmed(model, L)
+    sig = p.on_close(candles(L, L + 1)[0])
     line = sig.to_line()
     assert line.endswith("\n") and line.count("\n") == 1
     parsed = json.loads(line)
@@ -153,10 +155,10 @@ def test_model_swap_keeps_the_window(model, tmp_path):
 
     write_random_artifact(tmp_path / "b.npz", seed=9)
     other = Model.load(tmp_path / "b.npz")
-    p = warmed(model, 40)
+    p = warmed(model, L)
     p.set_model(other)
-    sig = p.on_close(candles(40, 41)[0])
+    sig = p.on_close(candles(L, L + 1)[0])
     q = Pipeline("BTCUSDT", "5", other)
     q.start_cold(ROWS[0].start_ms)
-    expected = [s for s in (q.on_close(c) for c in candles(0, 41)) if s is not None][-1]
+    expected = [s for s in (q.on_close(c) for c in candles(0, L + 1)) if s is not None][-1]
     assert sig.model == other.id and sig.probs == expected.probs
