@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 
 from daemon.replay import CsvRow, read_kline_csv
+from kernels.features import WINDOW
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+# Where a fake opens its first live bar: the REST history before it (warmup_bars + 5 asked for, WINDOW needed)
+# is enough to warm the model, so the first close after start is signalled.
+OPEN_INDEX = WINDOW + 19
 
 
 def sample_rows(symbols=("BTCUSDT",), n: int | None = None, interval: str = "5") -> dict[str, list[CsvRow]]:

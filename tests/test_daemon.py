@@ -10,19 +10,17 @@ from daemon.fake_bybit import GARBAGE_FRAMES, FakeBybit
 from daemon.model import Model
 from daemon.output import SignalWriter
 from daemon.replay import replay
-from kernels.features import WINDOW
-from tests.daemon_support import InProcessDaemon, LineSink, sample_rows, wait_until
+from tests.daemon_support import OPEN_INDEX, InProcessDaemon, LineSink, sample_rows, wait_until
 
 BAR_MS = 300_000
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-OPEN = WINDOW + 19  # the open bar at start: REST history before it is enough to warm the model
-ROWS = sample_rows(SYMBOLS, OPEN + 50)
+ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 50)
 
 
 @pytest.fixture
 async def fake():
-    """A fake with OPEN + 50 real bars of BTCUSDT and ETHUSDT, bar OPEN open (OPEN bars of REST history)."""
-    async with FakeBybit(ROWS, "5", start_index=OPEN) as f:
+    """A fake with real BTCUSDT and ETHUSDT bars, bar OPEN_INDEX open (OPEN_INDEX bars of REST history, 50 to play)."""
+    async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:
         yield f
 
 

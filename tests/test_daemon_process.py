@@ -14,7 +14,7 @@ import pytest
 
 from daemon.fake_bybit import FakeBybit
 from tests.conftest import write_random_artifact
-from tests.daemon_support import ROOT, sample_rows, wait_until
+from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 BAR_MS = 300_000
@@ -83,7 +83,7 @@ async def test_stop_signal_exits_zero_without_a_partial_line(tmp_path, sig):
     """SIGTERM or SIGINT while bars flow ends the process with 0, whole stdout lines and a flushed log."""
     log = tmp_path / "daemon.log"
     write_random_artifact(tmp_path / "a.npz")
-    async with FakeBybit(sample_rows(("BTCUSDT",), 400), "5", start_index=40) as fake:
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 360), "5", start_index=OPEN_INDEX) as fake:
         proc = await Proc().start(write_config(tmp_path / "c.toml", fake, log_file=log))
         await _started(fake, log)
         first = fake.open_start_ms
@@ -105,7 +105,7 @@ async def test_sighup_reopens_the_log_and_reloads_only_a_valid_artifact(tmp_path
     """SIGHUP reopens the log (logrotate) and swaps the artifact; a broken artifact keeps the old model."""
     log, artifact = tmp_path / "daemon.log", tmp_path / "a.npz"
     old_id = write_random_artifact(artifact, seed=1)
-    async with FakeBybit(sample_rows(("BTCUSDT",), 100), "5", start_index=40) as fake:
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 60), "5", start_index=OPEN_INDEX) as fake:
         proc = await Proc().start(write_config(tmp_path / "c.toml", fake, artifact=artifact, log_file=log))
         await _started(fake, log)
         await fake.step(1)

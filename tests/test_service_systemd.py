@@ -19,7 +19,7 @@ from daemon.fake_bybit import FakeBybit
 from daemon.service import EX_CONFIG
 from daemon.tail import LogFollower
 from tests.conftest import write_random_artifact
-from tests.daemon_support import ROOT, InProcessDaemon, sample_rows, wait_until
+from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
 from tests.test_daemon_process import Proc, log_events, write_config
 from tests.test_sdnotify import NotifyReceiver
 
@@ -79,7 +79,7 @@ def test_service_uses_the_exit_code_the_units_expect():
 async def test_notify_order_ready_watchdog_stall_stopping(tmp_path, receiver, spawned):
     """READY after subscription and warm-up, WATCHDOG while frames flow, none while stalled, STOPPING last."""
     log = tmp_path / "signals.log"
-    async with FakeBybit(sample_rows(("BTCUSDT",), 200), "5", start_index=40) as fake:
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 160), "5", start_index=OPEN_INDEX) as fake:
         proc = await start_daemon(tmp_path, fake, receiver, spawned)
         await wait_until(lambda: any(has(m, "READY") for m in receiver.drain()), 60, "READY=1")
         assert fake.subscribed("kline.5.BTCUSDT")
@@ -122,7 +122,7 @@ async def test_notify_order_ready_watchdog_stall_stopping(tmp_path, receiver, sp
 async def test_no_notify_socket_means_no_messages_and_metrics_served(tmp_path, receiver, spawned):
     """Outside systemd nothing is sent; with [metrics] enabled /metrics and /healthz answer from the daemon."""
     log = tmp_path / "signals.log"
-    async with FakeBybit(sample_rows(("BTCUSDT",), 200), "5", start_index=40) as fake:
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 160), "5", start_index=OPEN_INDEX) as fake:
         write_random_artifact(tmp_path / "a.npz")
         config = write_config(tmp_path / "c.toml", fake, log_file=log,
                               extra="[metrics]\nenabled = true\nport = 0\n")
@@ -159,7 +159,7 @@ async def test_no_notify_socket_means_no_messages_and_metrics_served(tmp_path, r
 async def test_logrotate_with_sighup_loses_and_splits_no_line(tmp_path, receiver, spawned):
     """Rotating the log three times while bars stream keeps every signal exactly once, each line whole."""
     log = tmp_path / "signals.log"
-    async with FakeBybit(sample_rows(("BTCUSDT",), 400), "5", start_index=40) as fake:
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 360), "5", start_index=OPEN_INDEX) as fake:
         proc = await start_daemon(tmp_path, fake, receiver, spawned)
         await wait_until(lambda: any(has(m, "READY") for m in receiver.drain()), 60, "READY=1")
         follower = LogFollower(log)
@@ -221,7 +221,7 @@ async def rotate(tmp_path, log, pid: int) -> None:
 
 async def test_in_process_supervision_counts_gaps_signals_and_status(random_artifact):
     """A lost close shows up as one gap of one bar in /metrics' counters, and the status line tracks signals."""
-    async with FakeBybit(sample_rows(("BTCUSDT",), 200), "5", start_index=40) as fake:
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 160), "5", start_index=OPEN_INDEX) as fake:
         async with InProcessDaemon(fake, random_artifact) as d:
             sup = d.service.supervision
             assert sup.is_ready() and sup.frames_fresh()
