@@ -1,6 +1,6 @@
 """`kdsignal replay`: the golden session, determinism, parity with the live path, bad input.
 
-The golden files in tests/golden/ are a recorded session (``session.csv``: 70 real BTCUSDT 5m bars), a fixed
+The golden files in tests/golden/ are a recorded session (``session.csv``: WINDOW + 70 real BTCUSDT 5m bars), a fixed
 artifact made from seeded random weights (``artifact.npz``) and the signal lines it must produce
 (``signals.jsonl``). Regenerate them only deliberately:
 ``KDSIGNAL_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_replay.py -k golden_replay``.
@@ -20,11 +20,13 @@ from daemon.fake_bybit import FakeBybit
 from daemon.model import Model
 from daemon.output import SignalWriter
 from daemon.replay import ReplayError, read_kline_csv, replay
-from tests.daemon_support import ROOT, InProcessDaemon, LineSink
+from kernels.features import WINDOW
+from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, LineSink
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SESSION, ARTIFACT, SIGNALS = GOLDEN / "session.csv", GOLDEN / "artifact.npz", GOLDEN / "signals.jsonl"
-GOLDEN_SLICE = slice(1000, 1070)  # rows of data/BTCUSDT-5m.csv recorded as the session
+SESSION_BARS = WINDOW + 70  # warm-up, then 71 signalled bars
+GOLDEN_SLICE = slice(1000, 1000 + SESSION_BARS)  # rows of data/BTCUSDT-5m.csv recorded as the session
 
 
 def _regenerate() -> None:
@@ -56,7 +58,7 @@ def test_golden_replay():
     expected = [json.loads(x) for x in SIGNALS.read_text().splitlines()]
     got = _replayed()
     assert [_stable(x) for x in got] == expected
-    assert len(expected) == 70 - Model.load(ARTIFACT).warmup_bars + 1
+    assert len(expected) == SESSION_BARS - Model.load(ARTIFACT).warmup_bars + 1
     assert all(x["inference_us"] > 0 for x in got)
 
 
@@ -80,13 +82,13 @@ async def test_live_through_the_fake_equals_replay():
     """The golden session served by the fake Bybit gives the same signals as replaying the file."""
     rows = read_kline_csv(SESSION)
     expected = {x["start"]: x for x in (json.loads(line) for line in SIGNALS.read_text().splitlines())}
-    async with FakeBybit({"BTCUSDT": rows}, "5", start_index=30) as fake, \
+    async with FakeBybit({"BTCUSDT": rows}, "5", start_index=OPEN_INDEX) as fake, \
             InProcessDaemon(fake, ARTIFACT, ("BTCUSDT",)) as d:
         first = fake.open_start_ms
-        await fake.step(len(rows) - 30)
+        await fake.step(len(rows) - OPEN_INDEX)
         await d.wait_for_start("BTCUSDT", rows[-1].start_ms)
     live = d.lines
-    assert [x["start"] for x in live] == [r.start_ms for r in rows[30:]] and live[0]["start"] == first
+    assert [x["start"] for x in live] == [r.start_ms for r in rows[OPEN_INDEX:]] and live[0]["start"] == first
     for x in live:
         assert _stable(x) == expected[x["start"]]
 
@@ -94,15 +96,16 @@ async def test_live_through_the_fake_equals_replay():
 def test_gap_in_file_is_reported_and_stepped_over(tmp_path):
     """A hole in the CSV is reported once and the bars after it still follow replay's missing-bar policy."""
     lines = SESSION.read_text().splitlines()
-    (tmp_path / "holed.csv").write_text("\n".join(lines[:41] + lines[43:]) + "\n")
+    hole = WINDOW + 20  # line of the first missing bar (line 0 is the header): after warm-up
+    (tmp_path / "holed.csv").write_text("\n".join(lines[:hole] + lines[hole + 2:]) + "\n")
     reports = []
     sink = LineSink()
     replay(read_kline_csv(tmp_path / "holed.csv"), "BTCUSDT", "5", Model.load(ARTIFACT), SignalWriter(sink),
            lambda first, n: reports.append((first, n)))
     starts = [x["start"] for x in sink.lines]
-    missing = [int(lines[41].split(",")[0]), int(lines[42].split(",")[0])]
+    missing = [int(lines[hole].split(",")[0]), int(lines[hole + 1].split(",")[0])]
     assert reports == [(missing[0], 2)]
-    assert not set(missing) & set(starts) and len(starts) == 70 - 2 - 21 + 1
+    assert not set(missing) & set(starts) and len(starts) == SESSION_BARS - 2 - WINDOW + 1
 
 
 @pytest.mark.parametrize("content, words", [
