@@ -28,7 +28,9 @@ from .student import Student, recency_weights, train_student
 from .teacher import fit_teacher
 
 
-_TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", "teacher_lgbm", "lgbm_weight")
+# overrides that change the labels or the teacher: the table is rebuilt and the teachers refitted
+_TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", "teacher_lgbm", "lgbm_weight",
+                 "teacher_input_transform", "horizon_bars", "band_k", "vol_window", "fee_per_side")
 
 
 def _bar(iterable, cfg: TrainConfig, desc: str, total: int | None = None):

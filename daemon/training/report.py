@@ -136,6 +136,21 @@ def findings(doc: dict) -> list[str]:
         for a in abl:
             if a is base:
                 continue
+            if abs(a["baseline_log_loss"] - base["baseline_log_loss"]) > 1e-9:
+                # other labels: log losses are not comparable, gains over each variant's own prior are
+                def g(x, b_=a["baseline_log_loss"]):
+                    return (b_ - x) / b_
+
+                out.append(
+                    f"- **{a['name']}** ({a['description']}): a different task, so compare gains over its own prior "
+                    f"({_f(a['baseline_log_loss'])}): teacher {_pct(g(a['teacher_log_loss']), 2)}, distilled "
+                    f"{_pct(g(a['student_log_loss']), 2)}, control {_pct(g(a['control_log_loss']), 2)} (default labels: teacher "
+                    f"{_pct((base['baseline_log_loss'] - base['teacher_log_loss']) / base['baseline_log_loss'], 2)}, distilled "
+                    f"{_pct((base['baseline_log_loss'] - base['student_log_loss']) / base['baseline_log_loss'], 2)}, control "
+                    f"{_pct((base['baseline_log_loss'] - base['control_log_loss']) / base['baseline_log_loss'], 2)}); share of the "
+                    f"teacher's gain kept {_pct(a['gain_kept'], 0)} (default {_pct(base['gain_kept'], 0)}), agreement {_pct(a['agreement'])}."
+                )
+                continue
             dt_ = a["teacher_log_loss"] - base["teacher_log_loss"]
             ds = a["student_log_loss"] - base["student_log_loss"]
             dc = a["control_log_loss"] - base["control_log_loss"]
