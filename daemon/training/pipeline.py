@@ -299,11 +299,14 @@ def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, f
             continue  # already the default
         t0 = time.perf_counter()
         acfg = one.replace(**over)
-        aP, ap_t = P, p_t
+        aP, ap_t, afolds = P, p_t, folds
         if any(k in over for k in _TEACHER_KEYS):
             aP = build(series, acfg)
-            ap_t, _, _ = fit_teachers(aP, acfg, folds, seed=seed)
-        res = run_folds(aP, acfg, folds, ap_t, False)
+            # the same time blocks; rows with a label differ when the label definition does
+            _, afolds = walk_forward(aP.start_ms, aP.valid, acfg.n_folds, aP.interval_ms, acfg.horizon_bars,
+                                     acfg.embargo_bars)
+            ap_t, _, _ = fit_teachers(aP, acfg, afolds, seed=seed)
+        res = run_folds(aP, acfg, afolds, ap_t, False)
         rows.append({"name": name, "description": desc, **_short(aP, acfg, res, ap_t),
                      "seconds": round(time.perf_counter() - t0, 1)})
     return rows
