@@ -227,9 +227,9 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         f"Long on buy, short on sell, flat on hold; decided at a bar's close, filled at the next bar's open, "
         f"re-decided every bar; {cfg.fee_per_side * 100:.3f}% taker fee per side on every position change. "
         "Returns are summed log returns per symbol over all test folds (mean over symbols); Sharpe is annualised "
-        "from per-bar net returns.",
+        "from per-bar net returns; max drawdown is the worst peak-to-trough fall of one symbol's cumulative net log return.",
         "",
-        "| model | hit rate | in market | gross return | net return | Sharpe (net) | turnover / bar | max drawdown |",
+        "| model | hit rate | in market | gross return | net return | Sharpe (net) | turnover / bar | max drawdown (log) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in (("teacher", t), ("distilled", st), ("control", c)):
@@ -264,9 +264,11 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         lines += ["", "## Options measured (first seed only, pooled folds)", "",
                   "| variant | teacher LL | distilled LL | control LL | distilled kept | control kept | agreement | distilled wins |",
                   "|---|---|---|---|---|---|---|---|"]
+        base_ll = doc["ablations"][0]["baseline_log_loss"]
         for a in doc["ablations"]:
             w = a["wins_over_control"]
-            lines.append(f"| {a['name']}: {a['description']} | {_f(a['teacher_log_loss'])} | {_f(a['student_log_loss'])} | "
+            other = " (other labels: prior LL " + _f(a["baseline_log_loss"]) + ", log losses not comparable)" if abs(a["baseline_log_loss"] - base_ll) > 1e-9 else ""
+            lines.append(f"| {a['name']}: {a['description']}{other} | {_f(a['teacher_log_loss'])} | {_f(a['student_log_loss'])} | "
                          f"{_f(a['control_log_loss'])} | {_pct(a['gain_kept'], 0)} | {_pct(a['control_gain_kept'], 0)} | "
                          f"{_pct(a['agreement'])} | {w['wins']}/{w['pairs']} |")
     if doc.get("sweep"):
