@@ -31,6 +31,7 @@ def pooled():
     return build(load_dataset([DATA], interval="5"), TINY)
 
 
+@pytest.mark.slow
 def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
     """No teacher labels a row it was fitted or validated on, and every fitted row precedes the block (purged)."""
     P = pooled
