@@ -79,6 +79,7 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     # --- evaluation / output
     ece_bins: int = 10
+    sweep: bool = True  # also train the temperature x alpha grid (first seed only) in every fold
     sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     # variants re-run with the first seed to measure what each option is worth (see pipeline.ABLATIONS)

@@ -332,7 +332,7 @@ def transferable_gain(result: dict) -> dict | None:
 
 
 def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
-          sweep: bool = False, config_path: str | None = None) -> dict:
+          sweep: bool | None = None, config_path: str | None = None) -> dict:
     """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
     from daemon.artifact import save_artifact
 
@@ -351,7 +351,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     timings["teachers_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fold_results = run_folds(P, cfg, folds, p_t, sweep)
+    fold_results = run_folds(P, cfg, folds, p_t, cfg.sweep if sweep is None else sweep)
     timings["students_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -424,7 +424,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="models/default.npz", help="artifact path; report and plots go next to it")
     parser.add_argument("--config", default=None, help="TOML file whose [train] table sets the knobs")
     parser.add_argument("--interval", default=None, help="only use files of this bar length (Bybit code, e.g. 5)")
-    parser.add_argument("--sweep", action="store_true", help="also train a temperature x alpha grid (seed 0)")
+    parser.add_argument("--sweep", action="store_true", default=None,
+                        help="train the temperature x alpha grid (first seed) even if [train] sweep = false")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the temperature x alpha grid")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one [train] knob (TOML value syntax), e.g. --set alpha=0.3")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
