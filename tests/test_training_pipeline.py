@@ -20,7 +20,8 @@ from daemon.training.folds import walk_forward
 DATA = Path(__file__).resolve().parent.parent / "data"
 TINY = TrainConfig(
     n_folds=2, teacher_hidden=((16, 8),), teacher_epochs=2, lgbm_rounds=20, lgbm_min_leaf=50,
-    student_epochs=3, seeds=(0, 1), progress=False, num_threads=1, ablations=("recency_weighting",), sweep_temperatures=(1.0, 2.0), sweep_alphas=(0.5,),
+    student_epochs=3, seeds=(0, 1), progress=False, num_threads=1, sweep_temperatures=(1.0, 2.0), sweep_alphas=(0.5,),
+    ablations=("recency_weighting", "label_band_vol_100"),
 )
 
 
@@ -30,6 +31,7 @@ def pooled():
     return build(load_dataset([DATA], interval="5"), TINY)
 
 
+@pytest.mark.slow
 def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
     """No teacher labels a row it was fitted or validated on, and every fitted row precedes the block (purged)."""
     P = pooled
@@ -104,7 +106,7 @@ def test_train_end_to_end_on_samples(tmp_path, capsys):
     assert len(rep["folds"]) == TINY.n_folds
     assert rep["model_id"] == model.id
     assert len(rep["sweep"]["grid"]) == 2
-    assert [a["name"] for a in rep["ablations"]] == ["default", "recency_weighting"]
+    assert [a["name"] for a in rep["ablations"]] == ["default", "recency_weighting", "label_band_vol_100"]
     md = (out.parent / "report.md").read_text()
     assert "Headline" in md and model.id in md
     for png in ("folds.png", "reliability.png", "sweep.png"):

@@ -5,7 +5,7 @@ real 5m samples (renamed ``X0001BTCUSDT``...) at ``bar_s`` wall seconds per bar 
 unconfirmed pushes before each close, and the daemon (``loopback_driver``: the real ``Service`` built from
 a config file). Offered load: ``symbols`` closed candles (signals) per bar the fake really played, and
 ``updates_per_bar + 1`` pushes per symbol per bar; the fake paces itself by sleeping, so its real bar rate
-(read from its clock over REST around the window) is below ``1 / bar_s`` and is what the table reports.
+(read from its clock over REST at both ends of the daemon's window) is below ``1 / bar_s`` and is what the table reports.
 After the daemon is subscribed and warm it records for ``duration_s``; a level "kept up" when the daemon
 wrote at least 90% of the offered signals (the two windows are read in different processes, a bar or two
 apart), stayed below 95% of a core and kept its p99 under 100 ms. The daemon stamps a frame when the WebSocket client hands it over, so a backlog queued in the socket does not
@@ -85,16 +85,6 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _open_bar_start_ms(rest_url: str, symbol: str) -> int:
-    """The fake's currently open bar, asked through its REST kline endpoint (newest row first)."""
-    import urllib.request
-
-    url = f"{rest_url}/v5/market/kline?category=linear&symbol={symbol}&interval=5&limit=1"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        body = json.loads(resp.read())
-    return int(body["result"]["list"][0][0])
 
 
 def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
@@ -186,19 +176,17 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
             level_dir / "driver.err",
         )
         _readline(driver, 300.0)  # {"event": "recording"}: the measurement window opens
-        ticks0 = _cpu_ticks(fake.proc.pid)
-        bar0, t0 = _open_bar_start_ms(fake.rest_url, names[0]), time.perf_counter()
+        ticks0, t0 = _cpu_ticks(fake.proc.pid), time.perf_counter()
         out = json.loads(_readline(driver, duration_s + 120.0))
-        bar1, t1 = _open_bar_start_ms(fake.rest_url, names[0]), time.perf_counter()
-        fake_cpu = 100.0 * (_cpu_ticks(fake.proc.pid) - ticks0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+        fake_cpu = 100.0 * (_cpu_ticks(fake.proc.pid) - ticks0) / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - t0)
         driver.wait(timeout=60)
     finally:
         _stop(driver)
         fake.close()
     # The fake sleeps bar_s / (updates + 1) between its sends, so it delivers less than 1 / bar_s bars a
     # second; the rate it really offered is read from its clock (the open bar, over REST) around the window.
-    bars_per_s = (bar1 - bar0) / 300_000 / (t1 - t0)
-    offered = symbols * bars_per_s
+    offered = symbols * out["fake_bars"] / out["seconds"]
+    bar1 = out["fake_bar_start_ms"][1]
     out.update({
         "symbols": symbols,
         "bar_s": bar_s,

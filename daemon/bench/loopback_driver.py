@@ -8,7 +8,9 @@ finished, lets it settle, then records for ``DURATION_S`` seconds:
 - tick-to-signal latency of every live signal: the service's own measurement (``perf_counter_ns`` when the
   frame arrived to just after its line was written and flushed), collected by swapping the writer's
   ``latency`` recorder (public attribute, duck-typed ``add``/``take``) for one that keeps every sample;
-- signals written, CPU seconds (user + system) of this process, RSS at the end.
+- signals written, CPU seconds (user + system) of this process, RSS at the end;
+- the bars the fake played in the same window, from its clock (the open bar over its REST endpoint, read
+  in a worker thread so the event loop keeps serving frames).
 
 It prints one JSON object on stdout and stops the service. Run by ``daemon.bench.loopback`` in a
 subprocess so the daemon has a process of its own, as in production.
@@ -21,6 +23,7 @@ import json
 import resource
 import sys
 import time
+import urllib.request
 
 import numpy as np
 
@@ -40,6 +43,14 @@ class KeepAll:
 
     def take(self) -> dict | None:
         return None
+
+
+def open_bar_start_ms(rest_url: str, symbol: str) -> int:
+    """The fake's currently open bar, asked through its REST kline endpoint (newest row first)."""
+    url = f"{rest_url}/v5/market/kline?category=linear&symbol={symbol}&interval=5&limit=1"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    return int(body["result"]["list"][0][0])
 
 
 def _rss_mb() -> float:
@@ -79,12 +90,15 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
             await asyncio.sleep(0.005)
         result["ready_s"] = round(time.perf_counter() - t_start, 3)
         await asyncio.sleep(settle_s)
+        probe = (cfg.feed.rest_url, cfg.feed.symbols[0])
+        bar0 = await asyncio.to_thread(open_bar_start_ms, *probe)
         written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
         recorder.recording = True
         print(json.dumps({"event": "recording"}), flush=True)
         await asyncio.sleep(duration_s)
         recorder.recording = False
         written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        bar1 = await asyncio.to_thread(open_bar_start_ms, *probe)
         ns = np.asarray(recorder.ns, dtype=np.float64)
         wall = t1 - t0
         result.update({
@@ -92,6 +106,9 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
             "live_samples": int(ns.size),
             "seconds": round(wall, 3),
             "signals_per_s": round((written1 - written0) / wall, 1),
+            # Bars the fake played in the same window (its clock, over REST, read from a worker thread).
+            "fake_bars": (bar1 - bar0) / cfg.feed.interval_ms,
+            "fake_bar_start_ms": [bar0, bar1],
             "p50_us": round(float(np.percentile(ns, 50)) / 1000, 2) if ns.size else None,
             "p99_us": round(float(np.percentile(ns, 99)) / 1000, 2) if ns.size else None,
             "max_us": round(float(ns.max()) / 1000, 2) if ns.size else None,

@@ -23,6 +23,8 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
     "teacher_finer_targets": ({"teacher_buckets": (2.0,)},
                               "teacher predicts 5 return buckets (edges at 1 and 2 bands), collapsed to 3 classes"),
     "recency_weighting": ({"recency_half_life_days": 60.0}, "student rows weighted by recency, half-life 60 days"),
+    "label_band_vol_100": ({"vol_window": 100},
+                           "labels' hold band scaled by 100-bar volatility, which the student (20-bar windows) cannot see"),
     "student_first_block": ({"student_first_block": True},
                             "students also train on block 0 (no teacher there: hard labels only, for both)"),
     "student_32_16": ({"student_hidden": (32, 16)}, "a wider student, 32-16 (same budget)"),
@@ -36,7 +38,9 @@ class TrainConfig:
     # --- labels
     horizon_bars: int = 3  # h: forward return from close t to close t+h
     band_k: float = 0.5  # hold band = max(band_k * vol * sqrt(h), round-trip cost)
-    vol_window: int = 100  # bars of 1-bar log returns the band's volatility is measured over
+    # bars of 1-bar log returns the band's volatility is measured over; 20 = the student's own rvol_20, so the
+    # served model can see the band it is asked to predict against (see the label_band_vol_100 ablation)
+    vol_window: int = 20
     fee_per_side: float = TAKER_FEE
     # --- folds (walk-forward over time: block 0 teaches only, block 1 gives the first soft targets)
     n_folds: int = 5
@@ -75,11 +79,12 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     # --- evaluation / output
     ece_bins: int = 10
+    sweep: bool = True  # also train the temperature x alpha grid (first seed only) in every fold
     sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     # variants re-run with the first seed to measure what each option is worth (see pipeline.ABLATIONS)
     ablations: tuple[str, ...] = ("teacher_without_extras", "teacher_finer_targets", "recency_weighting",
-                                  "student_first_block")
+                                  "student_first_block", "label_band_vol_100")
     num_threads: int = 2
     progress: bool = True
 

@@ -28,7 +28,9 @@ from .student import Student, recency_weights, train_student
 from .teacher import fit_teacher
 
 
-_TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", "teacher_lgbm", "lgbm_weight")
+# overrides that change the labels or the teacher: the table is rebuilt and the teachers refitted
+_TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", "teacher_lgbm", "lgbm_weight",
+                 "teacher_input_transform", "horizon_bars", "band_k", "vol_window", "fee_per_side")
 
 
 def _bar(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
@@ -297,11 +299,14 @@ def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, f
             continue  # already the default
         t0 = time.perf_counter()
         acfg = one.replace(**over)
-        aP, ap_t = P, p_t
+        aP, ap_t, afolds = P, p_t, folds
         if any(k in over for k in _TEACHER_KEYS):
             aP = build(series, acfg)
-            ap_t, _, _ = fit_teachers(aP, acfg, folds, seed=seed)
-        res = run_folds(aP, acfg, folds, ap_t, False)
+            # the same time blocks; rows with a label differ when the label definition does
+            _, afolds = walk_forward(aP.start_ms, aP.valid, acfg.n_folds, aP.interval_ms, acfg.horizon_bars,
+                                     acfg.embargo_bars)
+            ap_t, _, _ = fit_teachers(aP, acfg, afolds, seed=seed)
+        res = run_folds(aP, acfg, afolds, ap_t, False)
         rows.append({"name": name, "description": desc, **_short(aP, acfg, res, ap_t),
                      "seconds": round(time.perf_counter() - t0, 1)})
     return rows
@@ -327,7 +332,7 @@ def transferable_gain(result: dict) -> dict | None:
 
 
 def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
-          sweep: bool = False, config_path: str | None = None) -> dict:
+          sweep: bool | None = None, config_path: str | None = None) -> dict:
     """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
     from daemon.artifact import save_artifact
 
@@ -346,7 +351,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     timings["teachers_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fold_results = run_folds(P, cfg, folds, p_t, sweep)
+    fold_results = run_folds(P, cfg, folds, p_t, cfg.sweep if sweep is None else sweep)
     timings["students_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -419,7 +424,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="models/default.npz", help="artifact path; report and plots go next to it")
     parser.add_argument("--config", default=None, help="TOML file whose [train] table sets the knobs")
     parser.add_argument("--interval", default=None, help="only use files of this bar length (Bybit code, e.g. 5)")
-    parser.add_argument("--sweep", action="store_true", help="also train a temperature x alpha grid (seed 0)")
+    parser.add_argument("--sweep", action="store_true", default=None,
+                        help="train the temperature x alpha grid (first seed) even if [train] sweep = false")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the temperature x alpha grid")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one [train] knob (TOML value syntax), e.g. --set alpha=0.3")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
