@@ -7,7 +7,7 @@ model when it exists (its config, the MLP members' input width, LightGBM's early
 
 - MLP members (128-64-32, 128-64-32, 256-128-64 by default, ReLU), 3 outputs, He-initialised from a fixed
   seed: their latency does not depend on the weight values, so they are not trained here. Inputs beyond
-  the student's 9 features (the real teacher's extra columns) are fed as zeros: their computation is not
+  the student's features (the real teacher's extra columns) are fed as zeros: their computation is not
   timed, only the wider first layer is;
 - a LightGBM multiclass booster of the configured rounds and leaves, trained here on the features of the
   5m samples in ``data/`` (tree depth does depend on data) against forward-return tertile labels;

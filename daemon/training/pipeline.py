@@ -315,7 +315,7 @@ def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, f
 def transferable_gain(result: dict) -> dict | None:
     """How much of the teacher's gain a model restricted to the student's inputs reached, and the student's share of that.
 
-    Uses the ``teacher_without_extras`` ablation (same ensemble, only the student's 9 features): its gain over
+    Uses the ``teacher_without_extras`` ablation (same ensemble, only the student's features): its gain over
     the prior bounds what any student can learn from these inputs here; the rest of the teacher's gain comes
     from information the student never sees.
     """

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.features import FEATURE_NAMES
+
 from .config import TrainConfig
 
 PLOT_DPI = 72
@@ -168,7 +170,7 @@ def findings(doc: dict) -> list[str]:
     if tr:
         st = doc["summary"]["student"]
         out.append(
-            f"- **What limits the share kept.** The same ensemble given only the student's 9 inputs reaches log loss "
+            f"- **What limits the share kept.** The same ensemble given only the student's {len(FEATURE_NAMES)} inputs reaches log loss "
             f"{_f(tr['student_features_teacher_log_loss'])}: {_pct(tr['reachable_share_of_teacher_gain'], 0)} of the full teacher's gain "
             f"is reachable from those inputs at all; the rest comes from what the student never sees (time of day, longer "
             f"windows, other symbols). The distilled student keeps {_pct(st['gain_kept'], 0)} of the teacher's gain, i.e. "
