@@ -131,6 +131,16 @@ def _pct(x, nd=1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{nd}f}%"
 
 
+def _headline_row(name: str, m: dict, base: dict, vs_teacher: dict | None) -> str:
+    gain = (base["log_loss"] - m["log_loss"]) / base["log_loss"]
+    cells = [name, _f(m["log_loss"]), _pct(gain, 2), _pct(m["accuracy"]), _f(m["macro_f1"], 3), _f(m["ece"], 3)]
+    if vs_teacher is None:
+        cells += ["-", "-", "100%"]
+    else:
+        cells += [_pct(vs_teacher["agreement"]), _f(vs_teacher["kl_from_teacher"], 4), _pct(vs_teacher["gain_kept"], 0)]
+    return "| " + " | ".join(cells) + " |"
+
+
 def findings(doc: dict) -> list[str]:
     """Plain sentences comparing each measured option with the default (all from this run's numbers)."""
     out = []
@@ -204,12 +214,14 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         "",
         "## Headline",
         "",
-        "| model | log loss | gain over prior | accuracy | macro-F1 | ECE | agreement with teacher | KL(teacher, model) | share of teacher's gain kept |",
+        "| model | log loss | gain over prior | accuracy | macro-F1 | ECE | agreement with teacher | KL(teacher, model) "
+        "| share of teacher's gain kept |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| class prior (baseline) | {_f(b['log_loss'])} | - | {_pct(b['accuracy'])} (majority) | - | - | - | - | - |",
-        f"| teacher ensemble | {_f(t['log_loss'])} | {_pct((b['log_loss'] - t['log_loss']) / b['log_loss'], 2)} | {_pct(t['accuracy'])} | {_f(t['macro_f1'], 3)} | {_f(t['ece'], 3)} | - | - | 100% |",
-        f"| distilled student {'-'.join(map(str, cfg.student_hidden))} (T={cfg.temperature:g}, alpha={cfg.alpha:g}) | {_f(st['log_loss'])} | {_pct((b['log_loss'] - st['log_loss']) / b['log_loss'], 2)} | {_pct(st['accuracy'])} | {_f(st['macro_f1'], 3)} | {_f(st['ece'], 3)} | {_pct(st['agreement'])} | {_f(st['kl_from_teacher'], 4)} | {_pct(st['gain_kept'], 0)} |",
-        f"| control (same student, hard labels) | {_f(c['log_loss'])} | {_pct((b['log_loss'] - c['log_loss']) / b['log_loss'], 2)} | {_pct(c['accuracy'])} | {_f(c['macro_f1'], 3)} | {_f(c['ece'], 3)} | {_pct(c['agreement'])} | {_f(c['kl_from_teacher'], 4)} | {_pct(c['gain_kept'], 0)} |",
+        _headline_row("teacher ensemble", t, b, None),
+        _headline_row(f"distilled student {'-'.join(map(str, cfg.student_hidden))} (T={cfg.temperature:g}, "
+                      f"alpha={cfg.alpha:g})", st, b, st),
+        _headline_row("control (same student, hard labels)", c, b, c),
         "",
         f"Distilled beats control on log loss in **{w['wins']} of {w['pairs']}** (symbol, fold) pairs. "
         f"Seed spread of log loss (sd): distilled {_f(st['log_loss_seed_sd'], 5)}, control {_f(c['log_loss_seed_sd'], 5)}.",
