@@ -24,7 +24,7 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
                               "teacher predicts 5 return buckets (edges at 1 and 2 bands), collapsed to 3 classes"),
     "recency_weighting": ({"recency_half_life_days": 60.0}, "student rows weighted by recency, half-life 60 days"),
     "label_band_vol_100": ({"vol_window": 100},
-                           "labels' hold band scaled by 100-bar volatility, which the student (20-bar windows) cannot see"),
+                           "labels' hold band scaled by 100-bar volatility (the student's rvol_100) instead of 20-bar"),
     "student_first_block": ({"student_first_block": True},
                             "students also train on block 0 (no teacher there: hard labels only, for both)"),
     "student_32_16": ({"student_hidden": (32, 16)}, "a wider student, 32-16 (same budget)"),
