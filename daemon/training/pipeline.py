@@ -407,7 +407,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                  "block_edges_ms": [int(e) for e in edges]},
         "classes": list(CLASSES),
         "teacher_inputs": {"student": list(P.teacher_names[: P.x_student.shape[1]]),
-                           "extra": [n for n in P.teacher_names[P.x_student.shape[1]:] if not n.startswith("is_")]},
+                           # extras that duplicate a student feature (hl_mean_20, rvol_100 since the kernels
+                           # grew them) are still teacher columns but not teacher-only information
+                           "extra": [n for n in P.teacher_names[P.x_student.shape[1]:]
+                                     if not n.startswith("is_") and n not in P.teacher_names[: P.x_student.shape[1]]]},
         "teacher_fits": teacher_info,
         "final_student": final_info,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
