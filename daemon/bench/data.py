@@ -1,7 +1,7 @@
 """What the benchmarks run on: real candles from ``data/`` (or ``../shared/data``) and the student to serve.
 
 The student is the shipped ``models/default.npz`` when it exists; otherwise an artifact of the shipped
-architecture (9-16-8-3, ReLU) with seeded random weights and the real normalisation statistics of the
+architecture (F-16-8-3, ReLU, F the kernels' feature count) with seeded random weights and the real normalisation statistics of the
 sample data, written to a temporary directory. Latency does not depend on the weight values (no branch in
 the forward pass depends on them except ReLU's, which costs the same either way), and the report says
 which one was used.
