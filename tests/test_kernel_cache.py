@@ -1,0 +1,48 @@
+"""numba's on-disk cache never serves kernels compiled from older sources of another kernel file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PROBE = """
+import numpy as np, kernels
+from daemon.model import Model
+from kernels.specialise import specialised_step
+m = Model.load({artifact!r})
+s = m.new_state()
+for row in np.loadtxt({csv!r}, delimiter=",", skiprows=1)[:150, 1:6]:
+    s.update(*row)
+print(kernels.KERNELS_HASH, repr(float(s.probs[0])), m.kernel_note)
+"""
+
+
+@pytest.mark.slow
+def test_changed_feature_kernel_is_recompiled_everywhere(tmp_path, random_artifact):
+    """After features.py changes, the fused and specialised steps run the new feature code, not a cached copy."""
+    for name in ("kernels", "daemon"):
+        shutil.copytree(ROOT / name, tmp_path / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "training", "bench"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "src"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("KDSIGNAL_CACHE_DIR", None)
+    code = PROBE.format(artifact=str(random_artifact), csv=str(ROOT / "data" / "BTCUSDT-5m.csv"))
+
+    def probe():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+        return out.stdout.split()
+
+    first = probe()
+    assert probe() == first  # a warm cache gives the same result
+    features = tmp_path / "src" / "kernels" / "features.py"
+    # Change what a feature computes (hl_range, which every bar uses) without touching student.py.
+    text = features.read_text()
+    assert "    out[oi + 7] = hl[hi + n]\n" in text
+    features.write_text(text.replace("    out[oi + 7] = hl[hi + n]\n", "    out[oi + 7] = 2.0 * hl[hi + n]\n"))
+    changed = probe()
+    assert changed[1] != first[1], "a cached kernel still ran the old feature code"
+    assert changed[0] != first[0] and changed[2] == "specialised"
