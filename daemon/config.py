@@ -5,7 +5,8 @@ Sections: ``[feed]`` (Bybit endpoints, symbols, heartbeat), ``[backoff]`` (recon
 summary period) and ``[metrics]`` (parsed here, served by the health/metrics endpoint). A ``[train]`` table
 is accepted and left alone: it belongs to the offline training code (daemon/training/config.py).
 
-Relative paths (artifact, log file) are resolved against the directory of the configuration file.
+Relative paths (artifact, log file) are resolved against the directory of the configuration file; an
+artifact the file does not name is the shipped ``models/default.npz`` of this checkout.
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[metrics].port is {cfg.metrics.port}, expected 0..65535")
 
 
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
     """Build a validated :class:`Config` from a parsed TOML document; relative paths join ``base_dir``."""
     unknown = sorted(set(raw) - set(_SECTIONS) - {"train"})
@@ -224,7 +228,9 @@ def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>"
     if base_dir is not None:
         model = cfg.model
         if not Path(model.artifact).is_absolute():
-            model = dataclasses.replace(model, artifact=str(base_dir / model.artifact))
+            # The default names the model shipped beside this code, wherever the config file lives.
+            named = isinstance(raw.get("model"), dict) and "artifact" in raw["model"]
+            model = dataclasses.replace(model, artifact=str((base_dir if named else _CHECKOUT) / model.artifact))
         log = cfg.log
         if log.file and not Path(log.file).is_absolute():
             log = dataclasses.replace(log, file=str(base_dir / log.file))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,13 @@ def test_missing_and_invalid_files(tmp_path):
     (tmp_path / "bad.toml").write_text("[feed\n")
     with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_default_artifact_is_the_shipped_model_wherever_the_file_is(tmp_path):
+    """A config outside the checkout that names no artifact gets the shipped model, a named one its own dir."""
+    from daemon.config import load_config
+
+    (tmp_path / "a.toml").write_text('[feed]\nsymbols = ["BTCUSDT"]\n')
+    assert Path(load_config(tmp_path / "a.toml").model.artifact) == ROOT / "models" / "default.npz"
+    (tmp_path / "b.toml").write_text('[model]\nartifact = "m/x.npz"\n')
+    assert Path(load_config(tmp_path / "b.toml").model.artifact) == tmp_path / "m" / "x.npz"
