@@ -24,7 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdsignal", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="kdsignal", description="Knowledge-distilled trading signals from Bybit v5 klines (python -m daemon works too)."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the module of the chosen command is imported; the others appear in --help by name alone.
     chosen = next((a for a in (argv or []) if a in COMMANDS), None)
