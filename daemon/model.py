@@ -1,6 +1,7 @@
 """The loaded student and its per-symbol state: layer-2 objects (no I/O beyond reading the artifact).
 
-``SymbolState.update`` is the whole per-bar computation, one numba call (``kernels.student.student_step``).
+``SymbolState.update`` is the whole per-bar computation, one numba call (``kernels.student.student_step``,
+specialised to the artifact's layer sizes by ``kernels.specialise``).
 Training, replay and the live daemon all run these objects, so what was evaluated is what serves.
 """
 
@@ -15,7 +16,6 @@ from kernels import CLASSES
 from kernels.features import FEATURE_STATE_SIZE, S_FILLED, S_SEEN
 from kernels.specialise import cache_dir, specialised_step
 from kernels.student import (
-    STATUS_WARMING,
     pack_student,
     probs_offset,
     student_batch,
@@ -90,12 +90,11 @@ class SymbolState:
 
     __slots__ = ("model", "array", "probs", "update")
 
-    def __init__(self, model: Model, array: np.ndarray | None = None):
+    def __init__(self, model: Model):
         self.model = model
-        self.array = np.zeros(model._state_size, dtype=np.float64) if array is None else array
+        # The kernel's entry point does not check its arguments: these arrays are ours, float64, contiguous.
+        self.array = np.zeros(model._state_size, dtype=np.float64)
         self.probs = self.array[model._probs_at : model._probs_at + len(model.classes)]
-        # Arguments the kernel cannot check on this path: the arrays are ours and float64 by construction.
-        assert self.array.dtype == np.float64 and self.array.flags.c_contiguous and len(self.array) == model._state_size
         self.update = partial(model.step_kernel, self.array, model.vector)
 
     @property
@@ -118,4 +117,4 @@ class SymbolState:
         return new
 
 
-__all__ = ["Model", "SymbolState", "STATUS_WARMING"]
+__all__ = ["Model", "SymbolState"]
