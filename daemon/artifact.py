@@ -41,8 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels import CLASSES
-from kernels.features import FEATURE_NAMES, FEATURE_PARAMS, WINDOW
-from kernels.mlp import ACTIVATIONS, mlp_size, pack_mlp, unpack_mlp
+from kernels.layout import ACTIVATIONS, FEATURE_NAMES, FEATURE_PARAMS, WINDOW, mlp_size, pack_mlp, unpack_mlp
 
 SCHEMA_VERSION = 1
 BYBIT_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")

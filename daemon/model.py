@@ -1,8 +1,10 @@
 """The loaded student and its per-symbol state: layer-2 objects (no I/O beyond reading the artifact).
 
-``SymbolState.update`` is the whole per-bar computation, one numba call (``kernels.student.student_step``,
-specialised to the artifact's layer sizes by ``kernels.specialise``).
-Training, replay and the live daemon all run these objects, so what was evaluated is what serves.
+``SymbolState.update`` is the whole per-bar computation, one compiled call: ``kernels.student.student_step``
+specialised to the artifact's layer sizes (``kernels.specialise``) and compiled ahead of time by numba
+(``kernels.aot``), so serving never loads numba. Where that build cannot be had (no C compiler, say), the
+same specialised source runs through numba's JIT, and ``kernel_note`` says so. Training, replay and the
+live daemon all run these objects, so what was evaluated is what serves.
 """
 
 from __future__ import annotations
@@ -13,15 +15,8 @@ import numpy as np
 
 from daemon.artifact import Artifact, load_artifact
 from kernels import CLASSES
-from kernels.features import FEATURE_STATE_SIZE, S_FILLED, S_SEEN
-from kernels.specialise import cache_dir, specialised_step
-from kernels.student import (
-    pack_student,
-    probs_offset,
-    student_batch,
-    student_state_size,
-    student_step_unchecked,
-)
+from kernels.aot import AotUnavailable, aot_step
+from kernels.layout import FEATURE_STATE_SIZE, S_FILLED, S_SEEN, pack_student, probs_offset, student_state_size
 
 
 class Model:
@@ -53,14 +48,7 @@ class Model:
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)
-        # The per-bar kernel: specialised to this architecture (same bits, fewer instructions), or the
-        # generic one when the generated module cannot be written (read-only cache directory).
-        try:
-            self.step_kernel = specialised_step(self.vector)
-            self.kernel_note = "specialised"
-        except OSError as e:
-            self.step_kernel = student_step_unchecked
-            self.kernel_note = f"generic (cannot write {cache_dir()}: {e.strerror or e})"
+        self.step_kernel, self.kernel_note = _step_kernel(self.vector)
 
     @classmethod
     def load(cls, path) -> Model:
@@ -73,10 +61,33 @@ class Model:
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (n, K) for a feature matrix (n, F), by the kernels the daemon runs."""
+        from kernels.student import student_batch  # numba: training and checks, never the serving path
+
         feats = np.ascontiguousarray(features, dtype=np.float64)
         out = np.empty((feats.shape[0], len(self.classes)), dtype=np.float64)
         student_batch(self.vector, feats, out)
         return out
+
+
+def _step_kernel(vector: np.ndarray):
+    """The per-bar kernel for this architecture and a note naming which one it is.
+
+    Ahead-of-time compiled first; else the same specialised source through numba's JIT (numba and LLVM
+    then live in this process: about 120 MB more); else, when no generated module can be written, the
+    generic JIT kernel. All three give the same bits (``tests/test_aot.py``, ``tests/test_specialise.py``).
+    """
+    try:
+        return aot_step(vector), "aot"
+    except AotUnavailable as e:
+        why = f"no ahead-of-time kernel: {e}"
+    from kernels.specialise import cache_dir, specialised_step
+
+    try:
+        return specialised_step(vector), f"jit ({why})"
+    except OSError as e:
+        from kernels.student import student_step_unchecked
+
+        return student_step_unchecked, f"generic jit (cannot write {cache_dir()}: {e.strerror or e})"
 
 
 class SymbolState:

@@ -80,6 +80,8 @@ class Service:
         self.gaps_backfilled = 0
         self.unfilled_bars = 0
         self.reloads = 0
+        self._reload_lock = asyncio.Lock()
+        self._reloading: set[asyncio.Task] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()  # set once the task group runs (tests wait on it)
@@ -150,24 +152,36 @@ class Service:
         """Ask the service to stop (SIGTERM/SIGINT)."""
         self._stop.set()
 
-    def reload(self) -> bool:
-        """Reopen the log file and swap in the artifact from disk if it validates (SIGHUP)."""
+    def request_reload(self) -> None:
+        """SIGHUP: reopen the log file at once, then reload the artifact in the background."""
         if self.log_file is not None:
             self.log_file.reopen()
             self.log.info("log_reopened", file=self.log_file.path)
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloading.add(task)  # a reference, so the task is not collected mid-load
+        task.add_done_callback(self._reloading.discard)
+
+    async def reload(self) -> bool:
+        """Swap in the artifact from disk if it validates; the old model serves until then and on failure.
+
+        Loading runs in a worker thread: a new architecture may need its kernel built (seconds, in a child
+        process), and the feed keeps being served meanwhile. Reloads run one at a time, in arrival order.
+        """
         path = self.cfg.model.artifact
-        try:
-            model = self._load_model(path)
-            check_model(self.cfg, model)
-        except (ArtifactError, StartupError, OSError, ValueError) as exc:
-            self.log.error("model_reload_failed", artifact=path, error=str(exc), model=self.model.id)
-            return False
-        old, self.model = self.model, model
-        for pipeline in self.pipelines.values():
-            pipeline.set_model(model)
-        self.reloads += 1
-        self.log.info("model_reloaded", artifact=path, old_model=old.id, model=model.id)
-        return True
+        async with self._reload_lock:
+            try:
+                model = await asyncio.to_thread(self._load_model, path)
+                check_model(self.cfg, model)
+            except (ArtifactError, StartupError, OSError, ValueError) as exc:
+                self.log.error("model_reload_failed", artifact=path, error=str(exc), model=self.model.id)
+                return False
+            old, self.model = self.model, model
+            for pipeline in self.pipelines.values():
+                pipeline.set_model(model)
+            self.reloads += 1
+            self.log.info("model_reloaded", artifact=path, old_model=old.id, model=model.id,
+                          kernel=model.kernel_note)
+            return True
 
     # ------------------------------------------------------------------ main
     async def _summaries(self) -> None:
@@ -195,7 +209,8 @@ class Service:
                                    max_concurrent=self.cfg.rest.max_concurrent,
                                    log=self.log)
             self.log.info("daemon_started", symbols=list(self.pipelines), interval=self.cfg.feed.interval,
-                          model=self.model.id, ws_url=self.cfg.feed.ws_url, config=self.cfg.source)
+                          model=self.model.id, kernel=self.model.kernel_note, ws_url=self.cfg.feed.ws_url,
+                          config=self.cfg.source)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
@@ -227,7 +242,7 @@ async def _main(service: Service) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, service.stop)
     loop.add_signal_handler(signal.SIGINT, service.stop)
-    loop.add_signal_handler(signal.SIGHUP, service.reload)
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
     try:
         await service.run()
     finally:

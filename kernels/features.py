@@ -40,57 +40,23 @@ teacher inputs; ``models/report.md``).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "ret_1",
-    "ret_5",
-    "ret_10",
-    "ret_20",
-    "rvol_20",
-    "relvol_20",
-    "vwret_20",
-    "hl_range",
-    "zclose_20",
-    "hl_mean_20",
-    "rvol_100",
+from kernels.jit import njit
+from kernels.layout import (
+    LONG_LOOKBACK,
+    LOOKBACK,
+    N_FEATURES,
+    S_CLOSE,
+    S_FEATURES,
+    S_FILLED,
+    S_HEAD,
+    S_LAST_CLOSE,
+    S_RANGE,
+    S_RET,
+    S_SEEN,
+    S_VOLUME,
+    WINDOW,
 )
-N_FEATURES = len(FEATURE_NAMES)
-LOOKBACK = 20  # bars the short-window features average over
-LONG_LOOKBACK = 100  # one-bar returns in rvol_100 (a multiple of 4: its sum runs in four lanes)
-WINDOW = LONG_LOOKBACK + 1  # closes needed: the 100 one-bar returns reach back 100 bars
-# The windows each feature reads, recorded in the artifact so a loader can refuse a mismatch.
-FEATURE_PARAMS: dict[str, dict[str, int]] = {
-    "ret_1": {"lag": 1},
-    "ret_5": {"lag": 5},
-    "ret_10": {"lag": 10},
-    "ret_20": {"lag": 20},
-    "rvol_20": {"window": LOOKBACK},
-    "relvol_20": {"window": LOOKBACK},
-    "vwret_20": {"window": LOOKBACK},
-    "hl_range": {"window": 1},
-    "zclose_20": {"window": LOOKBACK},
-    "hl_mean_20": {"window": LOOKBACK},
-    "rvol_100": {"window": LONG_LOOKBACK},
-}
-
-# Feature-state layout (float64 vector per (symbol, interval)); see ``new_feature_state``.
-S_SEEN = 0  # bars accepted so far
-S_HEAD = 1  # ring position of the next write
-S_FILLED = 2  # bars filled forward by the missing-bar policy
-S_LAST_CLOSE = 3
-S_HEADER = 8
-S_CLOSE = S_HEADER  # each ring is written twice (at i and i + WINDOW) so any window is one slice
-S_VOLUME = S_CLOSE + 2 * WINDOW
-S_RET = S_VOLUME + 2 * WINDOW
-S_RANGE = S_RET + 2 * WINDOW  # (high - low) / close per bar
-S_FEATURES = S_RANGE + 2 * WINDOW
-FEATURE_STATE_SIZE = S_FEATURES + N_FEATURES
-
-
-def new_feature_state(extra: int = 0) -> np.ndarray:
-    """Return a zeroed feature state, with ``extra`` trailing slots for callers' scratch space."""
-    return np.zeros(FEATURE_STATE_SIZE + extra, dtype=np.float64)
 
 
 @njit(cache=True)

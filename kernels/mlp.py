@@ -1,12 +1,7 @@
 """MLP forward passes, temperature softmax and the distillation loss as numba kernels.
 
-An MLP travels as one packed float64 vector, because numba's call overhead grows with every array
-argument (about 70 ns each here). Layout (``pack_mlp`` writes it, ``unpack_mlp`` reads it back)::
-
-    [0]                 n_layers L
-    [1 .. L+1]          sizes d_0 .. d_L (d_0 inputs, d_L logits)
-    [L+2 .. 2L+1]       activation code of each layer (ACT_*)
-    then, per layer k:  W_k as (d_{k+1}, d_k) row-major, then b_k (d_{k+1})
+An MLP travels as one packed float64 vector (layout in ``kernels.layout``), because numba's call overhead
+grows with every array argument (about 70 ns each here).
 
 Each output sums ``b_j + w_j0 x_0 + w_j1 x_1 + ...`` in input order in a register; an input-major
 layout that updates all outputs together measured slower here (213 ns against 190 ns for the 16-8 forward
@@ -21,68 +16,9 @@ several ensemble members in front of or behind an MLP. References: ``tests/naive
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-ACT_LINEAR = 0
-ACT_RELU = 1
-ACT_TANH = 2
-ACTIVATIONS = {"linear": ACT_LINEAR, "relu": ACT_RELU, "tanh": ACT_TANH}
-
-
-def pack_mlp(weights, biases, activations) -> np.ndarray:
-    """Pack layer weights ``(out, in)``, biases ``(out,)`` and activation names into one float64 vector."""
-    if not (len(weights) == len(biases) == len(activations)) or not weights:
-        raise ValueError(
-            f"need one weight, bias and activation per layer; got {len(weights)}, {len(biases)}, {len(activations)}"
-        )
-    sizes = [int(np.shape(weights[0])[1])]
-    for k, (w, b) in enumerate(zip(weights, biases)):
-        w = np.asarray(w)
-        b = np.asarray(b)
-        if w.ndim != 2 or w.shape[1] != sizes[-1]:
-            raise ValueError(f"layer {k}: weight shape {w.shape} does not take {sizes[-1]} inputs")
-        if b.shape != (w.shape[0],):
-            raise ValueError(f"layer {k}: bias shape {b.shape}, expected ({w.shape[0]},)")
-        sizes.append(int(w.shape[0]))
-    codes = []
-    for k, a in enumerate(activations):
-        if a not in ACTIVATIONS:
-            raise ValueError(f"layer {k}: unknown activation {a!r}; known: {sorted(ACTIVATIONS)}")
-        codes.append(ACTIVATIONS[a])
-    parts = [np.array([len(weights)], dtype=np.float64), np.array(sizes, np.float64), np.array(codes, np.float64)]
-    for w, b in zip(weights, biases):
-        parts.append(np.asarray(w, dtype=np.float64).ravel())
-        parts.append(np.asarray(b, dtype=np.float64).ravel())
-    return np.ascontiguousarray(np.concatenate(parts))
-
-
-def unpack_mlp(packed: np.ndarray, offset: int = 0):
-    """Inverse of ``pack_mlp``: return (weights, biases, activation names, end offset)."""
-    names = {v: k for k, v in ACTIVATIONS.items()}
-    n_layers = int(packed[offset])
-    sizes = [int(s) for s in packed[offset + 1 : offset + n_layers + 2]]
-    acts = [names[int(a)] for a in packed[offset + n_layers + 2 : offset + 2 * n_layers + 2]]
-    pos = offset + 2 * n_layers + 2
-    weights, biases = [], []
-    for k in range(n_layers):
-        n_in, n_out = sizes[k], sizes[k + 1]
-        weights.append(packed[pos : pos + n_out * n_in].reshape(n_out, n_in).copy())
-        pos += n_out * n_in
-        biases.append(packed[pos : pos + n_out].copy())
-        pos += n_out
-    return weights, biases, acts, pos
-
-
-def mlp_size(sizes) -> int:
-    """Length of the packed vector of an MLP with layer widths ``sizes`` (inputs first)."""
-    n_layers = len(sizes) - 1
-    return 1 + len(sizes) + n_layers + sum(sizes[k] * sizes[k + 1] + sizes[k + 1] for k in range(n_layers))
-
-
-def mlp_max_width(packed: np.ndarray, offset: int = 0) -> int:
-    """Widest layer (inputs included) of the packed MLP at ``offset``: sizes its scratch space."""
-    n_layers = int(packed[offset])
-    return int(max(packed[offset + 1 : offset + n_layers + 2]))
+from kernels.jit import njit
+from kernels.layout import ACT_RELU, ACT_TANH
 
 
 @njit(cache=True)

@@ -6,9 +6,14 @@ takes about a third of the time (BENCHMARKS.md). The generated function does exa
 the generic one, in the same order (bias first, then inputs in order; the same softmax), on the same
 state layout, so its results are equal bit for bit: ``tests/test_specialise.py`` guards that.
 
-Generated source goes to a file (one per architecture) in the cache directory so numba's on-disk cache
-works for it and a restarted daemon does not recompile. The directory is ``$KDSIGNAL_CACHE_DIR``, else
-``$NUMBA_CACHE_DIR/kdsignal``, else ``~/.cache/kdsignal``.
+The generated function is plain Python; it is compiled two ways from the one file: ahead of time into an
+extension module (``kernels.aot``, what the daemon serves with) and, where that cannot be built, by numba's
+JIT (``specialised_step``). Generated source goes to a file (one per architecture) in the cache directory
+so numba's on-disk cache works for it and a restarted daemon does not recompile. The directory is
+``$KDSIGNAL_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/kdsignal``, else ``~/.cache/kdsignal``.
+
+This module does not import numba (``specialised_step`` does, when called): the daemon uses it to name and
+write the source of its ahead-of-time kernel without loading numba.
 """
 
 from __future__ import annotations
@@ -22,11 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from kernels import KERNELS_HASH
-from kernels.features import FEATURE_STATE_SIZE, S_FEATURES
-from kernels.mlp import ACT_RELU, ACT_TANH
-from kernels.student import M_HEADER, M_MLP, M_WIDTH
+from kernels.layout import ACT_RELU, ACT_TANH, FEATURE_STATE_SIZE, M_HEADER, M_MLP, M_WIDTH, S_FEATURES
 
-_SIGNATURE = "int64(float64[::1], float64[::1], float64, float64, float64, float64, float64)"
+SIGNATURE = "int64(float64[::1], float64[::1], float64, float64, float64, float64, float64)"
 
 
 def cache_dir() -> Path:
@@ -61,12 +64,12 @@ def generate_source(model: np.ndarray) -> str:
         # The kernels' source hash: a changed kernel makes a new module (numba's cache would not notice).
         f"# kernels {KERNELS_HASH}",
         "import numpy as np",
-        "from numba import njit",
+        "",
         "from kernels.features import _push_bar",
         "from kernels.mlp import _softmax",
         "",
         "",
-        f'@njit("{_SIGNATURE}", cache=True)',
+        # Undecorated: compiled by kernels.aot (ahead of time) or by specialised_step (JIT), to SIGNATURE.
         "def student_step_fixed(state, model, o, h, l, c, v):",
         "    status = _push_bar(state, o, h, l, c, v)",
         "    if status <= 0:",
@@ -114,24 +117,24 @@ def generate_source(model: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def specialised_step(model: np.ndarray):
-    """The compiled entry point of ``student_step_fixed`` for this model's architecture.
-
-    Same arguments and results as ``kernels.student.student_step``; like ``student_step_unchecked`` it
-    skips the dispatcher's type checks, so pass only C-contiguous float64 vectors and floats.
-    """
+def write_source(model: np.ndarray) -> tuple[str, Path]:
+    """Write the generated module for this model's architecture (if absent or different): (name, path)."""
     source = generate_source(model)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    name = f"kdsignal_student_{digest}"
+    name = f"kdsignal_student_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    # Rewrite only when absent or different: a new mtime would invalidate numba's cache.
+    if not path.exists() or path.read_text() != source:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(source)
+        os.replace(tmp, path)
+    return name, path
+
+
+def import_source(name: str, path: Path):
+    """Import a generated module by name (once per process)."""
     if name not in sys.modules:
-        directory = cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}.py"
-        # Rewrite only when absent or different: a new mtime would invalidate numba's cache.
-        if not path.exists() or path.read_text() != source:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(source)
-            os.replace(tmp, path)
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         # Registered before it runs: numba's cache records the module by name and imports it on load.
@@ -141,5 +144,22 @@ def specialised_step(model: np.ndarray):
         except BaseException:
             del sys.modules[name]
             raise
-    fn = sys.modules[name].student_step_fixed
+    return sys.modules[name]
+
+
+_jitted: dict[str, object] = {}
+
+
+def specialised_step(model: np.ndarray):
+    """The JIT-compiled entry point of ``student_step_fixed`` for this model's architecture.
+
+    Same arguments and results as ``kernels.student.student_step``; like ``student_step_unchecked`` it
+    skips the dispatcher's type checks, so pass only C-contiguous float64 vectors and floats.
+    """
+    from kernels.jit import njit  # here, not at the top: the ahead-of-time path must not import numba
+
+    name, path = write_source(model)
+    if name not in _jitted:
+        _jitted[name] = njit(SIGNATURE, cache=True)(import_source(name, path).student_step_fixed)
+    fn = _jitted[name]
     return fn.overloads[fn.signatures[0]].entry_point

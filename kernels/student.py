@@ -1,16 +1,8 @@
 """The whole per-bar computation in one numba call: feature step, normalisation, student forward, softmax.
 
-A student travels as one packed "model vector" so the per-bar call takes two arrays and five scalars::
-
-    [0] n_features F     [1] clip (|z| bound after normalisation)
-    [2] MLP offset       [3] widest layer W (sizes the scratch space)
-    [4 .. 4+F]           feature means
-    [4+F .. 4+2F]        feature 1/std
-    [MLP offset ..]      the packed MLP (``kernels.mlp`` layout), logits = class scores
-
-The per-symbol state is a feature state (``kernels.features``) followed by ``2W`` scratch slots, then the
-K logits, then the K probabilities. ``student_step`` (live) and ``student_batch`` (training, replay checks)
-share ``_infer`` so their probabilities are equal bit for bit on the same features.
+The model vector and the state it works in are laid out as ``kernels.layout`` describes.
+``student_step`` (live) and ``student_batch`` (training, replay checks) share ``_infer`` so their
+probabilities are equal bit for bit on the same features.
 
 Normalisation policy: ``z = clip((x - mean) / std, -clip, clip)``, and a NaN ``z`` (which the feature
 kernels do not produce, see ``kernels.features``) becomes 0, the training mean, as a last guard.
@@ -19,48 +11,21 @@ kernels do not produce, see ``kernels.features``) becomes 0, the training mean, 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from kernels.features import FEATURE_STATE_SIZE, S_FEATURES, _push_bar
-from kernels.mlp import _mlp_forward, _softmax, mlp_max_width
-
-M_FEATURES = 0
-M_CLIP = 1
-M_MLP = 2
-M_WIDTH = 3
-M_HEADER = 4
-
-STATUS_WARMING = -1
-STATUS_REJECTED = -2
-
-
-def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
-    """Pack normalisation statistics and a packed MLP into the model vector ``student_step`` reads."""
-    f = int(mlp[1])
-    mean = np.asarray(mean, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
-    if mean.shape != (f,) or std.shape != (f,):
-        raise ValueError(f"normalisation has shapes {mean.shape}/{std.shape}; the MLP takes {f} features")
-    if not np.all(std > 0):
-        raise ValueError("feature_std must be positive")
-    head = np.array([f, clip, M_HEADER + 2 * f, mlp_max_width(mlp)], dtype=np.float64)
-    return np.ascontiguousarray(np.concatenate([head, mean, 1.0 / std, mlp]))
-
-
-def n_classes(model: np.ndarray) -> int:
-    """Number of logits (classes) of a model vector."""
-    off = int(model[M_MLP])
-    return int(model[off + 1 + int(model[off])])
-
-
-def student_state_size(model: np.ndarray) -> int:
-    """Length of the per-symbol state vector ``student_step`` needs for ``model``."""
-    return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + 2 * n_classes(model)
-
-
-def probs_offset(model: np.ndarray) -> int:
-    """Where the K probabilities sit in a student state."""
-    return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + n_classes(model)
+from kernels.features import _push_bar
+from kernels.jit import njit
+from kernels.layout import (
+    FEATURE_STATE_SIZE,
+    M_CLIP,
+    M_FEATURES,
+    M_HEADER,
+    M_MLP,
+    M_WIDTH,
+    S_FEATURES,
+    STATUS_REJECTED,
+    STATUS_WARMING,
+)
+from kernels.mlp import _mlp_forward, _softmax
 
 
 @njit(cache=True)

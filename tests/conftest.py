@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from daemon.artifact import save_artifact
-from kernels.features import FEATURE_NAMES, features_batch
+from kernels.features import features_batch
+from kernels.layout import FEATURE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -27,11 +28,15 @@ def random_student(seed: int = 0, sizes=(len(FEATURE_NAMES), 16, 8, 3), activati
     return weights, biases, list(activations)
 
 
-def write_random_artifact(path, *, seed: int = 0, interval: str = "5", symbols=("BTCUSDT",), **overrides) -> str:
-    """Write a valid artifact with random weights and real normalisation statistics; return its id."""
+def write_random_artifact(path, *, seed: int = 0, interval: str = "5", symbols=("BTCUSDT",), architecture=None,
+                          **overrides) -> str:
+    """Write a valid artifact with random weights and real normalisation statistics; return its id.
+
+    ``architecture``: (sizes, activations) for ``random_student``; its default when None.
+    """
     bars = load_csv(DATA / "BTCUSDT-5m.csv")
     feats = features_batch(*(bars[:, i] for i in range(1, 6)))
-    weights, biases, acts = random_student(seed)
+    weights, biases, acts = random_student(seed, *(architecture or ()))
     manifest = {
         "normalisation": {"clip": 6.0},
         "distillation": {"temperature": 1.0, "alpha": 1.0},

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from daemon.replay import CsvRow, read_kline_csv
-from kernels.features import WINDOW
+from kernels.layout import WINDOW
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.artifact import ArtifactError, load_artifact
 from daemon.model import Model
-from kernels.features import WINDOW
+from kernels.layout import WINDOW
 from tests.conftest import write_random_artifact
 
 

@@ -16,9 +16,7 @@ from daemon.bench import report
 from daemon.bench.numpy_student import NumpyStudent
 from daemon.bench.teacher import Teacher, member_mlps
 from daemon.model import Model
-from kernels.features import WINDOW
-from kernels.student import M_CLIP, M_FEATURES, M_HEADER
-
+from kernels.layout import M_CLIP, M_FEATURES, M_HEADER, WINDOW
 from tests.conftest import ROOT
 
 

@@ -3,6 +3,8 @@ with the same probabilities as ``kdsignal replay`` on the same candles."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -197,16 +199,34 @@ async def test_sighup_reload_keeps_old_model_on_bad_artifact(fake, random_artifa
         old_id = d.service.model.id
         random_artifact.write_bytes(b"not an artifact")
         with capture_logs() as logs:
-            assert d.service.reload() is False
+            assert await d.service.reload() is False
         assert [e["event"] for e in logs] == ["model_reload_failed"]
         await fake.step(1)
         await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
         assert d.lines[-1]["model"] == old_id
         new_id = write_random_artifact(random_artifact, seed=7)
-        assert d.service.reload() is True
+        assert await d.service.reload() is True
         await fake.step(1)
         await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
         assert d.lines[-1]["model"] == new_id != old_id
+
+
+async def test_reload_builds_a_new_kernel_while_the_old_model_serves(fake, random_artifact, tmp_path, monkeypatch):
+    """Reloading a new architecture builds its kernel off the event loop: bars meanwhile get the old model."""
+    from tests.conftest import write_random_artifact
+
+    monkeypatch.setenv("KDSIGNAL_CACHE_DIR", str(tmp_path / "fresh"))  # nothing built here yet
+    async with InProcessDaemon(fake, random_artifact, ("BTCUSDT",)) as d:
+        old_id = d.service.model.id
+        new_id = write_random_artifact(random_artifact, seed=9, architecture=((11, 13, 3), ("relu", "linear")))
+        reload = asyncio.create_task(d.service.reload())
+        await fake.step(1)
+        await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
+        assert not reload.done() and d.lines[-1]["model"] == old_id  # the build takes seconds; a bar, ms
+        assert await reload is True and d.service.model.kernel_note == "aot"
+        await fake.step(1)
+        await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
+        assert d.lines[-1]["model"] == new_id
 
 
 async def test_refused_topic_is_not_caught_up_after_a_reconnect(fake, random_artifact):

@@ -9,7 +9,7 @@ import pytest
 from daemon.model import Model
 from daemon.pipeline import FILL, Pipeline
 from daemon.replay import row_candle
-from kernels.features import WINDOW
+from kernels.layout import WINDOW
 from tests.daemon_support import sample_rows
 
 L = WINDOW + 19  # the first live bar: REST history before it is enough to warm the model

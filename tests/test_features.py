@@ -7,14 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.features import (
-    N_FEATURES,
-    S_FEATURES,
-    WINDOW,
-    features_batch,
-    features_step,
-    new_feature_state,
-)
+from kernels.features import features_batch, features_step
+from kernels.layout import N_FEATURES, S_FEATURES, WINDOW, new_feature_state
 from tests.conftest import DATA, load_csv
 from tests.naive import features_reference
 

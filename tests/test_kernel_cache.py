@@ -17,15 +17,18 @@ from daemon.model import Model
 from kernels.specialise import specialised_step
 m = Model.load({artifact!r})
 s = m.new_state()
+jit = specialised_step(m.vector)
+sj = np.zeros_like(s.array)
 for row in np.loadtxt({csv!r}, delimiter=",", skiprows=1)[:150, 1:6]:
     s.update(*row)
-print(kernels.KERNELS_HASH, repr(float(s.probs[0])), m.kernel_note)
+    jit(sj, m.vector, *row)
+print(kernels.KERNELS_HASH, repr(float(s.probs[0])), m.kernel_note, repr(float(sj[m._probs_at])))
 """
 
 
 @pytest.mark.slow
 def test_changed_feature_kernel_is_recompiled_everywhere(tmp_path, random_artifact):
-    """After features.py changes, the fused and specialised steps run the new feature code, not a cached copy."""
+    """After features.py changes, the ahead-of-time and the JIT steps run the new feature code, not a cached copy."""
     for name in ("kernels", "daemon"):
         shutil.copytree(ROOT / name, tmp_path / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "training", "bench"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "src"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
@@ -45,4 +48,5 @@ def test_changed_feature_kernel_is_recompiled_everywhere(tmp_path, random_artifa
     features.write_text(text.replace("    out[oi + 7] = hl[hi + n]\n", "    out[oi + 7] = 2.0 * hl[hi + n]\n"))
     changed = probe()
     assert changed[1] != first[1], "a cached kernel still ran the old feature code"
-    assert changed[0] != first[0] and changed[2] == "specialised"
+    assert changed[0] != first[0] and changed[2] == first[2] == "aot"
+    assert changed[3] == changed[1] and first[3] == first[1], "the JIT and ahead-of-time kernels disagree"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.mlp import kd_loss_grad, mlp_forward_batch, pack_mlp, softmax_batch, unpack_mlp
+from kernels.layout import pack_mlp, unpack_mlp
+from kernels.mlp import kd_loss_grad, mlp_forward_batch, softmax_batch
 from tests.conftest import random_student
 from tests.naive import kd_loss_reference, mlp_reference, softmax_reference
 

@@ -20,7 +20,7 @@ from daemon.fake_bybit import FakeBybit
 from daemon.model import Model
 from daemon.output import SignalWriter
 from daemon.replay import ReplayError, read_kline_csv, replay
-from kernels.features import WINDOW
+from kernels.layout import WINDOW
 from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, LineSink
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

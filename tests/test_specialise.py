@@ -11,9 +11,9 @@ import pytest
 
 from daemon.model import Model
 from kernels.features import features_batch
-from kernels.mlp import pack_mlp
+from kernels.layout import pack_mlp, pack_student, student_state_size
 from kernels.specialise import generate_source, specialised_step
-from kernels.student import pack_student, student_batch, student_state_size, student_step
+from kernels.student import student_step
 from tests.conftest import DATA, ROOT, load_csv, random_student
 from tests.test_features import with_gaps
 
@@ -37,22 +37,6 @@ def test_specialised_equals_generic_bitwise(sizes, acts, tmp_path, monkeypatch):
         np.testing.assert_array_equal(fast, slow)
     generated = [m for n, m in sys.modules.items() if n.startswith("kdsignal_student_")]
     assert generated and all(os.path.exists(m.__file__) for m in generated)
-
-
-def test_model_uses_specialised_kernel_and_matches_batch(random_artifact, tmp_path, monkeypatch):
-    """A loaded model serves through the specialised kernel and still equals the batch form."""
-    monkeypatch.setenv("KDSIGNAL_CACHE_DIR", str(tmp_path / "cache"))
-    model = Model.load(random_artifact)
-    assert model.kernel_note == "specialised"
-    bars = load_csv(DATA / "ADAUSDT-5m.csv")[:, 1:6]
-    state = model.new_state()
-    got = np.full((len(bars), 3), np.nan)
-    for t, row in enumerate(bars):
-        if state.update(*row) >= 0:
-            got[t] = state.probs
-    want = np.empty_like(got)
-    student_batch(model.vector, features_batch(*bars.T), want)
-    np.testing.assert_array_equal(got, want)
 
 
 def test_unwritable_cache_falls_back_to_generic(random_artifact, tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 from hypothesis import given, settings
 
 from daemon.model import Model
-from kernels.features import WINDOW, features_batch
+from kernels.features import features_batch
+from kernels.layout import WINDOW
 from tests.conftest import DATA, ROOT, load_csv
 from tests.naive import student_reference
 from tests.test_features import bar_lists, to_bars, with_gaps
@@ -43,7 +44,7 @@ def test_step_matches_numpy_reference(random_artifact, btc_5m):
     """The fused kernel equals standardise-clip-MLP-softmax written in NumPy."""
     model = Model.load(random_artifact)
     art = model.artifact
-    from kernels.mlp import unpack_mlp
+    from kernels.layout import unpack_mlp
 
     w, b, acts, _ = unpack_mlp(art.mlp)
     bars = with_gaps(btc_5m[:, 1:6], 4)
@@ -57,8 +58,9 @@ def test_step_matches_numpy_reference(random_artifact, btc_5m):
 @given(bar_lists)
 def test_property_probabilities_always_finite(spec):
     """Whatever bars arrive (NaN, zero, inf volume), emitted probabilities are finite and sum to one."""
-    from tests.conftest import write_random_artifact
     import tempfile
+
+    from tests.conftest import write_random_artifact
 
     global _MODEL
     if "_MODEL" not in globals():

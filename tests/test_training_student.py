@@ -16,7 +16,8 @@ from daemon.training.data import read_csv
 from daemon.training.features import student_features
 from daemon.training.labels import LabelParams, make_labels
 from daemon.training.student import Student, kd_loss_fn, teacher_logits, train_student
-from kernels.mlp import mlp_forward_batch, pack_mlp
+from kernels.layout import pack_mlp
+from kernels.mlp import mlp_forward_batch
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SMALL = TrainConfig(student_epochs=3, student_batch=256, seeds=(0,), progress=False)

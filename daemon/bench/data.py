@@ -16,7 +16,8 @@ import numpy as np
 
 from daemon.artifact import save_artifact
 from daemon.model import Model
-from kernels.features import FEATURE_NAMES, features_batch
+from kernels.features import features_batch
+from kernels.layout import FEATURE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from daemon.model import Model
-from kernels.student import M_CLIP, M_FEATURES, M_HEADER, student_step
+from kernels.layout import M_CLIP, M_FEATURES, M_HEADER
+from kernels.specialise import specialised_step
+from kernels.student import student_step
 
 from . import floors
 from .data import sample_bars
@@ -27,11 +29,13 @@ CONTENDERS: dict[str, str] = {
     "numba_floor_2_arrays_5_floats": "a numba function with student_step's signature (2 arrays + 5 floats) that "
     "returns 0, through numba's dispatcher",
     "numba_entry_floor_2_arrays_5_floats": "the same do-nothing function called through its compiled entry point "
-    "(no dispatcher type checks), as SymbolState.update calls the student",
+    "(no dispatcher type checks), as a JIT-compiled student is called",
     "student_step": "SymbolState.update(o, h, l, c, v), the daemon's per-bar call: one compiled call doing feature "
     "step, normalisation, student forward, softmax, argmax",
     "student_step_raw": "model.step_kernel(state, vector, o, h, l, c, v) called directly, without the partial that "
     "SymbolState.update wraps it in",
+    "student_step_jit": "the same architecture-specialised source compiled by numba's JIT instead of ahead of "
+    "time, called through its compiled entry point (what the daemon serves when it cannot build the extension)",
     "student_step_generic": "the generic kernels.student.student_step called through its compiled entry point "
     "(what SymbolState.update ran before the architecture-specialised kernel)",
     "student_step_dispatcher": "kernels.student.student_step(state, vector, o, h, l, c, v): the generic kernel "
@@ -60,6 +64,7 @@ RATIOS = (
     ("teacher_mlps_numpy", "student_step", None),
     ("teacher_lgbm", "student_step", None),
     ("student_step_dispatcher", "student_step", None),
+    ("student_step_jit", "student_step_raw", None),
     ("student_step_generic", "student_step_raw", None),
     ("student_step", "student_step_raw", None),
     ("student_step_dispatcher", "numba_floor_2_arrays_5_floats", None),
@@ -106,6 +111,7 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
     raw_state = model.new_state()
     disp_state = model.new_state()
     generic_state = model.new_state()
+    jit_state = model.new_state()
     floor_state = model.new_state()
     # The lead's Model may carry a specialised compiled kernel; older versions only have the generic one.
     step_kernel = getattr(model, "step_kernel", None) or floors.entry_point(student_step)
@@ -126,6 +132,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
         Contender("student_step", state.update, "bar", f"{CONTENDERS['student_step']} ({kernel_note} kernel)"),
         Contender("student_step_raw", step_kernel, "args", f"{CONTENDERS['student_step_raw']} ({kernel_note} kernel)",
                   (raw_state.array, model.vector)),
+        Contender("student_step_jit", specialised_step(model.vector), "args", CONTENDERS["student_step_jit"],
+                  (jit_state.array, model.vector)),
         Contender("student_step_generic", floors.entry_point(student_step), "args", CONTENDERS["student_step_generic"],
                   (generic_state.array, model.vector)),
         Contender("student_step_dispatcher", student_step, "args", CONTENDERS["student_step_dispatcher"],

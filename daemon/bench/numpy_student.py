@@ -18,9 +18,7 @@ import math
 import numpy as np
 
 from daemon.model import Model
-from kernels.features import LOOKBACK, WINDOW
-from kernels.mlp import unpack_mlp
-from kernels.student import M_CLIP, M_FEATURES, M_HEADER
+from kernels.layout import LOOKBACK, M_CLIP, M_FEATURES, M_HEADER, WINDOW, unpack_mlp
 
 # Window reductions as one product: columns sum everything, then the newest 1, 5, 10 and 20 returns.
 _REDUCE = np.zeros((LOOKBACK, 5))

@@ -17,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from daemon.model import Model
-from kernels.features import S_FEATURES, features_step, new_feature_state
+from kernels.features import features_step
+from kernels.layout import M_CLIP, M_FEATURES, M_HEADER, S_FEATURES, new_feature_state, unpack_mlp
 
 from .floors import entry_point
-from kernels.mlp import unpack_mlp
-from kernels.student import M_CLIP, M_FEATURES, M_HEADER
 
 OPSET = 17
 # The feature step without numba's dispatcher: the alternatives pay no call overhead the student does not.

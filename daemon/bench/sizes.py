@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.model import Model
-from kernels.mlp import unpack_mlp
+from kernels.layout import unpack_mlp
 
 
 def student_size(model: Model, artifact_path: Path | None) -> list[dict]:
@@ -28,7 +28,7 @@ def run(model: Model, artifact_path: Path | None, teacher, want_teacher: bool = 
     """The size part; builds the teacher stand-in when the inference part did not."""
     results = student_size(model, artifact_path)
     if teacher is None and want_teacher:
-        from kernels.student import M_CLIP, M_FEATURES, M_HEADER
+        from kernels.layout import M_CLIP, M_FEATURES, M_HEADER
 
         from .teacher import Teacher
 

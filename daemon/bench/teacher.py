@@ -23,19 +23,14 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
-from kernels.features import (
-    FEATURE_STATE_SIZE,
-    S_FEATURES,
-    _push_bar,
-    features_batch,
-    features_step,
-    new_feature_state,
-)
-from kernels.mlp import _mlp_forward, _softmax, mlp_max_width, pack_mlp
+from kernels.features import _push_bar, features_batch, features_step
+from kernels.layout import FEATURE_STATE_SIZE, S_FEATURES, mlp_max_width, new_feature_state, pack_mlp
+from kernels.mlp import _mlp_forward, _softmax
 
 from .data import DATA, ROOT, load_csv
 from .floors import entry_point

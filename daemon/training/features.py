@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.features import FEATURE_NAMES, WINDOW, features_batch
+from kernels.features import features_batch
+from kernels.layout import FEATURE_NAMES, WINDOW
 
 from .data import Series
 

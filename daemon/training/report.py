@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.features import FEATURE_NAMES
+from kernels.layout import FEATURE_NAMES
 
 from .config import TrainConfig
 

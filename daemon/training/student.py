@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.mlp import kd_loss_grad, mlp_forward_batch, pack_mlp
-from kernels.student import pack_student, student_batch
+from kernels.layout import pack_mlp, pack_student
+from kernels.mlp import kd_loss_grad, mlp_forward_batch
+from kernels.student import student_batch
 
 from . import nn
 from .config import TrainConfig

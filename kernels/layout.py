@@ -1,0 +1,187 @@
+"""What the kernels' vectors hold and where, and the NumPy code that packs them. No numba here.
+
+The live daemon runs an ahead-of-time compiled student step (``kernels.aot``) and needs only these
+layouts, so it never imports numba or starts LLVM (about 120 MB of resident memory). The kernels that
+compute into these layouts are ``kernels.features``, ``kernels.mlp`` and ``kernels.student``.
+
+**Feature state** (one float64 vector per (symbol, interval), ``new_feature_state``): a header (bars seen,
+ring head, bars filled forward, last close), then four rings of ``WINDOW`` bars (close, volume, one-bar
+log return, high-low range over close), each written twice so any window is one contiguous slice, then
+the ``N_FEATURES`` features of the newest bar.
+
+**Packed MLP** (``pack_mlp`` writes it, ``unpack_mlp`` reads it back)::
+
+    [0]                 n_layers L
+    [1 .. L+1]          sizes d_0 .. d_L (d_0 inputs, d_L logits)
+    [L+2 .. 2L+1]       activation code of each layer (ACT_*)
+    then, per layer k:  W_k as (d_{k+1}, d_k) row-major, then b_k (d_{k+1})
+
+**Model vector** of a student (``pack_student``), so the per-bar call takes two arrays and five scalars::
+
+    [0] n_features F     [1] clip (|z| bound after normalisation)
+    [2] MLP offset       [3] widest layer W (sizes the scratch space)
+    [4 .. 4+F]           feature means
+    [4+F .. 4+2F]        feature 1/std
+    [MLP offset ..]      the packed MLP, logits = class scores
+
+**Student state**: a feature state followed by ``2W`` scratch slots, then the K logits, then the K
+probabilities (``student_state_size``, ``probs_offset``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ------------------------------------------------------------------ features
+FEATURE_NAMES: tuple[str, ...] = (
+    "ret_1",
+    "ret_5",
+    "ret_10",
+    "ret_20",
+    "rvol_20",
+    "relvol_20",
+    "vwret_20",
+    "hl_range",
+    "zclose_20",
+    "hl_mean_20",
+    "rvol_100",
+)
+N_FEATURES = len(FEATURE_NAMES)
+LOOKBACK = 20  # bars the short-window features average over
+LONG_LOOKBACK = 100  # one-bar returns in rvol_100 (a multiple of 4: its sum runs in four lanes)
+WINDOW = LONG_LOOKBACK + 1  # closes needed: the 100 one-bar returns reach back 100 bars
+# The windows each feature reads, recorded in the artifact so a loader can refuse a mismatch.
+FEATURE_PARAMS: dict[str, dict[str, int]] = {
+    "ret_1": {"lag": 1},
+    "ret_5": {"lag": 5},
+    "ret_10": {"lag": 10},
+    "ret_20": {"lag": 20},
+    "rvol_20": {"window": LOOKBACK},
+    "relvol_20": {"window": LOOKBACK},
+    "vwret_20": {"window": LOOKBACK},
+    "hl_range": {"window": 1},
+    "zclose_20": {"window": LOOKBACK},
+    "hl_mean_20": {"window": LOOKBACK},
+    "rvol_100": {"window": LONG_LOOKBACK},
+}
+
+# Feature-state layout (float64 vector per (symbol, interval)); see ``new_feature_state``.
+S_SEEN = 0  # bars accepted so far
+S_HEAD = 1  # ring position of the next write
+S_FILLED = 2  # bars filled forward by the missing-bar policy
+S_LAST_CLOSE = 3
+S_HEADER = 8
+S_CLOSE = S_HEADER  # each ring is written twice (at i and i + WINDOW) so any window is one slice
+S_VOLUME = S_CLOSE + 2 * WINDOW
+S_RET = S_VOLUME + 2 * WINDOW
+S_RANGE = S_RET + 2 * WINDOW  # (high - low) / close per bar
+S_FEATURES = S_RANGE + 2 * WINDOW
+FEATURE_STATE_SIZE = S_FEATURES + N_FEATURES
+
+
+def new_feature_state(extra: int = 0) -> np.ndarray:
+    """Return a zeroed feature state, with ``extra`` trailing slots for callers' scratch space."""
+    return np.zeros(FEATURE_STATE_SIZE + extra, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ packed MLP
+ACT_LINEAR = 0
+ACT_RELU = 1
+ACT_TANH = 2
+ACTIVATIONS = {"linear": ACT_LINEAR, "relu": ACT_RELU, "tanh": ACT_TANH}
+
+
+def pack_mlp(weights, biases, activations) -> np.ndarray:
+    """Pack layer weights ``(out, in)``, biases ``(out,)`` and activation names into one float64 vector."""
+    if not (len(weights) == len(biases) == len(activations)) or not weights:
+        raise ValueError(
+            f"need one weight, bias and activation per layer; got {len(weights)}, {len(biases)}, {len(activations)}"
+        )
+    sizes = [int(np.shape(weights[0])[1])]
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        w = np.asarray(w)
+        b = np.asarray(b)
+        if w.ndim != 2 or w.shape[1] != sizes[-1]:
+            raise ValueError(f"layer {k}: weight shape {w.shape} does not take {sizes[-1]} inputs")
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"layer {k}: bias shape {b.shape}, expected ({w.shape[0]},)")
+        sizes.append(int(w.shape[0]))
+    codes = []
+    for k, a in enumerate(activations):
+        if a not in ACTIVATIONS:
+            raise ValueError(f"layer {k}: unknown activation {a!r}; known: {sorted(ACTIVATIONS)}")
+        codes.append(ACTIVATIONS[a])
+    parts = [np.array([len(weights)], dtype=np.float64), np.array(sizes, np.float64), np.array(codes, np.float64)]
+    for w, b in zip(weights, biases):
+        parts.append(np.asarray(w, dtype=np.float64).ravel())
+        parts.append(np.asarray(b, dtype=np.float64).ravel())
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def unpack_mlp(packed: np.ndarray, offset: int = 0):
+    """Inverse of ``pack_mlp``: return (weights, biases, activation names, end offset)."""
+    names = {v: k for k, v in ACTIVATIONS.items()}
+    n_layers = int(packed[offset])
+    sizes = [int(s) for s in packed[offset + 1 : offset + n_layers + 2]]
+    acts = [names[int(a)] for a in packed[offset + n_layers + 2 : offset + 2 * n_layers + 2]]
+    pos = offset + 2 * n_layers + 2
+    weights, biases = [], []
+    for k in range(n_layers):
+        n_in, n_out = sizes[k], sizes[k + 1]
+        weights.append(packed[pos : pos + n_out * n_in].reshape(n_out, n_in).copy())
+        pos += n_out * n_in
+        biases.append(packed[pos : pos + n_out].copy())
+        pos += n_out
+    return weights, biases, acts, pos
+
+
+def mlp_size(sizes) -> int:
+    """Length of the packed vector of an MLP with layer widths ``sizes`` (inputs first)."""
+    n_layers = len(sizes) - 1
+    return 1 + len(sizes) + n_layers + sum(sizes[k] * sizes[k + 1] + sizes[k + 1] for k in range(n_layers))
+
+
+def mlp_max_width(packed: np.ndarray, offset: int = 0) -> int:
+    """Widest layer (inputs included) of the packed MLP at ``offset``: sizes its scratch space."""
+    n_layers = int(packed[offset])
+    return int(max(packed[offset + 1 : offset + n_layers + 2]))
+
+
+# ------------------------------------------------------------------ student model vector
+M_FEATURES = 0
+M_CLIP = 1
+M_MLP = 2
+M_WIDTH = 3
+M_HEADER = 4
+
+STATUS_WARMING = -1
+STATUS_REJECTED = -2
+
+
+def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
+    """Pack normalisation statistics and a packed MLP into the model vector ``student_step`` reads."""
+    f = int(mlp[1])
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    if mean.shape != (f,) or std.shape != (f,):
+        raise ValueError(f"normalisation has shapes {mean.shape}/{std.shape}; the MLP takes {f} features")
+    if not np.all(std > 0):
+        raise ValueError("feature_std must be positive")
+    head = np.array([f, clip, M_HEADER + 2 * f, mlp_max_width(mlp)], dtype=np.float64)
+    return np.ascontiguousarray(np.concatenate([head, mean, 1.0 / std, mlp]))
+
+
+def n_classes(model: np.ndarray) -> int:
+    """Number of logits (classes) of a model vector."""
+    off = int(model[M_MLP])
+    return int(model[off + 1 + int(model[off])])
+
+
+def student_state_size(model: np.ndarray) -> int:
+    """Length of the per-symbol state vector ``student_step`` needs for ``model``."""
+    return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + 2 * n_classes(model)
+
+
+def probs_offset(model: np.ndarray) -> int:
+    """Where the K probabilities sit in a student state."""
+    return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + n_classes(model)
