@@ -4,8 +4,9 @@ Each level runs two fresh processes on 127.0.0.1: ``kdsignal fake-bybit`` servin
 real 5m samples (renamed ``X0001BTCUSDT``...) at ``bar_s`` wall seconds per bar with ``updates_per_bar``
 unconfirmed pushes before each close, and the daemon (``loopback_driver``: the real ``Service`` built from
 a config file). Offered load: ``symbols`` closed candles (signals) per bar the fake really played, and
-``updates_per_bar + 1`` pushes per symbol per bar; the fake paces itself by sleeping, so its real bar rate
-(read from its clock over REST at both ends of the daemon's window) is below ``1 / bar_s`` and is what the table reports.
+``updates_per_bar + 1`` pushes per symbol per bar. The fake keeps its rounds of sends on a deadline
+schedule, so it plays ``1 / bar_s`` bars a second until it is CPU-bound; the bar rate it really played (read
+from its clock over REST at both ends of the daemon's window) is what the table reports as offered.
 After the daemon is subscribed and warm it records for ``duration_s``; a level "kept up" when the daemon
 wrote at least 90% of the offered signals (the two windows are read in different processes, a bar or two
 apart), stayed below 95% of a core and kept its p99 under 100 ms. The daemon stamps a frame when the WebSocket client hands it over, so a backlog queued in the socket does not
@@ -34,8 +35,7 @@ from pathlib import Path
 from .data import DATA, ROOT
 
 # (symbols, wall seconds per bar): offered signals/s = symbols / bar_s
-# The fake sleeps a fixed bar_s / (updates + 1) per round of sends, so more symbols per bar, not shorter
-# bars, is what raises its real rate; 1000 symbols keep its CSV loading and the daemon's REST warm-up short.
+# 1000 symbols at most keep the fake's CSV loading and the daemon's REST warm-up short.
 LEVELS = ((10, 1.0), (100, 0.1), (500, 0.1), (500, 0.05), (1000, 0.02), (1000, 0.01), (1000, 0.005))
 UPDATES_PER_BAR = 1
 START_INDEX = 100
@@ -183,8 +183,8 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
     finally:
         _stop(driver)
         fake.close()
-    # The fake sleeps bar_s / (updates + 1) between its sends, so it delivers less than 1 / bar_s bars a
-    # second; the rate it really offered is read from its clock (the open bar, over REST) around the window.
+    # The fake plays 1 / bar_s bars a second until it is CPU-bound; the rate it really offered is read from
+    # its clock (the open bar, over REST) around the window.
     offered = symbols * out["fake_bars"] / out["seconds"]
     bar1 = out["fake_bar_start_ms"][1]
     out.update({
