@@ -165,6 +165,46 @@ def test_loopback_level_measures_the_real_daemon(tmp_path, random_artifact):
     assert 0 < row["p50_us"] <= row["p99_us"] <= row["max_us"]
     assert row["offered_signals_per_s"] > 0 and row["rss_mb"] > 0
     assert row["malformed"] == 0 and row["reconnects"] == 0
+    # 5 symbols, one update and one close each per bar: 10 pushes per bar are received.
+    assert row["pushes_per_symbol_per_s"] == 10.0 and row["frames_per_s"] >= row["signals_per_s"] * 1.5
+
+
+def test_loopback_levels_hold_the_issue_level_and_enough_samples():
+    """The issue's 500 symbols x 10 pushes/s is a level, and every level records >= MIN_SAMPLES signals (or the cap)."""
+    from daemon.bench import loopback as lb
+
+    symbols, bar_s = lb.ISSUE_LEVEL
+    assert lb.ISSUE_LEVEL in lb.LEVELS and symbols == 500 and (lb.UPDATES_PER_BAR + 1) / bar_s == 10
+    assert lb.level_duration(10, 1.0) == 100.0 and lb.level_duration(500, 0.2) == lb.DURATION_S
+    assert lb.level_duration(1, 1.0) == lb.MAX_LEVEL_S
+    for symbols, bar_s in lb.LEVELS:
+        d = lb.level_duration(symbols, bar_s)
+        assert d * symbols / bar_s >= lb.MIN_SAMPLES and d <= lb.MAX_LEVEL_S
+
+
+def _level_row(symbols: int, bar_s: float, **kw) -> dict:
+    row = {"symbols": symbols, "bar_s": bar_s, "pushes_per_symbol_per_s": 2 / bar_s, "pushes_per_s": 4998.0,
+           "frames_per_s": 4997.0, "nominal_signals_per_s": symbols / bar_s, "offered_signals_per_s": 2499.0,
+           "signals_per_s": 2499.0, "live_samples": 15000, "p50_us": 11.0, "p99_us": 120.0, "max_us": 900.0,
+           "cpu_percent": 10.0, "rss_mb": 180.0, "fake_cpu_percent": 6.0, "kept_up": True}
+    return {**row, **kw}
+
+
+def test_loopback_section_shows_pushes_and_the_issue_verdict():
+    """The loopback table has pushes/s columns, and the issue's level is judged against each of its targets."""
+    from daemon.bench.loopback import issue_verdict
+
+    row, other = _level_row(500, 0.2), _level_row(100, 0.1, p99_us=50.0)
+    verdict = issue_verdict([other, row])
+    assert verdict["met"] == {"p50_us": True, "p99_us": False, "cpu_percent": True} and not verdict["all_met"]
+    assert issue_verdict([other]) is None
+    assert issue_verdict([other, _level_row(500, 0.2, p99_us=99.0)])["all_met"]
+    doc = {"parts": {"loopback": {"levels": [other, row], "issue_level": verdict}}}
+    text = report.section_loopback(doc, markdown=True)
+    assert "| symbols | pushes/s per symbol | pushes/s offered | pushes/s received | signals/s nominal |" in text
+    assert "| 500 | 10.00 | 4,998 | 4,997 | 2,500 |" in text
+    assert "500 symbols at 10 pushes/s each (bar 0.2 s, 5,000 pushes/s nominal, kept up)" in text
+    assert "p50 11.00 us (target <= 30: met), p99 120.0 us (target <= 100: NOT met)" in text
 
 
 def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):

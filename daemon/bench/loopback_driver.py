@@ -8,7 +8,7 @@ finished, lets it settle, then records for ``DURATION_S`` seconds:
 - tick-to-signal latency of every live signal: the service's own measurement (``perf_counter_ns`` when the
   frame arrived to just after its line was written and flushed), collected by swapping the writer's
   ``latency`` recorder (public attribute, duck-typed ``add``/``take``) for one that keeps every sample;
-- signals written, CPU seconds (user + system) of this process, RSS at the end;
+- signals written and WebSocket frames received, CPU seconds (user + system) of this process, RSS at the end;
 - the bars the fake played in the same window, from its clock (the open bar over its REST endpoint, read
   in a worker thread so the event loop keeps serving frames).
 
@@ -92,12 +92,12 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
         await asyncio.sleep(settle_s)
         probe = (cfg.feed.rest_url, cfg.feed.symbols[0])
         bar0 = await asyncio.to_thread(open_bar_start_ms, *probe)
-        written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
+        written0, frames0, cpu0, t0 = service.writer.written, service.feed.stats.frames, _cpu_s(), time.perf_counter()
         recorder.recording = True
         print(json.dumps({"event": "recording"}), flush=True)
         await asyncio.sleep(duration_s)
         recorder.recording = False
-        written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        written1, frames1, cpu1, t1 = service.writer.written, service.feed.stats.frames, _cpu_s(), time.perf_counter()
         bar1 = await asyncio.to_thread(open_bar_start_ms, *probe)
         ns = np.asarray(recorder.ns, dtype=np.float64)
         wall = t1 - t0
@@ -106,6 +106,7 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
             "live_samples": int(ns.size),
             "seconds": round(wall, 3),
             "signals_per_s": round((written1 - written0) / wall, 1),
+            "frames_per_s": round((frames1 - frames0) / wall, 1),
             # Bars the fake played in the same window (its clock, over REST, read from a worker thread).
             "fake_bars": (bar1 - bar0) / cfg.feed.interval_ms,
             "fake_bar_start_ms": [bar0, bar1],
