@@ -310,6 +310,11 @@ class FakeBybit:
         return {"start": start, "end": end, "interval": self.interval, "open": o, "close": c, "high": h,
                 "low": lo, "volume": v, "turnover": turnover, "confirm": confirm, "timestamp": ts}
 
+    def close_frame(self, symbol: str, start_ms: int) -> str:
+        """The ``confirm:true`` push this fake sends for the bar of ``symbol`` at ``start_ms`` (no faults)."""
+        topic = kline_topic(self.interval, symbol)
+        return self._push(topic, [self._candle(self.rows[symbol][start_ms], None)], start_ms + self.interval_ms + 200)
+
     def _push(self, topic: str, data: list[dict], ts: int) -> str:
         return _dumps({"topic": topic, "data": data, "ts": ts, "type": "snapshot"})
 

@@ -112,6 +112,16 @@ async def _subscribed(fake):
     return ws
 
 
+async def test_close_frame_is_the_close_push(fake):
+    """close_frame gives exactly the close push a subscriber receives for that bar."""
+    ws = await _subscribed(fake)
+    start = fake.open_start_ms
+    await fake.step()
+    frames = [await ws.recv() for _ in range(fake.updates_per_bar + 1)]
+    assert frames[-1] == fake.close_frame("BTCUSDT", start) and frames[0] != frames[-1]
+    await ws.close()
+
+
 async def test_close_faults(fake):
     """Duplicate closes repeat a start, merged arrays carry the next open, a lost close never arrives."""
     ws = await _subscribed(fake)

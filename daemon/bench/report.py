@@ -162,6 +162,36 @@ def section_loopback(report: dict, markdown: bool) -> str:
         ))
     if part.get("issue_level"):
         out += ["", _issue_line(part["issue_level"])]
+    split = [r for r in rows if r.get("after_idle")]
+    if split:
+        gap = split[0]["after_idle"]["gap_ms"]
+        out += ["", f"The same samples split: those with no other signal in the {gap:g} ms before their frame "
+                    f"(the first of a burst after an idle gap) and the rest."] if markdown else [""]
+        out.append(_table(
+            ["symbols", "signals/s written", f"first after >= {gap:g} ms without one: n", "p50 us", "max us", "the rest: n",
+             "p50 us", "p99 us"],
+            [[r["symbols"], r["signals_per_s"], r["after_idle"]["n"], r["after_idle"]["p50_us"],
+              r["after_idle"]["max_us"], r["rest"]["n"], r["rest"]["p50_us"], r["rest"]["p99_us"]] for r in split],
+            markdown,
+        ))
+    idle = part.get("idle_gap") or {}
+    if idle.get("rows"):
+        if markdown:
+            out += ["", f"One frame through a path in one process (no event loop, no socket), "
+                        f"{idle['rounds']} interleaved rounds (`daemon.bench.idle`): the daemon's own code "
+                        f"(parse_frame, Pipeline.on_close with the student, SignalWriter.write to a file) and a "
+                        f"trivial path (json.loads, write, flush), right after a frame through the same path "
+                        f"and after a pause."]
+        else:
+            out.append("")
+        base = {r["path"]: r["p50_us"] for r in idle["rows"] if r["when"] == "back to back"}
+        out.append(_table(
+            ["path", "when", "p50 us", "x back to back", "parse p50", "on_close p50", "write p50", "max us"],
+            [[r["path"], r["when"], r["p50_us"], r["p50_us"] / base[r["path"]] if base.get(r["path"]) else None,
+              r.get("parse_p50_us"), r.get("on_close_p50_us"), r.get("write_p50_us"), r["max_us"]]
+             for r in idle["rows"]],
+            markdown,
+        ))
     if part.get("startup"):
         out.append("")
         out.append(_table(["start-up to first subscription", "seconds"],
