@@ -28,15 +28,16 @@ and the first signal of each burst takes about ten times as long as the others (
 measured, first of a burst against the rest (p50): parsing 51 against 5.5 us, the numba step (arithmetic on
 a few kB) 16 against 1.9 us, formatting the line 20 against 2.3 us, the write syscall 25 against 1.3 us. At
 10 symbols those samples are 1 in 10, so they are the level's p99 (about 170 us); at 100 symbols with 0.1 s
-bars 1 in 100, right at the p99 (about 105 us); at the issue's level 1 in 500 and below it (about 35 us).
+bars 1 in 100, right at the p99 (93 and 108 us in two runs); at the issue's level 1 in 500 and below it
+(35 to 40 us).
 The driver reports them apart: the first signal after 50 ms without one, and the rest (whose p99 at 10
-symbols, about 65 us, holds the second and third of each burst, still warming up).
+symbols, 65 to 70 us, holds the second and third of each burst, still warming up).
 
 ``daemon.bench.idle`` shows that nothing in the process causes it. In one process, with no event loop or
 socket, the daemon's frame-to-line path (parse, pipeline with the student, write to a file) takes about
 10 us right after itself and about 220 us after 250 ms asleep; a trivial path (``json.loads`` and a write,
 no model) goes from 5.5 us to about 120 us the same way; spinning on the clock instead of sleeping (the
-core stays busy and awake) is nearly as slow (about 200 us); and running the same code on scratch state
+core stays busy and awake) is nearly as slow (160 to 200 us); and running the same code on scratch state
 just before the timed frame brings parsing and the step back to their back-to-back times (the write, whose
 scratch run went to /dev/null, stays slow). So the cost is the path's code and data having left the CPU
 caches while the process did something else, which on this shared 2-core VM takes milliseconds (10 ms
