@@ -163,6 +163,86 @@ def test_loopback_level_measures_the_real_daemon(tmp_path, random_artifact):
     assert 0 < row["p50_us"] <= row["p99_us"] <= row["max_us"]
     assert row["offered_signals_per_s"] > 0 and row["rss_mb"] > 0
     assert row["malformed"] == 0 and row["reconnects"] == 0
+    # 5 symbols, one update and one close each per bar: 10 pushes per bar are received.
+    assert row["pushes_per_symbol_per_s"] == 10.0 and row["frames_per_s"] >= row["signals_per_s"] * 1.5
+    assert row["after_idle"]["n"] + row["rest"]["n"] == row["live_samples"]
+
+
+def test_latency_split_sets_apart_the_first_sample_after_an_idle_gap():
+    """Samples whose frame came 50 ms or more after the previous sample's are reported apart from the rest."""
+    from daemon.bench.loopback_driver import latency_split
+
+    ms = 1_000_000
+    arrived = [0, 1 * ms, 2 * ms, 1000 * ms, 1001 * ms, 1002 * ms]  # two bursts of three frames, 1 s apart
+    lat = [100_000, 10_000, 12_000, 200_000, 11_000, 13_000]
+    out = latency_split(lat, [a + n for a, n in zip(arrived, lat)])
+    # The window's first sample has no known gap before it and counts with the rest.
+    assert out["after_idle"] == {"gap_ms": 50.0, "n": 1, "p50_us": 200.0, "max_us": 200.0}
+    assert out["rest"]["n"] == 5 and out["rest"]["p50_us"] == 12.0
+    assert out["p50_us"] == 12.5 and out["max_us"] == 200.0
+    empty = latency_split([], [])
+    assert empty["p99_us"] is None and empty["after_idle"]["n"] == 0 and empty["rest"]["p99_us"] is None
+
+
+def test_loopback_levels_hold_the_issue_level_and_enough_samples():
+    """The issue's 500 symbols x 10 pushes/s is a level, and every level records >= MIN_SAMPLES signals (or the cap)."""
+    from daemon.bench import loopback as lb
+
+    symbols, bar_s = lb.ISSUE_LEVEL
+    assert lb.ISSUE_LEVEL in lb.LEVELS and symbols == 500 and (lb.UPDATES_PER_BAR + 1) / bar_s == 10
+    assert lb.level_duration(10, 1.0) == 100.0 and lb.level_duration(500, 0.2) == lb.DURATION_S
+    assert lb.level_duration(1, 1.0) == lb.MAX_LEVEL_S
+    for symbols, bar_s in lb.LEVELS:
+        d = lb.level_duration(symbols, bar_s)
+        assert d * symbols / bar_s >= lb.MIN_SAMPLES and d <= lb.MAX_LEVEL_S
+
+
+def _level_row(symbols: int, bar_s: float, **kw) -> dict:
+    row = {"symbols": symbols, "bar_s": bar_s, "pushes_per_symbol_per_s": 2 / bar_s, "pushes_per_s": 4998.0,
+           "frames_per_s": 4997.0, "nominal_signals_per_s": symbols / bar_s, "offered_signals_per_s": 2499.0,
+           "signals_per_s": 2499.0, "live_samples": 15000, "p50_us": 11.0, "p99_us": 120.0, "max_us": 900.0,
+           "cpu_percent": 10.0, "rss_mb": 180.0, "fake_cpu_percent": 6.0, "kept_up": True,
+           "after_idle": {"gap_ms": 50.0, "n": 30, "p50_us": 150.0, "max_us": 900.0},
+           "rest": {"n": 14970, "p50_us": 10.9, "p99_us": 25.0}}
+    return {**row, **kw}
+
+
+def test_loopback_section_shows_pushes_and_the_issue_verdict():
+    """The loopback table has pushes/s columns, and the issue's level is judged against each of its targets."""
+    from daemon.bench.loopback import issue_verdict
+
+    row, other = _level_row(500, 0.2), _level_row(100, 0.1, p99_us=50.0)
+    verdict = issue_verdict([other, row])
+    assert verdict["met"] == {"p50_us": True, "p99_us": False, "cpu_percent": True} and not verdict["all_met"]
+    assert issue_verdict([other]) is None
+    assert issue_verdict([other, _level_row(500, 0.2, p99_us=99.0)])["all_met"]
+    idle = {"rounds": 3, "rows": [
+        {"path": "trivial", "when": "back to back", "n": 3, "p50_us": 5.0, "max_us": 6.0},
+        {"path": "trivial", "when": "after 250 ms asleep", "n": 3, "p50_us": 100.0, "max_us": 120.0}]}
+    doc = {"parts": {"loopback": {"levels": [other, row], "issue_level": verdict, "idle_gap": idle}}}
+    text = report.section_loopback(doc, markdown=True)
+    assert "| trivial | after 250 ms asleep | 100.0 | 20.00 | - | - | - | 120.0 |" in text
+    assert "| symbols | pushes/s per symbol | pushes/s offered | pushes/s received | signals/s nominal |" in text
+    assert "| 500 | 10.00 | 4,998 | 4,997 | 2,500 |" in text
+    assert "500 symbols at 10 pushes/s each (bar 0.2 s, 5,000 pushes/s nominal, kept up)" in text
+    assert "p50 11.00 us (target <= 30: met), p99 120.0 us (target <= 100: NOT met)" in text
+    assert "| 500 | 2,499 | 30 | 150.0 | 900.0 | 14,970 | 10.90 | 25.00 |" in text
+
+
+def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):
+    """The idle-gap measurement times the daemon's path (which writes real signal lines) and the trivial one."""
+    from daemon.bench import idle
+
+    out = idle.run(random_artifact, tmp_path, pause_s=0.005, rounds=3)
+    rows = {(r["path"], r["when"]): r for r in out["rows"]}
+    assert {p for p, _ in rows} == {"daemon", "trivial"} and len(rows) == 7
+    assert all(r["n"] == 3 and 0 < r["p50_us"] <= r["max_us"] for r in rows.values())
+    b2b = rows[("daemon", "back to back")]
+    assert min(b2b["parse_p50_us"], b2b["on_close_p50_us"], b2b["write_p50_us"]) > 0
+    lines = [json.loads(x) for x in (tmp_path / "idle-signals.jsonl").read_text().splitlines()]
+    starts = [x["start"] for x in lines]
+    assert {x["symbol"] for x in lines} == {"BTCUSDT"} and starts == sorted(set(starts))
+    assert len(lines) >= 50 + 5 * 3  # the warm-up frames, then per round: 2 back to back, 3 after a pause
 
 
 def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -109,6 +112,16 @@ async def _subscribed(fake):
     return ws
 
 
+async def test_close_frame_is_the_close_push(fake):
+    """close_frame gives exactly the close push a subscriber receives for that bar."""
+    ws = await _subscribed(fake)
+    start = fake.open_start_ms
+    await fake.step()
+    frames = [await ws.recv() for _ in range(fake.updates_per_bar + 1)]
+    assert frames[-1] == fake.close_frame("BTCUSDT", start) and frames[0] != frames[-1]
+    await ws.close()
+
+
 async def test_close_faults(fake):
     """Duplicate closes repeat a start, merged arrays carry the next open, a lost close never arrives."""
     ws = await _subscribed(fake)
@@ -201,6 +214,63 @@ async def test_fake_plays_in_real_time():
         await f.play(0.004)
         assert not f.has_next_bar()
         await wait_until(lambda: f.open_start_ms == f.starts[-1] + 300_000, 1, "clock at the end")
+
+
+class _CostlySends(FakeBybit):
+    """A fake whose every push costs ``cost_s`` of blocking work, standing in for a round to many symbols."""
+
+    cost_s = 0.005
+
+    def _push(self, topic, data, ts):
+        time.sleep(self.cost_s)
+        return super()._push(topic, data, ts)
+
+
+def _bars_since(fake, start_ms: int) -> float:
+    return (fake.open_start_ms - start_ms) / fake.interval_ms
+
+
+async def _stop(player: asyncio.Task) -> None:
+    player.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await player
+
+
+async def test_play_delivers_its_nominal_bar_rate_when_sends_take_time():
+    """Paced by deadline, sends taking half of each round's period do not slow the bars down.
+
+    One symbol and one update per bar: two rounds of one push each per 20 ms bar, so a 10 ms period of
+    which 5 ms is the push. A fixed sleep after each round (the old pacing) plays 1.5 s * 1 / 0.03 s = 50
+    bars instead of 75; the tolerance leaves room for a busy machine, not for that drift.
+    """
+    bar_s, window_s = 0.02, 1.5
+    async with _CostlySends(sample_rows(("BTCUSDT",), 400), "5", start_index=5, updates_per_bar=1) as f:
+        player = asyncio.create_task(f.play(bar_s))
+        await asyncio.sleep(0)  # the first round goes out now
+        s0, t0 = f.open_start_ms, time.perf_counter()
+        await asyncio.sleep(window_s)
+        bars, elapsed = _bars_since(f, s0), time.perf_counter() - t0
+        await _stop(player)
+    nominal = elapsed / bar_s
+    assert 0.85 * nominal <= bars <= nominal + 1, (bars, nominal, f.pacer.slips)
+
+
+async def test_play_gives_up_missed_rounds_instead_of_bursting():
+    """After the event loop was held for 15 bars' time, the fake starts its schedule afresh from then.
+
+    It does not send the 30 rounds it missed back to back: in the 60 ms after the hold about 3 bars play.
+    """
+    bar_s = 0.02
+    async with FakeBybit(sample_rows(("BTCUSDT",), 400), "5", start_index=5, updates_per_bar=1) as f:
+        player = asyncio.create_task(f.play(bar_s))
+        await asyncio.sleep(0.1)
+        time.sleep(0.3)  # nothing runs in the loop meanwhile: 15 bars fall due
+        s0 = f.open_start_ms
+        await asyncio.sleep(0.06)
+        bars = _bars_since(f, s0)
+        await _stop(player)
+    assert f.pacer.slips >= 1
+    assert 1 <= bars <= 6
 
 
 def test_load_dir_reads_shared_data_layout(tmp_path):

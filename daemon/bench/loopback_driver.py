@@ -8,7 +8,10 @@ finished, lets it settle, then records for ``DURATION_S`` seconds:
 - tick-to-signal latency of every live signal: the service's own measurement (``perf_counter_ns`` when the
   frame arrived to just after its line was written and flushed), collected by swapping the writer's
   ``latency`` recorder (public attribute, duck-typed ``add``/``take``) for one that keeps every sample;
-- signals written, CPU seconds (user + system) of this process, RSS at the end;
+- which of those signals came after an idle gap (no live signal for ``IDLE_GAP_MS`` before it: the first of a
+  burst at a low rate) and the latencies of those and of the rest apart, since on a shared VM the first
+  after an idle gap runs with cold caches (see ``daemon.bench.loopback``);
+- signals written and WebSocket frames received, CPU seconds (user + system) of this process, RSS at the end;
 - the bars the fake played in the same window, from its clock (the open bar over its REST endpoint, read
   in a worker thread so the event loop keeps serving frames).
 
@@ -28,11 +31,19 @@ import urllib.request
 import numpy as np
 
 
+IDLE_GAP_MS = 50.0  # a live signal with no other one this long before it comes after an idle gap
+
+
 class KeepAll:
-    """A stand-in for ``daemon.output.LatencyStats`` that keeps every sample while ``recording``."""
+    """A stand-in for ``daemon.output.LatencyStats`` that keeps every sample while ``recording``.
+
+    Each sample is kept with the clock read when it was added (after the line was written), so the frame's
+    arrival, ``done - ns``, and the gap since the previous signal can be worked out afterwards.
+    """
 
     def __init__(self) -> None:
         self.ns: list[int] = []
+        self.done_ns: list[int] = []
         self.total = 0
         self.recording = False
 
@@ -40,6 +51,7 @@ class KeepAll:
         self.total += 1
         if self.recording:
             self.ns.append(ns)
+            self.done_ns.append(time.perf_counter_ns())
 
     def take(self) -> dict | None:
         return None
@@ -59,6 +71,31 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def _us(ns: np.ndarray, q: float | None) -> float | None:
+    """Percentile ``q`` (None: the maximum) of ``ns`` in microseconds, rounded; None when empty."""
+    if not ns.size:
+        return None
+    return round(float(np.percentile(ns, q) if q is not None else ns.max()) / 1000, 2)
+
+
+def latency_split(ns: list[int], done_ns: list[int], idle_gap_ms: float = IDLE_GAP_MS) -> dict:
+    """p50/p99/max of all samples, and apart for those that came after an idle gap and for the rest.
+
+    A sample came after an idle gap when the previous sample's frame arrived ``idle_gap_ms`` or more before
+    its own (samples are added in the order their frames arrived; the window's first counts with the rest).
+    """
+    lat = np.asarray(ns, dtype=np.float64)
+    arrived = np.asarray(done_ns, dtype=np.float64) - lat
+    after_idle = np.zeros(lat.size, dtype=bool)
+    after_idle[1:] = np.diff(arrived) >= idle_gap_ms * 1e6
+    cold, warm = lat[after_idle], lat[~after_idle]
+    return {
+        "p50_us": _us(lat, 50), "p99_us": _us(lat, 99), "max_us": _us(lat, None),
+        "after_idle": {"gap_ms": idle_gap_ms, "n": int(cold.size), "p50_us": _us(cold, 50), "max_us": _us(cold, None)},
+        "rest": {"n": int(warm.size), "p50_us": _us(warm, 50), "p99_us": _us(warm, 99)},
+    }
 
 
 def _cpu_s() -> float:
@@ -92,26 +129,24 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
         await asyncio.sleep(settle_s)
         probe = (cfg.feed.rest_url, cfg.feed.symbols[0])
         bar0 = await asyncio.to_thread(open_bar_start_ms, *probe)
-        written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
+        written0, frames0, cpu0, t0 = service.writer.written, service.feed.stats.frames, _cpu_s(), time.perf_counter()
         recorder.recording = True
         print(json.dumps({"event": "recording"}), flush=True)
         await asyncio.sleep(duration_s)
         recorder.recording = False
-        written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        written1, frames1, cpu1, t1 = service.writer.written, service.feed.stats.frames, _cpu_s(), time.perf_counter()
         bar1 = await asyncio.to_thread(open_bar_start_ms, *probe)
-        ns = np.asarray(recorder.ns, dtype=np.float64)
         wall = t1 - t0
         result.update({
             "signals": written1 - written0,
-            "live_samples": int(ns.size),
+            "live_samples": len(recorder.ns),
             "seconds": round(wall, 3),
             "signals_per_s": round((written1 - written0) / wall, 1),
+            "frames_per_s": round((frames1 - frames0) / wall, 1),
             # Bars the fake played in the same window (its clock, over REST, read from a worker thread).
             "fake_bars": (bar1 - bar0) / cfg.feed.interval_ms,
             "fake_bar_start_ms": [bar0, bar1],
-            "p50_us": round(float(np.percentile(ns, 50)) / 1000, 2) if ns.size else None,
-            "p99_us": round(float(np.percentile(ns, 99)) / 1000, 2) if ns.size else None,
-            "max_us": round(float(ns.max()) / 1000, 2) if ns.size else None,
+            **latency_split(recorder.ns, recorder.done_ns),
             "cpu_percent": round(100.0 * (cpu1 - cpu0) / wall, 1),
             "rss_mb": round(_rss_mb(), 1),
             "frames": service.feed.stats.frames,

@@ -130,18 +130,66 @@ def section_throughput(report: dict, markdown: bool) -> str:
     return "\n".join(out)
 
 
+def _issue_line(v: dict) -> str:
+    """The issue's level against its targets, in one sentence."""
+    t, met = v["targets"], v["met"]
+
+    def ok(k: str) -> str:
+        return "met" if met[k] else "NOT met"
+
+    return (f"The issue's level, {v['symbols']:,} symbols at {v['pushes_per_symbol_per_s']:g} pushes/s each (bar "
+            f"{v['bar_s']:g} s, {v['symbols'] * v['pushes_per_symbol_per_s']:,.0f} pushes/s nominal, "
+            f"{'kept up' if v['kept_up'] else 'did NOT keep up'}): tick-to-signal p50 {_fmt(v['p50_us'])} us (target <= {t['p50_us']:g}: "
+            f"{ok('p50_us')}), p99 {_fmt(v['p99_us'])} us (target <= {t['p99_us']:g}: {ok('p99_us')}), daemon CPU "
+            f"{_fmt(v['cpu_percent'])}% of one core (target <= {t['cpu_percent']:g}%: {ok('cpu_percent')}).")
+
+
 def section_loopback(report: dict, markdown: bool) -> str:
     part = report["parts"].get("loopback", {})
     rows = part.get("levels", [])
     out = []
     if rows:
         out.append(_table(
-            ["symbols", "nominal signals/s", "offered signals/s", "written signals/s", "tick_to_signal p50 us",
-             "p99 us", "max us", "daemon CPU %", "RSS MB", "fake CPU %", "kept up"],
-            [[r["symbols"], r["nominal_signals_per_s"], r["offered_signals_per_s"], r["signals_per_s"], r["p50_us"],
-              r["p99_us"], r["max_us"], r["cpu_percent"], r["rss_mb"], r["fake_cpu_percent"],
+            ["symbols", "pushes/s per symbol", "pushes/s offered", "pushes/s received", "signals/s nominal",
+             "signals/s offered", "signals/s written", "samples", "tick_to_signal p50 us", "p99 us", "max us",
+             "daemon CPU %", "RSS MB", "fake CPU %", "kept up"],
+            [[r["symbols"], r.get("pushes_per_symbol_per_s"), r["pushes_per_s"], r.get("frames_per_s"),
+              r["nominal_signals_per_s"], r["offered_signals_per_s"], r["signals_per_s"], r["live_samples"],
+              r["p50_us"], r["p99_us"], r["max_us"], r["cpu_percent"], r["rss_mb"], r["fake_cpu_percent"],
               ("yes" if r["kept_up"] else "no") + (f" (limit: {r['limit']})" if r.get("limit") else "")]
              for r in rows],
+            markdown,
+        ))
+    if part.get("issue_level"):
+        out += ["", _issue_line(part["issue_level"])]
+    split = [r for r in rows if r.get("after_idle")]
+    if split:
+        gap = split[0]["after_idle"]["gap_ms"]
+        out += ["", f"The same samples split: those with no other signal in the {gap:g} ms before their frame "
+                    f"(the first of a burst after an idle gap) and the rest."] if markdown else [""]
+        out.append(_table(
+            ["symbols", "signals/s written", f"first after >= {gap:g} ms without one: n", "p50 us", "max us", "the rest: n",
+             "p50 us", "p99 us"],
+            [[r["symbols"], r["signals_per_s"], r["after_idle"]["n"], r["after_idle"]["p50_us"],
+              r["after_idle"]["max_us"], r["rest"]["n"], r["rest"]["p50_us"], r["rest"]["p99_us"]] for r in split],
+            markdown,
+        ))
+    idle = part.get("idle_gap") or {}
+    if idle.get("rows"):
+        if markdown:
+            out += ["", f"One frame through a path in one process (no event loop, no socket), "
+                        f"{idle['rounds']} interleaved rounds (`daemon.bench.idle`): the daemon's own code "
+                        f"(parse_frame, Pipeline.on_close with the student, SignalWriter.write to a file) and a "
+                        f"trivial path (json.loads, write, flush), right after a frame through the same path "
+                        f"and after a pause."]
+        else:
+            out.append("")
+        base = {r["path"]: r["p50_us"] for r in idle["rows"] if r["when"] == "back to back"}
+        out.append(_table(
+            ["path", "when", "p50 us", "x back to back", "parse p50", "on_close p50", "write p50", "max us"],
+            [[r["path"], r["when"], r["p50_us"], r["p50_us"] / base[r["path"]] if base.get(r["path"]) else None,
+              r.get("parse_p50_us"), r.get("on_close_p50_us"), r.get("write_p50_us"), r["max_us"]]
+             for r in idle["rows"]],
             markdown,
         ))
     if part.get("startup"):
