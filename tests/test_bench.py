@@ -166,6 +166,18 @@ def test_loopback_level_measures_the_real_daemon(tmp_path, random_artifact):
     # 5 symbols, one update and one close each per bar: 10 pushes per bar are received.
     assert row["pushes_per_symbol_per_s"] == 10.0 and row["frames_per_s"] >= row["signals_per_s"] * 1.5
     assert row["after_idle"]["n"] + row["rest"]["n"] == row["live_samples"]
+    assert row["kernel"] == "aot" and not row["numba_loaded"] and row["rss_peak_mb"] >= row["rss_mb"]
+
+
+@pytest.mark.slow
+def test_jit_fallback_level_serves_with_numba(tmp_path, random_artifact, monkeypatch):
+    """The memory comparison's second run really serves the JIT kernel (the build is made to fail)."""
+    from daemon.bench import loopback as lb
+
+    monkeypatch.setattr(lb, "DURATION_S", 1.5)
+    row = lb.jit_fallback_level(tmp_path, random_artifact, 5, 0.2)
+    assert row["kernel"].startswith("jit (no ahead-of-time kernel: build failed") and row["numba_loaded"]
+    assert row["live_samples"] > 0 and row["malformed"] == 0
 
 
 def test_latency_split_sets_apart_the_first_sample_after_an_idle_gap():
@@ -227,6 +239,13 @@ def test_loopback_section_shows_pushes_and_the_issue_verdict():
     assert "500 symbols at 10 pushes/s each (bar 0.2 s, 5,000 pushes/s nominal, kept up)" in text
     assert "p50 11.00 us (target <= 30: met), p99 120.0 us (target <= 100: NOT met)" in text
     assert "| 500 | 2,499 | 30 | 150.0 | 900.0 | 14,970 | 10.90 | 25.00 |" in text
+    assert "Resident memory" not in text  # no fallback run, no memory table
+    doc["parts"]["loopback"]["jit_fallback"] = _level_row(500, 0.2, kernel="jit (no ahead-of-time kernel: x)",
+                                                          numba_loaded=True, rss_mb=190.0, rss_peak_mb=195.0)
+    row.update(kernel="aot", numba_loaded=False, rss_mb=55.0, rss_peak_mb=56.0)
+    text = report.section_loopback(doc, markdown=True)
+    assert "| aot | no | 55.00 | 56.00 | 11.00 | 120.0 | 10.00 |" in text
+    assert "| jit | yes | 190.0 | 195.0 | 11.00 | 120.0 | 10.00 |" in text
 
 
 def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .data import bench_model
 from .timing import machine_info, utc_now
 
 PARTS = ("inference", "throughput", "loopback", "training", "size")
@@ -58,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True, workdir=None,
               command: str = "kdsignal bench") -> tuple[dict, dict]:
     """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
+    # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
+    # these modules import numba, which the daemon itself does not (its resident memory is measured there).
     from . import inference, loopback, sizes, throughput, training
+    from .data import bench_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
     report: dict = {"command": command, "date": utc_now(), "machine": machine_info(), "parts": {}, "results": [],

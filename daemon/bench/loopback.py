@@ -49,8 +49,14 @@ issue's 25%), or running the path on dummy data every millisecond or so, a sched
 CPU cost rather than a fix, and not done. In production a 5-minute close is such a burst after an idle gap
 whenever the daemon serves few symbols, and its first signal pays this cost.
 
+Memory: the daemon's resident set (VmRSS at the end of its window, and its peak, VmHWM) at every level. It
+serves the student compiled ahead of time (``kernels.aot``) and never imports numba; the issue's level runs
+once more with that build made impossible, so the daemon falls back to numba's JIT, to show what numba and
+LLVM cost side by side.
+
 Start-up: wall time from spawning ``kdsignal run`` to its ``feed_subscribed`` log event, cold (empty
-``NUMBA_CACHE_DIR``: every kernel compiles) and warm (the same directory, second run).
+``NUMBA_CACHE_DIR``: the student kernel is built ahead of time in a child process, numba compiling and gcc
+linking it) and warm (the same directory, second run: the daemon loads the built module).
 """
 
 from __future__ import annotations
@@ -202,8 +208,12 @@ class FakeServer:
         _stop(self.proc)
 
 
-def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duration_s: float = DURATION_S) -> dict:
-    """Run one (symbols, bar_s) level; return the daemon's measurement and the fake's CPU share."""
+def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duration_s: float = DURATION_S,
+              env: dict | None = None) -> dict:
+    """Run one (symbols, bar_s) level; return the daemon's measurement and the fake's CPU share.
+
+    ``env``: the daemon's environment (default: this process's).
+    """
     level_dir = Path(tempfile.mkdtemp(prefix=f"level-{symbols}-", dir=workdir))
     data_dir = level_dir / "data"
     data_dir.mkdir()
@@ -219,7 +229,7 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
         driver = _spawn(
             [sys.executable, "-m", "daemon.bench.loopback_driver", str(cfg), str(level_dir / "signals.jsonl"),
              str(SETTLE_S), str(duration_s)],
-            level_dir / "driver.err",
+            level_dir / "driver.err", env=env,
         )
         _readline(driver, 300.0)  # {"event": "recording"}: the measurement window opens
         ticks0, t0 = _cpu_ticks(fake.proc.pid), time.perf_counter()
@@ -293,6 +303,15 @@ def startup_times(workdir: Path, artifact: Path) -> dict:
     return out
 
 
+def jit_fallback_level(workdir: Path, artifact: Path, symbols: int, bar_s: float) -> dict:
+    """The issue's level once more, with the daemon on the JIT fallback: an empty cache and no working C
+    compiler (``$CC`` is what numba.pycc's build takes), so the kernel cannot be built ahead of time."""
+    cache = Path(tempfile.mkdtemp(prefix="jit-cache-", dir=workdir))
+    env = {k: v for k, v in os.environ.items() if k != "KDSIGNAL_CACHE_DIR"}
+    env.update(NUMBA_CACHE_DIR=str(cache), CC="/bin/false")
+    return run_level(workdir, artifact, symbols, bar_s, DURATION_S, env=env)
+
+
 def issue_verdict(rows: list[dict]) -> dict | None:
     """The row of ``ISSUE_LEVEL`` against ``ISSUE_TARGETS``; None when that level did not run."""
     row = next((r for r in rows if (r["symbols"], r["bar_s"]) == ISSUE_LEVEL), None)
@@ -325,6 +344,12 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
             rows.append(row)
             if "limit" in row:
                 break
+        jit_row = None
+        if any((r["symbols"], r["bar_s"]) == ISSUE_LEVEL for r in rows):
+            try:
+                jit_row = jit_fallback_level(workdir, Path(artifact_path), *ISSUE_LEVEL)
+            except (RuntimeError, TimeoutError, ValueError, OSError) as e:
+                skipped.append({"name": "jit_fallback", "reason": str(e)[:300]})
         try:
             idle_gap = idle.run(Path(artifact_path), workdir)
         except (OSError, ValueError) as e:
@@ -349,7 +374,8 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
                             "signals_per_s": r["signals_per_s"]})
     for k, v in startup.items():
         results.append({"name": f"startup_{k.removesuffix('_s')}", "seconds": v})
-    return {"levels": rows, "issue_level": issue_verdict(rows), "idle_gap": idle_gap, "startup": startup,
+    return {"levels": rows, "issue_level": issue_verdict(rows), "jit_fallback": jit_row, "idle_gap": idle_gap,
+            "startup": startup,
             "results": results, "skipped": skipped,
             "settings": {"updates_per_bar": UPDATES_PER_BAR, "settle_s": SETTLE_S, "duration_s": duration_s,
                          "min_samples": MIN_SAMPLES, "max_level_s": MAX_LEVEL_S}}

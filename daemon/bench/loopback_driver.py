@@ -65,10 +65,11 @@ def open_bar_start_ms(rest_url: str, symbol: str) -> int:
     return int(body["result"]["list"][0][0])
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MB."""
     with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -148,7 +149,10 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
             "fake_bar_start_ms": [bar0, bar1],
             **latency_split(recorder.ns, recorder.done_ns),
             "cpu_percent": round(100.0 * (cpu1 - cpu0) / wall, 1),
-            "rss_mb": round(_rss_mb(), 1),
+            "rss_mb": round(_status_mb("VmRSS"), 1),
+            "rss_peak_mb": round(_status_mb("VmHWM"), 1),
+            "kernel": model.kernel_note,
+            "numba_loaded": "numba" in sys.modules,
             "frames": service.feed.stats.frames,
             "malformed": service.feed.stats.malformed,
             "reconnects": max(0, service.feed.stats.connects - 1),

@@ -162,6 +162,22 @@ def section_loopback(report: dict, markdown: bool) -> str:
         ))
     if part.get("issue_level"):
         out += ["", _issue_line(part["issue_level"])]
+    jit = part.get("jit_fallback")
+    issue_row = next((r for r in rows if part.get("issue_level") and r["symbols"] == part["issue_level"]["symbols"]
+                      and r["bar_s"] == part["issue_level"]["bar_s"]), None)
+    if jit and issue_row:
+        if markdown:
+            out += ["", "Resident memory at the issue's level, by the kernel the daemon serves (the second run: no C "
+                        "compiler, so the ahead-of-time build fails and numba's JIT serves the same source; target "
+                        "< 150 MB)."]
+        else:
+            out.append("")
+        out.append(_table(
+            ["kernel", "numba imported", "RSS MB", "peak RSS MB", "tick_to_signal p50 us", "p99 us", "daemon CPU %"],
+            [[r.get("kernel", "?").split(" (")[0], "yes" if r.get("numba_loaded") else "no", r["rss_mb"],
+              r.get("rss_peak_mb"), r["p50_us"], r["p99_us"], r["cpu_percent"]] for r in (issue_row, jit)],
+            markdown,
+        ))
     split = [r for r in rows if r.get("after_idle")]
     if split:
         gap = split[0]["after_idle"]["gap_ms"]
