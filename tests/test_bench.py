@@ -283,3 +283,16 @@ def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):
     # No report: the training config's defaults, never fewer inputs than the student's features.
     default = teacher_mod.teacher_shape(tmp_path / "missing.json")
     assert default.n_inputs == 9 and len(default.hidden) >= 1
+
+
+def test_summary_states_memory_against_the_bar():
+    """The headline block gives the daemon's memory range and the JIT fallback's, judged against 150 MB."""
+    step = {"part": "inference", "name": "student_step", "p50_us": 0.4, "p99_us": 0.6, "n": 100}
+    levels = [_level_row(10, 1.0, rss_mb=55.3), _level_row(500, 0.2, rss_mb=61.3)]
+    doc = {"parts": {"inference": {}, "loopback": {"levels": levels, "jit_fallback": _level_row(500, 0.2, rss_mb=191.7)}},
+           "results": [step], "ratios": []}
+    text = report.section_summary(doc, markdown=True)
+    assert ("- the daemon's resident memory: 55-61 MB over the loopback levels, serving the ahead-of-time kernel "
+            "without numba (192 MB on the JIT fallback at the issue's level); target < 150 MB: met.") in text
+    levels.append(_level_row(1000, 0.01, rss_mb=151.0))
+    assert "target < 150 MB: NOT met" in report.section_summary(doc, markdown=True)

@@ -169,7 +169,7 @@ def section_loopback(report: dict, markdown: bool) -> str:
         if markdown:
             out += ["", "Resident memory at the issue's level, by the kernel the daemon serves (the second run: no C "
                         "compiler, so the ahead-of-time build fails and numba's JIT serves the same source; target "
-                        "< 150 MB)."]
+                        "< 150 MB).", ""]
         else:
             out.append("")
         out.append(_table(
@@ -182,7 +182,7 @@ def section_loopback(report: dict, markdown: bool) -> str:
     if split:
         gap = split[0]["after_idle"]["gap_ms"]
         out += ["", f"The same samples split: those with no other signal in the {gap:g} ms before their frame "
-                    f"(the first of a burst after an idle gap) and the rest."] if markdown else [""]
+                    f"(the first of a burst after an idle gap) and the rest.", ""] if markdown else [""]
         out.append(_table(
             ["symbols", "signals/s written", f"first after >= {gap:g} ms without one: n", "p50 us", "max us", "the rest: n",
              "p50 us", "p99 us"],
@@ -197,7 +197,7 @@ def section_loopback(report: dict, markdown: bool) -> str:
                         f"{idle['rounds']} interleaved rounds (`daemon.bench.idle`): the daemon's own code "
                         f"(parse_frame, Pipeline.on_close with the student, SignalWriter.write to a file) and a "
                         f"trivial path (json.loads, write, flush), right after a frame through the same path "
-                        f"and after a pause."]
+                        f"and after a pause.", ""]
         else:
             out.append("")
         base = {r["path"]: r["p50_us"] for r in idle["rows"] if r["when"] == "back to back"}
@@ -281,6 +281,12 @@ def section_summary(report: dict, markdown: bool) -> str:
                      + ("; the fake could not send faster" if top.get("limit") == "fake" else "")
                      + f"); target >= 5,000/s with p99 < 100 us: {'met' if meets else 'NOT met'}"
                      + (f" ({len(meets)} of {len(fast)} levels at >= 5,000/s)" if fast else "") + ".")
+    jit_row = report["parts"].get("loopback", {}).get("jit_fallback")
+    if levels and jit_row:
+        rss = [r["rss_mb"] for r in levels]
+        lines.append(f"- the daemon's resident memory: {min(rss):.0f}-{max(rss):.0f} MB over the loopback levels, "
+                     f"serving the ahead-of-time kernel without numba ({jit_row['rss_mb']:.0f} MB on the JIT "
+                     f"fallback at the issue's level); target < 150 MB: {'met' if max(rss) < 150 else 'NOT met'}.")
     raw, jit, generic = by.get("student_step_raw"), by.get("student_step_jit"), by.get("student_step_generic")
     if entry and raw and jit and generic:
         w_raw, w_jit, w_gen = (r["p50_us"] - entry["p50_us"] for r in (raw, jit, generic))
