@@ -93,7 +93,10 @@ class InProcessDaemon:
         from daemon.parser import kline_topic
 
         served = [s for s in self.cfg.feed.symbols if s in self.fake.rows and s not in self.fake.faults.refused_symbols]
+        # The daemon's own view too: the fake counts a topic subscribed when it sends the ack, before the
+        # daemon has read it.
         await wait_until(lambda: all(self.fake.subscribed(kline_topic("5", s)) for s in served)
+                         and self.service.feed.stats.subscribed
                          and all(self.service.pipelines[s].next_start_ms == self.fake.open_start_ms
                                  and not self.service.pipelines[s].filling for s in served),
                          what="subscription and warm-up")
