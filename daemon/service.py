@@ -172,8 +172,8 @@ class Service:
             try:
                 model = await asyncio.to_thread(self._load_model, path)
                 check_model(self.cfg, model)
-            except (ArtifactError, StartupError, OSError, ValueError) as exc:
-                self.log.error("model_reload_failed", artifact=path, error=str(exc), model=self.model.id)
+            except Exception as exc:  # noqa: BLE001 - whatever fails, the old model keeps serving, and it is logged
+                self.log.error("model_reload_failed", artifact=path, error=str(exc) or repr(exc), model=self.model.id)
                 return False
             old, self.model = self.model, model
             for pipeline in self.pipelines.values():

@@ -9,7 +9,7 @@ is NumPy. Its results equal the JIT kernel's bit for bit (``tests/test_aot.py``)
 The build runs in a child process (``python -m kernels.aot NAME SOURCE``) so the caller never imports
 numba; it takes a few seconds and needs a C compiler and the Python headers (pycc compiles a small C
 wrapper). Built modules are cached beside the generated sources, named after a hash of the source (which
-embeds ``KERNELS_HASH``) and the numba and llvmlite versions, so a change to any of them builds anew.
+embeds ``KERNELS_HASH``) and the numba, llvmlite and NumPy versions, so a change to any of them builds anew.
 ``numba.pycc`` is deprecated but is numba's only ahead-of-time compiler in the pinned 0.68; where a build
 fails, ``daemon.model`` falls back to the JIT kernel and says why.
 """
@@ -40,8 +40,8 @@ class AotUnavailable(Exception):
 
 
 def module_name(model: np.ndarray) -> str:
-    """The extension's module name: a hash of the generated source and of the compiler's versions."""
-    versions = " ".join(f"{p}={importlib.metadata.version(p)}" for p in ("numba", "llvmlite"))
+    """The extension's module name: a hash of the generated source and of the versions it was built with."""
+    versions = " ".join(f"{p}={importlib.metadata.version(p)}" for p in ("numba", "llvmlite", "numpy"))
     digest = hashlib.sha256((generate_source(model) + versions).encode()).hexdigest()[:16]
     return f"kdsignal_aot_{digest}"
 

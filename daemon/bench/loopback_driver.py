@@ -30,7 +30,6 @@ import urllib.request
 
 import numpy as np
 
-
 IDLE_GAP_MS = 50.0  # a live signal with no other one this long before it comes after an idle gap
 
 
