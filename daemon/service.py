@@ -32,6 +32,7 @@ from daemon.model import Model
 from daemon.output import ReopenableFile, SignalWriter, configure_logging
 from daemon.parser import KlineFrame, kline_topic
 from daemon.pipeline import FILL, FillResult, Pipeline
+from daemon.prewarm import Prewarm
 from daemon.rest import RestClient, RestError
 from daemon.supervision import Supervision
 
@@ -85,6 +86,8 @@ class Service:
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()  # set once the task group runs (tests wait on it)
+        # Keeps the hot path's caches warm just before each expected burst of closes.
+        self.prewarm = Prewarm(self) if feed_cfg.prewarm else None
         # sd_notify READY/WATCHDOG/STATUS/STOPPING and the optional /healthz + /metrics endpoint.
         self.supervision = Supervision(self)
 
@@ -103,6 +106,8 @@ class Service:
             else:
                 write(result)
                 self.supervision.on_signal(result)
+        if self.prewarm is not None:  # after the lines: not inside the measured tick-to-signal
+            self.prewarm.on_close_frame(recv_ns)
 
     # ------------------------------------------------------------------ fills
     def _on_subscribed(self) -> None:
@@ -220,6 +225,8 @@ class Service:
                     tg.create_task(self.feed.run(), name="feed")
                     tg.create_task(self._summaries(), name="latency-summary")
                     tg.create_task(self.supervision.run(), name="supervision")
+                    if self.prewarm is not None:
+                        tg.create_task(self.prewarm.run(), name="prewarm")
                     self.started.set()
                     await self._stop.wait()
                     self.supervision.stopping()
