@@ -246,6 +246,11 @@ def test_loopback_section_shows_pushes_and_the_issue_verdict():
     text = report.section_loopback(doc, markdown=True)
     assert "| aot | no | 55.00 | 56.00 | 11.00 | 120.0 | 10.00 |" in text
     assert "| jit | yes | 190.0 | 195.0 | 11.00 | 120.0 | 10.00 |" in text
+    assert "cache warmer" not in text
+    doc["parts"]["loopback"]["prewarm_off"] = _level_row(500, 0.2, prewarm=False, p99_us=180.0, cpu_percent=9.0)
+    text = report.section_loopback(doc, markdown=True)
+    assert "| on | 15,000 | 11.00 | 120.0 | 30 | 150.0 | 900.0 | 10.00 |" in text
+    assert "| off | 15,000 | 11.00 | 180.0 | 30 | 150.0 | 900.0 | 9.00 |" in text
 
 
 def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):

@@ -178,6 +178,22 @@ def section_loopback(report: dict, markdown: bool) -> str:
               r.get("rss_peak_mb"), r["p50_us"], r["p99_us"], r["cpu_percent"]] for r in (issue_row, jit)],
             markdown,
         ))
+    off = part.get("prewarm_off")
+    on = next((r for r in rows if off and (r["symbols"], r["bar_s"]) == (off["symbols"], off["bar_s"])), None)
+    if off and on:
+        if markdown:
+            out += ["", f"The same level twice, {off['symbols']:,} symbols with {off['bar_s']:g} s bars (a burst of "
+                        f"closes {1 / off['bar_s']:g} times a second), with the cache warmer on (the default) and off "
+                        f"(`[feed] prewarm = false`).", ""]
+        else:
+            out.append("")
+        out.append(_table(
+            ["prewarm", "samples", "tick_to_signal p50 us", "p99 us", "first after an idle gap: n", "p50 us",
+             "max us", "daemon CPU %"],
+            [["on" if r is on else "off", r["live_samples"], r["p50_us"], r["p99_us"], r["after_idle"]["n"],
+              r["after_idle"]["p50_us"], r["after_idle"]["max_us"], r["cpu_percent"]] for r in (on, off)],
+            markdown,
+        ))
     split = [r for r in rows if r.get("after_idle")]
     if split:
         gap = split[0]["after_idle"]["gap_ms"]
