@@ -47,12 +47,15 @@ class Prewarm:
         self._scratch: Pipeline | None = None  # a copy of a served pipeline, never served
         self._writer: SignalWriter | None = None  # to /dev/null, open while run() runs
         self._out_fd: int | None = None
+        self._burst: asyncio.Event | None = None  # set at each burst start while run() runs
 
     # ------------------------------------------------------------------ hot path
     def on_close_frame(self, recv_ns: int) -> None:
         """Note a frame that carried closes (called by the service for every one)."""
         if recv_ns - self._last_close_ns >= QUIET_NS:
             self.starts.append(recv_ns)
+            if self._burst is not None:
+                self._burst.set()
         self._last_close_ns = recv_ns
 
     # ------------------------------------------------------------------ prediction
@@ -71,6 +74,7 @@ class Prewarm:
 
     async def run(self) -> None:
         """Forever: sleep until just before the next burst is due, then warm until it starts."""
+        self._burst = asyncio.Event()
         sink = open(os.devnull, "wb")  # noqa: SIM115 - closed in the finally below
         self._writer = SignalWriter(sink, log=None)
         try:
@@ -81,13 +85,14 @@ class Prewarm:
             while True:
                 now = perf_counter_ns()
                 due = self.next_due_ns(now)
-                if due is None:
-                    await asyncio.sleep(0.1)
+                if due is None:  # too few bursts yet: wait for the next one
+                    self._burst.clear()
+                    await self._burst.wait()
                     continue
+                last = self.starts[-1]  # taken before sleeping: a burst that comes early ends the wait
                 begin = due - self.lead_ns
                 if begin > now:
                     await asyncio.sleep((begin - now) / 1e9)
-                last = self.starts[-1]
                 while self.starts[-1] == last and perf_counter_ns() < due + self.max_wait_ns:
                     try:
                         self.warm()

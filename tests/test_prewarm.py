@@ -69,3 +69,24 @@ async def test_prewarm_can_be_switched_off(fake, random_artifact):
         first = fake.open_start_ms
         await fake.step(2)
         await check_exactly_once(d, random_artifact, first, first + BAR_MS)
+
+
+async def test_a_failing_warm_up_stops_only_the_warming(fake, random_artifact):
+    """An exception in the warmer is logged once as prewarm_disabled; every candle is still served once."""
+    from structlog.testing import capture_logs
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    with capture_logs() as logs:
+        async with InProcessDaemon(fake, random_artifact, SYMBOLS) as d:
+            d.service.prewarm.warm = broken
+            first = fake.open_start_ms
+            for _ in range(6):
+                await fake.step(1)
+                await asyncio.sleep(0.15)
+            await wait_until(lambda: any(e["event"] == "prewarm_disabled" for e in logs), what="prewarm_disabled")
+            await fake.step(2)
+            await check_exactly_once(d, random_artifact, first, first + 7 * BAR_MS)
+    disabled = [e for e in logs if e["event"] == "prewarm_disabled"]
+    assert len(disabled) == 1 and "boom" in disabled[0]["error"]
