@@ -13,7 +13,7 @@ symbol's pipeline (state copied from the served one, same model and kernel), wri
 ``SignalWriter`` to /dev/null, and makes a zero-length write to the real output (the same system call, no
 bytes). It never touches the served state, the output's contents or any counter the daemon reports, and
 costs a few tens of microseconds per step, only around the expected closes: the first signal of a burst
-then takes about 60 us instead of 135 (BENCHMARKS.md). A failure in it logs ``prewarm_disabled`` and stops
+then takes 55-75 us instead of about 135 (BENCHMARKS.md). A failure in it logs ``prewarm_disabled`` and stops
 only the warming.
 """
 

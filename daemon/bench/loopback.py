@@ -46,7 +46,7 @@ before the frame is stamped), the garbage collector (the numba step allocates no
 the structlog call (made after the latency is recorded). So the daemon warms the path itself just before the
 next burst is due (``daemon.prewarm``: bursts come at a steady period; from 3 ms before the predicted one it
 runs the path on scratch copies every millisecond until the burst starts). The first signal of a burst then
-takes about 60 us instead of 135; ``PREWARM_LEVEL`` runs once more with the warmer off, to show the
+takes 55-75 us instead of about 135; ``PREWARM_LEVEL`` runs once more with the warmer off, to show the
 difference side by side. What is left is what a scratch run cannot warm (the served symbol's own state,
 the file's own write path) and whatever else shared the core in between.
 
