@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ async def fake():
 
 def test_bursts_and_the_next_due_time():
     """Frames within QUIET_NS of the previous close belong to its burst; the next is due one median period on."""
-    warm = Prewarm(None, max_wait_s=1.0)
+    warm = Prewarm(SimpleNamespace(feed=SimpleNamespace(last_close_message=None)), max_wait_s=1.0)
     due = []
     for start in (10 * S, 11 * S, 12 * S + S // 100, 13 * S):  # the third burst is 10 ms late
         warm.on_close_frame(start)
