@@ -316,9 +316,26 @@ def jit_fallback_level(workdir: Path, artifact: Path, symbols: int, bar_s: float
     return run_level(workdir, artifact, symbols, bar_s, DURATION_S, env=env)
 
 
+def row_at(rows: list[dict], level: tuple[int, float]) -> dict | None:
+    """The row of ``level`` (symbols, bar_s), or None when that level did not run."""
+    return next((r for r in rows if (r["symbols"], r["bar_s"]) == tuple(level)), None)
+
+
+def _rerun(rows: list[dict], level: tuple[int, float], name: str, skipped: list[dict], run) -> dict | None:
+    """``run()``, a second run of ``level`` with one thing changed, when the level itself ran; a failure is
+    recorded in ``skipped`` under ``name``."""
+    if row_at(rows, level) is None:
+        return None
+    try:
+        return run()
+    except (RuntimeError, TimeoutError, ValueError, OSError) as e:
+        skipped.append({"name": name, "reason": str(e)[:300]})
+        return None
+
+
 def issue_verdict(rows: list[dict]) -> dict | None:
     """The row of ``ISSUE_LEVEL`` against ``ISSUE_TARGETS``; None when that level did not run."""
-    row = next((r for r in rows if (r["symbols"], r["bar_s"]) == ISSUE_LEVEL), None)
+    row = row_at(rows, ISSUE_LEVEL)
     if row is None:
         return None
     met = {k: row[k] is not None and row[k] <= v for k, v in ISSUE_TARGETS.items()}
@@ -348,18 +365,10 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
             rows.append(row)
             if "limit" in row:
                 break
-        prewarm_off = None
-        if any((r["symbols"], r["bar_s"]) == PREWARM_LEVEL for r in rows):
-            try:
-                prewarm_off = run_level(workdir, Path(artifact_path), *PREWARM_LEVEL, DURATION_S, prewarm=False)
-            except (RuntimeError, TimeoutError, ValueError, OSError) as e:
-                skipped.append({"name": "prewarm_off", "reason": str(e)[:300]})
-        jit_row = None
-        if any((r["symbols"], r["bar_s"]) == ISSUE_LEVEL for r in rows):
-            try:
-                jit_row = jit_fallback_level(workdir, Path(artifact_path), *ISSUE_LEVEL)
-            except (RuntimeError, TimeoutError, ValueError, OSError) as e:
-                skipped.append({"name": "jit_fallback", "reason": str(e)[:300]})
+        prewarm_off = _rerun(rows, PREWARM_LEVEL, "prewarm_off", skipped, lambda: run_level(
+            workdir, Path(artifact_path), *PREWARM_LEVEL, DURATION_S, prewarm=False))
+        jit_row = _rerun(rows, ISSUE_LEVEL, "jit_fallback", skipped, lambda: jit_fallback_level(
+            workdir, Path(artifact_path), *ISSUE_LEVEL))
         try:
             idle_gap = idle.run(Path(artifact_path), workdir)
         except (OSError, ValueError) as e:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .loopback import row_at
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 DEFAULT_PLOT = ROOT / "models" / "bench" / "latency.png"
@@ -163,8 +165,8 @@ def section_loopback(report: dict, markdown: bool) -> str:
     if part.get("issue_level"):
         out += ["", _issue_line(part["issue_level"])]
     jit = part.get("jit_fallback")
-    issue_row = next((r for r in rows if part.get("issue_level") and r["symbols"] == part["issue_level"]["symbols"]
-                      and r["bar_s"] == part["issue_level"]["bar_s"]), None)
+    verdict = part.get("issue_level")
+    issue_row = row_at(rows, (verdict["symbols"], verdict["bar_s"])) if verdict else None
     if jit and issue_row:
         if markdown:
             out += ["", "Resident memory at the issue's level, by the kernel the daemon serves (the second run: no C "
@@ -179,7 +181,7 @@ def section_loopback(report: dict, markdown: bool) -> str:
             markdown,
         ))
     off = part.get("prewarm_off")
-    on = next((r for r in rows if off and (r["symbols"], r["bar_s"]) == (off["symbols"], off["bar_s"])), None)
+    on = row_at(rows, (off["symbols"], off["bar_s"])) if off else None
     if off and on:
         if markdown:
             out += ["", f"The same level twice, {off['symbols']:,} symbols with {off['bar_s']:g} s bars (a burst of "
