@@ -13,13 +13,13 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("daemon.service", "run the live signal daemon against a Bybit v5 feed"),
-    "replay": ("daemon.replay", "drive the live pipeline from a recorded kline CSV"),
-    "fake-bybit": ("daemon.fake_bybit", "serve a loopback Bybit v5 WebSocket + REST stand-in from CSV files"),
-    "tail": ("daemon.tail", "follow a signal log and print it as a readable table"),
+    "run": ("daemon.aio.service", "run the live signal daemon against a Bybit v5 feed"),
+    "replay": ("daemon.tools.replay", "drive the live pipeline from a recorded kline CSV"),
+    "fake-bybit": ("daemon.tools.fake_bybit", "serve a loopback Bybit v5 WebSocket + REST stand-in from CSV files"),
+    "tail": ("daemon.ops.tail", "follow a signal log and print it as a readable table"),
     "bench": ("daemon.bench", "measure per-bar latency and throughput"),
     "fetch": ("daemon.training.fetch", "download closed klines from Bybit's REST API into a CSV"),
-    "train": ("daemon.training.pipeline", "train teacher and student, evaluate, write the artifact and report"),
+    "train": ("daemon.training.train", "train teacher and student, evaluate, write the artifact and report"),
 }
 
 

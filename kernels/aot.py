@@ -11,7 +11,7 @@ numba; it takes a few seconds and needs a C compiler and the Python headers (pyc
 wrapper). Built modules are cached beside the generated sources, named after a hash of the source (which
 embeds ``KERNELS_HASH``) and the numba, llvmlite and NumPy versions, so a change to any of them builds anew.
 ``numba.pycc`` is deprecated but is numba's only ahead-of-time compiler in the pinned 0.68; where a build
-fails, ``daemon.model`` falls back to the JIT kernel and says why.
+fails, ``daemon.core.model`` falls back to the JIT kernel and says why.
 """
 
 from __future__ import annotations

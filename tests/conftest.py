@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.artifact import save_artifact
+from daemon.core.artifact import save_artifact
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES
 

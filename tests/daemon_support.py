@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from daemon.replay import CsvRow, read_kline_csv
+from daemon.tools.replay import CsvRow, read_kline_csv
 from kernels.layout import WINDOW
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ class LineSink:
 
 def daemon_config(fake, symbols=("BTCUSDT",), artifact="", **sections):
     """A validated config pointing at ``fake`` with short heartbeats and fast backoff."""
-    from daemon.config import parse_config
+    from daemon.core.config import parse_config
 
     raw = {
         "feed": {"ws_url": fake.ws_url, "rest_url": fake.rest_url, "symbols": list(symbols), "interval": "5",
@@ -71,8 +71,8 @@ class InProcessDaemon:
     """Run a Service in this event loop against a fake; ``lines`` are its stdout lines as dicts."""
 
     def __init__(self, fake, artifact, symbols=("BTCUSDT",), **sections) -> None:
-        from daemon.model import Model
-        from daemon.service import Service
+        from daemon.core.model import Model
+        from daemon.aio.service import Service
 
         self.fake = fake
         self.sink = LineSink()
@@ -90,7 +90,7 @@ class InProcessDaemon:
 
     async def ready(self) -> None:
         """Wait until every served symbol is subscribed and warmed up to the fake's open bar."""
-        from daemon.parser import kline_topic
+        from daemon.core.parser import kline_topic
 
         served = [s for s in self.cfg.feed.symbols if s in self.fake.rows and s not in self.fake.faults.refused_symbols]
         # The daemon's own view too: the fake counts a topic subscribed when it sends the ack, before the

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.aot import AotUnavailable, aot_step, module_name
 from kernels.features import features_batch
 from kernels.layout import pack_mlp, pack_student, student_state_size
@@ -23,7 +23,7 @@ from tests.test_features import with_gaps
 PROBE = """
 import json, sys
 import numpy as np
-from daemon.model import Model
+from daemon.core.model import Model
 model = Model.load(sys.argv[1])
 state = model.new_state()
 for row in np.loadtxt(sys.argv[2], delimiter=",", skiprows=1)[:300, 1:6]:

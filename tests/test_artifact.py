@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from daemon.artifact import ArtifactError, load_artifact
-from daemon.model import Model
+from daemon.core.artifact import ArtifactError, load_artifact
+from daemon.core.model import Model
 from kernels.layout import WINDOW
 from tests.conftest import write_random_artifact
 

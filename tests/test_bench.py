@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.bench import report
+from daemon.bench import markdown as report
 from daemon.bench.numpy_student import NumpyStudent
-from daemon.bench.teacher import Teacher, member_mlps
-from daemon.model import Model
+from daemon.bench.teacher_standin import Teacher, member_mlps
+from daemon.core.model import Model
 from kernels.layout import M_CLIP, M_FEATURES, M_HEADER, WINDOW
 from tests.conftest import ROOT
 
@@ -138,7 +138,7 @@ def test_write_markdown_replaces_blocks_and_keeps_prose(tmp_path):
 def test_loopback_config_is_accepted_by_the_daemon(tmp_path, random_artifact):
     """The config the loopback bench writes for the fake's made-up symbols passes the daemon's own validation."""
     from daemon.bench.loopback import make_symbols, write_config
-    from daemon.config import load_config
+    from daemon.core.config import load_config
 
     data = tmp_path / "data"
     data.mkdir()
@@ -271,7 +271,7 @@ def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):
 
 def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):
     """The bench's teacher takes its widths, input count and early-stopped rounds from the training report."""
-    import daemon.bench.teacher as teacher_mod
+    import daemon.bench.teacher_standin as teacher_mod
 
     monkeypatch.setattr(teacher_mod, "ROOT", tmp_path)
     report_path = tmp_path / "report.json"

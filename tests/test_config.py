@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load_config, parse_config
+from daemon.core.config import Config, ConfigError, load_config, parse_config
 from tests.daemon_support import ROOT
 
 
@@ -92,7 +92,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_default_artifact_is_the_shipped_model_wherever_the_file_is(tmp_path):
     """A config outside the checkout that names no artifact gets the shipped model, a named one its own dir."""
-    from daemon.config import load_config
+    from daemon.core.config import load_config
 
     (tmp_path / "a.toml").write_text('[feed]\nsymbols = ["BTCUSDT"]\n')
     assert Path(load_config(tmp_path / "a.toml").model.artifact) == ROOT / "models" / "default.npz"

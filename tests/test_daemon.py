@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.fake_bybit import GARBAGE_FRAMES, FakeBybit
-from daemon.model import Model
-from daemon.output import SignalWriter
-from daemon.replay import replay
+from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit
+from daemon.core.model import Model
+from daemon.aio.output import SignalWriter
+from daemon.tools.replay import replay
 from tests.daemon_support import OPEN_INDEX, InProcessDaemon, LineSink, sample_rows, wait_until
 
 BAR_MS = 300_000

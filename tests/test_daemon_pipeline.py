@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from daemon.model import Model
-from daemon.pipeline import FILL, Pipeline
-from daemon.replay import row_candle
+from daemon.core.model import Model
+from daemon.core.pipeline import FILL, Pipeline
+from daemon.tools.replay import row_candle
 from kernels.layout import WINDOW
 from tests.daemon_support import sample_rows
 

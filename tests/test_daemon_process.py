@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from daemon.fake_bybit import FakeBybit
+from daemon.tools.fake_bybit import FakeBybit
 from tests.conftest import write_random_artifact
 from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until
 

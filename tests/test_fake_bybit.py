@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
-from daemon.parser import FrameError, KlineFrame, parse_frame
+from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
+from daemon.core.parser import FrameError, KlineFrame, parse_frame
 from tests.daemon_support import ROOT, sample_rows, wait_until
 
 START = 30  # bars of REST-only history before the open bar
@@ -275,7 +275,7 @@ async def test_play_gives_up_missed_rounds_instead_of_bursting():
 
 def test_load_dir_reads_shared_data_layout(tmp_path):
     """A folder of SYMBOL.csv files (the ../shared/data layout) loads, and a wrong interval is refused."""
-    from daemon.fake_bybit import load_dir
+    from daemon.tools.fake_bybit import load_dir
 
     src = (ROOT / "data" / "BTCUSDT-5m.csv").read_text().splitlines()
     (tmp_path / "BTCUSDT.csv").write_text("\n".join(src[:50]) + "\n")

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from daemon.config import BackoffConfig
-from daemon.fake_bybit import GARBAGE_FRAMES, FakeBybit
-from daemon.feed import Feed, default_retryable
+from daemon.core.config import BackoffConfig
+from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit
+from daemon.aio.feed import Feed, default_retryable
 from tests.daemon_support import sample_rows, wait_until
 
 FAST = BackoffConfig(initial_s=0.01, max_s=0.05, factor=2.0, jitter=0.5)
@@ -146,7 +146,7 @@ def test_backoff_is_capped_and_jittered():
 
 async def test_callback_failure_is_not_a_reconnect(fake):
     """An exception in on_kline (here a broken pipe, an OSError) ends run() instead of looking like a drop."""
-    from daemon.feed import CallbackError
+    from daemon.aio.feed import CallbackError
 
     def broken(frame, recv_ns):
         raise BrokenPipeError("stdout closed")

@@ -7,10 +7,10 @@ import random
 import aiohttp
 import pytest
 
-from daemon.config import BackoffConfig
-from daemon.fake_bybit import FakeBybit
-from daemon.replay import row_candle
-from daemon.rest import RestClient, RestError
+from daemon.core.config import BackoffConfig
+from daemon.tools.fake_bybit import FakeBybit
+from daemon.tools.replay import row_candle
+from daemon.aio.rest import RestClient, RestError
 from tests.daemon_support import sample_rows
 
 ROWS = sample_rows(("BTCUSDT",), 120)

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 PROBE = """
 import numpy as np, kernels
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.specialise import specialised_step
 m = Model.load({artifact!r})
 s = m.new_state()

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metrics import INFERENCE_BUCKETS_US, Metrics
+from daemon.ops.metrics import INFERENCE_BUCKETS_US, Metrics
 
 START_MS = 1_719_667_500_000  # a real 5m candle start
 INTERVAL_MS = 300_000

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.parser import (
+from daemon.core.parser import (
     Ack,
     Candle,
     FrameError,
@@ -229,6 +229,6 @@ def test_realistic_candle_round_trips(a, b, vol):
 
 def test_parser_does_not_import_asyncio():
     """The parser is layer 2: importing it in a fresh interpreter loads no asyncio."""
-    code = "import sys, daemon.parser; print('asyncio' in sys.modules)"
+    code = "import sys, daemon.core.parser; print('asyncio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

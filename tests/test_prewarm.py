@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from daemon.fake_bybit import FakeBybit
-from daemon.prewarm import QUIET_NS, Prewarm
+from daemon.tools.fake_bybit import FakeBybit
+from daemon.aio.prewarm import QUIET_NS, Prewarm
 from tests.daemon_support import OPEN_INDEX, InProcessDaemon, sample_rows, wait_until
 from tests.test_daemon import BAR_MS, check_exactly_once
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.fake_bybit import FakeBybit
-from daemon.model import Model
-from daemon.output import SignalWriter
-from daemon.replay import ReplayError, read_kline_csv, replay
+from daemon.tools.fake_bybit import FakeBybit
+from daemon.core.model import Model
+from daemon.aio.output import SignalWriter
+from daemon.tools.replay import ReplayError, read_kline_csv, replay
 from kernels.layout import WINDOW
 from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, LineSink
 

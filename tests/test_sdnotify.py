@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import Activity, Notifier, Watchdog, parse_notify_address
+from daemon.ops.sdnotify import Activity, Notifier, Watchdog, parse_notify_address
 from tests.daemon_support import wait_until
 
 

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.exitcodes import EXIT_CONFIG
-from daemon.fake_bybit import FakeBybit
-from daemon.service import EX_CONFIG
-from daemon.tail import LogFollower
+from daemon.core.exitcodes import EXIT_CONFIG
+from daemon.tools.fake_bybit import FakeBybit
+from daemon.aio.service import EX_CONFIG
+from daemon.ops.tail import LogFollower
 from tests.conftest import write_random_artifact
 from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
 from tests.test_daemon_process import Proc, log_events, write_config

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.features import features_batch
 from kernels.layout import pack_mlp, pack_student, student_state_size
 from kernels.specialise import generate_source, specialised_step
@@ -45,7 +45,7 @@ def test_unwritable_cache_falls_back_to_generic(random_artifact, tmp_path):
     blocker.write_text("not a directory")
     code = f"""
 import numpy as np
-from daemon.model import Model
+from daemon.core.model import Model
 model = Model.load({str(random_artifact)!r})
 state = model.new_state()
 for row in np.loadtxt({str(DATA / "BTCUSDT-5m.csv")!r}, delimiter=",", skiprows=1)[:150, 1:6]:

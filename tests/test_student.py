@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from hypothesis import given, settings
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.features import features_batch
 from kernels.layout import WINDOW
 from tests.conftest import DATA, ROOT, load_csv
@@ -116,7 +116,7 @@ def test_step_allocates_nothing(random_artifact):
 import numpy as np
 from numba import njit
 from numba.core.runtime import rtsys
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.student import student_step
 
 @njit

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.exitcodes import EXIT_CONFIG
+from daemon.core.exitcodes import EXIT_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from daemon.training.data import DataError, load_dataset, read_csv, regularize
-from daemon.training.features import market_extras, own_extras, student_features
+from daemon.training.inputs import market_extras, own_extras, student_features
 from daemon.training.labels import BUY, HOLD, NO_LABEL, SELL, LabelParams, bucket_labels, make_labels
 
 DATA = Path(__file__).resolve().parent.parent / "data"

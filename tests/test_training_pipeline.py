@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from daemon.cli import main as cli_main
-from daemon.config import parse_config
-from daemon.model import Model
-from daemon.training import pipeline
+from daemon.core.config import parse_config
+from daemon.core.model import Model
+from daemon.training import train as pipeline
 from daemon.training.config import TrainConfig, load_train_config
 from daemon.training.data import load_dataset
 from daemon.training.dataset import build

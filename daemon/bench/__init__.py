@@ -60,7 +60,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
     # these modules import numba, which the daemon itself does not (its resident memory is measured there).
     from . import inference, loopback, sizes, throughput, training
-    from .data import bench_model
+    from .bars import bench_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
     report: dict = {"command": command, "date": utc_now(), "machine": machine_info(), "parts": {}, "results": [],
@@ -95,7 +95,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run the chosen parts and print tables or JSON; optionally rewrite BENCHMARKS.md and the plot."""
-    from . import report as rep
+    from . import markdown as rep
 
     command = "kdsignal bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "kdsignal bench"
     with tempfile.TemporaryDirectory(prefix="kdsignal-bench-") as tmp:

@@ -30,14 +30,14 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from daemon.fake_bybit import FakeBybit
-from daemon.model import Model
-from daemon.output import SignalWriter
-from daemon.parser import parse_frame
-from daemon.pipeline import Pipeline
-from daemon.replay import read_kline_csv
+from daemon.tools.fake_bybit import FakeBybit
+from daemon.core.model import Model
+from daemon.aio.output import SignalWriter
+from daemon.core.parser import parse_frame
+from daemon.core.pipeline import Pipeline
+from daemon.tools.replay import read_kline_csv
 
-from .data import DATA
+from .bars import DATA
 
 SYMBOL = "BTCUSDT"
 PAUSE_S = 0.25

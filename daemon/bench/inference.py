@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.layout import M_CLIP, M_FEATURES, M_HEADER
 from kernels.specialise import specialised_step
 from kernels.student import student_step
 
 from . import floors
-from .data import sample_bars
+from .bars import sample_bars
 from .numpy_student import NumpyStudent
 from .onnx_student import OnnxStudent, onnxruntime_available
-from .teacher import Teacher, lightgbm_available
+from .teacher_standin import Teacher, lightgbm_available
 from .timing import Contender, latency_entry, sample
 
 CONTENDERS: dict[str, str] = {

@@ -44,7 +44,7 @@ caches while the process did something else, which on this shared 2-core VM take
 after a touch the path is partly cold again). It is not the event loop waking from epoll (that happens
 before the frame is stamped), the garbage collector (the numba step allocates nothing and is as slow), nor
 the structlog call (made after the latency is recorded). So the daemon warms the path itself just before the
-next burst is due (``daemon.prewarm``: bursts come at a steady period; from 3 ms before the predicted one it
+next burst is due (``daemon.aio.prewarm``: bursts come at a steady period; from 3 ms before the predicted one it
 runs the path on scratch copies every millisecond until the burst starts). The first signal of a burst then
 takes 55-75 us instead of about 135; ``PREWARM_LEVEL`` runs once more with the warmer off, to show the
 difference side by side. What is left is what a scratch run cannot warm (the served symbol's own state,
@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 
 from . import idle
-from .data import DATA, ROOT
+from .bars import DATA, ROOT
 
 # (symbols, wall seconds per bar): nominal signals/s = symbols / bar_s, pushes/s = that * (UPDATES_PER_BAR + 1).
 # 1000 symbols at most keep the fake's CSV loading and the daemon's REST warm-up short.
@@ -101,7 +101,7 @@ def level_duration(symbols: int, bar_s: float, duration_s: float = DURATION_S, m
 
 def missing() -> str | None:
     """None when the service and the fake can run; otherwise what is missing."""
-    for module in ("daemon/service.py", "daemon/fake_bybit.py"):
+    for module in ("daemon/aio/service.py", "daemon/tools/fake_bybit.py"):
         if not (ROOT / module).exists():
             return f"{module} does not exist yet"
     return None

@@ -1,4 +1,4 @@
-"""Run the real daemon (``daemon.service.Service``) for one loopback level and print what it measured.
+"""Run the real daemon (``daemon.aio.service.Service``) for one loopback level and print what it measured.
 
 ``python -m daemon.bench.loopback_driver CONFIG SIGNALS_FILE SETTLE_S DURATION_S`` builds the service from a
 configuration file exactly as ``kdsignal run`` does (same ``Service``, same logging to the configured file,
@@ -34,7 +34,7 @@ IDLE_GAP_MS = 50.0  # a live signal with no other one this long before it comes 
 
 
 class KeepAll:
-    """A stand-in for ``daemon.output.LatencyStats`` that keeps every sample while ``recording``.
+    """A stand-in for ``daemon.aio.output.LatencyStats`` that keeps every sample while ``recording``.
 
     Each sample is kept with the clock read when it was added (after the line was written), so the frame's
     arrival, ``done - ns``, and the gap since the previous signal can be worked out afterwards.
@@ -104,10 +104,10 @@ def _cpu_s() -> float:
 
 
 async def measure(config_path: str, signals_path: str, settle_s: float, duration_s: float) -> dict:
-    from daemon.config import load_config
-    from daemon.model import Model
-    from daemon.output import configure_logging
-    from daemon.service import Service
+    from daemon.core.config import load_config
+    from daemon.core.model import Model
+    from daemon.aio.output import configure_logging
+    from daemon.aio.service import Service
 
     t_start = time.perf_counter()
     cfg = load_config(config_path)

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.layout import LOOKBACK, M_CLIP, M_FEATURES, M_HEADER, WINDOW, unpack_mlp
 
 # Window reductions as one product: columns sum everything, then the newest 1, 5, 10 and 20 returns.

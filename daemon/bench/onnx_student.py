@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.features import features_step
 from kernels.layout import M_CLIP, M_FEATURES, M_HEADER, S_FEATURES, new_feature_state, unpack_mlp
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.layout import unpack_mlp
 
 
@@ -30,7 +30,7 @@ def run(model: Model, artifact_path: Path | None, teacher, want_teacher: bool = 
     if teacher is None and want_teacher:
         from kernels.layout import M_CLIP, M_FEATURES, M_HEADER
 
-        from .teacher import Teacher
+        from .teacher_standin import Teacher
 
         vec = model.vector
         f = int(vec[M_FEATURES])

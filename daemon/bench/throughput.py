@@ -1,7 +1,7 @@
 """Throughput: bars per second through the batch kernels (history replay) and through ``kdsignal replay``.
 
 ``replay_batch`` is what a backtest or a warm-up from history costs: ``kernels.features.features_batch``
-then ``daemon.model.Model.predict_features`` over every 5m file, timed per file and summed (best of
+then ``daemon.core.model.Model.predict_features`` over every 5m file, timed per file and summed (best of
 ``repeats`` passes, after one untimed pass that loads the compiled kernels). ``replay_cli`` runs
 ``kdsignal replay`` as a subprocess on one file and divides its rows by the wall time, start-up included
 (the per-process cost a user of the command pays); ``replay_cli_steady`` subtracts the wall time of the
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.model import Model
+from daemon.core.model import Model
 from kernels.features import features_batch
 
-from .data import ROOT, load_csv, replay_files
+from .bars import ROOT, load_csv, replay_files
 
 
 def replay_batch(model: Model, files: list[Path], repeats: int = 3) -> dict:
@@ -49,12 +49,12 @@ def replay_batch(model: Model, files: list[Path], repeats: int = 3) -> dict:
 
 def replay_cli_available() -> str | None:
     """None when ``kdsignal replay`` can run; otherwise why not."""
-    if importlib.util.find_spec("daemon.replay") is None:
-        return "daemon/replay.py does not exist yet"
+    if importlib.util.find_spec("daemon.tools.replay") is None:
+        return "daemon/tools/replay.py does not exist yet"
     from daemon import replay
 
     if not hasattr(replay, "run_cli") or not hasattr(replay, "add_arguments"):
-        return "daemon.replay has no run_cli/add_arguments yet (being written)"
+        return "daemon.tools.replay has no run_cli/add_arguments yet (being written)"
     return None
 
 

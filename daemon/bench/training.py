@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .data import ROOT
+from .bars import ROOT
 
 REPORT = ROOT / "models" / "report.json"
 

@@ -8,7 +8,7 @@ Typical use::
     kdsignal fetch --symbol BTCUSDT --interval 5 --start 2025-09-24 --end 2026-07-21 --out data5m/BTCUSDT.csv
     kdsignal train --data data5m --out models/default.npz [--config config.toml] [--sweep] [--set alpha=0.3]
 
-``train`` writes the artifact (``daemon.artifact``), ``report.json``, ``report.md``, ``folds.png``,
+``train`` writes the artifact (``daemon.core.artifact``), ``report.json``, ``report.md``, ``folds.png``,
 ``reliability.png`` (and ``sweep.png`` with ``--sweep``) next to ``--out``. Every knob lives in the
 ``[train]`` table of ``config.toml`` (``config.TrainConfig``).
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import Series, regularize
-from .features import STUDENT_FEATURES, market_extras, own_extras, student_features
+from .inputs import STUDENT_FEATURES, market_extras, own_extras, student_features
 from .labels import LabelParams, bucket_labels, make_labels
 
 

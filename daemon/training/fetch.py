@@ -1,7 +1,7 @@
 """``kdsignal fetch``: download closed klines from Bybit's REST ``/v5/market/kline`` into a CSV.
 
 The range is walked in chunks of one page (``page_limit`` bars), oldest chunk first; inside a chunk the
-shared REST client (``daemon.rest.RestClient``) pages backwards through Bybit's newest-first lists, drops the
+shared REST client (``daemon.aio.rest.RestClient``) pages backwards through Bybit's newest-first lists, drops the
 still-open candle and retries 429, 5xx, network errors and retryable ``retCode`` answers. Each chunk is
 appended and flushed before the next is asked for, so an interrupted download resumes where it stopped:
 rerunning the same command reads the last ``start_ms`` of the existing file and continues after it.
@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from daemon.parser import INTERVAL_MS
+from daemon.core.parser import INTERVAL_MS
 
 HEADER = "start_ms,open,high,low,close,volume"
 
@@ -75,7 +75,7 @@ async def fetch(*, base_url: str, symbol: str, interval: str, start_ms: int, end
     """
     import aiohttp
 
-    from daemon.rest import RestClient
+    from daemon.aio.rest import RestClient
 
     if interval not in INTERVAL_MS:
         raise FetchError(f"interval {interval!r} is not a Bybit kline interval ({', '.join(INTERVAL_MS)})")
@@ -149,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Entry point of ``kdsignal fetch``."""
-    from daemon.rest import RestError
+    from daemon.aio.rest import RestError
 
     try:
         start = parse_time_ms(args.start)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.artifact import save_artifact
-from daemon.model import Model
+from daemon.core.artifact import save_artifact
+from daemon.core.model import Model
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES
 

@@ -25,16 +25,16 @@ from typing import BinaryIO
 import aiohttp
 import structlog
 
-from daemon.artifact import ArtifactError
-from daemon.config import Config, ConfigError, load_config
-from daemon.feed import Feed
-from daemon.model import Model
-from daemon.output import ReopenableFile, SignalWriter, configure_logging
-from daemon.parser import KlineFrame, kline_topic
-from daemon.pipeline import FILL, FillResult, Pipeline
-from daemon.prewarm import Prewarm
-from daemon.rest import RestClient, RestError
-from daemon.supervision import Supervision
+from daemon.core.artifact import ArtifactError
+from daemon.core.config import Config, ConfigError, load_config
+from daemon.aio.feed import Feed
+from daemon.core.model import Model
+from daemon.aio.output import ReopenableFile, SignalWriter, configure_logging
+from daemon.core.parser import KlineFrame, kline_topic
+from daemon.core.pipeline import FILL, FillResult, Pipeline
+from daemon.aio.prewarm import Prewarm
+from daemon.aio.rest import RestClient, RestError
+from daemon.ops.supervision import Supervision
 
 __all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
 

@@ -231,7 +231,7 @@ def start_offset(path: str | os.PathLike, n: int | None, keep: Callable[[str], b
 
 def default_log_file(config: str | None) -> str:
     """The ``[log].file`` of the given or default configuration; raises SystemExit with a reason if none."""
-    from daemon.config import ConfigError, load_config  # only when no FILE was given
+    from daemon.core.config import ConfigError, load_config  # only when no FILE was given
 
     candidates = [config] if config else [c for c in DEFAULT_CONFIGS if Path(c).is_file()]
     if not candidates:

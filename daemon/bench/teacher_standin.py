@@ -32,7 +32,7 @@ from kernels.features import _push_bar, features_batch, features_step
 from kernels.layout import FEATURE_STATE_SIZE, S_FEATURES, mlp_max_width, new_feature_state, pack_mlp
 from kernels.mlp import _mlp_forward, _softmax
 
-from .data import DATA, ROOT, load_csv
+from .bars import DATA, ROOT, load_csv
 from .floors import entry_point
 
 REPORT = ROOT / "models" / "report.json"

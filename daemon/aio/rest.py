@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import structlog
 
-from daemon.config import BackoffConfig
-from daemon.parser import Candle, FrameError, KlinePage, interval_ms, parse_kline_page
+from daemon.core.config import BackoffConfig
+from daemon.core.parser import Candle, FrameError, KlinePage, interval_ms, parse_kline_page
 
 __all__ = ["RestClient", "RestError"]
 

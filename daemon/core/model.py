@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from daemon.artifact import Artifact, load_artifact
+from daemon.core.artifact import Artifact, load_artifact
 from kernels import CLASSES
 from kernels.aot import AotUnavailable, aot_step
 from kernels.layout import FEATURE_STATE_SIZE, S_FILLED, S_SEEN, pack_student, probs_offset, student_state_size

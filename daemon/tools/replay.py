@@ -1,8 +1,8 @@
 """``kdsignal replay``: drive the live pipeline objects from a recorded kline CSV and print the signal lines.
 
 The CSV schema is the one of ``data/`` and ``../shared/data``: ``start_ms,open,high,low,close,volume``.
-Rows become :class:`daemon.parser.Candle` objects through the same conversion as live pushes, and go through
-the same :class:`daemon.pipeline.Pipeline` and :class:`daemon.output.SignalWriter` as ``kdsignal run``,
+Rows become :class:`daemon.core.parser.Candle` objects through the same conversion as live pushes, and go through
+the same :class:`daemon.core.pipeline.Pipeline` and :class:`daemon.aio.output.SignalWriter` as ``kdsignal run``,
 so the lines are identical to the live ones except ``inference_us``.
 """
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from daemon.parser import INTERVAL_MS, Candle, FrameError, _candle
+from daemon.core.parser import INTERVAL_MS, Candle, FrameError, _candle
 
 __all__ = ["CsvRow", "ReplayError", "add_arguments", "read_kline_csv", "replay", "row_candle", "run_cli"]
 
@@ -75,7 +75,7 @@ def row_candle(row: CsvRow, symbol: str, interval: str) -> Candle:
     return _candle(symbol, interval, row.start_ms, entry)
 
 
-DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "models" / "default.npz"
+DEFAULT_ARTIFACT = Path(__file__).resolve().parents[2] / "models" / "default.npz"
 
 
 def replay(rows: list[CsvRow], symbol: str, interval: str, model, writer, report=None) -> int:
@@ -84,7 +84,7 @@ def replay(rows: list[CsvRow], symbol: str, interval: str, model, writer, report
     The file is the whole record, so a hole in it is reported (``report(first_start_ms, bars)``) and
     stepped over exactly as the live daemon does when REST cannot fill a gap. Returns the signal count.
     """
-    from daemon.pipeline import FILL, Pipeline
+    from daemon.core.pipeline import FILL, Pipeline
 
     pipeline = Pipeline(symbol, interval, model)
     if rows:
@@ -115,9 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Replay a CSV and print one signal line per bar after warm-up."""
-    from daemon.artifact import ArtifactError
-    from daemon.model import Model
-    from daemon.output import SignalWriter
+    from daemon.core.artifact import ArtifactError
+    from daemon.core.model import Model
+    from daemon.aio.output import SignalWriter
 
     def report(first_ms: int, n: int) -> None:
         print(f'{{"event": "gap_unfilled", "symbol": "{args.symbol}", "first_missing_start_ms": {first_ms}, '

@@ -24,7 +24,7 @@ from .data import gap_report, load_dataset
 from .dataset import Pooled, build, label_params
 from .folds import split_validation, walk_forward
 from .labels import CLASSES
-from .student import Student, recency_weights, train_student
+from .distil import Student, recency_weights, train_student
 from .teacher import fit_teacher
 
 
@@ -334,7 +334,7 @@ def transferable_gain(result: dict) -> dict | None:
 def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
           sweep: bool | None = None, config_path: str | None = None) -> dict:
     """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
-    from daemon.artifact import save_artifact
+    from daemon.core.artifact import save_artifact
 
     from . import report
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.parser import INTERVAL_MS
+from daemon.core.parser import INTERVAL_MS
 
 __all__ = ["BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
            "ModelConfig", "RestConfig", "load_config", "parse_config"]
@@ -46,7 +46,7 @@ class FeedConfig:
     # A subscription not acknowledged within this time counts as a dead connection.
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
-    # Run the frame-to-line path on scratch copies just before each expected burst of closes (daemon.prewarm).
+    # Run the frame-to-line path on scratch copies just before each expected burst of closes (daemon.aio.prewarm).
     prewarm: bool = True
 
     @property
@@ -214,7 +214,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[metrics].port is {cfg.metrics.port}, expected 0..65535")
 
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import structlog
 
-from daemon.pipeline import Signal
+from daemon.core.pipeline import Signal
 
 __all__ = ["LatencyStats", "ReopenableFile", "SignalWriter", "configure_logging"]
 

@@ -24,9 +24,9 @@ import os
 from collections import deque
 from time import perf_counter_ns
 
-from daemon.output import SignalWriter
-from daemon.parser import KlineFrame, parse_frame
-from daemon.pipeline import Pipeline, Signal
+from daemon.aio.output import SignalWriter
+from daemon.core.parser import KlineFrame, parse_frame
+from daemon.core.pipeline import Pipeline, Signal
 
 QUIET_NS = 20_000_000  # a close after this long without one starts a new burst
 MIN_BURSTS = 3  # burst starts needed before the period is trusted

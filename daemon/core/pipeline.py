@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
-from daemon.parser import Candle, interval_ms
+from daemon.core.parser import Candle, interval_ms
 
 __all__ = ["FILL", "FillResult", "Pipeline", "Signal"]
 

@@ -1,4 +1,4 @@
-"""What a supervisor sees of a running :class:`daemon.service.Service`: sd_notify, watchdog, metrics endpoint.
+"""What a supervisor sees of a running :class:`daemon.aio.service.Service`: sd_notify, watchdog, metrics endpoint.
 
 The service owns one :class:`Supervision` and calls four things: :meth:`run` as a task of its task group,
 :meth:`on_signal` after each signal line is written, :meth:`on_gap` when REST filled a gap, and
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon.metrics import Metrics
-from daemon.sdnotify import Activity, Notifier, Watchdog
+from daemon.ops.metrics import Metrics
+from daemon.ops.sdnotify import Activity, Notifier, Watchdog
 
 if TYPE_CHECKING:
-    from daemon.pipeline import Signal
-    from daemon.service import Service
+    from daemon.core.pipeline import Signal
+    from daemon.aio.service import Service
 
 __all__ = ["Supervision"]
 

@@ -32,8 +32,8 @@ from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from daemon.parser import INTERVAL_MS, kline_topic
-from daemon.replay import CsvRow, read_kline_csv
+from daemon.core.parser import INTERVAL_MS, kline_topic
+from daemon.tools.replay import CsvRow, read_kline_csv
 
 __all__ = ["BarClock", "DeadlinePacer", "FakeBybit", "Faults", "GARBAGE_FRAMES", "add_arguments", "run_cli"]
 
