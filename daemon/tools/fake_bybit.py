@@ -567,14 +567,14 @@ def load_dir(data_dir: str | Path, interval: str) -> dict[str, list[CsvRow]]:
     data_dir = Path(data_dir)
     paths = sorted(data_dir.glob(f"*-{interval}m.csv"))
     if paths:
-        return {p.name.split("-")[0]: read_kline_csv(p) for p in paths}
+        return {p.name.split("-")[0]: read_kline_csv(p, interval) for p in paths}
     paths = sorted(p for p in data_dir.glob("*.csv") if p.stem.isalnum() and p.stem.isupper())
     if not paths:
         raise FileNotFoundError(f"no *-{interval}m.csv or SYMBOL.csv files in {data_dir}")
     step_ms = INTERVAL_MS.get(interval)
     out = {}
     for p in paths:
-        rows = read_kline_csv(p)
+        rows = read_kline_csv(p, interval if step_ms else None)
         if step_ms and len(rows) > 1 and rows[1].start_ms - rows[0].start_ms != step_ms:
             raise ValueError(
                 f"{p}: rows are {rows[1].start_ms - rows[0].start_ms} ms apart, interval {interval} needs {step_ms}"
