@@ -255,3 +255,39 @@ async def test_daemon_whose_stdout_reader_stops_keeps_pinging_and_stops_on_sigte
             os.close(r)
     events = [json.loads(x)["event"] for x in log.read_text().splitlines()]
     assert rc == 0 and events[-1] == "daemon_stopped" and "signal_dropped" in events
+
+
+async def test_daemon_keeps_its_log_when_sighup_cannot_reopen_it_and_still_reloads(tmp_path):
+    """When the log's folder is gone at SIGHUP, the daemon keeps writing to the old file, logs
+    log_reopen_failed there, still reloads the artifact, and keeps signalling."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write_random_artifact(tmp_path / "a.npz", seed=1)
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 60), "5", start_index=OPEN_INDEX) as fake:
+        proc = await Proc().start(write_config(tmp_path / "c.toml", fake, artifact=tmp_path / "a.npz",
+                                               log_file=folder / "d.log"))
+        await wait_until(lambda: fake.subscribed("kline.5.BTCUSDT") and (folder / "d.log").exists()
+                         and "warmup_loaded" in (folder / "d.log").read_text(), 30, "daemon start")
+        await fake.step(1)
+        await proc.line()
+        folder.rename(tmp_path / "moved")
+        new_id = write_random_artifact(tmp_path / "a.npz", seed=2)
+        proc.p.send_signal(signal.SIGHUP)
+        moved = tmp_path / "moved" / "d.log"
+        await wait_until(lambda: "model_reloaded" in moved.read_text(), 30, "reload logged in the old file")
+        await fake.step(1)
+        line = await proc.line()
+        rc, _ = await proc.stop()
+    events = [json.loads(x) for x in moved.read_text().splitlines()]
+    failed = next(e for e in events if e["event"] == "log_reopen_failed")
+    assert "ENOENT" in failed["error"] and line["model"] == new_id and rc == 0
+    assert events[-1]["event"] == "daemon_stopped" and not folder.exists()
+
+
+def test_a_missing_log_folder_exits_78(tmp_path):
+    """A log file in a folder that does not exist stops start-up with exit 78 naming the folder."""
+    from tests.test_daemon_process import _run
+
+    write_random_artifact(tmp_path / "a.npz")
+    out = _run(write_config(tmp_path / "c.toml", log_file=tmp_path / "nowhere" / "d.log"))
+    assert out.returncode == 78 and "nowhere does not exist" in out.stderr and "Traceback" not in out.stderr

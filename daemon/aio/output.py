@@ -151,7 +151,14 @@ def configure_logging(file: str = "", level: str = "info") -> ReopenableFile | N
     """
     global _sink
     sink = ReopenableFile(file) if file else None
-    _sink = sink if sink is not None else LogSink(sys.stderr.fileno(), "<stderr>", notices_fd=None)
+    if sink is None:
+        try:
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # a replaced sys.stderr (tests): the process's own
+            fd = 2
+        _sink = LogSink(fd, "<stderr>", notices_fd=None)
+    else:
+        _sink = sink
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
