@@ -308,3 +308,19 @@ def test_shipped_model_passes_the_output_check():
     from tests.daemon_support import ROOT
 
     assert load_artifact(ROOT / "models" / "default.npz").model_id
+
+
+def test_negative_shape_and_oversized_zip_directory_are_refused(tmp_path, good):
+    """A manifest header with a negative length, and a zip directory far larger than 16 members need, are refused."""
+    members = _members(good)
+    members["manifest"] = _npy_header("|u1", (-5,)) + bytes(64)
+    with pytest.raises(ArtifactError, match=r"manifest: shape \(-5,\)"):
+        load_artifact(_write_zip(tmp_path / "neg.npz", members))
+    members = _members(good)
+    with zipfile.ZipFile(tmp_path / "wide.npz", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name + ".npy", data)
+        zf.writestr("x" * 60_000, b"")
+        zf.writestr("y" * 60_000, b"")
+    with pytest.raises(ArtifactError, match="zip directory of"):
+        load_artifact(tmp_path / "wide.npz")

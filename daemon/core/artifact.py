@@ -62,6 +62,7 @@ MAX_JSON_DEPTH = 32
 MAX_MLP_VALUES = 1 << 20
 MAX_LAYERS = 16
 _MAX_NPY_HEADER = 10_000
+_MAX_DIRECTORY_BYTES = 64 << 10
 # A logit bound beyond this is refused: well inside float64's range, so no rounding can overflow.
 MAX_LOGIT_BOUND = 1e300
 BYBIT_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
@@ -180,6 +181,10 @@ def _zip_members(raw: bytes, path: Path) -> None:
     _require(at >= 0 and len(raw) >= at + 22, f"artifact {path}: not a readable .npz (truncated or corrupt: no zip directory)")
     count = int.from_bytes(raw[at + 10 : at + 12], "little")
     _require(count <= MAX_MEMBERS, f"artifact {path}: {count} zip members, at most {MAX_MEMBERS} are read")
+    # zipfile parses the whole central directory whatever the count says: its size is capped too.
+    directory = int.from_bytes(raw[at + 12 : at + 16], "little")
+    _require(directory <= _MAX_DIRECTORY_BYTES,
+             f"artifact {path}: a zip directory of {directory} bytes, at most {_MAX_DIRECTORY_BYTES} are read")
 
 
 def _npy(zf: zipfile.ZipFile, name: str, dtype: np.dtype, length: int | None, cap: int) -> np.ndarray:
@@ -200,7 +205,7 @@ def _npy(zf: zipfile.ZipFile, name: str, dtype: np.dtype, length: int | None, ca
         _require(got == dtype and not got.hasobject, f"{name}: dtype {got}, expected {dtype}")
         size = math.prod(shape)
         want = f"({length},)" if length is not None else f"at most {cap} values"
-        _require(len(shape) == 1 and size <= cap, f"{name}: shape {shape} ({size} values), expected {want}")
+        _require(len(shape) == 1 and 0 <= size <= cap, f"{name}: shape {shape} ({size} values), expected {want}")
         _require(length is None or shape == (length,), f"{name}: shape {shape}, expected {want}")
         nbytes = size * dtype.itemsize
         data = fp.read(nbytes)
