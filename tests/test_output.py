@@ -109,7 +109,7 @@ def test_structlog_on_a_full_disk_keeps_going():
         assert status["degraded"] and status["write_errors"] == 10 and log_sink() is sink
     finally:
         sink.close()
-        configure_logging()
+        structlog.reset_defaults()
 
 
 # ---------------------------------------------------------------------- signal writer
