@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 from daemon.core.parser import INTERVAL_MS, Candle, FrameError, _candle, grid_offset_ms
 
-__all__ = ["CsvRow", "ReplayError", "add_arguments", "iter_kline_csv", "read_kline_csv", "replay", "row_candle",
-           "run_cli"]
+__all__ = ["CsvRow", "ReplayError", "ReplayStats", "add_arguments", "iter_kline_csv", "read_kline_csv", "replay",
+           "row_candle", "run_cli"]
 
 HEADER = ("start_ms", "open", "high", "low", "close", "volume")
 MAX_LINE_BYTES = 4096
