@@ -4,7 +4,8 @@ Parts (``--parts``, default all): ``inference`` (per-bar latency of the numba st
 student in NumPy and ONNX Runtime and against the teacher ensemble, plus numba's call floors),
 ``throughput`` (bars/s of batch replay and of ``kdsignal replay``), ``loopback`` (the daemon under the fake
 Bybit), ``training`` (pipeline stage wall times from ``models/report.json``), ``size`` (parameters and
-bytes), ``hostile`` (memory through a million malformed frames and a 50 MB replay, the cost of a hostile frame). ``--json`` prints one JSON object; its ``results`` entries carry ``p50_us``/``p99_us`` (latencies) or
+bytes), ``hostile`` (memory through a million malformed frames and a 50 MB replay, the cost of a hostile
+frame). ``--json`` prints one JSON object; its ``results`` entries carry ``p50_us``/``p99_us`` (latencies) or
 ``bars_per_s`` (throughputs). ``--write-md`` regenerates the tables of BENCHMARKS.md and the latency plot.
 """
 

@@ -23,9 +23,9 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from .bars import ROOT
 from .timing import latency_entry
 
+ROOT = Path(__file__).resolve().parents[2]
 N_FRAMES = 1_000_000
 REPLAY_MB = 50
 COST_ROUNDS = 20_000
