@@ -1,4 +1,5 @@
-"""Shared fixtures: real sample candles from data/ and artifacts built from seeded random weights."""
+"""Shared fixtures: real sample candles from data/, artifacts built from seeded random weights, and the
+compiled student step those artifacts need, built once per session (the daemon never builds one)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.core.artifact import save_artifact
+from daemon.core.artifact import load_artifact, save_artifact
+from daemon.core.kernel_store import KERNEL_DIR_ENV
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES
 
@@ -68,3 +70,24 @@ def random_artifact(tmp_path) -> Path:
     path = tmp_path / "random.npz"
     write_random_artifact(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_dir(request, tmp_path_factory) -> Path:
+    """The kernel directory of this run, holding the step for the test artifacts' architecture, exported as
+    ``$KDSIGNAL_KERNEL_DIR`` so in-process models and spawned daemons find it.
+
+    It lives in pytest's cache directory so later runs reuse it (the build is skipped when a verified
+    module is there); a test that needs another architecture builds it into a directory of its own.
+    """
+    from daemon.core.model import student_vector
+    from daemon.tools.kernel_build import build_kernel
+
+    cache = getattr(request.config, "cache", None)
+    directory = cache.mkdir("kdsignal-kernels") if cache is not None else tmp_path_factory.mktemp("kernels")
+    artifact = tmp_path_factory.mktemp("kernel-artifact") / "default-architecture.npz"
+    write_random_artifact(artifact)
+    build_kernel(student_vector(load_artifact(artifact)), directory)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KERNEL_DIR_ENV, str(directory))
+        yield directory
