@@ -93,3 +93,17 @@ def test_failed_compile_leaves_nothing_behind(tmp_path, random_artifact):
     out = kdsignal("build-kernel", "--artifact", str(random_artifact), "--kernel-dir", str(tmp_path / "k"), env=env)
     assert out.returncode == 78 and "compiling" in out.stderr and "Traceback" not in out.stderr
     assert list((tmp_path / "k").iterdir()) == []
+
+
+def test_train_builds_the_kernel_of_the_artifact_it_wrote(tmp_path, monkeypatch):
+    """``kdsignal train``'s last step builds the new artifact's step into the kernel directory, so it can be served."""
+    from daemon.core.model import Model
+    from daemon.training.train import _build_kernel
+    from tests.conftest import write_random_artifact
+
+    monkeypatch.setenv(kernel_store.KERNEL_DIR_ENV, str(tmp_path / "k"))
+    artifact = tmp_path / "new.npz"
+    write_random_artifact(artifact, architecture=OTHER)
+    path = _build_kernel(artifact)
+    assert path is not None and os.path.dirname(path) == str(tmp_path / "k")
+    assert Model.load(artifact).kernel_note == "aot"
