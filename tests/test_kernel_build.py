@@ -107,3 +107,11 @@ def test_train_builds_the_kernel_of_the_artifact_it_wrote(tmp_path, monkeypatch)
     path = _build_kernel(artifact)
     assert path is not None and os.path.dirname(path) == str(tmp_path / "k")
     assert Model.load(artifact).kernel_note == "aot"
+
+
+def test_cli_builds_nothing_for_a_jit_config(tmp_path, random_artifact):
+    """With [model] kernel = "jit" the configuration needs no compiled step, and build-kernel says so."""
+    cfg = tmp_path / "kdsignal.toml"
+    cfg.write_text(f'[model]\nartifact = "{random_artifact}"\nkernel = "jit"\nkernel_dir = "kernels"\n')
+    out = kdsignal("build-kernel", "--config", str(cfg))
+    assert out.returncode == 0 and "nothing to build" in out.stdout and not (tmp_path / "kernels").exists()

@@ -93,7 +93,7 @@ def test_units_have_required_settings(unit):
     assert "-HUP" in one["ExecReload"] and "$MAINPID" in one["ExecReload"]
     assert re.search(r"kdsignal run --config /etc/kdsignal/\S+\.toml$", one["ExecStart"])
     # The kernel is built before the daemon starts, for the same configuration, never by the daemon.
-    assert one["ExecStartPre"] == one["ExecStart"].replace(" run ", " build-kernel ")
+    assert one["ExecStartPre"] == "-" + one["ExecStart"].replace(" run ", " build-kernel ")
     assert values(text, "StartLimitIntervalSec", "Unit") and values(text, "StartLimitBurst", "Unit")
     for key in ("StateDirectory", "LogsDirectory", "CacheDirectory"):
         assert one[key].startswith("kdsignal")

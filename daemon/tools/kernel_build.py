@@ -133,6 +133,9 @@ def run_cli(args: argparse.Namespace) -> int:
         else:
             cfg = load_config(args.config or "config.toml")
             artifact, configured_dir = cfg.model.artifact, cfg.model.kernel_dir
+            if cfg.model.kernel == "jit":
+                print(f'kdsignal build-kernel: nothing to build, {cfg.source} serves [model] kernel = "jit"')
+                return 0
         directory = kernel_store.kernel_dir(args.kernel_dir or configured_dir)
         art = load_artifact(artifact)
         path, built = build_kernel(student_vector(art), directory, force=args.force)
