@@ -135,8 +135,8 @@ _jitted: dict[tuple, object] = {}
 def specialised_step(model: np.ndarray):
     """The JIT-compiled entry point of ``make_student_step(model)``, once per architecture and process.
 
-    Like ``kernels.student.student_step_unchecked`` it skips the dispatcher's type checks: pass only
-    C-contiguous float64 vectors and floats.
+    Called without numba's dispatcher, it skips the per-call type checks: pass only C-contiguous float64
+    vectors and floats (``daemon.core.model.SymbolState`` owns such arrays).
     """
     key = architecture(model)
     if key not in _jitted:

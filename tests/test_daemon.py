@@ -3,8 +3,6 @@ with the same probabilities as ``kdsignal replay`` on the same candles."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from structlog.testing import capture_logs
 

@@ -70,7 +70,7 @@ def test_build_refuses_a_directory_others_can_write(tmp_path, btc_5m):
 
 
 def test_cli_builds_from_config_into_its_kernel_dir(tmp_path, random_artifact):
-    """``build-kernel --config`` builds for the configured artifact into [model].kernel_dir, then reports it up to date."""
+    """``build-kernel --config`` builds the configured step into [model].kernel_dir, then finds it current."""
     cfg = tmp_path / "kdsignal.toml"
     cfg.write_text(f'[model]\nartifact = "{random_artifact}"\nkernel_dir = "kernels"\n')
     first = kdsignal("build-kernel", "--config", str(cfg))

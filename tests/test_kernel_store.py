@@ -62,7 +62,8 @@ def test_model_serves_the_built_step_equal_to_batch(random_artifact, own_dir):
 
 def test_missing_step_names_the_command(random_artifact, tmp_path):
     """With nothing built, loading raises KernelUnavailable naming the build-kernel command for this artifact."""
-    with pytest.raises(KernelUnavailable, match=re.escape(f"kdsignal build-kernel --artifact {random_artifact} --kernel-dir")):
+    command = f"kdsignal build-kernel --artifact {random_artifact} --kernel-dir {tmp_path / 'empty'}"
+    with pytest.raises(KernelUnavailable, match=re.escape(command)):
         Model.load(random_artifact, kernel_dir=tmp_path / "empty")
 
 

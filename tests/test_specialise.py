@@ -46,7 +46,7 @@ def run_both(step, model, bars):
 
 @pytest.mark.parametrize("sizes,acts", ARCHITECTURES)
 def test_specialised_equals_generic_bitwise_and_naive(sizes, acts):
-    """On real candles with gaps, every state slot and return value matches the generic kernel; probabilities match NumPy."""
+    """On real candles with gaps, every state slot and status equals the generic kernel's; probabilities match NumPy."""
     bars = with_gaps(load_csv(DATA / "ETHUSDT-5m.csv")[:2000, 1:6], 7)
     model, w, b, a, mean, std = packed_student(11, sizes, acts, bars)
     probs = run_both(specialised_step(model), model, bars)

@@ -41,7 +41,7 @@ _RECORD_LIMIT_BYTES = 64 * 1024  # a record is a few hundred bytes; anything lar
 
 
 class KernelUnavailable(ArtifactError):
-    """The artifact cannot be served: its compiled step is missing, stale or unsafe; the message says how to build it."""
+    """The artifact cannot be served: its compiled step is missing, stale or unsafe; the message names the fix."""
 
 
 def kernel_dir(configured: str | os.PathLike | None = None) -> Path:
@@ -118,7 +118,7 @@ def read_record(directory: Path, name: str) -> dict:
         record = json.loads(raw)
     except ValueError as e:
         raise ValueError(f"{path} is not JSON: {e}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("file"), str) or not isinstance(record.get("sha256"), str):
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("file", "sha256")):
         raise ValueError(f"{path} lacks the module's file name or sha256")
     if Path(record["file"]).name != record["file"]:
         raise ValueError(f"{path} names a module outside its directory: {record['file']!r}")
@@ -126,7 +126,7 @@ def read_record(directory: Path, name: str) -> dict:
 
 
 def check(vector: np.ndarray, directory: Path) -> tuple[str, Path]:
-    """(module name, verified module path) of this vector's step in ``directory``; raises ``ValueError`` saying why not."""
+    """(module name, verified module path) of this vector's step in ``directory``; ``ValueError`` says why not."""
     ident = identity(vector)
     name = module_name(ident)
     why = unsafe(directory, directory=True)
@@ -161,8 +161,8 @@ def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike |
     try:
         name, path = check(vector, directory)
     except (OSError, ValueError) as e:
-        raise KernelUnavailable(f"no usable compiled student step: {e}; build it with `{build_command(artifact, directory)}` "
-                                f"(or set [model] kernel = \"jit\")") from None
+        raise KernelUnavailable(f"no usable compiled student step: {e}; build it with "
+                                f"`{build_command(artifact, directory)}` (or set [model] kernel = \"jit\")") from None
     if name not in sys.modules:
         # The identity was checked above; a module of this name already imported has the same identity.
         loader = importlib.machinery.ExtensionFileLoader(name, str(path))

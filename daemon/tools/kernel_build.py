@@ -99,7 +99,7 @@ def _compile(vector, name: str, work: Path) -> Path:
             cc.verbose = False
             cc.export("student_step", SIGNATURE)(make_student_step(vector))
             cc.compile()
-        except Exception as e:  # noqa: BLE001 - distutils, the compiler and numba raise many types; all mean "no module"
+        except Exception as e:  # noqa: BLE001 - distutils, gcc and numba raise many types; all mean "no module"
             first = (str(e).strip().splitlines() or [""])[0]
             raise BuildError(f"compiling {name} failed ({type(e).__name__}: {first}); "
                              "building needs a C compiler ($CC) and the Python headers") from None
