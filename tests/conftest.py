@@ -3,6 +3,7 @@ compiled student step those artifacts need, built once per session (the daemon n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,22 +73,44 @@ def random_artifact(tmp_path) -> Path:
     return path
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    # Set before any test module is imported, so environments copied at import time (for daemons run as
+    # subprocesses) carry it too. pytest's cache directory keeps it across runs; the build is skipped
+    # when a verified module is already there.
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        directory = cache.mkdir("kdsignal-kernels")
+    else:
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="kdsignal-kernels-"))
+    config.stash[_KERNEL_DIR] = (directory, os.environ.get(KERNEL_DIR_ENV))
+    os.environ[KERNEL_DIR_ENV] = str(directory)
+
+
+def pytest_unconfigure(config):
+    directory, before = config.stash.get(_KERNEL_DIR, (None, None))
+    if directory is not None:
+        if before is None:
+            os.environ.pop(KERNEL_DIR_ENV, None)
+        else:
+            os.environ[KERNEL_DIR_ENV] = before
+
+
+_KERNEL_DIR = pytest.StashKey[tuple]()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kernel_dir(request, tmp_path_factory) -> Path:
-    """The kernel directory of this run, holding the step for the test artifacts' architecture, exported as
-    ``$KDSIGNAL_KERNEL_DIR`` so in-process models and spawned daemons find it.
-
-    It lives in pytest's cache directory so later runs reuse it (the build is skipped when a verified
-    module is there); a test that needs another architecture builds it into a directory of its own.
-    """
+    """The kernel directory of this run (``$KDSIGNAL_KERNEL_DIR``, set in ``pytest_configure``) with the
+    step for the test artifacts' architecture built once; a test that needs another architecture builds
+    it into a directory of its own."""
     from daemon.core.model import student_vector
     from daemon.tools.kernel_build import build_kernel
 
-    cache = getattr(request.config, "cache", None)
-    directory = cache.mkdir("kdsignal-kernels") if cache is not None else tmp_path_factory.mktemp("kernels")
+    directory = request.config.stash[_KERNEL_DIR][0]
     artifact = tmp_path_factory.mktemp("kernel-artifact") / "default-architecture.npz"
     write_random_artifact(artifact)
     build_kernel(student_vector(load_artifact(artifact)), directory)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(KERNEL_DIR_ENV, str(directory))
-        yield directory
+    return directory

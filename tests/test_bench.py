@@ -180,6 +180,16 @@ def test_jit_level_serves_with_numba(tmp_path, random_artifact, monkeypatch):
     assert row["live_samples"] > 0 and row["malformed"] == 0
 
 
+@pytest.mark.slow
+def test_startup_builds_the_kernel_then_starts_without_building(tmp_path, random_artifact):
+    """Start-up times the one-time ``build-kernel`` (empty caches) and then the daemon's start with it built."""
+    from daemon.bench.loopback import startup_times
+
+    out = startup_times(tmp_path, random_artifact)
+    assert set(out) == {"build_kernel_s", "warm_s"} and out["build_kernel_s"] > 0 and out["warm_s"] > 0
+    assert list((tmp_path / "startup" / "numba-cache" / "kdsignal").glob("kdsignal_step_*.json"))
+
+
 def test_latency_split_sets_apart_the_first_sample_after_an_idle_gap():
     """Samples whose frame came 50 ms or more after the previous sample's are reported apart from the rest."""
     from daemon.bench.loopback_driver import latency_split

@@ -14,7 +14,9 @@ numba or LLVM. This module is the one place both sides agree on:
 Before importing, ``load_step`` checks that the directory, the record and the module are owned by this
 user or root and writable by nobody else, that the record describes this artifact's identity, and that
 the module's sha256 is the recorded one. Anything missing, different or unsafe raises ``KernelUnavailable``
-with the command that builds it. Nothing here compiles; nothing here imports numba.
+with the command that builds it. The module is hashed, then imported by path: between the two only this
+user or root could swap it, and they could as well have replaced the code itself. Nothing here compiles;
+nothing here imports numba.
 """
 
 from __future__ import annotations
