@@ -58,6 +58,9 @@ def test_record_names_the_module_and_its_hash(tmp_path, btc_5m):
     assert not stat.S_IMODE(path.stat().st_mode) & 0o022
     assert build_kernel(model, tmp_path / "k") == (path, False)
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == sorted([path.name, f"{name}.json"])
+    path.write_bytes(path.read_bytes() + b"\0")  # tampered: the next build replaces it and removes this file
+    rebuilt, built = build_kernel(model, tmp_path / "k")
+    assert built and sorted(p.name for p in (tmp_path / "k").iterdir()) == sorted([rebuilt.name, f"{name}.json"])
 
 
 def test_build_refuses_a_directory_others_can_write(tmp_path, btc_5m):

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,11 +38,14 @@ print(json.dumps({"kernel": model.kernel_note, "probs": state.probs.tolist(),
 
 
 @pytest.fixture
-def own_dir(tmp_path, random_artifact):
-    """A private kernel directory holding the step of ``random_artifact``: (directory, module path)."""
+def own_dir(tmp_path, random_artifact, kernel_dir):
+    """A private kernel directory holding a copy of the session's build for ``random_artifact``: (directory, module)."""
     directory = tmp_path / "kernels"
-    path, _ = build_kernel(student_vector(load_artifact(random_artifact)), directory)
-    return directory, path
+    directory.mkdir()
+    source, _ = build_kernel(student_vector(load_artifact(random_artifact)), kernel_dir)  # built already: a check
+    name = kernel_store.module_name(kernel_store.identity(student_vector(load_artifact(random_artifact))))
+    shutil.copy2(kernel_store.record_path(kernel_dir, name), directory)
+    return directory, Path(shutil.copy2(source, directory))
 
 
 def test_model_serves_the_built_step_equal_to_batch(random_artifact, own_dir):
@@ -143,6 +147,7 @@ def test_daemon_without_a_built_step_exits_78(tmp_path):
     assert out.returncode == 78, out.stderr
     assert "kdsignal build-kernel --artifact" in out.stderr and str(tmp_path / "kernels") in out.stderr
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "kernels").exists()  # the daemon built nothing, not even the directory
 
 
 def test_daemon_with_jit_kernel_needs_no_build(tmp_path):

@@ -74,6 +74,9 @@ def build_kernel(vector, directory: Path, *, force: bool = False) -> tuple[Path,
         tmp_record.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(tmp_record, 0o644)
         os.replace(tmp_record, kernel_store.record_path(directory, name))
+        for stale in directory.glob(f"{name}-*{kernel_store.EXTENSION_SUFFIX}"):
+            if stale != final:  # an earlier build of this identity, which the record no longer names
+                stale.unlink(missing_ok=True)
     except OSError as e:
         raise BuildError(f"cannot write the module into {directory}: {e.strerror or e}") from None
     finally:
