@@ -141,5 +141,6 @@ def specialised_step(model: np.ndarray):
     key = architecture(model)
     if key not in _jitted:
         fn = njit(SIGNATURE)(make_student_step(model))
-        _jitted[key] = fn.overloads[fn.signatures[0]].entry_point
+        # Under NUMBA_DISABLE_JIT njit returns the Python function itself (coverage runs): serve that.
+        _jitted[key] = fn.overloads[fn.signatures[0]].entry_point if hasattr(fn, "overloads") else fn
     return _jitted[key]

@@ -15,10 +15,12 @@ from daemon.core import kernel_store
 from daemon.tools.kernel_build import BuildError, build_kernel
 from kernels.features import features_batch
 from kernels.layout import WINDOW
-from tests.conftest import DATA, ROOT, load_csv
+from tests.conftest import DATA, ROOT, load_csv, needs_jit
 from tests.naive import student_reference
 from tests.test_features import with_gaps
 from tests.test_specialise import packed_student, run_both
+
+pytestmark = needs_jit
 
 # An architecture no other test builds, so each test here compiles it into a directory of its own.
 OTHER = ((11, 9, 3), ("relu", "linear"))

@@ -20,8 +20,10 @@ from daemon.core.model import Model, student_vector
 from daemon.tools.kernel_build import build_kernel
 from kernels.features import features_batch
 from kernels.student import student_batch
-from tests.conftest import DATA, ROOT, load_csv, write_random_artifact
+from tests.conftest import DATA, ROOT, load_csv, needs_jit, write_random_artifact
 from tests.test_kernel_build import kdsignal
+
+pytestmark = needs_jit
 
 # Serves a model in a process of its own and reports what it served with and what it loaded.
 PROBE = """

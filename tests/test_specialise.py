@@ -10,7 +10,7 @@ from kernels.features import features_batch
 from kernels.layout import WINDOW, architecture, pack_mlp, pack_student, probs_offset, student_state_size
 from kernels.specialise import make_student_step, specialised_step
 from kernels.student import student_step
-from tests.conftest import DATA, load_csv, random_student
+from tests.conftest import DATA, load_csv, needs_jit, random_student
 from tests.naive import student_reference
 from tests.test_features import with_gaps
 
@@ -76,6 +76,7 @@ def test_factory_returns_plain_python(btc_5m):
     assert statuses[:WINDOW - 1] == [-1] * (WINDOW - 1) and statuses[-1] in (0, 1, 2)
 
 
+@needs_jit
 def test_jit_model_serves_the_specialised_step(random_artifact):
     """``kernel="jit"`` serves the specialised step through numba and gives the ahead-of-time model's bits."""
     jit = Model.load(random_artifact, kernel="jit")
