@@ -20,6 +20,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import BinaryIO
 
 import aiohttp
@@ -61,13 +62,14 @@ class Service:
 
     def __init__(self, cfg: Config, model: Model, *, out: BinaryIO | None = None, log=None,
                  log_file: ReopenableFile | None = None,
-                 load_model: Callable[[str], Model] = Model.load) -> None:
+                 load_model: Callable[[str], Model] | None = None) -> None:
         check_model(cfg, model)
         self.cfg = cfg
         self.model = model
         self.log = log or structlog.get_logger("kdsignal")
         self.log_file = log_file
-        self._load_model = load_model
+        # A reload loads the way start-up did: the configured kernel, never a build (Model.load cannot build).
+        self._load_model = load_model or partial(Model.load, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         feed_cfg = cfg.feed
         self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars)
                           for s in feed_cfg.symbols}
@@ -267,7 +269,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """Load the configuration and the artifact, then serve until SIGTERM/SIGINT."""
     try:
         cfg = load_config(args.config)
-        model = Model.load(cfg.model.artifact)
+        model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         check_model(cfg, model)
         log_file = configure_logging(cfg.log.file, cfg.log.level)
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:

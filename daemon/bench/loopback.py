@@ -51,13 +51,13 @@ difference side by side. What is left is what a scratch run cannot warm (the ser
 the file's own write path) and whatever else shared the core in between.
 
 Memory: the daemon's resident set (VmRSS at the end of its window, and its peak, VmHWM) at every level. It
-serves the student compiled ahead of time (``kernels.aot``) and never imports numba; the issue's level runs
-once more with that build made impossible, so the daemon falls back to numba's JIT, to show what numba and
-LLVM cost side by side.
+serves the student step ``kdsignal build-kernel`` compiled ahead of time and never imports numba; the
+issue's level runs once more with ``[model] kernel = "jit"``, so the daemon serves the same specialised
+step through numba's JIT, to show what numba and LLVM cost side by side.
 
-Start-up: wall time from spawning ``kdsignal run`` to its ``feed_subscribed`` log event, cold (empty
-``NUMBA_CACHE_DIR``: the student kernel is built ahead of time in a child process, numba compiling and gcc
-linking it) and warm (the same directory, second run: the daemon loads the built module).
+Start-up: ``kdsignal build-kernel`` into an empty kernel directory with an empty ``NUMBA_CACHE_DIR`` (what
+a unit's ``ExecStartPre=`` costs on its first start: numba compiling, gcc linking), then the wall time from
+spawning ``kdsignal run`` to its ``feed_subscribed`` log event with the kernel built (every later start).
 """
 
 from __future__ import annotations
@@ -125,12 +125,13 @@ def make_symbols(directory: Path, n: int, rows: int) -> list[str]:
 
 
 def write_config(path: Path, ws_url: str, rest_url: str, symbols: list[str], artifact: Path, log_file: Path,
-                 prewarm: bool = True) -> None:
+                 prewarm: bool = True, kernel: str = "aot") -> None:
     """A daemon configuration pointing at the fake (every other key at its default)."""
     syms = ", ".join(f'"{s}"' for s in symbols)
     path.write_text(
         f'[feed]\nws_url = "{ws_url}"\nrest_url = "{rest_url}"\nsymbols = [{syms}]\ninterval = "5"\n'
-        f'subscribe_chunk = 10\nprewarm = {"true" if prewarm else "false"}\n\n[model]\nartifact = "{artifact}"\n\n'
+        f'subscribe_chunk = 10\nprewarm = {"true" if prewarm else "false"}\n\n'
+        f'[model]\nartifact = "{artifact}"\nkernel = "{kernel}"\n\n'
         f'[log]\nfile = "{log_file}"\nlevel = "info"\nlatency_summary_s = 3600\n',
         encoding="utf-8",
     )
@@ -212,10 +213,11 @@ class FakeServer:
 
 
 def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duration_s: float = DURATION_S,
-              env: dict | None = None, prewarm: bool = True) -> dict:
+              env: dict | None = None, prewarm: bool = True, kernel: str = "aot") -> dict:
     """Run one (symbols, bar_s) level; return the daemon's measurement and the fake's CPU share.
 
-    ``env``: the daemon's environment (default: this process's); ``prewarm``: its ``[feed] prewarm``.
+    ``env``: the daemon's environment (default: this process's); ``prewarm``: its ``[feed] prewarm``;
+    ``kernel``: its ``[model] kernel``.
     """
     level_dir = Path(tempfile.mkdtemp(prefix=f"level-{symbols}-", dir=workdir))
     data_dir = level_dir / "data"
@@ -228,7 +230,7 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
     driver = None
     try:
         cfg = level_dir / "config.toml"
-        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, level_dir / "daemon.log", prewarm)
+        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, level_dir / "daemon.log", prewarm, kernel)
         driver = _spawn(
             [sys.executable, "-m", "daemon.bench.loopback_driver", str(cfg), str(level_dir / "signals.jsonl"),
              str(SETTLE_S), str(duration_s)],
@@ -279,41 +281,44 @@ def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, timeout_s: fl
 
 
 def startup_times(workdir: Path, artifact: Path) -> dict:
-    """Seconds from spawning ``kdsignal run`` to ``feed_subscribed``: cold (empty numba cache), then warm."""
+    """Seconds for ``kdsignal build-kernel`` from nothing (empty kernel and numba caches), then from spawning
+    ``kdsignal run`` to ``feed_subscribed`` with the kernel built."""
     base = workdir / "startup"
     data_dir = base / "data"
     data_dir.mkdir(parents=True)
     names = make_symbols(data_dir, 5, START_INDEX + 200)
     cache = base / "numba-cache"
     cache.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("KDSIGNAL_CACHE_DIR",)}
+    # The kernel directory follows $NUMBA_CACHE_DIR (daemon.core.kernel_store), as under the systemd unit.
+    env = {k: v for k, v in os.environ.items() if k != "KDSIGNAL_KERNEL_DIR"}
     env["NUMBA_CACHE_DIR"] = str(cache)
     fake = FakeServer(data_dir, 1.0)
     out = {}
     try:
-        for label in ("cold_s", "warm_s"):
-            log = base / f"{label}.log"
-            cfg = base / f"{label}.toml"
-            write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, log)
-            t0 = time.perf_counter()
-            proc = _spawn([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], base / f"{label}.err",
-                          stdout=subprocess.DEVNULL, env=env)
-            try:
-                out[label] = round(_wait_for_event(log, "feed_subscribed", proc, 300.0) - t0, 3)
-            finally:
-                _stop(proc)
+        log = base / "warm.log"
+        cfg = base / "warm.toml"
+        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, log)
+        t0 = time.perf_counter()
+        build = subprocess.run([sys.executable, "-m", "daemon", "build-kernel", "--config", str(cfg)], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=600, check=False)
+        if build.returncode != 0:
+            raise RuntimeError(f"kdsignal build-kernel exited {build.returncode}: {build.stderr.strip()[-300:]}")
+        out["build_kernel_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        proc = _spawn([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], base / "warm.err",
+                      stdout=subprocess.DEVNULL, env=env)
+        try:
+            out["warm_s"] = round(_wait_for_event(log, "feed_subscribed", proc, 300.0) - t0, 3)
+        finally:
+            _stop(proc)
     finally:
         fake.close()
     return out
 
 
-def jit_fallback_level(workdir: Path, artifact: Path, symbols: int, bar_s: float) -> dict:
-    """The issue's level once more, with the daemon on the JIT fallback: an empty cache and no working C
-    compiler (``$CC`` is what numba.pycc's build takes), so the kernel cannot be built ahead of time."""
-    cache = Path(tempfile.mkdtemp(prefix="jit-cache-", dir=workdir))
-    env = {k: v for k, v in os.environ.items() if k != "KDSIGNAL_CACHE_DIR"}
-    env.update(NUMBA_CACHE_DIR=str(cache), CC="/bin/false")
-    return run_level(workdir, artifact, symbols, bar_s, DURATION_S, env=env)
+def jit_level(workdir: Path, artifact: Path, symbols: int, bar_s: float) -> dict:
+    """The issue's level once more, with the daemon serving ``[model] kernel = "jit"`` (numba in the process)."""
+    return run_level(workdir, artifact, symbols, bar_s, DURATION_S, kernel="jit")
 
 
 def row_at(rows: list[dict], level: tuple[int, float]) -> dict | None:
@@ -367,7 +372,7 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
                 break
         prewarm_off = _rerun(rows, PREWARM_LEVEL, "prewarm_off", skipped, lambda: run_level(
             workdir, Path(artifact_path), *PREWARM_LEVEL, DURATION_S, prewarm=False))
-        jit_row = _rerun(rows, ISSUE_LEVEL, "jit_fallback", skipped, lambda: jit_fallback_level(
+        jit_row = _rerun(rows, ISSUE_LEVEL, "jit_kernel", skipped, lambda: jit_level(
             workdir, Path(artifact_path), *ISSUE_LEVEL))
         try:
             idle_gap = idle.run(Path(artifact_path), workdir)
@@ -393,7 +398,7 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
                             "signals_per_s": r["signals_per_s"]})
     for k, v in startup.items():
         results.append({"name": f"startup_{k.removesuffix('_s')}", "seconds": v})
-    return {"levels": rows, "issue_level": issue_verdict(rows), "jit_fallback": jit_row, "prewarm_off": prewarm_off,
+    return {"levels": rows, "issue_level": issue_verdict(rows), "jit_kernel": jit_row, "prewarm_off": prewarm_off,
             "idle_gap": idle_gap,
             "startup": startup,
             "results": results, "skipped": skipped,

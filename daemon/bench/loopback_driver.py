@@ -111,7 +111,7 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
 
     t_start = time.perf_counter()
     cfg = load_config(config_path)
-    model = Model.load(cfg.model.artifact)
+    model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
     log_file = configure_logging(cfg.log.file, cfg.log.level)
     out = open(signals_path, "wb")  # noqa: SIM115 - closed below, after the service stopped
     service = Service(cfg, model, out=out, log_file=log_file)

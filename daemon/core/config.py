@@ -97,9 +97,12 @@ class RestConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The student artifact to serve."""
+    """The student artifact to serve, and how its compiled step is found (``daemon.core.kernel_store``)."""
 
     artifact: str = "models/default.npz"
+    # "aot": the module `kdsignal build-kernel` built (the daemon never compiles); "jit": numba in-process.
+    kernel: str = "aot"
+    kernel_dir: str = ""  # empty: kernel_store.kernel_dir()'s default
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[model].artifact is empty, expected a path to an artifact")
     if "\0" in cfg.model.artifact or "\0" in cfg.log.file:
         raise ConfigError("[model].artifact or [log].file holds a NUL character")
+    if cfg.model.kernel not in ("aot", "jit"):
+        raise ConfigError(f"[model].kernel is {cfg.model.kernel!r}, expected \"aot\" or \"jit\"")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
 
@@ -287,6 +292,8 @@ def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>"
             # The default names the model shipped beside this code, wherever the config file lives.
             named = isinstance(raw.get("model"), dict) and "artifact" in raw["model"]
             model = dataclasses.replace(model, artifact=str((base_dir if named else _CHECKOUT) / model.artifact))
+        if model.kernel_dir and not Path(model.kernel_dir).is_absolute():
+            model = dataclasses.replace(model, kernel_dir=str(base_dir / model.kernel_dir))
         log = cfg.log
         if log.file and not Path(log.file).is_absolute():
             log = dataclasses.replace(log, file=str(base_dir / log.file))

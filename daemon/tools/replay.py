@@ -208,7 +208,8 @@ def run_cli(args: argparse.Namespace) -> int:
     """Replay a CSV and print one signal line per bar after warm-up."""
     from daemon.aio.output import SignalWriter
     from daemon.core.artifact import ArtifactError
-    from daemon.core.model import Model
+    from daemon.core.exitcodes import EXIT_CONFIG
+    from daemon.core.model import KernelUnavailable, Model
 
     def event(name: str, **fields) -> None:
         body = ", ".join(f'"{k}": {v}' for k, v in fields.items())
@@ -234,6 +235,9 @@ def run_cli(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. piped into `head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KernelUnavailable as exc:  # like the daemon's: rebuilding, not retrying, fixes it
+        print(f"kdsignal replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ReplayError, ArtifactError, FrameError, OSError) as exc:
         sys.stdout.flush()
         print(f"kdsignal replay: {exc}", file=sys.stderr)
