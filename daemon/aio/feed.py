@@ -85,8 +85,7 @@ class Feed:
         self.is_retryable = is_retryable
         self.stats = FeedStats()
         self.log = log or structlog.get_logger("kdsignal.feed")
-        self.topic_cache: dict = {}  # the parser's topic -> (symbol, interval) cache (daemon.aio.prewarm shares it)
-        self.last_close_message: str | bytes | None = None  # the newest frame that carried closes (prewarm)
+        self._topic_cache: dict = {}  # the parser's topic -> (symbol, interval) cache
         self._req_ids = 0
         # Per-connection state, reset in _session.
         self._pending: dict[str, tuple[str, ...]] = {}
@@ -164,7 +163,7 @@ class Feed:
         stats = self.stats
         stats.frames += 1
         try:
-            frame = parse_frame(message, self.topic_cache)
+            frame = parse_frame(message, self._topic_cache)
         except FrameError as exc:
             self._malformed(str(exc))
             return None
@@ -174,7 +173,6 @@ class Feed:
                 return None
             stats.last_frame_ns = recv_ns
             if frame.closed:
-                self.last_close_message = message
                 try:
                     self.on_kline(frame, recv_ns)
                 except Exception as exc:  # e.g. BrokenPipeError is an OSError, which would look retryable

@@ -108,6 +108,7 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
     from daemon.core.model import Model
     from daemon.aio.output import configure_logging
     from daemon.aio.service import Service
+    from daemon.core.pipeline import Stage
 
     t_start = time.perf_counter()
     cfg = load_config(config_path)
@@ -121,7 +122,8 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
     result: dict = {}
     try:
         deadline = time.perf_counter() + 120.0
-        while not (service.feed.stats.subscribed and not any(p.filling for p in service.pipelines.values())):
+        while not (service.feed.stats.subscribed and all(p.stage is Stage.SERVING and p.fetch is None
+                                                          for p in service.pipelines.values())):
             if task.done() or time.perf_counter() > deadline:
                 raise RuntimeError("the daemon did not get subscribed and warm within 120 s")
             await asyncio.sleep(0.005)

@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.core.intervals import INTERVAL_MS
 from kernels import CLASSES
 from kernels.layout import ACTIVATIONS, FEATURE_NAMES, FEATURE_PARAMS, WINDOW, mlp_size, pack_mlp, unpack_mlp
 
 SCHEMA_VERSION = 1
-BYBIT_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 ARRAYS = ("mlp", "feature_mean", "feature_std", "manifest")
 REQUIRED_KEYS = (
     "schema_version",
@@ -235,7 +235,7 @@ def load_artifact(path) -> Artifact:
         _require(isinstance(val, (int, float)) and math.isfinite(val), f"distillation.{key}: {val!r}, expected a number")
     data = manifest["data"]
     _require(isinstance(data, dict), "data: not an object")
-    _require(data.get("interval") in BYBIT_INTERVALS, f"data.interval: {data.get('interval')!r}, expected one of {list(BYBIT_INTERVALS)}")
+    _require(isinstance(data.get("interval"), str) and data["interval"] in INTERVAL_MS, f"data.interval: {data.get('interval')!r}, expected one of {list(INTERVAL_MS)}")
     _require(isinstance(data.get("symbols"), list), f"data.symbols: {data.get('symbols')!r}, expected a list")
 
     expected_id = _content_hash(mlp, mean, std, manifest)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import math
 
+from daemon.core import intervals
+from daemon.core.intervals import INTERVAL_MS
+
 __all__ = [
     "INTERVAL_MS",
     "Ack",
@@ -27,13 +30,6 @@ __all__ = [
     "parse_kline_page",
 ]
 
-# Bybit kline intervals we can serve; "M" (calendar months) has no fixed length, so it is not supported.
-INTERVAL_MS: dict[str, int] = {
-    **{str(m): m * 60_000 for m in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)},
-    "D": 86_400_000,
-    "W": 7 * 86_400_000,
-}
-
 _isfinite = math.isfinite
 _loads = json.loads
 
@@ -45,9 +41,9 @@ class FrameError(ValueError):
 def interval_ms(interval: str) -> int:
     """Return the length of one candle of ``interval`` ("1".."720", "D", "W") in milliseconds."""
     try:
-        return INTERVAL_MS[interval]
-    except KeyError:
-        raise FrameError(f"unsupported interval {interval!r}; expected one of {sorted(INTERVAL_MS)}") from None
+        return intervals.interval_ms(interval)
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
 
 
 def kline_topic(interval: str, symbol: str) -> str:

@@ -82,27 +82,22 @@ def replay(rows: list[CsvRow], symbol: str, interval: str, model, writer, report
     """Feed ``rows`` as closed candles through a fresh :class:`Pipeline` and write its signals.
 
     The file is the whole record, so a hole in it is reported (``report(first_start_ms, bars)``) and
-    stepped over exactly as the live daemon does when REST cannot fill a gap. Returns the signal count.
+    stepped over exactly as the live daemon does when REST cannot fill a gap (a hole longer than the
+    feature window restarts the features cold). Returns the signal count.
     """
-    from daemon.core.pipeline import FILL, Pipeline
+    from daemon.core.pipeline import GapUnfilled, Pipeline, Signal
 
-    pipeline = Pipeline(symbol, interval, model)
-    if rows:
-        pipeline.start_cold(rows[0].start_ms)
+    pipeline = Pipeline(symbol, interval, model, fetches_history=False)
+    signals = 0
     for row in rows:
-        result = pipeline.on_close(row_candle(row, symbol, interval))
-        if result is None:
-            continue
-        if result is FILL:
-            res = pipeline.fill_failed()
-            for first_ms, n in res.unfilled:
-                if report is not None:
-                    report(first_ms, n)
-            for sig in res.signals:
-                writer.write(sig)
-        else:
-            writer.write(result)
-    return pipeline.signals
+        pipeline.receive_close(row_candle(row, symbol, interval))
+        for event in pipeline.events():
+            if type(event) is Signal:
+                writer.write(event)
+                signals += 1
+            elif type(event) is GapUnfilled and report is not None:
+                report(event.first_start_ms, event.bars)
+    return signals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
