@@ -178,16 +178,16 @@ def test_failed_warmup_is_asked_again_with_growing_attempts(model):
 
 
 def test_held_closes_are_bounded(model):
-    """However long a warm-up fails, at most warmup_count closes are held (the oldest come from REST)."""
+    """However long a warm-up fails, at most a window of closes is held (the oldest come from REST)."""
     p = Pipeline("BTCUSDT", "5", model)
     p.resync()
-    n = p.warmup_count + 20
+    n = p.max_gap_bars + 20
     for c in candles(L, L + n):
         p.receive_close(c, 1)
-    assert p.held == p.warmup_count
+    assert p.held == p.max_gap_bars
     p.receive_history(candles(0, L + n))
     sigs = of(p.events(), Signal)
-    assert [s.start_ms for s in sigs] == [r.start_ms for r in ROWS[L + n - p.warmup_count:L + n]]
+    assert [s.start_ms for s in sigs] == [r.start_ms for r in ROWS[L + n - p.max_gap_bars:L + n]]
 
 
 def test_long_gap_resets_and_rewarms_in_one_request(model):
@@ -210,7 +210,8 @@ def test_long_gap_resets_and_rewarms_in_one_request(model):
 
 
 def test_far_future_start_costs_one_request(model):
-    """A start 2**40 ms ahead steps over nothing bar by bar: one reset, one fetch, a cold start when REST lacks it."""
+    """A start 2**40 ms ahead is not stepped over bar by bar: one fetch shows it is beyond REST, and it is dropped."""
+    ref = reference(model)
     p = warmed(model, L)
     close(p, candles(L, L + 1)[0])
     future = candles(L + 1, L + 2)[0]
@@ -219,8 +220,10 @@ def test_far_future_start_costs_one_request(model):
     assert of(ev, FeaturesReset) and len(of(ev, FetchHistory)) == 1
     p.receive_history(candles(0, L + 1))  # REST ends now: nowhere near the far start
     ev = p.events()
-    assert not of(ev, FetchHistory) and len(of(ev, GapUnfilled)) == 1
-    assert p.stage is Stage.SERVING and p.next_start_ms == future.start_ms + BAR_MS and p.held == 0
+    assert not of(ev, FetchHistory) and not of(ev, GapUnfilled) and len(of(ev, CloseRejected)) == 1
+    assert p.stage is Stage.SERVING and p.next_start_ms == ROWS[L + 1].start_ms and p.held == 0
+    sig, = of(close(p, candles(L + 1, L + 2)[0]), Signal)  # the real next bar is served as if nothing happened
+    assert sig.probs == ref[sig.start_ms]
 
 
 def test_off_grid_close_is_rejected_not_fetched(model):
@@ -253,7 +256,7 @@ def test_truncated_catch_up_rewarms_instead_of_backfilling(model):
     newest = candles(L + 40, L + 40 + p.warmup_count)
     p.receive_history(newest)
     ev = p.events()
-    assert of(ev, FeaturesReset) == [FeaturesReset(ROWS[L].start_ms, 40)] and not of(ev, Signal)
+    assert of(ev, FeaturesReset) == [FeaturesReset(ROWS[L].start_ms, 40 + p.warmup_count)] and not of(ev, Signal)
     assert p.next_start_ms == newest[-1].start_ms + BAR_MS and p.state.warm
 
 

@@ -2,7 +2,7 @@
 (no event loop, no socket) right after itself, and after a pause.
 
 The loopback levels show that at a low rate the p99 is the first signal of each burst of closes: it takes
-about ten times as long as the others, in every stage alike (parsing, the numba step, formatting, the
+several times as long as the others, in every stage alike (parsing, the numba step, formatting, the
 write). This part asks whether anything in the daemon's process causes that, by timing one frame through
 
 - ``daemon``: the daemon's own code, ``parse_frame`` -> ``Pipeline.receive_close`` (the shipped student) ->

@@ -108,7 +108,11 @@ class Signal:
         """Render the JSON line (with the trailing newline). Floats use repr, so they round-trip exactly."""
         # Formatted by hand: symbols are validated alphanumerics, ids hex, class names the artifact's
         # validated names, and this runs per signal.
-        probs = (_PROBS_FORMATS.get(self.classes) or _probs_format(self.classes)) % self.probs
+        try:
+            fmt = _PROBS_FORMATS[self.classes]
+        except KeyError:
+            fmt = _probs_format(self.classes)
+        probs = fmt % self.probs
         late = "" if self.late_ms is None else f', "late_ms": {self.late_ms}'
         return (f'{{"symbol": "{self.symbol}", "interval": "{self.interval}", "start": {self.start_ms}, '
                 f'"signal": "{self.signal}", "probs": {{{probs}}}, "inference_us": {self.inference_us!r}, '
@@ -165,7 +169,8 @@ class GapBackfilled:
 
 @dataclass(frozen=True, slots=True)
 class FeaturesReset:
-    """A hole of ``bars`` bars from ``first_missing_start_ms`` was longer than the feature window: state reset."""
+    """A hole of ``bars`` bars from ``first_missing_start_ms`` was longer than the feature window: the features
+    were reset, and none of those bars is signalled (the latest of them may re-warm the features)."""
 
     first_missing_start_ms: int
     bars: int
@@ -308,7 +313,7 @@ class Pipeline:
                 self._events.append(sig)
             return
         held[start] = (candle, recv_ns)
-        if len(held) > self.warmup_count:
+        if len(held) > self.max_gap_bars:
             # Bounded: the oldest held bar is one REST can give (as history or backfill) when it is needed.
             del held[min(held)]
         if self.fetch is None:
@@ -366,15 +371,20 @@ class Pipeline:
         held = self._held
         if self.stage is Stage.WARMUP or not held:
             return
-        first = min(held)
-        bars = (first - self.next_start_ms) // self.interval_ms
-        if 0 < bars <= self.max_gap_bars:
+        # REST's history ends at its own clock: a held close more than the window beyond it cannot be a real
+        # bar of the stream (a start far in the future); dropping it keeps the symbol on the live grid.
+        limit = self.next_start_ms + self.max_gap_bars * self.interval_ms
+        for start in sorted(held):
+            if start > limit:
+                del held[start]
+                self.rejected += 1
+                self._events.append(CloseRejected(start, f"start {start} is beyond the exchange's latest closed "
+                                                         f"bar by more than {self.max_gap_bars} bars"))
+        if held and min(held) > self.next_start_ms:
             # REST may lag the stream by a moment: ask once more for the hole, after a backoff delay; that
             # answer bridges whatever is still missing, so this cannot repeat.
             self._request(1)
             return
-        if bars > 0:  # a longer hole that REST could not reach either: a cold start at the first held close
-            self._bridge(first)
         self._release()
 
     def _backfill(self, candles: list[Candle], fetch: FetchHistory) -> None:
@@ -384,7 +394,7 @@ class Pipeline:
         if fetch.end_ms is None and candles and len(candles) >= fetch.count and candles[0].start_ms > nxt:
             # A catch-up cut short by its count: more bars closed meanwhile than the window holds (the count
             # exceeds max_gap_bars). Re-warm on the latest of them instead of backfilling them.
-            self._reset(nxt, (candles[0].start_ms - nxt) // self.interval_ms)
+            self._reset(nxt, (candles[-1].start_ms - nxt) // self.interval_ms + 1)
             self._load_history(candles)
             return
         events = self._events
