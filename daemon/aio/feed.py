@@ -50,7 +50,6 @@ class FeedStats:
     connected: bool = False
     subscribed: bool = False
     refused_topics: set[str] = field(default_factory=set)
-    last_frame_ns: int = 0
 
 
 class _Dead(Exception):
@@ -171,7 +170,6 @@ class Feed:
             if frame.topic not in self._topic_set:
                 self._malformed(f"unsubscribed topic {frame.topic}")
                 return None
-            stats.last_frame_ns = recv_ns
             if frame.closed:
                 try:
                     self.on_kline(frame, recv_ns)

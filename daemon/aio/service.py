@@ -114,7 +114,6 @@ class Service:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
         self._reloading: set[asyncio.Task] = set()
-        self._fetching: dict[str, asyncio.Task] = {}
         self._retry_delays: dict[str, Iterator[float]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
@@ -135,7 +134,12 @@ class Service:
         receive = pipeline.receive_close
         for candle in frame.closed:
             receive(candle, recv_ns)
-        self._pump(pipeline)
+        for event in pipeline.events():  # _pump, inlined: this runs per frame
+            if type(event) is Signal:
+                self.writer.write(event)
+                self._listener.on_signal(event)
+            else:
+                self._on_event(pipeline, event)
 
     def _pump(self, pipeline: Pipeline) -> None:
         """Act on what the pipeline asked for or produced."""
@@ -152,8 +156,8 @@ class Service:
         log = self._logs[p.symbol]
         kind = type(event)
         if kind is FetchHistory:
-            if self._tg is not None:
-                self._fetching[p.symbol] = self._tg.create_task(self._fetch(p, event), name=f"fetch-{p.symbol}")
+            if self._tg is not None:  # the pipeline keeps at most one fetch out per symbol
+                self._tg.create_task(self._fetch(p, event), name=f"fetch-{p.symbol}")
         elif kind is GapUnfilled:
             log.error("gap_unfilled", first_missing_start_ms=event.first_start_ms, bars=event.bars,
                       unfilled_total=p.bars_unfilled)
@@ -197,8 +201,6 @@ class Service:
             p.history_failed(str(exc))
         else:
             p.receive_history(candles)
-        if self._fetching.get(p.symbol) is asyncio.current_task():
-            del self._fetching[p.symbol]
         self._pump(p)
 
     # ------------------------------------------------------------------ signals
