@@ -235,6 +235,21 @@ def test_off_grid_close_is_rejected_not_fetched(model):
     assert [type(e) for e in ev] == [CloseRejected] and p.rejected == 1 and p.fetch is None
 
 
+def test_off_grid_rest_bar_is_rejected(model):
+    """A REST bar off the grid is dropped and reported, not stepped to; the bars on the grid go on as usual."""
+    p = warmed(model, L)
+    c0, c1, c2, c3 = candles(L, L + 4)
+    close(p, c0)
+    close(p, c3)
+    bad = candles(L + 1, L + 2)[0]
+    bad.start_ms += 7  # in place of c1
+    p.receive_history([bad, c2])
+    ev = p.events()
+    assert [e.start_ms for e in of(ev, CloseRejected)] == [bad.start_ms]
+    assert of(ev, GapUnfilled) == [GapUnfilled(c1.start_ms, 1)]
+    assert [s.start_ms for s in of(ev, Signal)] == [c2.start_ms, c3.start_ms]
+
+
 def test_rest_lag_after_warmup_asks_once_more_then_bridges(model):
     """History ending short of the held close is asked for once more after a backoff; a second miss is bridged."""
     p = Pipeline("BTCUSDT", "5", model)

@@ -399,12 +399,17 @@ class Pipeline:
             return
         events = self._events
         n = 0
+        iv = self.interval_ms
         for c in candles:
             if c.start_ms < self.next_start_ms:
                 self.duplicates += 1
                 continue
             if stop is not None and c.start_ms >= stop:
                 break
+            if (c.start_ms - nxt) % iv:  # off the grid: stepping to it would shift every later bar
+                self.rejected += 1
+                events.append(CloseRejected(c.start_ms, f"REST start {c.start_ms} is off the {self.interval} grid"))
+                continue
             self._bridge(c.start_ms)  # a hole inside what REST returned
             sig = self._advance(c, True, 0, None)
             n += 1
