@@ -14,7 +14,6 @@ from functools import partial
 import numpy as np
 
 from daemon.core.artifact import Artifact, load_artifact
-from kernels import CLASSES
 from kernels.aot import AotUnavailable, aot_step
 from kernels.layout import FEATURE_STATE_SIZE, S_FILLED, S_SEEN, pack_student, probs_offset, student_state_size
 
@@ -44,7 +43,7 @@ class Model:
         )
         self.id: str = artifact.model_id
         self.interval: str = artifact.interval
-        self.classes: tuple[str, ...] = CLASSES
+        self.classes: tuple[str, ...] = tuple(artifact.manifest["classes"])  # validated against kernels.CLASSES
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)

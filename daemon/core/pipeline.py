@@ -204,6 +204,7 @@ class Pipeline:
         self._held: dict[int, tuple[Candle, int]] = {}  # start_ms -> (close, recv_ns) while a fetch is out
         self._events: list = []
         self._failures = 0  # consecutive failed warm-up fetches
+        self.last_fetch_error = ""
         self._classes = tuple(model.classes)
         self._model_id = model.id
         # Counters (this object is their one owner; the service sums them for logs and metrics).
@@ -238,10 +239,11 @@ class Pipeline:
             self._release()
 
     def history_failed(self, error: str = "") -> None:
-        """REST gave up on the outstanding :class:`FetchHistory` (its retries are spent)."""
+        """REST gave up on the outstanding :class:`FetchHistory` (its retries are spent); ``error`` says why."""
         if self.fetch is None:
             return
         self.fetch = None
+        self.last_fetch_error = error
         if self.stage is Stage.WARMUP:
             self._failures += 1  # asked again, the I/O layer backs off by attempt
             self._request(self._failures)
