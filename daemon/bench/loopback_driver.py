@@ -2,7 +2,7 @@
 
 ``python -m daemon.bench.loopback_driver CONFIG SIGNALS_FILE SETTLE_S DURATION_S`` builds the service from a
 configuration file exactly as ``kdsignal run`` does (same ``Service``, same logging to the configured file,
-signal lines to ``SIGNALS_FILE``), waits until the feed is subscribed and every symbol's warm-up fill has
+signal lines to ``SIGNALS_FILE``), waits until the feed is subscribed and every symbol's warm-up fetch has
 finished, lets it settle, then records for ``DURATION_S`` seconds:
 
 - tick-to-signal latency of every live signal: the service's own measurement (``perf_counter_ns`` when the

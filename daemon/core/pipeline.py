@@ -69,7 +69,7 @@ class Signal:
     """One signal: a closed bar, the student's class and probabilities, and how long inference took.
 
     ``classes`` are the artifact's class names and ``probs`` the probabilities in that order. ``late_ms`` is
-    set only on a stream close that was held while a fill ran: how long it waited in the daemon.
+    set only on a stream close that was held while a fetch ran: how long it waited in the daemon.
     """
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "classes", "probs", "inference_ns", "model",
