@@ -339,7 +339,9 @@ async def _main(service: Service, early: EarlySignals | None = None) -> None:
         await service.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # this puts the default action back, which would end us with 129
+        if early is not None:
+            early.catch()
 
 
 def run_cli(args: argparse.Namespace) -> int:

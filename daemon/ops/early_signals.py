@@ -1,10 +1,12 @@
-"""Catch SIGTERM, SIGINT and SIGHUP from the first moment of ``kdsignal run``, before anything slow.
+"""Catch SIGTERM, SIGINT and SIGHUP from the first moment of ``kdsignal run``, before anything slow, and again
+while it shuts down.
 
 Importing the service and loading the artifact take a noticeable fraction of a second; a SIGHUP in that time
 (logrotate, ``systemctl reload``) would otherwise end the process with the default action (status 129, which
-systemd counts as a clean exit and does not restart). Until the event loop installs its own handlers a stop
-is remembered (the service stops as soon as it runs) and a reload is dropped (the artifact is being loaded
-anyway). Standard library only, so it can be installed before the heavy imports.
+systemd counts as a clean exit and does not restart). Until the event loop installs its own handlers (and
+again after it removed them) a stop is remembered (the service stops as soon as it runs) and a reload is
+dropped (the artifact is being loaded anyway, or the process is ending). Standard library only, so it can be
+installed before the heavy imports.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class EarlySignals:
             self.reloads_ignored += 1
         else:
             self.stop_requested = True
+
+    def catch(self) -> None:
+        """Take the signals back after the event loop dropped its handlers (shutdown is a slow moment too)."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
 
     def restore(self) -> None:
         """Put the previous handlers back (after the event loop has removed its own)."""
