@@ -42,5 +42,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # before the service's heavy imports: an early SIGHUP must not end the process
+        from daemon.ops import early_signals
+
+        early_signals.install()
     args = build_parser(argv).parse_args(argv)
     return int(args._module.run_cli(args) or 0)

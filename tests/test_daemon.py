@@ -172,7 +172,7 @@ async def test_gap_rest_cannot_fill_is_reported(fake, random_artifact):
         assert d.starts("BTCUSDT") == [first, first + 2 * BAR_MS, first + 3 * BAR_MS]
         unfilled = [e for e in logs if e["event"] == "gap_unfilled"]
         assert [(e["first_missing_start_ms"], e["bars"], e["log_level"]) for e in unfilled] == [(hole, 1, "error")]
-        assert d.service.unfilled_bars == 1
+        assert d.service.status().bars_unfilled == 1
 
 
 async def test_latency_summary_is_logged(fake, random_artifact):

@@ -54,8 +54,6 @@ class FeedConfig:
     # A subscription not acknowledged within this time counts as a dead connection.
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
-    # Run the frame-to-line path on scratch copies just before each expected burst of closes (daemon.aio.prewarm).
-    prewarm: bool = True
 
     @property
     def interval_ms(self) -> int:

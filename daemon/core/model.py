@@ -18,7 +18,6 @@ import numpy as np
 from daemon.core import kernel_store
 from daemon.core.artifact import Artifact, load_artifact
 from daemon.core.kernel_store import KernelUnavailable
-from kernels import CLASSES
 from kernels.layout import FEATURE_STATE_SIZE, S_FILLED, S_SEEN, pack_student, probs_offset, student_state_size
 
 
@@ -47,7 +46,7 @@ class Model:
         self.vector = student_vector(artifact)
         self.id: str = artifact.model_id
         self.interval: str = artifact.interval
-        self.classes: tuple[str, ...] = CLASSES
+        self.classes: tuple[str, ...] = tuple(artifact.manifest["classes"])  # validated against kernels.CLASSES
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)

@@ -1,14 +1,14 @@
-"""What a supervisor sees of a running :class:`daemon.aio.service.Service`: sd_notify, watchdog, metrics endpoint.
+"""What a supervisor sees of a running daemon: sd_notify, watchdog, metrics endpoint.
 
-The service owns one :class:`Supervision` and calls four things: :meth:`run` as a task of its task group,
-:meth:`on_signal` after each signal line is written, :meth:`on_gap` when REST filled a gap, and
-:meth:`stopping` when a stop was requested. Everything else is read from the service at check time (the
-feed's counters, the pipelines' fill state), so the per-frame hot path gains no calls.
+:class:`Supervision` knows the service only through what it is handed: a callable returning a
+:class:`daemon.ops.status.ServiceStatus` snapshot (read at a watchdog tick or a scrape, so the per-frame
+hot path gains no calls), :meth:`on_signal` after each signal line is written, and :meth:`stopping` when a
+stop was requested. :meth:`run` runs as a task of the service's task group.
 
-- ``READY=1`` once the feed is subscribed and every symbol's warm-up fill has finished.
+- ``READY=1`` once the feed is subscribed and no symbol waits for its first warm-up fetch.
 - ``WATCHDOG=1`` at ``WATCHDOG_USEC / 2`` while the loop keeps time and some frame (a kline push or a pong)
-  arrived within ``stale_after_s``; by default twice the feed's own dead-connection time plus the longest
-  backoff, so a feed that stays down through several reconnect attempts gets the process restarted.
+  arrived within ``stale_after_s`` (the caller passes twice the feed's dead-connection time plus the longest
+  backoff, so a feed that stays down through several reconnect attempts gets the process restarted).
 - ``STATUS=`` lines: symbols, signals so far, last inference time, feed state.
 - ``/healthz`` and ``/metrics`` when ``[metrics] enabled = true``.
 """
@@ -16,17 +16,15 @@ feed's counters, the pipelines' fill state), so the per-frame hot path gains no 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from daemon.core.config import MetricsConfig
+from daemon.core.pipeline import Signal
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Activity, Notifier, Watchdog
-
-if TYPE_CHECKING:
-    from daemon.core.pipeline import Signal
-    from daemon.aio.service import Service
+from daemon.ops.status import ServiceStatus
 
 __all__ = ["Supervision"]
 
@@ -36,43 +34,36 @@ log = structlog.get_logger("kdsignal.supervision")
 class Supervision:
     """systemd notifications, the health-gated watchdog and the optional metrics endpoint of one service."""
 
-    def __init__(self, service: Service, *, environ: Mapping[str, str] | None = None,
-                 stale_after_s: float | None = None) -> None:
-        self.service = service
-        cfg = service.cfg
+    def __init__(self, status: Callable[[], ServiceStatus], *, symbols: Sequence[str], interval_ms: int,
+                 classes: Sequence[str], metrics_cfg: MetricsConfig, stale_after_s: float,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.metrics_cfg = metrics_cfg
         self.notifier = Notifier.from_env(environ)
-        self.metrics = Metrics(symbols=cfg.feed.symbols, interval_ms=cfg.feed.interval_ms)
+        self.metrics = Metrics(symbols=symbols, interval_ms=interval_ms, classes=classes)
         self.metrics.on_scrape = self._sync_metrics
-        feed = cfg.feed
-        self.stale_after_s = (stale_after_s if stale_after_s is not None
-                              else 2 * (feed.ping_interval_s + feed.pong_timeout_s) + cfg.backoff.max_s)
+        self.stale_after_s = stale_after_s
         self._activity = Activity()
         self._frames_seen = 0
         self.watchdog = Watchdog(self.notifier, self.frames_fresh, status=self.status_text)
         self.ready_sent = False
         self.last_inference_us: float | None = None
 
-    # --- called by the service --------------------------------------------------------------------------------
+    # --- told by the service ------------------------------------------------------------------------------
 
     def on_signal(self, sig: Signal) -> None:
-        """Count a written signal (after the line is out, so it costs the latency budget nothing)."""
+        """Take a written signal (after the line is out, so it costs the latency budget nothing)."""
         self.last_inference_us = sig.inference_us
-        m = self.metrics
-        m.signal(sig.signal)
-        m.observe_inference_us(sig.inference_us)
-        m.candle_closed(sig.symbol, sig.start_ms)
-
-    def on_gap(self, bars: int) -> None:
-        """Count one gap filled from REST with ``bars`` closed candles."""
-        self.metrics.gap_backfilled(bars)
+        self.metrics.observe_inference_us(sig.inference_us)
+        self.metrics.candle_closed(sig.symbol, sig.start_ms)
 
     def stopping(self) -> None:
         """Tell systemd the daemon is shutting down."""
-        self.notifier.stopping(f"stopping after {self.service.writer.written} signals")
+        self.notifier.stopping(f"stopping after {self.status().signals} signals")
 
     async def run(self) -> None:
         """Serve metrics if enabled, send READY when warm, then keep the watchdog and status going."""
-        mcfg = self.service.cfg.metrics
+        mcfg = self.metrics_cfg
         try:
             if mcfg.enabled:
                 try:
@@ -93,13 +84,12 @@ class Supervision:
     # --- checks ---------------------------------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        """Subscribed, and no symbol still waiting for its warm-up history."""
-        svc = self.service
-        return svc.feed.stats.subscribed and not any(p.filling for p in svc.pipelines.values())
+        """Subscribed, and no symbol still waiting for its first warm-up history."""
+        return self.status().ready
 
     def frames_fresh(self) -> bool:
         """True while some frame arrived within ``stale_after_s`` (checked at each watchdog tick)."""
-        frames = self.service.feed.stats.frames
+        frames = self.status().frames
         if frames != self._frames_seen:
             self._frames_seen = frames
             self._activity.mark()
@@ -107,23 +97,21 @@ class Supervision:
 
     def status_text(self) -> str:
         """One line for ``systemctl status``."""
-        svc = self.service
-        symbols = list(svc.pipelines)
+        st = self.status()
+        symbols = st.symbols
         shown = ",".join(symbols[:4]) + (f",+{len(symbols) - 4}" if len(symbols) > 4 else "")
         latency = "-" if self.last_inference_us is None else f"{self.last_inference_us:.2f} us"
-        stats = svc.feed.stats
-        feed = "subscribed" if stats.subscribed else ("connected" if stats.connected else "disconnected")
-        text = (f"{len(symbols)} symbols ({shown}) interval {svc.cfg.feed.interval}; "
-                f"{svc.writer.written} signals; last inference {latency}; feed {feed}")
+        text = (f"{len(symbols)} symbols ({shown}) interval {st.interval}; "
+                f"{st.signals} signals; last inference {latency}; feed {st.feed_state}")
         quiet_s = self._activity.age_s()
         if quiet_s >= self.stale_after_s:
             text += f"; no frames for {quiet_s:.0f} s"
         return text
 
     def _sync_metrics(self) -> None:
-        svc = self.service
-        stats = svc.feed.stats
-        self.metrics.sync_totals(frames=stats.frames, malformed=stats.malformed,
-                                 reconnects=max(0, stats.connects - 1))
-        self.metrics.set_feed_connected(stats.subscribed)
-        self.metrics.set_model(svc.model.id if svc.model is not None else None)
+        st = self.status()
+        self.metrics.sync_totals(frames=st.frames, malformed=st.malformed, reconnects=st.reconnects,
+                                 gaps_backfilled=st.gaps_backfilled, bars_backfilled=st.bars_backfilled,
+                                 bars_unfilled=st.bars_unfilled, signals_by_class=st.signals_by_class)
+        self.metrics.set_feed_connected(st.feed_subscribed)
+        self.metrics.set_model(st.model_id)

@@ -148,8 +148,3 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"kdsignal build-kernel: {'built' if built else 'up to date:'} {path} (model {art.model_id})")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover - `kdsignal build-kernel` is the entry point
-    from daemon.cli import main
-
-    sys.exit(main(["build-kernel", *sys.argv[1:]]))
