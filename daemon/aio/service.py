@@ -269,7 +269,7 @@ def run_cli(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         model = Model.load(cfg.model.artifact)
         check_model(cfg, model)
-        log_file = configure_logging(cfg.log.file, cfg.log.level)
+        log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EX_CONFIG
