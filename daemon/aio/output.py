@@ -98,8 +98,8 @@ class LogSink:
             return
         lost = self.write_errors - self._noticed_errors
         self._noticed_at, self._noticed_errors = now, self.write_errors
-        notice = (f"{self.notice_prefix}kdsignal: cannot write the log {self.path} ({self.last_error}); {lost} line(s) lost since the "
-                  f"last notice, {self.write_errors} in all; signals continue on stdout\n")
+        notice = (f"{self.notice_prefix}kdsignal: cannot write the log {self.path} ({self.last_error}); {lost} "
+                  f"line(s) lost since the last notice, {self.write_errors} in all; signals continue on stdout\n")
         try:
             os.write(self._notices_fd, notice.encode())
         except OSError:
