@@ -362,7 +362,7 @@ def _run(args: argparse.Namespace, early: EarlySignals) -> int:
         cfg = load_config(args.config)
         model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         check_model(cfg, model)
-        log_file = configure_logging(cfg.log.file, cfg.log.level)
+        log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
