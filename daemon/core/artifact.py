@@ -23,6 +23,9 @@ data                ``{"symbols": [...], "interval": "5", "start_ms": int, "end_
 metrics             evaluation summary (free-form)
 ==================  ========================================================================
 
+Optional and checked when present: ``policy``, the decision policy chosen on development data,
+``{"cases": {name: {"threshold": number in [0, 1], "hold_bars": int >= 1, ...}}, ...}``.
+
 ``save_artifact`` fills ``schema_version``, ``features``, ``warmup_bars``, ``student`` and ``model_id``
 itself; ``load_artifact`` refuses a bad file with ``ArtifactError`` naming the field.
 """
@@ -169,6 +172,18 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise ArtifactError(f"artifact {path}: not a readable .npz (truncated or corrupt: {e})") from e
 
 
+def _check_policy(policy) -> None:
+    _require(isinstance(policy, dict) and isinstance(policy.get("cases"), dict) and policy["cases"],
+             "policy: expected an object with a non-empty \"cases\" object")
+    for name, case in policy["cases"].items():
+        thr = case.get("threshold") if isinstance(case, dict) else None
+        hold = case.get("hold_bars") if isinstance(case, dict) else None
+        _require(isinstance(thr, (int, float)) and not isinstance(thr, bool) and math.isfinite(thr) and 0 <= thr <= 1,
+                 f"policy.cases.{name}.threshold: {thr!r}, expected a number in [0, 1]")
+        _require(isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1,
+                 f"policy.cases.{name}.hold_bars: {hold!r}, expected a positive integer")
+
+
 def load_artifact(path) -> Artifact:
     """Read and validate an artifact; raise ``ArtifactError`` naming the first bad field."""
     path = Path(path)
@@ -237,6 +252,9 @@ def load_artifact(path) -> Artifact:
     _require(isinstance(data, dict), "data: not an object")
     _require(data.get("interval") in BYBIT_INTERVALS, f"data.interval: {data.get('interval')!r}, expected one of {list(BYBIT_INTERVALS)}")
     _require(isinstance(data.get("symbols"), list), f"data.symbols: {data.get('symbols')!r}, expected a list")
+
+    if "policy" in manifest:
+        _check_policy(manifest["policy"])
 
     expected_id = _content_hash(mlp, mean, std, manifest)
     _require(manifest["model_id"] == expected_id, f"model_id: {manifest['model_id']!r} does not match the content hash {expected_id!r} (file altered?)")
