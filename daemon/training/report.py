@@ -22,7 +22,7 @@ NAMES = {
     "student": "**distilled student**",
     "control": "control: hard labels, same rows",
     "control_all_rows": "control: hard labels, every usable row",
-    "label_smoothing": "control: label smoothing (distilled loss, uniform teacher)",
+    "label_smoothing": "control: label smoothing (distilled loss, class-share teacher)",
     "control_tuned": "control: own tuned lr / weight decay",
     "logistic": "logistic regression (student's features)",
 }
@@ -104,10 +104,11 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict, curves: dict) -> di
                   "buy_and_hold": "tab:red", "always_flat": "k"}
         for ax, sym in zip(axes[:, 0], syms):
             for model in TRADERS:
-                if model != "student_argmax" and sym in taker.get(model, {}):
+                if sym in taker.get(model, {}):
                     t, eq = taker[model][sym]
                     days = (np.asarray(t) - t[0]) / 86_400_000
-                    ax.plot(days, 100 * eq, lw=0.9, color=colors[model], label=model.replace("student", "distilled"))
+                    ax.plot(days, 100 * eq, lw=0.9, color=colors[model],
+                            label=model.replace("student_argmax", "distilled, argmax").replace("student", "distilled policy"))
             ax.set_title(f"{sym}: cumulative net log return (%), lockbox, taker fee + half-spread", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.axhline(0, color="k", lw=0.4)
@@ -183,6 +184,11 @@ def _excludes_zero(d: dict) -> bool:
     return lo is not None and hi is not None and (lo > 0 or hi < 0)
 
 
+PLAIN = {"control_all_rows": "the control trained on every usable row", "label_smoothing": "label smoothing",
+         "control_tuned": "the control with its own tuned learning rate and weight decay",
+         "logistic": "logistic regression"}
+
+
 def verdict_paragraph(doc: dict, cfg: TrainConfig) -> str:
     """One paragraph: what distillation buys on the lockbox, how sure, and whether it pays at each cost."""
     lk = doc["summary"]["lockbox"]
@@ -190,36 +196,47 @@ def verdict_paragraph(doc: dict, cfg: TrainConfig) -> str:
     d = lk["delta_vs_control"]
     dl = lk["deltas_vs_student"]
     s, c, t = lk["student"]["log_loss"], lk["control"]["log_loss"], lk["teacher"]["log_loss"]
-    sure = ("the interval excludes zero" if _excludes_zero(d) else "the interval includes zero: no detectable difference")
-    better = "lower" if d["mean"] > 0 else "higher"
-    others = [n for n in ("control_all_rows", "label_smoothing", "control_tuned", "logistic") if n in dl]
-    beaten = [n for n in others if dl[n]["ci95"][0] is not None and dl[n]["ci95"][0] > 0]
-    tied = [n for n in others if n not in beaten]
+    sure = ("the interval excludes zero" if _excludes_zero(d) else "the interval includes zero, so this is no detectable difference")
+    better = "lower (better)" if d["mean"] > 0 else "higher (worse)"
+    others = [n for n in PLAIN if n in dl]
+    beaten = [PLAIN[n] for n in others if dl[n]["ci95"][0] is not None and dl[n]["ci95"][0] > 0]
+    worse = [PLAIN[n] for n in others if dl[n]["ci95"][1] is not None and dl[n]["ci95"][1] < 0]
+    tied = [PLAIN[n] for n in others if PLAIN[n] not in beaten and PLAIN[n] not in worse]
     gap = lk.get("gap_recovered")
     gci = lk.get("gap_recovered_ci95") or [None, None]
     trade = lk["trading"]
     parts = [
         f"On the lockbox ({_day(sp['lo_ms'])} to {_day(sp['hi_ms'])}, {sp['days']:g} days, {lk['rows']} rows, "
-        f"touched once after every choice), the distilled student's log loss is {_f(s)} against the hard-label "
-        f"control's {_f(c)} (teacher {_f(t)}, class prior {_f(lk['baseline']['log_loss'])}): distillation gives a "
-        f"{better} log loss by {1000 * abs(d['mean']):.2f} millinats, 95% interval [{1000 * d['ci95'][0]:+.2f}, "
-        f"{1000 * d['ci95'][1]:+.2f}] (control minus distilled, {d['blocks']} one-day blocks); {sure}.",
-        f"It closes {_pct(gap, 0)} of the control-to-teacher gap (interval {_pct(gci[0], 0)} to {_pct(gci[1], 0)}).",
-        (f"It beats, by an interval excluding zero, {', '.join(beaten)}" if beaten else "It beats none of the other controls by an interval excluding zero")
-        + (f"; not {', '.join(tied)}." if tied else "."),
+        f"touched once after every choice), the distilled student's log loss is {_f(s)} against {_f(c)} for the same "
+        f"student trained on hard labels (teacher {_f(t)}, class prior {_f(lk['baseline']['log_loss'])}). Distillation "
+        f"makes it {better} by {1000 * abs(d['mean']):.2f} millinats, 95% interval [{1000 * d['ci95'][0]:+.2f}, "
+        f"{1000 * d['ci95'][1]:+.2f}] (control minus distilled, paired bootstrap over {d['blocks']} one-day blocks): {sure}.",
+        f"It closes {_pct(gap, 0)} of the gap between that control and the teacher (interval {_pct(gci[0], 0)} to {_pct(gci[1], 0)}).",
     ]
+    if beaten:
+        parts.append(f"It is better than {', '.join(beaten)} (intervals exclude zero).")
+    if tied:
+        parts.append(f"It cannot be told apart from {', '.join(tied)}.")
+    if worse:
+        parts.append(f"It is worse than {', '.join(worse)}.")
     for case in ("taker", "maker"):
         st = trade["student"][case]
-        bh = trade["buy_and_hold"][case]
         fee = (cfg.taker_fee_per_side if case == "taker" else cfg.maker_fee_per_side) / 1e-4
-        acts = st["trades"] > 0
         parts.append(
-            f"At {case} cost ({fee:g} bp per side plus half a tick of spread), the student's development-chosen policy "
-            + (f"trades {st['trades']} times and nets {_pct(st['net_return'], 2)} per symbol (log, Sharpe {_f(st['sharpe'], 2)}), "
-               f"break-even fee {_f(st['break_even_fee_bp'], 2)} bp per side"
-               if acts else "never trades (no threshold paid on the development folds), i.e. it is always flat")
-            + f"; buy-and-hold nets {_pct(bh['net_return'], 2)}."
+            f"At {case} cost ({fee:g} bp per side plus half a tick), the decision policy chosen on development data "
+            + (f"trades {st['trades']} times and nets {_pct(st['net_return'], 2)} per symbol (log return, Sharpe "
+               f"{_f(st['sharpe'], 2)})." if st["trades"] > 0 else
+               "never trades: no threshold paid on the development blocks, so it stays flat.")
         )
+    am = trade.get("student_argmax", {}).get("taker")
+    if am:
+        parts.append(
+            f"Traded on its argmax every bar, it would lose {_pct(-am['net_return'], 2)} per symbol at taker cost "
+            f"({_pct(-trade['student_argmax']['maker']['net_return'], 2)} at maker); its break-even fee is "
+            f"{_f(am['break_even_fee_bp'], 2)} bp per side" + (", i.e. it loses before any fee." if (am["break_even_fee_bp"] or 0) < 0 else ".")
+        )
+    bh = trade["buy_and_hold"]["taker"]
+    parts.append(f"For scale: buy-and-hold nets {_pct(bh['net_return'], 2)} per symbol over the lockbox, always-flat 0.")
     return " ".join(parts)
 
 
@@ -337,9 +354,9 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         f"- Tuned control (lr x weight decay): chosen lr={ch['control_lr']:g}, weight decay={ch['control_weight_decay']:g}. "
         "Grid: " + ", ".join(f"{g['lr']:g}/{g['weight_decay']:g} {_f(g['log_loss'])}" for g in ch["control_grid"])
         + ". Epochs: early stopping on each fit's own newest development rows.",
-        f"- Label smoothing control: the distilled loss with the same T={ch['temperature']:g} and alpha={ch['alpha']:g} but a "
-        "uniform teacher, so it gets the same pull away from one-hot targets without the teacher's knowledge "
-        "(is the gain just regularisation?).",
+        f"- Label smoothing control: the distilled loss with the same T={ch['temperature']:g} and alpha={ch['alpha']:g}, its "
+        "soft target being the training rows' class shares on every bar instead of the teacher: the same pull away "
+        "from one-hot labels without the teacher's per-bar knowledge (is the gain just regularisation?).",
         "- Decision policy of the shipped student (stored in the artifact manifest as `policy`): "
         + "; ".join(f"{case}: threshold {min(v['threshold'], 1.0):.3g}" + (" (never acts)" if v["threshold"] >= 1.0 else "")
                     + f", hold {v['hold_bars']} bar(s), development net {_pct(v['development_net_return_per_symbol'], 2)} per symbol"
@@ -374,8 +391,11 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         f"Students of block k fit on blocks 1..k-1 (those with soft targets), early-stopping on their newest {cfg.val_frac:.0%}.",
         f"- Teacher: MLPs {', '.join('-'.join(map(str, h)) for h in cfg.teacher_hidden)}"
         + (f" and LightGBM (weight {cfg.lgbm_weight:g})" if cfg.teacher_lgbm else "")
-        + f"; inputs: the student's {len(ti['student'])} features plus {len(ti['extra'])} teacher-only ones ("
-        + ", ".join(ti["extra"]) + f") and {ti['symbol_indicators']} symbol indicators.",
+        + f"; {ti['columns']} input columns: the student's {len(ti['student'])} features, {len(ti['extra'])} teacher-only ones ("
+        + ", ".join(ti["extra"]) + ")"
+        + (f", {len(ti['duplicates_of_student_features'])} recomputations of student features ("
+           + ", ".join(ti["duplicates_of_student_features"]) + ")" if ti["duplicates_of_student_features"] else "")
+        + f" and {ti['symbol_indicators']} symbol indicators.",
         f"- Student: {'-'.join(map(str, cfg.student_hidden))} {cfg.student_activation} MLP on the daemon's features, loss "
         "alpha*CE + (1-alpha)*T^2*KL (kernels.mlp.kd_loss_grad), Adam "
         f"(lr {cfg.student_lr:g}, batch {cfg.student_batch}), <= {cfg.student_epochs} epochs, patience {cfg.student_patience}; "

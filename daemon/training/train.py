@@ -48,7 +48,7 @@ _TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", 
 CONTROLS = (
     ("control", "hard labels, same rows, seeds, initial weights and budget"),
     ("control_all_rows", "hard labels on every usable row (also the first block, which has no soft targets)"),
-    ("label_smoothing", "the distilled loss (same T, alpha) with a uniform teacher: label smoothing matched to it"),
+    ("label_smoothing", "the distilled loss (same T, alpha) towards the training class shares instead of the teacher"),
     ("control_tuned", "hard labels with its own learning rate and weight decay, chosen on development folds"),
     ("logistic", "multinomial logistic regression on the student's features"),
     ("volatility", "class frequencies of the training rows in each rvol_20 decile"),
@@ -153,7 +153,7 @@ class Variant:
     lr: float
     weight_decay: float
     rows: str = "soft"  # "soft": rows with out-of-fold soft targets; "all": every usable row before the test
-    uniform_teacher: bool = False  # the distillation loss with a uniform "teacher": its regularisation, no knowledge
+    prior_teacher: bool = False  # the distillation loss with a "teacher" that only knows the class shares
     hidden: tuple[int, ...] | None = None  # () is logistic regression
     overrides: tuple[tuple[str, object], ...] = field(default=())
 
@@ -181,8 +181,8 @@ def _student_job(job: tuple[int, int, Variant]) -> tuple[tuple, np.ndarray, dict
     fit, val = split_validation(P.start_ms, rows, cfg.val_frac, _reach_ms(P, cfg))
     w = recency_weights(P.start_ms[fit], cfg.recency_half_life_days)
     pf = p_t[fit]
-    if v.uniform_teacher:
-        pf = np.full_like(pf, 1.0 / 3.0)
+    if v.prior_teacher:
+        pf = np.tile(_prior(P.y[fit]), (len(pf), 1))
     s = train_student(P.x_student[fit], P.y[fit], pf, w, P.x_student[val], P.y[val], cfg, seed,
                       temperature=v.temperature, alpha=v.alpha, hidden=v.hidden, lr=v.lr, weight_decay=v.weight_decay)
     info = {"best_epoch": s.best_epoch, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
@@ -391,7 +391,7 @@ def model_variants(cfg: TrainConfig, ch: dict) -> dict[str, Variant]:
         "student": distilled(cfg, ch["temperature"], ch["alpha"]),
         "control": control(cfg),
         "control_all_rows": control(cfg, rows="all"),
-        "label_smoothing": distilled(cfg, ch["temperature"], ch["alpha"], uniform_teacher=True),
+        "label_smoothing": distilled(cfg, ch["temperature"], ch["alpha"], prior_teacher=True),
         "control_tuned": control(cfg, ch["control_lr"], ch["control_weight_decay"]),
         "logistic": control(cfg, hidden=()),
     }
@@ -606,7 +606,9 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
 
     reliability = {k: ev.reliability(lock_models[k][0], P.y[lock_idx], cfg.ece_bins) for k in ("teacher", "student", "control")}
     n_extra = P.x_teacher.shape[1] - P.x_student.shape[1]
-    extras = [n for n in P.teacher_names[P.x_student.shape[1]:] if not n.startswith("is_")]
+    # extras that recompute a student feature (rvol_100, hl_mean_20) are teacher columns, not teacher-only inputs
+    cols = [n for n in P.teacher_names[P.x_student.shape[1]:] if not n.startswith("is_")]
+    extras = [n for n in cols if n not in STUDENT_FEATURES]
     doc = {
         "model_id": model_id,
         "artifact": out_path.name,
@@ -627,7 +629,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                   "purge_bars": cfg.horizon_bars + cfg.embargo_bars},
         "classes": list(CLASSES),
         "teacher_inputs": {"student": list(STUDENT_FEATURES), "extra": extras,
-                           "symbol_indicators": n_extra - len(extras)},
+                           "duplicates_of_student_features": [n for n in cols if n in STUDENT_FEATURES],
+                           "symbol_indicators": n_extra - len(cols), "columns": int(P.x_teacher.shape[1])},
         "teacher_fits": teacher_info,
         "choices": ch,
         "policy": policy,
