@@ -125,7 +125,7 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict, curves: dict) -> di
         d = doc["summary"][part]["deltas_vs_student"]
         for name in ("control", "control_all_rows", "label_smoothing", "control_tuned", "logistic", "teacher"):
             if name in d:
-                rows.append((f"{part[:3]}: {name}", d[name]))
+                rows.append((f"{'lockbox' if part == 'lockbox' else 'dev'}: {name}", d[name]))
     for i, (label, d) in enumerate(rows):
         lo, hi = d["ci95"]
         ax.plot([1000 * lo, 1000 * hi], [i, i], color="tab:green" if "lock" in label else "tab:gray")
