@@ -97,9 +97,12 @@ class LatencyStats:
 class SignalWriter:
     """Write signal lines to a binary stream and log them; the same writer serves live and replay."""
 
-    def __init__(self, stream: BinaryIO | None = None, log=None) -> None:
+    def __init__(self, stream: BinaryIO | None = None, log=None, publish=None) -> None:
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.log = log
+        # Sinks (daemon.aio.sinks.SinkSet.publish): gets each line's bytes after stdout, never blocks.
+        self.publish = publish
+        self.last_latency_ns = 0  # of the last live line (0 for a backfilled one); the metrics histogram reads it
         self.latency = LatencyStats()
         self.by_class: dict[str, int] = {}
         self.written = 0
@@ -107,10 +110,16 @@ class SignalWriter:
     def write(self, sig: Signal) -> None:
         """Write one whole line, then record its latency and log the event."""
         stream = self.stream
-        stream.write(sig.to_line().encode())
+        line = sig.to_line().encode()
+        stream.write(line)
         stream.flush()
         if sig.recv_ns:
-            self.latency.add(perf_counter_ns() - sig.recv_ns)
+            self.last_latency_ns = ns = perf_counter_ns() - sig.recv_ns
+            self.latency.add(ns)
+        else:
+            self.last_latency_ns = 0
+        if self.publish is not None:
+            self.publish(line)
         self.written += 1
         self.by_class[sig.signal] = self.by_class.get(sig.signal, 0) + 1
         if self.log is not None:

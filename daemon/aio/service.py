@@ -34,6 +34,7 @@ from daemon.core.parser import KlineFrame, kline_topic
 from daemon.core.pipeline import FILL, FillResult, Pipeline
 from daemon.aio.prewarm import Prewarm
 from daemon.aio.rest import RestClient, RestError
+from daemon.aio.sinks import SinkSet
 from daemon.ops.supervision import Supervision
 
 __all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
@@ -61,7 +62,7 @@ class Service:
 
     def __init__(self, cfg: Config, model: Model, *, out: BinaryIO | None = None, log=None,
                  log_file: ReopenableFile | None = None,
-                 load_model: Callable[[str], Model] = Model.load) -> None:
+                 load_model: Callable[[str], Model] = Model.load, sinks: SinkSet | None = None) -> None:
         check_model(cfg, model)
         self.cfg = cfg
         self.model = model
@@ -71,7 +72,10 @@ class Service:
         feed_cfg = cfg.feed
         self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars)
                           for s in feed_cfg.symbols}
-        self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category))
+        # [[sink]]s: every stdout line also goes to Redis/NATS/webhooks, off the hot path (daemon.aio.sinks).
+        self.sinks = sinks if sinks is not None else SinkSet.from_config(cfg, self.log)
+        self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category),
+                                   publish=self.sinks.publish if self.sinks else None)
         self.feed = Feed(feed_cfg.ws_url, [kline_topic(feed_cfg.interval, s) for s in feed_cfg.symbols],
                          self._on_kline, ping_interval_s=feed_cfg.ping_interval_s,
                          pong_timeout_s=feed_cfg.pong_timeout_s, ack_timeout_s=feed_cfg.ack_timeout_s,
@@ -90,6 +94,9 @@ class Service:
         self.prewarm = Prewarm(self) if feed_cfg.prewarm else None
         # sd_notify READY/WATCHDOG/STATUS/STOPPING and the optional /healthz + /metrics endpoint.
         self.supervision = Supervision(self)
+        if self.sinks:  # per-sink counters in /metrics, per-sink state in /healthz
+            self.supervision.metrics.registry.register(self.sinks.collector())
+            self.supervision.metrics.health_parts["sinks"] = self.sinks.health
 
     # ------------------------------------------------------------------ hot path
     def _on_kline(self, frame: KlineFrame, recv_ns: int) -> None:
@@ -225,11 +232,13 @@ class Service:
                     tg.create_task(self.feed.run(), name="feed")
                     tg.create_task(self._summaries(), name="latency-summary")
                     tg.create_task(self.supervision.run(), name="supervision")
+                    tg.create_task(self.sinks.run(), name="sinks")
                     if self.prewarm is not None:
                         tg.create_task(self.prewarm.run(), name="prewarm")
                     self.started.set()
                     await self._stop.wait()
                     self.supervision.stopping()
+                    await self.sinks.drain(timeout_s=2.0)  # lines already on stdout reach the sinks that are up
                     raise _Stop
             except* _Stop:
                 pass
@@ -263,12 +272,13 @@ def run_cli(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         model = Model.load(cfg.model.artifact)
         check_model(cfg, model)
+        sinks = SinkSet.from_config(cfg)  # reads the sinks' secrets: a missing one is a configuration error
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EX_CONFIG
     log_file = configure_logging(cfg.log.file, cfg.log.level)
     try:
-        service = Service(cfg, model, log_file=log_file)
+        service = Service(cfg, model, log_file=log_file, sinks=sinks)
         asyncio.run(_main(service))
     finally:
         if log_file is not None:

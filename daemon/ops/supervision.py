@@ -60,6 +60,8 @@ class Supervision:
         m = self.metrics
         m.signal(sig.signal)
         m.observe_inference_us(sig.inference_us)
+        if sig.recv_ns:
+            m.observe_tick_to_signal_ns(self.service.writer.last_latency_ns)
         m.candle_closed(sig.symbol, sig.start_ms)
 
     def on_gap(self, bars: int) -> None:
