@@ -110,6 +110,8 @@ def _one(i: int, raw: object, base_dir: Path | None) -> SinkConfig:
     cls = KINDS[kind]
     where = f"[[sink]] {i} ({kind})"
     allowed = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
+    if kind == "webhook":
+        allowed.discard("batch_max")  # one request per line, so there is no batch to size
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise _Error(f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(unknown)}")
