@@ -7,102 +7,33 @@ test skips, naming the package; ``.ci/run`` installs both.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from daemon.bench.sinks import ServerProcess, find_binary, free_port, nats_argv, redis_argv
 from tests.daemon_support import InProcessDaemon, LineSink, daemon_config, wait_until
-
-# /usr/sbin is not on every user's PATH, and Debian's nats-server lives there.
-_SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/bin"])
-
 
 def binary(name: str, package: str) -> str:
     """The path of ``name``, or skip the test saying which Debian package provides it."""
-    path = shutil.which(name, path=_SEARCH)
+    path = find_binary(name)
     if path is None:
         pytest.skip(f"{name} is not installed (Debian package {package}; .ci/run installs it when it can)")
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class ServerProcess:
-    """A server binary on a fixed loopback port; :meth:`kill` and :meth:`start` again keep the port."""
-
-    def __init__(self, argv: list[str], port: int, workdir: Path, name: str) -> None:
-        self.argv, self.port, self.workdir, self.name = argv, port, workdir, name
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        """Start the server and wait until it accepts connections."""
-        self.starts += 1
-        log = open(self.workdir / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while not _port_open(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                out = (self.workdir / f"{self.name}-{self.starts}.log").read_text(errors="replace")[-500:]
-                raise RuntimeError(f"{self.name} did not start on port {self.port}: {out}")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        """SIGKILL the server (no shutdown, like a crash) and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-
 def redis_server(tmp_path: Path) -> ServerProcess:
     """redis-server without persistence on a free port (not started)."""
-    exe = binary("redis-server", "redis-server")
     port = free_port()
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path), "--protected-mode", "yes"]
-    return ServerProcess(argv, port, tmp_path, "redis")
+    return ServerProcess(redis_argv(binary("redis-server", "redis-server"), port, tmp_path), port, tmp_path, "redis")
 
 
 def nats_server(tmp_path: Path, jetstream: bool = True) -> ServerProcess:
     """nats-server (with JetStream storing under tmp_path) on a free port (not started)."""
-    exe = binary("nats-server", "nats-server")
     port = free_port()
-    argv = [exe, "-a", "127.0.0.1", "-p", str(port)]
-    if jetstream:
-        argv += ["-js", "-sd", str(tmp_path / "jetstream")]
+    argv = nats_argv(binary("nats-server", "nats-server"), port, tmp_path, jetstream)
     return ServerProcess(argv, port, tmp_path, "nats")
 
 
@@ -168,18 +99,6 @@ class SinkDaemon(InProcessDaemon):
 async def wait_for(predicate, what: str, timeout_s: float = 20.0) -> None:
     """``wait_until`` with a longer default: servers start and reconnect within it."""
     await wait_until(predicate, timeout_s=timeout_s, what=what)
-
-
-@contextlib.asynccontextmanager
-async def background(coro):
-    """Run ``coro`` as a task for the duration of the block, then cancel it."""
-    task = asyncio.create_task(coro)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def metric_value(text: str, name: str, **labels) -> float | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .loopback import row_at
+from .sinks import render as _sinks_render
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -318,6 +319,7 @@ SECTIONS = {
     "inference": ("Per-bar inference latency", section_inference),
     "throughput": ("Throughput", section_throughput),
     "loopback": ("The daemon on loopback", section_loopback),
+    "sinks": ("Sinks: Redis and NATS beside stdout", _sinks_render),
     "training": ("Training stage wall times", section_training),
     "size": ("Model size", section_size),
 }
