@@ -36,6 +36,8 @@ import numpy as np
 __all__ = ["Consumers", "ServerProcess", "find_binary", "free_port", "nats_argv", "redis_argv", "render", "run"]
 
 DURATION_S = 6.0
+# (symbols, bar_s) levels run once more with live sinks, for consumer latency at smaller bursts of closes.
+SMALL_BURSTS = ((10, 0.2), (100, 0.2))
 # Searched besides $PATH: Debian puts nats-server in /usr/sbin, which is not on every user's PATH.
 _SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/bin"])
 STREAM, SUBJECT = "kdsignal:signals", "kdsignal.signals"
@@ -243,7 +245,7 @@ class Consumers:
                 await rc.aclose()
 
     async def _read_redis(self, rc) -> None:
-        last = "0-0"
+        last = "$"  # only what arrives from now on (an earlier variant left its lines in the stream)
         got = self.got["redis"]
         while True:
             reply = await rc.xread({STREAM: last}, block=1000, count=1000)
@@ -320,7 +322,6 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
         why = "redis-server or nats-server is not installed (Debian packages of the same names)"
     if why is not None:
         return {"variants": [], "skipped": [{"name": "sinks", "reason": why}]}
-    symbols, bar_s = ISSUE_LEVEL
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="kdsignal-bench-sinks-") as tmp:
         workdir = Path(tmp)
@@ -332,9 +333,12 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
         try:
             redis.start()
             nats_.start()
-            plan = [("none", "", False), ("redis+nats", _sink_tables(redis.port, nats_.port), True),
-                    ("dead sinks", dead, False), ("none again", "", False)]
-            for name, tables, consume in plan:
+            live = _sink_tables(redis.port, nats_.port)
+            plan = [("none", "", False, ISSUE_LEVEL), ("redis+nats", live, True, ISSUE_LEVEL),
+                    ("dead sinks", dead, False, ISSUE_LEVEL), ("none again", "", False, ISSUE_LEVEL)]
+            # Smaller bursts: how soon a consumer sees a line depends on how many lines a burst holds.
+            plan += [(f"redis+nats, {n} symbols", live, True, (n, b)) for n, b in SMALL_BURSTS]
+            for name, tables, consume, (symbols, bar_s) in plan:
                 try:
                     if consume:
                         with Consumers(redis.port, nats_.port) as consumers:
@@ -350,7 +354,7 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
             nats_.stop()
     results = []
     for r in rows:
-        key = r["variant"].replace("+", "_").replace(" ", "_")
+        key = r["variant"].replace("+", "_").replace(", ", "_").replace(" ", "_")
         results.append({"name": f"sinks_tick_to_signal_{key}", "p50_us": r["p50_us"], "p99_us": r["p99_us"],
                         "n": r["live_samples"], "signals_per_s": r["signals_per_s"]})
         for sink, c in (r.get("consumer") or {}).items():
@@ -360,10 +364,11 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
     ratios = []
     if base and base["p99_us"]:
         for r in rows[1:]:
-            if r["p99_us"]:
+            if r["p99_us"] and r["symbols"] == base["symbols"]:
                 ratios.append({"name": f"sinks p99 {r['variant']} / none", "ratio": round(r["p99_us"] / base["p99_us"], 3)})
     return {"variants": rows, "results": results, "ratios": ratios, "skipped": skipped,
-            "settings": {"symbols": symbols, "bar_s": bar_s, "duration_s": duration_s}}
+            "settings": {"issue_level": list(ISSUE_LEVEL), "small_bursts": [list(x) for x in SMALL_BURSTS],
+                         "duration_s": duration_s}}
 
 
 def render(report: dict, markdown: bool) -> str:
@@ -374,9 +379,9 @@ def render(report: dict, markdown: bool) -> str:
     rows = part.get("variants", [])
     if not rows:
         return "not measured"
-    out = [_table(["variant", "signals/s written", "samples", "tick_to_signal p50 us", "p99 us", "max us",
+    out = [_table(["variant", "symbols", "bar s", "signals/s written", "samples", "tick_to_signal p50 us", "p99 us", "max us",
                    "daemon CPU %", "RSS MB", "sink sent / dropped"],
-                  [[r["variant"], r["signals_per_s"], r["live_samples"], r["p50_us"], r["p99_us"], r["max_us"],
+                  [[r["variant"], r["symbols"], r["bar_s"], r["signals_per_s"], r["live_samples"], r["p50_us"], r["p99_us"], r["max_us"],
                     r["cpu_percent"], r["rss_mb"],
                     ", ".join(f"{k} {v['sent']}/{v['dropped']}" for k, v in r.get("sinks", {}).items()) or "-"]
                    for r in rows], markdown)]
