@@ -309,7 +309,7 @@ def floor(redis_port: int, nats_port: int, n: int = 300, gap_s: float = 0.01) ->
 
 
 # ---------------------------------------------------------------------- orchestration (the bench process)
-def _sink_tables(redis_port: int, nats_port: int) -> str:
+def sink_tables(redis_port: int, nats_port: int) -> str:
     return (f'\n[[sink]]\nkind = "redis"\nurl = "redis://127.0.0.1:{redis_port}/0"\nstream = "{STREAM}"\n'
             f'\n[[sink]]\nkind = "nats"\nurl = "nats://127.0.0.1:{nats_port}"\nsubject = "{SUBJECT}"\n')
 
@@ -371,7 +371,7 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
         redis = ServerProcess(redis_argv(redis_exe, port, workdir), port, workdir, "redis")
         port = free_port()
         nats_ = ServerProcess(nats_argv(nats_exe, port, workdir, jetstream=False), port, workdir, "nats")
-        dead = _sink_tables(free_port(), free_port())
+        dead = sink_tables(free_port(), free_port())
         try:
             redis.start()
             nats_.start()
@@ -380,7 +380,7 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
             except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                 floor_row = None
                 skipped.append({"name": "sinks_floor", "reason": str(e)[:300]})
-            live = _sink_tables(redis.port, nats_.port)
+            live = sink_tables(redis.port, nats_.port)
             plan = [("none", "", False, ISSUE_LEVEL), ("redis+nats", live, True, ISSUE_LEVEL),
                     ("dead sinks", dead, False, ISSUE_LEVEL), ("none again", "", False, ISSUE_LEVEL)]
             # Smaller bursts: how soon a consumer sees a line depends on how many lines a burst holds.
