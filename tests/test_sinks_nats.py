@@ -120,3 +120,28 @@ async def test_server_killed_and_restarted(server, fake, random_artifact):
             await wait_for(lambda: sink.sent == n, f"{n} lines acked after the restart")
         lines = d.raw_lines
         assert await stream_payloads(server.port) == lines[:4] + lines[4:7] + lines[14:]
+
+
+async def test_user_and_password_file(tmp_path, fake, random_artifact):
+    """A NATS server requiring a user and password is reached with the password read from ``password_file``."""
+    s = nats_server(tmp_path, jetstream=False)
+    s.argv += ["--user", "kdsignal", "--pass", "n4ts-pw"]
+    s.start()
+    (tmp_path / "nats-password").write_text("n4ts-pw\n")
+    got: list[bytes] = []
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{s.port}", user="kdsignal", password="n4ts-pw")
+
+        async def on_msg(msg):
+            got.append(msg.data)
+
+        await nc.subscribe(SUBJECT, cb=on_msg)
+        await nc.flush()
+        sinks = [table(s.port, user="kdsignal", password_file=str(tmp_path / "nats-password"))]
+        async with SinkDaemon(fake, random_artifact, ("BTCUSDT",), sinks=sinks) as d:
+            await fake.step(2)
+            await wait_for(lambda: len(got) == 2, "2 messages received")
+            assert got == d.raw_lines and d.sink_named("nats").errors == 0
+        await nc.close()
+    finally:
+        s.stop()
