@@ -125,3 +125,20 @@ async def test_password_from_environment(tmp_path, fake, random_artifact):
                 await client.aclose()
     finally:
         server.stop()
+
+
+async def test_error_reply_keeps_the_lines(redis, fake, random_artifact):
+    """A stream key holding another type fails the batch with Redis's reason; once fixed, every line arrives in order."""
+    client = Redis(host="127.0.0.1", port=redis.port)
+    await client.set(STREAM, "not a stream")
+    try:
+        async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)]) as d:
+            sink = d.sink_named("redis")
+            await fake.step(2)
+            await wait_for(lambda: sink.errors >= 1 and not sink.up, "the error reply")
+            assert "WRONGTYPE" in sink.last_error and sink.sent == 0 and sink.queued == 4
+            await client.delete(STREAM)
+            await wait_for(lambda: sink.up and sink.sent == 4, "the 4 lines after the key was removed")
+            assert await stream_lines(redis.port) == d.raw_lines
+    finally:
+        await client.aclose()
