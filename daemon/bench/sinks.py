@@ -26,6 +26,7 @@ machine's cores with the fake exchange and the servers, as a colocated deploymen
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
 import shutil
@@ -182,7 +183,13 @@ async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s
                   "rss_mb": round(_status_mb("VmRSS"), 1), "sinks": sinks}
     finally:
         service.stop()
-        await task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 30.0)
+        except TimeoutError:
+            # A stop that does not finish: show where every task waits, then give up on it.
+            for t in asyncio.all_tasks():
+                t.print_stack(file=sys.stderr)
+            raise
         out.f.close()
         if log_file is not None:
             log_file.close()
@@ -450,6 +457,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m daemon.bench.sinks driver CONFIG SIGNALS STAMPS SETTLE_S DURATION_S", file=sys.stderr)
         return 2
     _, config, signals_path, stamps, settle_s, duration_s = argv
+    # A daemon that stops answering leaves the stacks of its threads in driver.err before the bench gives up.
+    faulthandler.dump_traceback_later(float(duration_s) + 90.0, exit=False, file=sys.stderr)
     result = asyncio.run(_drive(config, signals_path, stamps, float(settle_s), float(duration_s)))
     print(json.dumps(result), flush=True)
     return 0

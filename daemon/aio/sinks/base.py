@@ -117,12 +117,16 @@ class Sink:
                     raise
                 except Exception as exc:  # noqa: BLE001 - whatever fails, the sink retries; counted and logged
                     self._mark_down(exc)
-                    with contextlib.suppress(Exception):
-                        await self.close()
+                    await self._close_bounded()
                     await asyncio.sleep(next(delays))
         finally:
             self._waiting = False
-            with contextlib.suppress(Exception):
+            await self._close_bounded()
+
+    async def _close_bounded(self) -> None:
+        # A client library that never finishes closing must not hold up a reconnect or the daemon's stop.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.cfg.timeout_s):
                 await self.close()
 
     async def drain(self, timeout_s: float) -> bool:
