@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kdsignal", description="Knowledge-distilled trading signals from Bybit v5 klines (python -m daemon works too)."
+        prog="kdsignal",
+        description="Knowledge-distilled trading signals from Bybit v5 klines (python -m daemon works too)."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the module of the chosen command is imported; the others appear in --help by name alone.

@@ -1,25 +1,164 @@
-"""Helpers shared by the feed, fake-Bybit and daemon tests (not a test module)."""
+"""Helpers shared by the tests (not a test module, and the only module tests import helpers from besides
+``tests.naive``): real sample data, seeded random students and artifacts, polling with a deadline, an
+in-process daemon against the fake Bybit, a ``kdsignal run`` child process, and a stand-in systemd socket."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
+import numba
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from daemon.core.artifact import save_artifact
 from daemon.tools.replay import CsvRow, read_kline_csv
-from kernels.layout import WINDOW
+from kernels.features import features_batch
+from kernels.layout import FEATURE_NAMES, WINDOW, architecture, pack_mlp, pack_student, probs_offset, student_state_size
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+BAR_MS = 300_000
 # Where a fake opens its first live bar: the REST history before it (warmup_bars + 5 asked for, WINDOW needed)
 # is enough to warm the model, so the first close after start is signalled.
 OPEN_INDEX = WINDOW + 19
+
+# For tests that compare compiled code with compiled code or compile ahead of time: under NUMBA_DISABLE_JIT
+# (the coverage run) kernels execute as Python, whose libm can differ from LLVM's in the last bit.
+needs_jit = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT: nothing is compiled")
+
+
+# --- data, students, artifacts ---------------------------------------------------------------------------------
+
+def load_csv(path) -> np.ndarray:
+    """Rows of start_ms, open, high, low, close, volume as float64 (n, 6)."""
+    return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
 
 
 def sample_rows(symbols=("BTCUSDT",), n: int | None = None, interval: str = "5") -> dict[str, list[CsvRow]]:
     """The first ``n`` real candles of each symbol from data/."""
     return {s: read_kline_csv(DATA / f"{s}-{interval}m.csv")[:n] for s in symbols}
 
+
+def with_gaps(bars: np.ndarray, seed: int) -> np.ndarray:
+    """Copy of bars with some zero-volume bars and some missing (NaN / zero / negative price) bars."""
+    rng = np.random.default_rng(seed)
+    out = bars.copy()
+    n = len(out)
+    out[rng.choice(n, n // 20, replace=False), 4] = 0.0
+    out[rng.choice(n, n // 50, replace=False), 3] = np.nan
+    out[rng.choice(n, n // 100, replace=False), 1] = 0.0
+    out[rng.choice(n, n // 100, replace=False), 2] = -1.0
+    out[rng.choice(n, n // 100, replace=False), 4] = np.inf
+    return out
+
+
+# Hypothesis bars: (open price, close/open move, volume, fault) per bar; ``to_bars`` makes them (n, 5) OHLCV.
+prices = st.floats(min_value=0.01, max_value=1e6, allow_nan=False)
+bar_lists = st.lists(
+    st.tuples(
+        prices,
+        st.floats(min_value=0.9, max_value=1.1),
+        st.floats(min_value=0.0, max_value=1e5),
+        st.sampled_from([None, None, None, None, "nan", "zero", "inf"]),
+    ),
+    min_size=1,
+    max_size=2 * 101,
+)
+
+
+def to_bars(spec) -> np.ndarray:
+    """OHLCV rows (n, 5) from a ``bar_lists`` example, with its faults applied."""
+    rows = []
+    for price, move, vol, fault in spec:
+        c = price * move
+        row = [price, max(price, c) * 1.001, min(price, c) * 0.999, c, vol]
+        if fault == "nan":
+            row[3] = np.nan
+        elif fault == "zero":
+            row[0] = 0.0
+        elif fault == "inf":
+            row[4] = np.inf
+        rows.append(row)
+    return np.array(rows)
+
+
+STUDENT_SIZES = (len(FEATURE_NAMES), 16, 8, 3)
+
+
+def random_student(seed: int = 0, sizes=STUDENT_SIZES, activations=("relu", "relu", "linear")):
+    """Seeded random student weights with output scaled so probabilities are not saturated."""
+    rng = np.random.default_rng(seed)
+    weights = [rng.normal(0, 1 / np.sqrt(sizes[k]), size=(sizes[k + 1], sizes[k])) for k in range(len(sizes) - 1)]
+    biases = [rng.normal(0, 0.1, size=sizes[k + 1]) for k in range(len(sizes) - 1)]
+    return weights, biases, list(activations)
+
+
+def packed_student(seed, sizes, acts, bars):
+    """(model vector, weights, biases, activations, mean, std) with the feature statistics of ``bars``."""
+    w, b, a = random_student(seed, sizes, acts)
+    feats = features_batch(*bars.T)
+    mean, std = np.nanmean(feats, 0), np.nanstd(feats, 0)
+    return pack_student(pack_mlp(w, b, a), mean, std, 6.0), w, b, a, mean, std
+
+
+def run_both(step, model, bars):
+    """Drive ``step`` and the generic kernel side by side, asserting equal states; return the probabilities."""
+    from kernels.student import student_step
+
+    fast = np.zeros(student_state_size(model))
+    slow = np.zeros_like(fast)
+    at = probs_offset(model)
+    probs = np.full((len(bars), int(architecture(model)[1][-1])), np.nan)
+    for t, (o, h, l, c, v) in enumerate(bars):
+        status = step(fast, model, o, h, l, c, v)
+        assert status == student_step(slow, model, o, h, l, c, v)
+        np.testing.assert_array_equal(fast, slow)
+        if status >= 0:
+            probs[t] = fast[at : at + probs.shape[1]]
+    return probs
+
+
+def write_random_artifact(path, *, seed: int = 0, interval: str = "5", symbols=("BTCUSDT",), architecture=None,
+                          **overrides) -> str:
+    """Write a valid artifact with random weights and real normalisation statistics; return its id.
+
+    ``architecture``: (sizes, activations) for ``random_student``; its default when None.
+    """
+    bars = load_csv(DATA / "BTCUSDT-5m.csv")
+    feats = features_batch(*(bars[:, i] for i in range(1, 6)))
+    weights, biases, acts = random_student(seed, *(architecture or ()))
+    manifest = {
+        "normalisation": {"clip": 6.0},
+        "distillation": {"temperature": 1.0, "alpha": 1.0},
+        "labels": {"note": "random weights for tests"},
+        "data": {"symbols": list(symbols), "interval": interval, "start_ms": int(bars[0, 0]),
+                 "end_ms": int(bars[-1, 0])},
+        "metrics": {},
+    }
+    manifest.update(overrides)
+    return save_artifact(
+        path,
+        weights=weights,
+        biases=biases,
+        activations=acts,
+        feature_mean=np.nanmean(feats, axis=0),
+        feature_std=np.nanstd(feats, axis=0),
+        manifest=manifest,
+    )
+
+
+# --- waiting ---------------------------------------------------------------------------------------------------
 
 async def wait_until(predicate, timeout_s: float = 15.0, what: str = "condition") -> None:
     """Poll ``predicate()`` until it is true; fail naming ``what`` after ``timeout_s``."""
@@ -29,6 +168,17 @@ async def wait_until(predicate, timeout_s: float = 15.0, what: str = "condition"
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.005)
 
+
+def wait_until_sync(predicate, timeout_s: float = 15.0, what: str = "condition") -> None:
+    """``wait_until`` for code outside an event loop: poll ``predicate()``, fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.005)
+
+
+# --- the daemon in this process --------------------------------------------------------------------------------
 
 class LineSink:
     """A binary stream standing in for stdout: collects whole lines and parses them as JSON."""
@@ -45,8 +195,6 @@ class LineSink:
 
     @property
     def lines(self) -> list[dict]:
-        import json
-
         return [json.loads(x) for x in self.buffer.decode().splitlines()]
 
 
@@ -71,8 +219,8 @@ class InProcessDaemon:
     """Run a Service in this event loop against a fake; ``lines`` are its stdout lines as dicts."""
 
     def __init__(self, fake, artifact, symbols=("BTCUSDT",), **sections) -> None:
-        from daemon.core.model import Model
         from daemon.aio.service import Service
+        from daemon.core.model import Model
 
         self.fake = fake
         self.sink = LineSink()
@@ -111,3 +259,141 @@ class InProcessDaemon:
     async def wait_for_start(self, symbol: str, start_ms: int) -> None:
         """Wait until a signal for (symbol, start_ms) has been written."""
         await wait_until(lambda: start_ms in self.starts(symbol), what=f"signal {symbol} {start_ms}")
+
+
+def replay_lines(artifact, symbol: str, rows: list[CsvRow]) -> dict[int, dict]:
+    """Signal lines of `kdsignal replay` over ``rows`` of ``symbol``, by start."""
+    from daemon.aio.output import SignalWriter
+    from daemon.core.model import Model
+    from daemon.tools.replay import replay
+
+    sink = LineSink()
+    replay(rows, symbol, "5", Model.load(artifact), SignalWriter(sink))
+    return {x["start"]: x for x in sink.lines}
+
+
+async def check_exactly_once(daemon: InProcessDaemon, artifact, first_ms: int, last_ms: int, symbols=None) -> dict:
+    """Wait for ``last_ms``; assert each bar first..last is signalled once, equal to replay over the fake's bars;
+    return the backfilled starts by symbol. ``symbols``: every symbol the fake serves when None."""
+    backfilled = {}
+    for symbol in symbols or tuple(daemon.fake.rows):
+        await daemon.wait_for_start(symbol, last_ms)
+        lines = [x for x in daemon.lines if x["symbol"] == symbol]
+        assert [x["start"] for x in lines] == list(range(first_ms, last_ms + 1, BAR_MS))
+        reference = replay_lines(artifact, symbol, list(daemon.fake.rows[symbol].values()))
+        for x in lines:
+            ref = reference[x["start"]]
+            assert (x["probs"], x["signal"], x["model"], x["interval"]) == (
+                ref["probs"], ref["signal"], ref["model"], ref["interval"])
+        backfilled[symbol] = [x["start"] for x in lines if x["backfill"]]
+    return backfilled
+
+
+# --- the daemon as a child process -----------------------------------------------------------------------------
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``kdsignal``: this one (read now, so it carries the session's kernel directory)
+    with the checkout on ``PYTHONPATH``, plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def kdsignal(*args, env=None, timeout=300):
+    """Run ``python -m daemon ARGS`` from the checkout; return the completed process."""
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env or dict(os.environ), timeout=timeout, check=False)
+
+
+def run_daemon(config) -> subprocess.CompletedProcess:
+    """Run ``kdsignal run --config CONFIG`` to its end (for start-up refusals); return the completed process."""
+    return subprocess.run([sys.executable, "-m", "daemon", "run", "--config", str(config)], capture_output=True,
+                          text=True, cwd=ROOT, env=child_env(), timeout=60, check=False)
+
+
+def write_config(path, fake=None, artifact="a.npz", log_file="", interval="5", extra=""):
+    """Write a TOML config for a daemon pointed at ``fake`` (or at closed local ports)."""
+    ws = fake.ws_url if fake else "ws://127.0.0.1:9/v5/public/linear"
+    rest = fake.rest_url if fake else "http://127.0.0.1:9"
+    path.write_text(textwrap.dedent(f"""
+        [feed]
+        ws_url = "{ws}"
+        rest_url = "{rest}"
+        symbols = ["BTCUSDT"]
+        interval = "{interval}"
+        ping_interval_s = 0.2
+        pong_timeout_s = 1
+        [backoff]
+        initial_s = 0.05
+        max_s = 0.2
+        [rest]
+        max_attempts = 2
+        [model]
+        artifact = "{artifact}"
+        [log]
+        file = "{log_file}"
+        latency_summary_s = 0.5
+        [train]
+        anything = "is left to the training code"
+        """) + extra)
+    return path
+
+
+class Proc:
+    """A `kdsignal run` subprocess with its stdout read line by line."""
+
+    async def start(self, config):
+        self.p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run", "--config", str(config), cwd=ROOT, env=child_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        return self
+
+    async def line(self) -> dict:
+        raw = await asyncio.wait_for(self.p.stdout.readline(), 20)
+        assert raw.endswith(b"\n"), raw
+        return json.loads(raw)
+
+    async def stop(self, sig=signal.SIGTERM) -> tuple[int, bytes]:
+        self.p.send_signal(sig)
+        rest = await asyncio.wait_for(self.p.stdout.read(), 20)
+        return await asyncio.wait_for(self.p.wait(), 20), rest
+
+
+def log_events(path) -> list[dict]:
+    """Every line of a JSON log file, parsed (a split line would fail here)."""
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- a stand-in systemd ----------------------------------------------------------------------------------------
+
+class NotifyReceiver:
+    """The systemd side of ``$NOTIFY_SOCKET``: a bound datagram socket collecting messages as field dicts."""
+
+    def __init__(self, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"kdsignal-test-{os.getpid()}-{id(self)}"
+            self.sock.bind("\0" + name)
+            self.env_value = "@" + name
+            self._dir = None
+        else:
+            # sun_path holds at most 107 bytes, and pytest's tmp_path can be longer than that.
+            self._dir = tempfile.TemporaryDirectory(prefix="sdn")
+            path = str(Path(self._dir.name) / "notify.sock")
+            self.sock.bind(path)
+            self.env_value = path
+        self.sock.setblocking(False)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        """Read every queued datagram; return all messages received so far."""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return self.messages
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
+
+    def close(self) -> None:
+        """Close the socket and remove its directory."""
+        self.sock.close()
+        if self._dir is not None:
+            self._dir.cleanup()

@@ -16,9 +16,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
 from daemon.core.parser import FrameError, KlineFrame, parse_frame
-from tests.daemon_support import ROOT, sample_rows, wait_until
+from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
+from tests.support import ROOT, sample_rows, wait_until
 
 START = 30  # bars of REST-only history before the open bar
 
@@ -49,7 +49,8 @@ async def test_rest_pages_newest_first_with_the_open_candle(fake):
     _, _, body = await _rest(fake, limit=1000, end=fake.open_start_ms - 1)
     assert len(body["result"]["list"]) == START and int(body["result"]["list"][0][0]) < fake.open_start_ms
     _, _, body = await _rest(fake, start=fake.open_start_ms - 2 * 300_000 + 5, limit=1000)
-    assert [int(r[0]) for r in body["result"]["list"]][-1] == fake.open_start_ms - 2 * 300_000  # the candle holding start
+    # The candle holding start.
+    assert [int(r[0]) for r in body["result"]["list"]][-1] == fake.open_start_ms - 2 * 300_000
 
 
 async def test_rest_errors_and_scripted_faults(fake):

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from daemon.aio.feed import Feed, default_retryable
 from daemon.core.config import BackoffConfig
 from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit
-from daemon.aio.feed import Feed, default_retryable
-from tests.daemon_support import sample_rows, wait_until
+from tests.support import sample_rows, wait_until
 
 FAST = BackoffConfig(initial_s=0.01, max_s=0.05, factor=2.0, jitter=0.5)
 TOPICS = ("kline.5.BTCUSDT", "kline.5.ETHUSDT")
@@ -140,7 +140,7 @@ def test_backoff_is_capped_and_jittered():
     gen = cfg.delays(random.Random(3))
     delays = [next(gen) for _ in range(8)]
     nominal = [1, 2, 4, 8, 8, 8, 8, 8]
-    assert all(0.5 * d <= x <= d for x, d in zip(delays, nominal))
+    assert all(0.5 * d <= x <= d for x, d in zip(delays, nominal, strict=True))
     assert len(set(delays)) == len(delays)
 
 

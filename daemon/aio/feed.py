@@ -148,7 +148,7 @@ class Feed:
             # would replace a CancelledError on its way out and leave the feed running after shutdown.
             for task in tasks:
                 task.cancel()
-            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
                 if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionClosed):
                     self.log.error("feed_task_failed", task=task.get_name(), error=repr(outcome))
 
