@@ -169,15 +169,6 @@ async def wait_until(predicate, timeout_s: float = 15.0, what: str = "condition"
         await asyncio.sleep(0.005)
 
 
-def wait_until_sync(predicate, timeout_s: float = 15.0, what: str = "condition") -> None:
-    """``wait_until`` for code outside an event loop: poll ``predicate()``, fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.005)
-
-
 # --- the daemon in this process --------------------------------------------------------------------------------
 
 class LineSink:

@@ -121,9 +121,8 @@ async def test_cancel_leaves_no_task_behind(fake):
     """Cancelling the feed cancels its keepalive and subscribe tasks with the connection."""
     async with Running(fake.ws_url) as r:
         await wait_until(lambda: r.subscribed >= 1, what="subscription")
-    await asyncio.sleep(0)
-    names = {t.get_name() for t in asyncio.all_tasks()}
-    assert not names & {"feed-keepalive", "feed-subscribe"}
+    await wait_until(lambda: not {t.get_name() for t in asyncio.all_tasks()} & {"feed-keepalive", "feed-subscribe"},
+                     5, "the feed's tasks to end")
 
 
 async def test_bad_url_is_not_retried():

@@ -149,20 +149,20 @@ async def test_a_stuck_reader_never_blocks_the_loop_and_lines_stay_whole():
             nonlocal ticks
             while True:
                 ticks += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # the scenario: a task that runs whenever the loop is free
 
         task = asyncio.create_task(ticker())
         for i in range(2000):
             writer.write(_signal(start_ms=i))
             if i % 100 == 0:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # let the ticker run between batches of writes
         assert ticks > 0 and writer.dropped > 0 and writer.pending_bytes <= 8192
         assert writer.written + writer.dropped == 2000
         got = b""
         deadline = loop.time() + 10
         while len(got.splitlines()) < writer.written and loop.time() < deadline:
             got += _read_all(r)
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # polling the pipe, with the deadline above
         task.cancel()
         writer.detach()
         assert os.get_blocking(w)  # the flags are back as they were (a pipe made here: blocking)
