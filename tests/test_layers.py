@@ -14,6 +14,7 @@ lazy import cannot hide a dependency. The rules (README, "Layout"):
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -179,3 +180,29 @@ def test_tests_import_check_sees_a_cross_import(tmp_path):
     sample.write_text("def f():\n    from tests.test_service import x\n"
                       "from tests import conftest\nfrom .naive import y\n")
     assert imported_test_modules(sample) == {"tests.test_service", "tests.conftest", "tests.naive"}
+
+
+def readme_map_rows() -> list[str]:
+    """The table rows of the README's "What is where" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## What is where"):]
+    section = section[: section.index("\n## ", 1)]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_readme_map_names_every_module():
+    """Each module of kernels/ and daemon/ is named in the README map's row for its folder (an ``__init__.py``
+    that defines nothing excepted), and each row's folder or file exists."""
+    rows = readme_map_rows()
+    missing = []
+    for path in sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        if path.name == "__init__.py" and all(isinstance(n, ast.Expr) for n in body):  # a docstring at most
+            continue
+        own = [r for r in rows if f"`{rel}`" in r.split("|")[1] or f"`{rel.parent}/`" in r.split("|")[1]]
+        if not any(f"`{rel}`" in r or f"`{path.name}`" in r for r in own):
+            missing.append(str(rel))
+    assert missing == []
+    named = [n for r in rows for n in re.findall(r"`([^`]+)`", r.split("|")[1])]
+    assert [n for n in named if not (ROOT / n).exists()] == []

@@ -284,7 +284,7 @@ def test_realistic_candle_round_trips(a, b, vol):
 
 
 def test_parser_does_not_import_asyncio():
-    """The parser is layer 2: importing it in a fresh interpreter loads no asyncio."""
+    """The parser is in the no-I/O core: importing it in a fresh interpreter loads no asyncio."""
     code = "import sys, daemon.core.parser; print('asyncio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

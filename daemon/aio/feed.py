@@ -1,4 +1,4 @@
-"""The Bybit v5 kline WebSocket client (layer 3; the only module of the daemon that imports ``websockets``).
+"""The Bybit v5 kline WebSocket client (asyncio layer; the only module of the daemon that imports ``websockets``).
 
 ``Feed.run()`` connects forever: on each connection it subscribes every topic in chunks with a ``req_id`` and
 checks each ack ("already subscribed" counts as success; a refused topic is reported and the others are

@@ -2,7 +2,7 @@
 
 Arrays (all float64, loaded with ``allow_pickle=False``):
 
-- ``mlp``: the student MLP packed as in ``kernels.mlp`` (sizes, activations, weights, biases);
+- ``mlp``: the student MLP packed as ``kernels.layout.pack_mlp`` does (sizes, activations, weights, biases);
 - ``feature_mean``, ``feature_std``: normalisation statistics of the training features (F,);
 - ``manifest``: UTF-8 JSON bytes (uint8), the manifest below.
 
@@ -11,8 +11,8 @@ Manifest (schema_version 1). Keys the loader requires and checks:
 ==================  ========================================================================
 schema_version      1
 model_id            content hash (sha256 of arrays + manifest without this key, 16 hex chars)
-features            ``{"names": [...], "params": {...}, "window": 21}``: must equal what
-                    ``kernels.features`` computes
+features            ``{"names": [...], "params": {...}, "window": int}``: must equal what
+                    ``kernels.features`` computes (``kernels.layout.WINDOW`` bars)
 warmup_bars         closed bars before the first signal (= features.window)
 normalisation       ``{"clip": float}``: ``|z|`` bound after standardising
 student             ``{"sizes": [F, ..., K], "activations": [...]}``: must match ``mlp``

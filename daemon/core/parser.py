@@ -1,4 +1,4 @@
-"""Bybit v5 public kline messages, parsed without I/O (layer 2: this module must not import asyncio).
+"""Bybit v5 public kline messages, parsed without I/O (core: this module must not import asyncio).
 
 One parser serves the WebSocket stream and the REST ``/v5/market/kline`` pages, so a candle from either
 source is the same :class:`Candle` with the same float conversion (live and replay must agree bit for bit).

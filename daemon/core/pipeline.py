@@ -1,4 +1,4 @@
-"""One (symbol, interval): closed candles in, events out (layer 2: no I/O, no asyncio).
+"""One (symbol, interval): closed candles in, events out (core: no I/O, no asyncio).
 
 The pipeline is a protocol object in the style of ``websockets``' Sans-I/O core: the I/O layer feeds it
 what happened and acts on what it asks for.
