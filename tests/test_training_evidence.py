@@ -11,7 +11,7 @@ import pytest
 
 from daemon.core.artifact import ArtifactError, load_artifact, save_artifact
 from daemon.training import evaluate as ev
-from daemon.training import trading as tr
+from daemon.core import trading as tr
 from daemon.training import train as pipeline
 from daemon.training.bootstrap import DAY_MS, blocks_of, paired_mean, paired_ratio, verdict
 from daemon.training.config import TrainConfig
