@@ -12,8 +12,9 @@ returns, so a symbol's returns add up over bars and the report's "net return" is
 
 Decision policy: ``edge = p_buy - p_sell``; long when ``edge > threshold``, short when
 ``edge < -threshold``, flat otherwise (``threshold >= 1`` never acts on probabilities). With
-``hold_bars = 1`` the decision is re-made every bar; with ``hold_bars = h`` a position, once taken, is kept for h bars before the next
-decision (the label's horizon), and renewed without cost if that decision is the same.
+``hold_bars = 1`` the decision is re-made every bar; with ``hold_bars = h`` a position, once taken, is kept
+for h bars before the next decision (the label's horizon), and renewed without cost if that decision is
+the same.
 """
 
 from __future__ import annotations
