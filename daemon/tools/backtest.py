@@ -179,7 +179,8 @@ def _row(name: str, stats: dict) -> dict:
 def sweep(candles: dict[str, Candles], signals: SignalFile, *, fee_bp: float, hold_bars: int,
           thresholds, spread_bp: float | None, interval: str) -> list[dict]:
     """The read-out rows: as signalled, each threshold, buy and hold, always flat (statistics of
-    ``daemon.core.trading.statistics``, over the bars from each symbol's first to last signal line)."""
+    ``daemon.core.trading.statistics``, over the bars from each symbol's first to last signal line and the two
+    opens that fill and close the last one)."""
     bars_per_year = _YEAR_MS / INTERVAL_MS[interval]
     fee = fee_bp * trading.BP
     markets, edges, decided = [], {}, {}
@@ -187,7 +188,9 @@ def sweep(candles: dict[str, Candles], signals: SignalFile, *, fee_bp: float, ho
         have = np.flatnonzero(np.isfinite(signals.edge[s]))
         if not len(have):
             continue
-        a, b = int(have[0]), int(have[-1]) + 1  # the span the file covers: outside it nothing was signalled
+        # The bars from the first to the last line, plus the two opens after it that fill and close the last
+        # decision (flat there: nothing was signalled).
+        a, b = int(have[0]), min(len(c.start_ms), int(have[-1]) + 3)
         markets.append(trading.Market(s, c.start_ms[a:b], c.open[a:b], spread_bp=spread_bp))
         edges[s] = signals.edge[s][a:b]
         decided[s] = signals.decision[s][a:b]
