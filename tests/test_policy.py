@@ -40,6 +40,7 @@ def test_argmax_keeps_the_kernel_class():
     p = argmax(CLASSES)
     assert [p.decide(k, (0.1, 0.2, 0.7)) for k in (SELL, HOLD, BUY)] == [SELL, HOLD, BUY]
     assert p.describe() == {"policy": "argmax", "emit": "all"}
+    assert p.plain and not argmax(CLASSES, "changes").plain  # the pipeline skips the calls only when plain
 
 
 def test_threshold_from_the_manifest_by_fee_case(policy_artifact):
@@ -208,3 +209,24 @@ async def test_replay_equals_live_with_a_threshold_policy(tmp_path):
         assert got == want
     # the threshold sits inside the edges seen: some bars acted, some held (and were not written)
     assert 0 < len(live) < bars * len(ROWS)
+
+
+async def test_reload_takes_the_new_artifacts_threshold_or_keeps_the_old(tmp_path):
+    """SIGHUP's reload serves the new manifest's threshold; an artifact without a policy is refused and the old
+    model and policy keep serving."""
+    from structlog.testing import capture_logs
+
+    artifact = tmp_path / "a.npz"
+    write_random_artifact(artifact, policy=POLICY)
+    async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as fake, \
+            InProcessDaemon(fake, artifact, ("BTCUSDT",), signal={"policy": "threshold"}) as d:
+        assert (d.service.policy.threshold, d.service.pipelines["BTCUSDT"].policy.threshold) == (0.3, 0.3)
+        new = {**POLICY, "cases": {"taker": {"threshold": 0.7, "hold_bars": 1}}}
+        write_random_artifact(artifact, seed=3, policy=new)
+        assert await d.service.reload() is True
+        assert d.service.pipelines["BTCUSDT"].policy.threshold == 0.7
+        write_random_artifact(artifact, seed=4)  # no policy in the manifest
+        with capture_logs() as logs:
+            assert await d.service.reload() is False
+        assert "stores no policy" in next(e["error"] for e in logs if e["event"] == "model_reload_failed")
+        assert d.service.pipelines["BTCUSDT"].policy.threshold == 0.7

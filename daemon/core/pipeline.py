@@ -482,8 +482,11 @@ class Pipeline:
         classes = self._classes
         probs = tuple(state.probs.tolist())
         policy = self.policy
-        k = policy.decide(k, probs)
-        emit = policy.emits(k, self._last_decision)
-        self._last_decision = k
+        if policy.plain:
+            emit = True
+        else:
+            k = policy.decide(k, probs)
+            emit = policy.emits(k, self._last_decision)
+            self._last_decision = k
         return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, probs,
                       t1 - t0, self._model_id, backfill, recv_ns, late_ms, emit)

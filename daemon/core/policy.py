@@ -45,6 +45,7 @@ class Policy:
     hold: int
     _by_threshold: bool
     _emit_mode: int
+    plain: bool        # argmax and every line: nothing to decide, the pipeline skips both calls
 
     def decide(self, k: int, probs: tuple[float, ...]) -> int:
         """The class index this bar's line says, from the argmax ``k`` and the probabilities ``probs``."""
@@ -111,4 +112,4 @@ def _make(kind: str, threshold: float, emit: str, source: str, classes: tuple[st
     if missing:
         raise ConfigError(f"the model's classes {list(classes)} lack {', '.join(missing)}: no policy can decide")
     return Policy(kind, threshold, emit, source, classes.index("buy"), classes.index("sell"), classes.index("hold"),
-                  kind == "threshold", EMITS.index(emit))
+                  kind == "threshold", EMITS.index(emit), kind == "argmax" and emit == "all")
