@@ -1,8 +1,8 @@
 """Trading read-out of a sell/hold/buy signal over candles: positions, costs, P&L and its statistics.
 
-In ``daemon.core`` so both ``kdsignal train`` (its report) and ``kdsignal backtest`` (any signal file: the
-daemon's JSON lines, ``edge_from_signal_lines``) use this one module. No I/O; numba is imported on the
-first simulation, never by importing this module, so the serving path stays free of it.
+In ``daemon.core`` so both ``kdsignal train`` (its report) and ``kdsignal backtest`` (any signal file of the
+daemon's JSON lines, read and checked by ``daemon.tools.backtest``) use this one module. No I/O; numba is
+imported on the first simulation, never by importing this module, so the serving path stays free of it.
 
 Timing: a decision made at bar t's close is filled at bar t+1's open; a position held on bar t earns
 ``r[t] = log(open[t+2] / open[t+1])``. Every unit of position change pays the fee per side plus half the
@@ -19,7 +19,6 @@ the same.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -268,33 +267,3 @@ def choose_policy(markets: list[Market], edge_by_symbol: dict[str, np.ndarray], 
                 best = {"threshold": thr, "hold_bars": int(hold), "net_return": net}
     best["net_return_per_symbol"] = best.pop("net_return") / max(len(edge_by_symbol), 1)
     return best
-
-
-MAX_LINE_BYTES = 65536
-
-
-def edge_from_signal_lines(lines, start_ms_by_symbol: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """``p_buy - p_sell`` per symbol aligned to the candles' ``start_ms`` from the daemon's JSON signal lines.
-
-    Bars without a line get NaN (flat). Returns (edges, number of lines skipped as malformed or unknown).
-    """
-    edges = {s: np.full(len(t), np.nan) for s, t in start_ms_by_symbol.items()}
-    index = {s: {int(v): i for i, v in enumerate(t)} for s, t in start_ms_by_symbol.items()}
-    bad = 0
-    for line in lines:
-        if len(line) > MAX_LINE_BYTES:
-            bad += 1
-            continue
-        try:
-            d = json.loads(line)
-            sym, start, probs = d["symbol"], int(d["start"]), d["probs"]
-            e = float(probs["buy"]) - float(probs["sell"])
-        except (ValueError, KeyError, TypeError):
-            bad += 1
-            continue
-        i = index.get(sym, {}).get(start)
-        if i is None or not math.isfinite(e):
-            bad += 1
-            continue
-        edges[sym][i] = e
-    return edges, bad
