@@ -230,3 +230,28 @@ async def test_reload_takes_the_new_artifacts_threshold_or_keeps_the_old(tmp_pat
             assert await d.service.reload() is False
         assert "stores no policy" in next(e["error"] for e in logs if e["event"] == "model_reload_failed")
         assert d.service.pipelines["BTCUSDT"].policy.threshold == 0.7
+
+
+def test_replay_takes_the_config_table_and_flags_override_it(tmp_path, capsys):
+    """`kdsignal replay --config` applies its [signal] table; a flag overrides one key; a bad key is exit 78."""
+    from daemon.cli import main
+    from tests.support import DATA
+
+    csv = str(DATA / "BTCUSDT-5m.csv")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[signal]\npolicy = "threshold"\nthreshold = 0.05\nemit = "actionable"\n')
+
+    def lines(*extra) -> list[dict]:
+        assert main(["replay", "--data", csv, "--symbol", "BTCUSDT", *extra]) == 0
+        out = [__import__("json").loads(x) for x in capsys.readouterr().out.splitlines()]
+        return [{k: v for k, v in x.items() if k != "inference_us"} for x in out]  # the one field that varies
+
+    by_config = lines("--config", str(cfg))
+    by_flags = lines("--policy", "threshold", "--threshold", "0.05", "--emit", "actionable")
+    assert by_config == by_flags != []
+    assert {x["signal"] for x in by_config} == {"buy", "sell"}
+    assert all(abs(x["probs"]["buy"] - x["probs"]["sell"]) > 0.05 for x in by_config)
+    stricter = lines("--config", str(cfg), "--threshold", "0.08")
+    assert 0 < len(stricter) < len(by_config)
+    assert main(["replay", "--data", csv, "--symbol", "BTCUSDT", "--config", str(cfg), "--threshold", "2"]) == 78
+    assert "[signal].threshold is 2.0" in capsys.readouterr().err
