@@ -35,6 +35,7 @@ from daemon.core.pipeline import FILL, FillResult, Pipeline
 from daemon.aio.prewarm import Prewarm
 from daemon.aio.rest import RestClient, RestError
 from daemon.ops.supervision import Supervision
+from daemon.tools.store import remove_pid_file, write_pid_file
 
 __all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
 
@@ -267,10 +268,14 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EX_CONFIG
     log_file = configure_logging(cfg.log.file, cfg.log.level)
+    if cfg.model.pid_file:  # lets `kdsignal retrain`/`rollback` SIGHUP us after switching models
+        write_pid_file(cfg.model.pid_file)
     try:
         service = Service(cfg, model, log_file=log_file)
         asyncio.run(_main(service))
     finally:
+        if cfg.model.pid_file:
+            remove_pid_file(cfg.model.pid_file)
         if log_file is not None:
             with contextlib.suppress(OSError):
                 log_file.flush()

@@ -1,9 +1,10 @@
 """Daemon configuration: TOML in, frozen dataclasses out; every key has a default, unknown keys are refused.
 
 Sections: ``[feed]`` (Bybit endpoints, symbols, heartbeat), ``[backoff]`` (reconnect/retry delays),
-``[rest]`` (REST retries and paging), ``[model]`` (artifact path), ``[log]`` (JSON log file, latency
-summary period) and ``[metrics]`` (parsed here, served by the health/metrics endpoint). A ``[train]`` table
-is accepted and left alone: it belongs to the offline training code (daemon/training/config.py).
+``[rest]`` (REST retries and paging), ``[model]`` (artifact path, pid file), ``[log]`` (JSON log file, latency
+summary period), ``[metrics]`` (parsed here, served by the health/metrics endpoint) and ``[scorecard]`` (the
+live scorecard). ``[train]`` and ``[retrain]`` tables are accepted and left alone: they belong to the offline
+code (daemon/training/config.py, daemon/training/retrain.py).
 
 Relative paths (artifact, log file) are resolved against the directory of the configuration file; an
 artifact the file does not name is the shipped ``models/default.npz`` of this checkout.
@@ -21,7 +22,7 @@ from pathlib import Path
 from daemon.core.parser import INTERVAL_MS
 
 __all__ = ["BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
-           "ModelConfig", "RestConfig", "load_config", "parse_config"]
+           "ModelConfig", "RestConfig", "ScorecardConfig", "load_config", "parse_config"]
 
 CATEGORIES = ("spot", "linear", "inverse")
 
@@ -92,6 +93,9 @@ class ModelConfig:
     """The student artifact to serve."""
 
     artifact: str = "models/default.npz"
+    # Where the daemon writes its pid so `kdsignal retrain`/`rollback` can SIGHUP it after a switch
+    # (empty: none; under systemd `systemctl reload kdsignal` does that job).
+    pid_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ScorecardConfig:
+    """The live scorecard (daemon.core.scorecard): rolling window, expected band, degradation rule."""
+
+    enabled: bool = True
+    window_bars: int = 2016  # per symbol: a week of 5-minute bars
+    # live log loss may exceed the artifact's out-of-sample log loss by this much (nats) before it counts
+    band: float = 0.05
+    degraded_after_bars: int = 288  # consecutive scored bars outside the band before model_degraded
+    period_s: float = 300.0  # period of the `scorecard` log event
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -122,13 +138,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
     # Accepted untouched; validated by the training code, never by the daemon.
     train: dict = field(default_factory=dict)
+    retrain: dict = field(default_factory=dict)  # read by daemon/training/retrain.py
     source: str = "<defaults>"
 
 
 _SECTIONS = {"feed": FeedConfig, "backoff": BackoffConfig, "rest": RestConfig, "model": ModelConfig,
-             "log": LogConfig, "metrics": MetricsConfig}
+             "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -210,6 +228,8 @@ def _validate(cfg: Config) -> None:
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
     _positive("[log].latency_summary_s", cfg.log.latency_summary_s)
+    for key in ("window_bars", "band", "degraded_after_bars", "period_s"):
+        _positive(f"[scorecard].{key}", getattr(cfg.scorecard, key))
     if not 0 <= cfg.metrics.port <= 65535:
         raise ConfigError(f"[metrics].port is {cfg.metrics.port}, expected 0..65535")
 
@@ -219,20 +239,25 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 
 def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
     """Build a validated :class:`Config` from a parsed TOML document; relative paths join ``base_dir``."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"train"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"train", "retrain"})
     if unknown:
         raise ConfigError(f"unknown table{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(unknown)}")
     sections = {name: _section(name, cls, raw[name]) for name, cls in _SECTIONS.items() if name in raw}
     train = raw.get("train", {})
     if not isinstance(train, dict):
         raise ConfigError(f"[train] is {type(train).__name__}, expected a table")
-    cfg = Config(**sections, train=train, source=source)
+    retrain = raw.get("retrain", {})
+    if not isinstance(retrain, dict):
+        raise ConfigError(f"[retrain] is {type(retrain).__name__}, expected a table")
+    cfg = Config(**sections, train=train, retrain=retrain, source=source)
     if base_dir is not None:
         model = cfg.model
         if not Path(model.artifact).is_absolute():
             # The default names the model shipped beside this code, wherever the config file lives.
             named = isinstance(raw.get("model"), dict) and "artifact" in raw["model"]
             model = dataclasses.replace(model, artifact=str((base_dir if named else _CHECKOUT) / model.artifact))
+        if model.pid_file and not Path(model.pid_file).is_absolute():
+            model = dataclasses.replace(model, pid_file=str(base_dir / model.pid_file))
         log = cfg.log
         if log.file and not Path(log.file).is_absolute():
             log = dataclasses.replace(log, file=str(base_dir / log.file))
