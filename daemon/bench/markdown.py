@@ -320,7 +320,14 @@ SECTIONS = {
     "loopback": ("The daemon on loopback", section_loopback),
     "training": ("Training stage wall times", section_training),
     "size": ("Model size", section_size),
+    "scorecard": ("Live scorecard cost per bar", lambda report, markdown: _scorecard_section(report, markdown)),
 }
+
+
+def _scorecard_section(report: dict, markdown: bool) -> str:
+    from .scorecard import section
+
+    return section(report, markdown)
 
 
 SUMMARY = ("Headline", section_summary)

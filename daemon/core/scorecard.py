@@ -27,6 +27,10 @@ __all__ = ["LabelRule", "Scorecard", "ScorecardUnavailable", "expected_log_loss"
 
 SELL, HOLD, BUY = 0, 1, 2
 CALIBRATION_BINS = 10
+_NAN = math.nan
+_INF = math.inf
+_log = math.log
+_sqrt = math.sqrt
 _EPS = 1e-15  # log loss clips probabilities here, as daemon.training.evaluate.log_loss does
 # Paths in the manifest's metrics where a held-out student log loss may be found, best first.
 _EXPECTED_PATHS = (("lockbox", "student", "log_loss"), ("lockbox", "log_loss"),
@@ -91,15 +95,14 @@ class _Sums:
         self.cal_conf = [0.0] * CALIBRATION_BINS
         self.cal_hit = [0] * CALIBRATION_BINS
 
-    def add(self, sign: int, ll: float, brier: float, dec: int, hit: int, b: int, conf: float) -> None:
-        self.n += sign
-        self.ll += sign * ll
-        self.brier += sign * brier
-        self.dec_n[dec] += sign
-        self.dec_hit[dec] += sign * hit
-        self.cal_n[b] += sign
-        self.cal_conf[b] += sign * conf
-        self.cal_hit[b] += sign * hit
+    def merge(self, other: _Sums) -> None:
+        self.n += other.n
+        self.ll += other.ll
+        self.brier += other.brier
+        for mine, theirs in ((self.dec_n, other.dec_n), (self.dec_hit, other.dec_hit), (self.cal_n, other.cal_n),
+                             (self.cal_conf, other.cal_conf), (self.cal_hit, other.cal_hit)):
+            for i, v in enumerate(theirs):
+                mine[i] += v
 
     def report(self) -> dict:
         n = self.n
@@ -125,17 +128,11 @@ class _Symbol:
         self.name = name
         h, vw = rule.horizon_bars, rule.vol_window
         self.size = max(h, vw) + 2  # ring of bars: reaches back to t - h and to the oldest return in the band
-        self.close = [math.nan] * self.size
-        self.r2 = [0.0] * self.size
-        self.band = [math.nan] * self.size
-        self.p = [(math.nan, math.nan, math.nan)] * self.size  # prediction made at each bar (NaN: none)
+        # per bar: (close, squared one-bar log return, hold band, prediction made at it or None)
+        self.slots: list[tuple] = [(math.nan, math.nan, math.nan, None)] * self.size
         self.window = window_bars
-        self.w_ll = [0.0] * window_bars
-        self.w_brier = [0.0] * window_bars
-        self.w_dec = [0] * window_bars
-        self.w_hit = [0] * window_bars
-        self.w_bin = [0] * window_bars
-        self.w_conf = [0.0] * window_bars
+        # scored window: (log loss, Brier, decided class, hit, calibration bin, confidence) per slot
+        self.ring: list[tuple] = [(0.0, 0.0, 0, 0, 0, 0.0)] * window_bars
         self.w_head = 0
         self.sums = _Sums()
         self.bars = 0  # bars seen (including missing ones stepped over)
@@ -162,8 +159,13 @@ class Scorecard:
         self.degraded_after_bars = degraded_after_bars
         self.expected = expected
         self._sqrt_h = math.sqrt(rule.horizon_bars)
+        self._h, self._vw, self._band_k, self._cost = rule.horizon_bars, rule.vol_window, rule.band_k, rule.round_trip_cost
         self.symbols = {s: _Symbol(s, rule, window_bars) for s in symbols}
-        self.overall = _Sums()
+        # the pooled window's log loss, kept per bar for the overall degradation rule; the rest of the
+        # overall figures are summed from the symbols' windows when read
+        self._o_ll = 0.0
+        self._o_n = 0
+        self._need = min(degraded_after_bars, window_bars)
         self.overall_outside = 0
         self.overall_degraded = False
         self.events: list[dict] = []  # degradation changes since the last take_events()
@@ -203,19 +205,22 @@ class Scorecard:
         self._step(st, close, probs)
 
     def _step(self, st: _Symbol, close: float, probs) -> None:
-        rule = self.rule
         t = st.bars
         size = st.size
-        i = t % size
-        if not (close > 0.0 and close < math.inf):
-            close = math.nan
+        slots = st.slots
+        if not (0.0 < close < _INF):
+            close = _NAN
             st.last_missing = t
-        prev = st.close[(t - 1) % size]
-        r2 = math.log(close / prev) ** 2 if t > 0 and close == close and prev == prev else math.nan
-        # roll the band's window of squared returns: add r[t], drop r[t - vol_window]
-        vw = rule.vol_window
-        old = st.r2[(t - vw) % size] if t >= vw else 0.0
+        prev = slots[(t - 1) % size][0]
+        if close == close and prev == prev:
+            r = _log(close / prev)
+            r2 = r * r
+        else:
+            r2 = _NAN
+        # roll the band's window of squared returns r[t-vw+1..t]: add r[t], drop r[t-vw]
+        vw = self._vw
         if t >= vw:
+            old = slots[(t - vw) % size][1]
             if old == old:
                 st.r2_sum -= old
             else:
@@ -224,28 +229,24 @@ class Scorecard:
             st.r2_sum += r2
         else:
             st.r2_bad += 1
-        st.r2[i] = r2
-        st.close[i] = close
-        # returns r[1..t]: the window r[t-vw+1..t] exists from t = vw on
         if t >= vw and st.r2_bad == 0:
-            st.band[i] = max(rule.band_k * math.sqrt(max(st.r2_sum, 0.0) / vw) * self._sqrt_h, rule.round_trip_cost)
+            band = self._band_k * _sqrt(max(st.r2_sum, 0.0) / vw) * self._sqrt_h
+            if band < self._cost:
+                band = self._cost
         else:
-            st.band[i] = math.nan
-        st.p[i] = probs if probs is not None else (math.nan, math.nan, math.nan)
+            band = _NAN
+        slots[t % size] = (close, r2, band, probs)
         st.bars = t + 1
         # the prediction made h bars ago is decided by this close
-        h = rule.horizon_bars
+        h = self._h
         if t >= h and st.last_missing < t - h - vw:
-            j = (t - h) % size
-            p = st.p[j]
-            b = st.band[j]
-            if p[0] == p[0] and b == b:
-                fwd = math.log(close / st.close[j])
-                y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
-                self._score(st, p, y)
+            c0, _, b, p = slots[(t - h) % size]
+            if p is not None and b == b:
+                fwd = _log(close / c0)
+                self._score(st, p, BUY if fwd > b else (SELL if fwd < -b else HOLD))
 
     def _score(self, st: _Symbol, p, y: int) -> None:
-        ll = -math.log(min(max(p[y], _EPS), 1.0))
+        ll = -_log(min(max(p[y], _EPS), 1.0))
         e0 = p[0] - (y == SELL)
         e1 = p[1] - (y == HOLD)
         e2 = p[2] - (y == BUY)
@@ -254,39 +255,58 @@ class Scorecard:
         dec = 0 if (p[0] >= p[1] and p[0] >= p[2]) else (1 if p[1] >= p[2] else 2)
         conf = p[dec]
         hit = 1 if dec == y else 0
-        b = min(int(conf * CALIBRATION_BINS), CALIBRATION_BINS - 1)
-        sums, overall = st.sums, self.overall
+        b = int(conf * CALIBRATION_BINS)
+        if b >= CALIBRATION_BINS:
+            b = CALIBRATION_BINS - 1
+        sums = st.sums
         k = st.w_head
+        ring = st.ring
+        d_ll = ll
         if sums.n == st.window:  # the oldest scored bar leaves the window
-            args = (st.w_ll[k], st.w_brier[k], st.w_dec[k], st.w_hit[k], st.w_bin[k], st.w_conf[k])
-            sums.add(-1, *args)
-            overall.add(-1, *args)
-        st.w_ll[k], st.w_brier[k], st.w_dec[k], st.w_hit[k], st.w_bin[k], st.w_conf[k] = ll, brier, dec, hit, b, conf
-        st.w_head = k + 1 if k + 1 < st.window else 0
-        sums.add(1, ll, brier, dec, hit, b, conf)
-        overall.add(1, ll, brier, dec, hit, b, conf)
+            o_ll, o_brier, o_dec, o_hit, o_b, o_conf = ring[k]
+            d_ll -= o_ll
+            sums.ll -= o_ll
+            sums.brier -= o_brier
+            sums.dec_n[o_dec] -= 1
+            sums.dec_hit[o_dec] -= o_hit
+            sums.cal_n[o_b] -= 1
+            sums.cal_conf[o_b] -= o_conf
+            sums.cal_hit[o_b] -= o_hit
+        else:
+            sums.n += 1
+            self._o_n += 1
+        ring[k] = (ll, brier, dec, hit, b, conf)
+        k += 1
+        st.w_head = k if k < st.window else 0
+        sums.ll += ll
+        sums.brier += brier
+        sums.dec_n[dec] += 1
+        sums.dec_hit[dec] += hit
+        sums.cal_n[b] += 1
+        sums.cal_conf[b] += conf
+        sums.cal_hit[b] += hit
+        self._o_ll += d_ll
         if self.expected is not None:
             self._judge(st, sums)
 
     def _judge(self, st: _Symbol, sums: _Sums) -> None:
         limit = self.expected + self.band
-        need = min(self.degraded_after_bars, self.window_bars)
+        need = self._need
         if sums.n >= need:
             st.outside = st.outside + 1 if sums.ll / sums.n > limit else 0
             bad = st.outside >= self.degraded_after_bars
             if bad != st.degraded:
                 st.degraded = bad
-                self._event(st.name, bad, sums)
-        o = self.overall
-        if o.n >= need:
-            self.overall_outside = self.overall_outside + 1 if o.ll / o.n > limit else 0
+                self._event(st.name, bad, sums.ll / sums.n)
+        if self._o_n >= need:
+            self.overall_outside = self.overall_outside + 1 if self._o_ll / self._o_n > limit else 0
             bad = self.overall_outside >= self.degraded_after_bars
             if bad != self.overall_degraded:
                 self.overall_degraded = bad
-                self._event("*", bad, o)
+                self._event("*", bad, self._o_ll / self._o_n)
 
-    def _event(self, symbol: str, degraded: bool, sums: _Sums) -> None:
-        self.events.append({"symbol": symbol, "degraded": degraded, "live_log_loss": sums.ll / sums.n,
+    def _event(self, symbol: str, degraded: bool, live_log_loss: float) -> None:
+        self.events.append({"symbol": symbol, "degraded": degraded, "live_log_loss": live_log_loss,
                             "expected_log_loss": self.expected, "band": self.band, "bars": self.degraded_after_bars})
 
     # ------------------------------------------------------------------ reading
@@ -302,8 +322,11 @@ class Scorecard:
 
     def report(self) -> dict:
         """Everything, per symbol and overall: the ``scorecard`` log event's body and the metrics' source."""
+        overall = _Sums()
+        for st in self.symbols.values():
+            overall.merge(st.sums)
         out = {"expected_log_loss": self.expected, "band": self.band, "window_bars": self.window_bars,
-               "degraded": self.degraded, "overall": {**self.overall.report(), "degraded": self.overall_degraded},
+               "degraded": self.degraded, "overall": {**overall.report(), "degraded": self.overall_degraded},
                "symbols": {}}
         for name, st in self.symbols.items():
             out["symbols"][name] = {**st.sums.report(), "degraded": st.degraded, "bars": st.bars,
