@@ -15,7 +15,8 @@ import pytest
 
 from daemon.cli import main
 from daemon.tools.fake_bybit import FakeBybit, load_dir
-from daemon.tools.store import ModelStore, notify_daemon
+from daemon.ops.files import notify_daemon
+from daemon.tools.store import ModelStore
 from daemon.training.retrain import RetrainError, cohen_kappa, load_retrain_config, paired_block_bootstrap
 from tests.conftest import DATA, write_random_artifact
 from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until

@@ -13,7 +13,8 @@ import pytest
 
 from daemon.cli import main
 from daemon.core.exitcodes import EXIT_CONFIG
-from daemon.tools.store import ModelStore, StoreError, atomic_write, notify_daemon
+from daemon.ops.files import PidFileError, atomic_write, notify_daemon
+from daemon.tools.store import ModelStore, StoreError
 from tests.conftest import write_random_artifact
 
 
@@ -155,7 +156,7 @@ def test_notify_daemon_reports_missing_and_refuses_garbage(tmp_path):
         msg = notify_daemon(tmp_path / "dead.pid")
     assert "not running" in msg
     (tmp_path / "junk.pid").write_text("rm -rf /")
-    with pytest.raises(StoreError, match="expected a process id"):
+    with pytest.raises(PidFileError, match="expected a process id"):
         notify_daemon(tmp_path / "junk.pid")
     assert "systemctl reload" in notify_daemon("")
     assert signal.SIGHUP  # the signal the daemon reloads on

@@ -35,7 +35,7 @@ from daemon.core.pipeline import FILL, FillResult, Pipeline
 from daemon.aio.prewarm import Prewarm
 from daemon.aio.rest import RestClient, RestError
 from daemon.ops.supervision import Supervision
-from daemon.tools.store import remove_pid_file, write_pid_file
+from daemon.ops.files import remove_pid_file, write_pid_file
 
 __all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
 

@@ -29,7 +29,6 @@ import fcntl
 import json
 import os
 import re
-import signal
 import sys
 import time
 import tomllib
@@ -39,9 +38,9 @@ from pathlib import Path
 
 from daemon.core.artifact import Artifact, ArtifactError, load_artifact
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
+from daemon.ops.files import PidFileError, atomic_write, fsync_dir, notify_daemon
 
-__all__ = ["StoreError", "ModelStore", "StoredModel", "atomic_write", "notify_daemon", "write_pid_file", "remove_pid_file",
-           "add_arguments_models",
+__all__ = ["StoreError", "ModelStore", "StoredModel", "atomic_write", "notify_daemon", "add_arguments_models",
            "add_arguments", "run_cli", "run_cli_models"]
 
 CURRENT = "current"
@@ -57,30 +56,6 @@ _MAX_HISTORY_BYTES = 16 << 20
 
 class StoreError(ValueError):
     """The store, a file in it, or a request about it is unusable; the message names the file."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves the old content or the new, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -264,7 +239,7 @@ class ModelStore:
                 tmp.unlink()
             os.symlink(f"{model_id}.npz", tmp)
             os.replace(tmp, link)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             event = {"ms": _now_ms(), "action": action, "model": model_id, "previous": previous, "reason": reason}
             with open(self.root / HISTORY, "ab") as f:
                 f.write(_dumps(event).replace(b"\n", b"") + b"\n")
@@ -312,47 +287,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(doc, dict):
         raise StoreError(f"{path}: not a JSON object")
     return doc
-
-
-def write_pid_file(path: str | Path) -> None:
-    """Write this process's pid to ``path`` (atomically), for :func:`notify_daemon` to find."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, f"{os.getpid()}\n".encode())
-
-
-def remove_pid_file(path: str | Path) -> None:
-    """Remove ``path`` if it still names this process (a successor may have replaced it)."""
-    with contextlib.suppress(OSError):
-        if Path(path).read_text(encoding="ascii").strip() == str(os.getpid()):
-            Path(path).unlink()
-
-
-def notify_daemon(pid_file: str | Path | None) -> str:
-    """SIGHUP the daemon named by ``pid_file`` so it reloads ``current``; return what was done.
-
-    No pid file configured: nothing is sent (under systemd, ``systemctl reload kdsignal`` does it). A pid
-    file that names no running process is reported, not an error: the next start serves ``current`` anyway.
-    """
-    if not pid_file:
-        return "no pid file configured: reload the daemon yourself (systemctl reload kdsignal)"
-    path = Path(pid_file)
-    try:
-        text = path.read_text(encoding="ascii", errors="replace")[:32].strip()
-    except FileNotFoundError:
-        return f"{path} does not exist: no daemon running, it will serve the new model when it starts"
-    except OSError as e:
-        raise StoreError(f"pid file {path}: cannot read ({e.strerror or e})") from None
-    if not text.isdigit() or int(text) <= 1:
-        raise StoreError(f"pid file {path}: holds {text!r}, expected a process id")
-    pid = int(text)
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        return f"pid {pid} from {path} is not running: the daemon will serve the new model when it starts"
-    except PermissionError:
-        raise StoreError(f"pid file {path}: not allowed to signal pid {pid} (another user's process?)") from None
-    return f"sent SIGHUP to pid {pid}"
 
 
 # ---------------------------------------------------------------------- command line
@@ -461,7 +395,7 @@ def run_cli(args: argparse.Namespace) -> int:
         store.check_root()
         new, old = store.rollback(args.model_id)
         note = notify_daemon(pid_file)
-    except StoreError as e:
+    except (StoreError, PidFileError) as e:
         print(f"kdsignal rollback: {e}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"current: {old or '-'} -> {new}; {note}")

@@ -330,7 +330,8 @@ def _gate(scores: dict, rcfg: RetrainConfig, candidate_id: str, deployed_id: str
 
 def retrain(rcfg: RetrainConfig, train_cfg, *, fetch_data: bool = True) -> dict:
     """Run one retrain (see the module docstring) and return its report; the report is written in every case."""
-    from daemon.tools.store import ModelStore, StoreError, atomic_write, notify_daemon
+    from daemon.ops.files import atomic_write, notify_daemon
+    from daemon.tools.store import ModelStore, StoreError
 
     from .train import train
 
@@ -421,6 +422,7 @@ def run_cli(args: argparse.Namespace) -> int:
     """Entry point of ``kdsignal retrain``."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from daemon.aio.rest import RestError
+    from daemon.ops.files import PidFileError
     from daemon.tools.store import StoreError
 
     from .data import DataError
@@ -430,7 +432,7 @@ def run_cli(args: argparse.Namespace) -> int:
         rcfg, train_cfg = load_retrain_config(args.config)
         os.environ.setdefault("OMP_NUM_THREADS", str(train_cfg.num_threads))
         report = retrain(rcfg, train_cfg, fetch_data=not args.no_fetch)
-    except (RetrainError, StoreError, DataError, FetchError, tomllib.TOMLDecodeError, OSError) as e:
+    except (RetrainError, StoreError, PidFileError, DataError, FetchError, tomllib.TOMLDecodeError, OSError) as e:
         print(f"kdsignal retrain: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except (RestError, ConnectionError, TimeoutError) as e:
