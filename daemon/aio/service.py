@@ -184,6 +184,7 @@ class Service:
             old, self.model = self.model, model
             for pipeline in self.pipelines.values():
                 pipeline.set_model(model)
+            self.supervision.on_model(model)
             self.reloads += 1
             self.log.info("model_reloaded", artifact=path, old_model=old.id, model=model.id,
                           kernel=model.kernel_note)

@@ -47,10 +47,10 @@ class Signal:
     """One signal event: a closed bar, the student's class and probabilities, and how long inference took."""
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "probs", "inference_ns", "model", "backfill",
-                 "recv_ns")
+                 "recv_ns", "close")
 
     def __init__(self, symbol: str, interval: str, start_ms: int, signal: str, probs: dict[str, float],
-                 inference_ns: int, model: str, backfill: bool, recv_ns: int) -> None:
+                 inference_ns: int, model: str, backfill: bool, recv_ns: int, close: float = _NAN) -> None:
         self.symbol = symbol
         self.interval = interval
         self.start_ms = start_ms
@@ -60,6 +60,7 @@ class Signal:
         self.model = model
         self.backfill = backfill
         self.recv_ns = recv_ns  # perf_counter_ns when the frame carrying the close arrived (0: not live)
+        self.close = close  # the bar's close: the live scorecard decides earlier signals' outcomes from it
 
     @property
     def inference_us(self) -> float:
@@ -227,7 +228,7 @@ class Pipeline:
         self.signals += 1
         return Signal(self.symbol, self.interval, c.start_ms, names[k],
                       {names[0]: float(p[0]), names[1]: float(p[1]), names[2]: float(p[2])},
-                      t1 - t0, self.model.id, backfill, recv_ns)
+                      t1 - t0, self.model.id, backfill, recv_ns, c.close)
 
     @staticmethod
     def _emit(sig: Signal | None, res: FillResult) -> None:

@@ -11,6 +11,10 @@ feed's counters, the pipelines' fill state), so the per-frame hot path gains no 
   backoff, so a feed that stays down through several reconnect attempts gets the process restarted.
 - ``STATUS=`` lines: symbols, signals so far, last inference time, feed state.
 - ``/healthz`` and ``/metrics`` when ``[metrics] enabled = true``.
+- The live scorecard (:mod:`daemon.core.scorecard`, ``[scorecard]``): fed in :meth:`on_signal`, so after the
+  line is written; read by ``/metrics`` at scrape time; a ``scorecard`` log event every ``period_s``;
+  ``model_degraded`` / ``model_recovered`` logged when the live log loss leaves or re-enters its band.
+  :meth:`on_model` tells it a reload happened (the new artifact brings its own expectation and label rule).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from daemon.core.scorecard import Scorecard, ScorecardUnavailable
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Activity, Notifier, Watchdog
 
@@ -51,6 +56,30 @@ class Supervision:
         self.watchdog = Watchdog(self.notifier, self.frames_fresh, status=self.status_text)
         self.ready_sent = False
         self.last_inference_us: float | None = None
+        self.scorecard: Scorecard | None = None
+        self.scorecard_note = "disabled by [scorecard] enabled = false"
+        self.on_model(service.model)
+
+    def on_model(self, model) -> None:
+        """A model is being served (start-up or reload): score its predictions against its own expectation."""
+        scfg = self.service.cfg.scorecard
+        if not scfg.enabled or model is None:
+            return
+        try:
+            if self.scorecard is None:
+                feed = self.service.cfg.feed
+                self.scorecard = Scorecard.from_manifest(feed.symbols, model.manifest, feed.interval_ms,
+                                                         window_bars=scfg.window_bars, band=scfg.band,
+                                                         degraded_after_bars=scfg.degraded_after_bars)
+            elif self.scorecard.set_model(model.manifest):
+                log.info("scorecard_restarted", model=model.id, reason="the new model's label rule differs")
+            self.scorecard_note = ""
+        except ScorecardUnavailable as exc:
+            # predictions whose label rule is unknown cannot be scored; an older model's windows would mislead
+            self.scorecard = None
+            self.scorecard_note = f"artifact {model.id}: {exc}"
+            log.warning("scorecard_unavailable", model=model.id, reason=str(exc))
+        self.metrics.scorecard = self.scorecard
 
     # --- called by the service --------------------------------------------------------------------------------
 
@@ -61,6 +90,16 @@ class Supervision:
         m.signal(sig.signal)
         m.observe_inference_us(sig.inference_us)
         m.candle_closed(sig.symbol, sig.start_ms)
+        sc = self.scorecard
+        if sc is not None:
+            p = sig.probs
+            sc.on_bar(sig.symbol, sig.start_ms, sig.close, (p["sell"], p["hold"], p["buy"]))
+            if sc.events:
+                for e in sc.take_events():
+                    if e["degraded"]:
+                        log.warning("model_degraded", model=sig.model, **e)
+                    else:
+                        log.info("model_recovered", model=sig.model, **e)
 
     def on_gap(self, bars: int) -> None:
         """Count one gap filled from REST with ``bars`` closed candles."""
@@ -73,6 +112,7 @@ class Supervision:
     async def run(self) -> None:
         """Serve metrics if enabled, send READY when warm, then keep the watchdog and status going."""
         mcfg = self.service.cfg.metrics
+        period = asyncio.get_running_loop().create_task(self._scorecard_events(), name="scorecard-events")
         try:
             if mcfg.enabled:
                 try:
@@ -87,8 +127,26 @@ class Supervision:
                 await self.watchdog.run()
             await asyncio.Event().wait()  # keep the metrics endpoint up until the task group cancels us
         finally:
+            period.cancel()
             await self.metrics.stop()
             self.notifier.close()
+
+    async def _scorecard_events(self) -> None:
+        while True:
+            await asyncio.sleep(self.service.cfg.scorecard.period_s)
+            self.log_scorecard()
+
+    def log_scorecard(self) -> None:
+        """Log the ``scorecard`` event: rolling live scores overall and per symbol, against the expectation."""
+        sc = self.scorecard
+        if sc is None:
+            return
+        rep = sc.report()
+        per = {s: {k: r[k] for k in ("n", "log_loss", "brier", "hit_rate", "degraded")}
+               for s, r in rep["symbols"].items()}
+        log.info("scorecard", model=self.service.model.id, expected_log_loss=rep["expected_log_loss"],
+                 band=rep["band"], window_bars=rep["window_bars"], degraded=rep["degraded"],
+                 overall=rep["overall"], symbols=per)
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
