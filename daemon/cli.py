@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("daemon.training.retrain", "fetch new bars, re-distil on a rolling window, promote through the gate"),
     "models": ("daemon.tools.store:models", "list the model store: gate scores and which model is live"),
     "rollback": ("daemon.tools.store", "make an earlier model of the store current and tell the daemon"),
+    "promote": ("daemon.tools.store:promote", "add an artifact to the model store and make it current (no gate)"),
 }
 
 

@@ -160,3 +160,18 @@ def test_notify_daemon_reports_missing_and_refuses_garbage(tmp_path):
         notify_daemon(tmp_path / "junk.pid")
     assert "systemctl reload" in notify_daemon("")
     assert signal.SIGHUP  # the signal the daemon reloads on
+
+
+def test_promote_command_seeds_a_store_and_refuses_a_non_artifact(tmp_path, capsys):
+    """`kdsignal promote` adds a valid artifact and makes it current; a broken file exits 78 and changes nothing."""
+    src = tmp_path / "shipped.npz"
+    model_id = write_random_artifact(src, seed=5)
+    store = tmp_path / "store"
+    assert main(["promote", str(src), "--store", str(store)]) == 0
+    assert f"current: - -> {model_id}" in capsys.readouterr().out
+    assert ModelStore(store).current_id() == model_id
+    assert ModelStore(store).record(model_id)["gate"]["verdict"] == "promoted by hand"
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert main(["promote", str(tmp_path / "bad.npz"), "--store", str(store)]) == EXIT_CONFIG
+    assert "bad.npz: not a valid artifact" in capsys.readouterr().err
+    assert ModelStore(store).current_id() == model_id

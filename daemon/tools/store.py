@@ -16,7 +16,8 @@ The daemon's ``[model] artifact`` points at ``<store>/current``; after a switch 
 bars, the rolling features carrying over.
 
 Commands: ``kdsignal models`` lists the store (gate scores, which is live); ``kdsignal rollback [MODEL_ID]``
-makes an earlier model current (default: the one promoted before the live one). A store that cannot be
+makes an earlier model current (default: the one promoted before the live one); ``kdsignal promote ARTIFACT``
+adds a hand-made artifact and makes it current, bypassing the gate (seeding a new store, say). A store that cannot be
 trusted (a dangling ``current``, a file that is not an artifact, an id that does not match its content) is
 refused with a message naming the file, exit 78.
 """
@@ -41,7 +42,7 @@ from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.ops.files import PidFileError, atomic_write, fsync_dir, notify_daemon
 
 __all__ = ["StoreError", "ModelStore", "StoredModel", "atomic_write", "notify_daemon", "add_arguments_models",
-           "add_arguments", "run_cli", "run_cli_models"]
+           "add_arguments", "add_arguments_promote", "run_cli", "run_cli_models", "run_cli_promote"]
 
 CURRENT = "current"
 HISTORY = "history.jsonl"
@@ -331,6 +332,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model to make current (default: the one promoted before the live one)")
     _common(parser)
     parser.add_argument("--pid-file", default=None, help="SIGHUP the daemon whose pid this file holds")
+
+
+def add_arguments_promote(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kdsignal promote``."""
+    parser.add_argument("artifact", help="the artifact to add to the store and make current")
+    _common(parser)
+    parser.add_argument("--pid-file", default=None, help="SIGHUP the daemon whose pid this file holds")
+
+
+def run_cli_promote(args: argparse.Namespace) -> int:
+    """``kdsignal promote ARTIFACT``: put a hand-made artifact into the store and make it current (no gate)."""
+    try:
+        store, pid_file = _store_and_pid(args)
+        model_id = store.add(args.artifact, {"gate": {"verdict": "promoted by hand", "source": str(args.artifact)}})
+        old = store.promote(model_id, f"kdsignal promote {args.artifact}")
+        note = notify_daemon(pid_file)
+    except (StoreError, PidFileError) as e:
+        print(f"kdsignal promote: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"current: {old or '-'} -> {model_id}; {note}")
+    return EXIT_OK
 
 
 def _iso(ms: int) -> str:
