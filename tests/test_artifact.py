@@ -118,3 +118,209 @@ def test_pickled_arrays_refused(tmp_path):
     with pytest.raises(ArtifactError):
         load_artifact(tmp_path / "pickled.npz")
     assert zipfile.is_zipfile(tmp_path / "pickled.npz")
+
+
+# ---------------------------------------------------------------------- hostile files
+def _members(good) -> dict[str, bytes]:
+    """The raw .npy members of an artifact, by array name."""
+    with zipfile.ZipFile(good) as zf:
+        return {n.removesuffix(".npy"): zf.read(n) for n in zf.namelist()}
+
+
+def _write_zip(path, members: dict[str, bytes], compress: bool = False):
+    """Write ``members`` (name -> .npy bytes) as an .npz, deflated when ``compress``."""
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=mode) as zf:
+        for name, data in members.items():
+            zf.writestr(name + ".npy", data)
+    return path
+
+
+def _npy_header(dtype: str, shape: tuple) -> bytes:
+    """A version 1.0 .npy header claiming ``dtype`` and ``shape``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _rehash(good, dst, *, mlp=None, manifest_over=None):
+    """Copy an artifact with new weights or manifest keys and a model id that matches (hash valid)."""
+    from daemon.core.artifact import _content_hash
+
+    art = load_artifact(good)
+    m = dict(art.manifest, **(manifest_over or {}))
+    mlp = art.mlp if mlp is None else mlp
+    m["model_id"] = _content_hash(mlp, art.feature_mean, art.feature_std, m)
+    np.savez(dst, mlp=mlp, feature_mean=art.feature_mean, feature_std=art.feature_std,
+             manifest=np.frombuffer(json.dumps(m).encode(), dtype=np.uint8))
+    return dst
+
+
+@pytest.fixture
+def good(tmp_path):
+    """A valid random-weight artifact."""
+    path = tmp_path / "good.npz"
+    write_random_artifact(path)
+    return path
+
+
+def test_zip_bomb_member_is_refused_without_inflating_it(tmp_path, good):
+    """A member whose header claims 256 MB of zeros, deflated to a small file, is refused from its header alone."""
+    import tracemalloc
+
+    members = _members(good)
+    bomb = tmp_path / "bomb.npz"
+    n = 32 << 20  # float64 values: 256 MB inflated
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in ("feature_mean", "feature_std", "manifest"):
+            zf.writestr(name + ".npy", members[name])
+        with zf.open("mlp.npy", "w", force_zip64=True) as out:
+            out.write(_npy_header("<f8", (n,)))
+            chunk = bytes(1 << 20)
+            for _ in range(n * 8 >> 20):
+                out.write(chunk)
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=r"mlp: (shape \(33554432,\)|268435584 bytes declared)"):
+            load_artifact(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_member_with_more_data_than_its_header_is_refused(tmp_path, good):
+    """A member whose header gives the right shape but whose data runs on (a disguised bomb) is refused."""
+    members = _members(good)
+    members["mlp"] = members["mlp"] + bytes(4096)
+    with pytest.raises(ArtifactError, match="more data than its header"):
+        load_artifact(_write_zip(tmp_path / "long.npz", members, compress=True))
+
+
+def test_header_claiming_1e11_elements_is_refused(tmp_path, good):
+    """A .npy header that claims 10^11 values is refused naming the member, not with a MemoryError."""
+    members = _members(good)
+    members["feature_std"] = _npy_header("<f8", (10**11,)) + bytes(88)
+    with pytest.raises(ArtifactError, match=r"feature_std: shape \(100000000000,\)"):
+        load_artifact(_write_zip(tmp_path / "huge.npz", members))
+
+
+@pytest.mark.parametrize(("dtype", "shape", "words"), [
+    ("<f4", (11,), "feature_mean: dtype float32, expected float64"),
+    (">f8", (11,), "feature_mean: dtype >f8"),
+    ("|O", (11,), "feature_mean: dtype object"),
+    ("<f8", (11, 1), r"feature_mean: shape \(11, 1\)"),
+])
+def test_member_dtype_and_shape_are_read_from_the_header(tmp_path, good, dtype, shape, words):
+    """A member whose header names another dtype or shape is refused before its data is read."""
+    members = _members(good)
+    members["feature_mean"] = _npy_header(dtype, shape) + bytes(88)
+    with pytest.raises(ArtifactError, match=words):
+        load_artifact(_write_zip(tmp_path / "typed.npz", members))
+
+
+def test_manifest_200k_brackets_deep_is_refused(tmp_path, good):
+    """A manifest nested 200,000 brackets deep is refused by its depth, never a RecursionError."""
+    members = _members(good)
+    text = ("[" * 200_000 + "]" * 200_000).encode()
+    members["manifest"] = _npy_header("|u1", (len(text),)) + text
+    with pytest.raises(ArtifactError, match="manifest: JSON nested 200000 deep"):
+        load_artifact(_write_zip(tmp_path / "deep.npz", members))
+
+
+def test_brackets_inside_strings_do_not_count_as_depth(tmp_path, good):
+    """Brackets inside a JSON string (a free-form label) are not nesting: the artifact loads."""
+    path = _rehash(good, tmp_path / "labels.npz", manifest_over={"labels": {"note": "[{" * 5000 + '\\"]'}})
+    assert load_artifact(path).manifest["labels"]["note"].startswith("[{[{")
+
+
+@pytest.mark.parametrize(("over", "words"), [
+    ({"features": []}, "features: list, expected an object"),
+    ({"student": [11, 16, 3]}, "student: list, expected an object"),
+    ({"normalisation": [6.0]}, "normalisation: list, expected an object"),
+    ({"distillation": "hot"}, "distillation: str, expected an object"),
+    ({"data": []}, "data: list, expected an object"),
+    ({"features": {"names": ["ret_1"] * 0, "params": [], "window": 101}}, "features.names"),
+    ({"schema_version": [1]}, "schema_version"),
+    ({"model_id": {"a": 1}}, "model_id"),
+    ({"normalisation": {"clip": True}}, "normalisation.clip"),
+    ({"normalisation": {"clip": 1e400}}, "normalisation.clip"),
+    ({"student": {"sizes": [11, 10**9, 3], "activations": ["relu", "linear"]}}, "student.sizes"),
+    ({"student": {"sizes": [11] + [4] * 40 + [3], "activations": ["relu"] * 41}}, "student.sizes"),
+])
+def test_a_list_where_a_table_belongs_is_named(tmp_path, good, over, words):
+    """Wrong JSON types anywhere in the manifest are refused naming the key, never an AttributeError."""
+    members = _members(good)
+    m = dict(load_artifact(good).manifest, **over)
+    text = json.dumps(m).encode()
+    members["manifest"] = _npy_header("|u1", (len(text),)) + text
+    with pytest.raises(ArtifactError, match=words):
+        load_artifact(_write_zip(tmp_path / "typed.npz", members))
+
+
+def test_manifest_that_is_not_an_object_is_refused(tmp_path, good):
+    """A manifest that is a JSON list, or not JSON at all, is refused naming the manifest."""
+    members = _members(good)
+    for text, words in ((b"[1, 2]", "manifest: list, expected a JSON object"), (b"\xff{", "manifest: not valid JSON")):
+        members["manifest"] = _npy_header("|u1", (len(text),)) + text
+        with pytest.raises(ArtifactError, match=words):
+            load_artifact(_write_zip(tmp_path / "m.npz", members))
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e120])
+def test_huge_finite_weights_with_a_valid_hash_are_refused(tmp_path, good, scale):
+    """Finite weights large enough to overflow the logits are refused by what the student computes."""
+    from kernels.layout import unpack_mlp
+
+    mlp = load_artifact(good).mlp.copy()
+    _, _, _, end = unpack_mlp(mlp)
+    head = 1 + 4 + 3  # n_layers, 4 sizes, 3 activation codes
+    mlp[head:end] *= scale
+    with pytest.raises(ArtifactError, match="student: "):
+        load_artifact(_rehash(good, tmp_path / "huge.npz", mlp=mlp))
+
+
+def test_large_but_servable_weights_still_load(tmp_path, good):
+    """Weights a thousand times larger than trained ones still give finite outputs everywhere: they load."""
+    mlp = load_artifact(good).mlp.copy()
+    mlp[8:] *= 1e3
+    assert load_artifact(_rehash(good, tmp_path / "big.npz", mlp=mlp)).model_id
+
+
+def test_file_size_and_member_count_are_capped(tmp_path, good):
+    """A file over the size cap and a zip with too many members are refused before being parsed."""
+    from daemon.core import artifact
+
+    big = tmp_path / "big.npz"
+    with open(big, "wb") as f:
+        f.truncate(artifact.MAX_FILE_BYTES + 1)
+    with pytest.raises(ArtifactError, match="bytes, at most"):
+        load_artifact(big)
+    members = _members(good)
+    members.update({f"extra{i}": b"" for i in range(artifact.MAX_MEMBERS)})
+    with pytest.raises(ArtifactError, match="zip members, at most"):
+        load_artifact(_write_zip(tmp_path / "many.npz", members))
+
+
+def test_shipped_model_passes_the_output_check():
+    """The shipped default model loads: its outputs are finite over the whole clipped input box."""
+    from tests.daemon_support import ROOT
+
+    assert load_artifact(ROOT / "models" / "default.npz").model_id
+
+
+def test_negative_shape_and_oversized_zip_directory_are_refused(tmp_path, good):
+    """A manifest header with a negative length, and a zip directory far larger than 16 members need, are refused."""
+    members = _members(good)
+    members["manifest"] = _npy_header("|u1", (-5,)) + bytes(64)
+    with pytest.raises(ArtifactError, match=r"manifest: shape \(-5,\)"):
+        load_artifact(_write_zip(tmp_path / "neg.npz", members))
+    members = _members(good)
+    with zipfile.ZipFile(tmp_path / "wide.npz", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name + ".npy", data)
+        zf.writestr("x" * 60_000, b"")
+        zf.writestr("y" * 60_000, b"")
+    with pytest.raises(ArtifactError, match="zip directory of"):
+        load_artifact(tmp_path / "wide.npz")

@@ -301,3 +301,21 @@ def test_summary_states_memory_against_the_bar():
             "without numba (192 MB on the JIT fallback at the issue's level); target < 150 MB: met.") in text
     levels.append(_level_row(1000, 0.01, rss_mb=151.0))
     assert "target < 150 MB: NOT met" in report.section_summary(doc, markdown=True)
+
+
+def test_hostile_part_measures_memory_and_frame_costs(tmp_path):
+    """The hostile part's pieces run on small inputs: flat memory figures, every hostile frame counted."""
+    from daemon.bench import hostile
+
+    frames = hostile.malformed_frames_rss(3000)
+    assert frames["n"] == 3000 and 0 < frames["rss_start_mb"] <= frames["rss_peak_mb"]
+    costs = {e["name"]: e for e in hostile.frame_cost(300)}
+    assert set(costs) == {"frame_far_future_start", "frame_off_grid_start", "frame_nan_price", "frame_not_json",
+                          "frame_unsubscribed_topic", "frame_valid_close_parse"}
+    assert all(e["n"] == 300 and e["p50_us"] > 0 for e in costs.values())
+    replay = hostile.replay_rss(ROOT / "tests" / "golden" / "artifact.npz", tmp_path, megabytes=1)
+    assert replay["rows"] > 10_000 and replay["rss_peak_mb"] > 0
+    report = {"results": [{**frames, "part": "hostile"}, {**replay, "part": "hostile"},
+                          *({**e, "part": "hostile"} for e in costs.values())]}
+    text = hostile.section_hostile(report, markdown=True)
+    assert "frame_far_future_start" in text and "| CSV MB |" in text

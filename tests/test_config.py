@@ -60,6 +60,20 @@ def test_values_are_coerced_and_frozen():
     ({"metrics": {"port": 70000}}, r"\[metrics\].port is 70000"),
     ({"model": {"artifact": ""}}, r"\[model\].artifact is empty"),
     ({"feed": 3}, r"\[feed\] is int, expected a table"),
+    ({"rest": {"timeout_s": float("inf")}}, r"\[rest\].timeout_s is inf, expected a finite number"),
+    ({"feed": {"ping_interval_s": float("nan")}}, r"\[feed\].ping_interval_s is nan, expected a finite number"),
+    ({"backoff": {"max_s": 1e12}}, r"\[backoff\].max_s is 1000000000000.0, expected > 0 and <= 3600"),
+    ({"backoff": {"jitter": float("nan")}}, r"\[backoff\].jitter"),
+    ({"rest": {"max_attempts": 10**18}}, r"\[rest\].max_attempts is 1000000000000000000, expected 1..100"),
+    ({"rest": {"max_attempts": 0}}, r"\[rest\].max_attempts is 0, expected 1..100"),
+    ({"rest": {"warmup_extra_bars": -1}}, r"\[rest\].warmup_extra_bars"),
+    ({"metrics": {"port": -1}}, r"\[metrics\].port is -1"),
+    ({"feed": {"ws_url": "ws://"}}, r"\[feed\].ws_url is 'ws://', which names no host"),
+    ({"feed": {"ws_url": "wss://:443/v5"}}, r"names no host"),
+    ({"feed": {"rest_url": "https://"}}, r"\[feed\].rest_url is 'https://', which names no host"),
+    ({"feed": {"ws_url": "ws://127.0.0.1:99999/v5"}}, r"\[feed\].ws_url is .*Port out of range"),
+    ({"feed": {"symbols": [f"S{i}" for i in range(10_001)]}}, r"\[feed\].symbols lists 10001 symbols"),
+    ({"log": {"file": "a\0b"}}, "NUL"),
     ({"train": 3}, r"\[train\] is int"),
 ])
 def test_bad_values_are_refused_naming_the_key(raw, words):
@@ -98,3 +112,41 @@ def test_default_artifact_is_the_shipped_model_wherever_the_file_is(tmp_path):
     assert Path(load_config(tmp_path / "a.toml").model.artifact) == ROOT / "models" / "default.npz"
     (tmp_path / "b.toml").write_text('[model]\nartifact = "m/x.npz"\n')
     assert Path(load_config(tmp_path / "b.toml").model.artifact) == tmp_path / "m" / "x.npz"
+
+
+def test_non_utf8_huge_and_folder_files_are_refused(tmp_path):
+    """A configuration that is not UTF-8, is over 1 MiB, or is a folder is a ConfigError naming the file."""
+    (tmp_path / "latin1.toml").write_bytes('[feed]\nsymbols = ["BTCUSDT"] # caf\xe9\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.toml is not UTF-8"):
+        load_config(tmp_path / "latin1.toml")
+    (tmp_path / "big.toml").write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(tmp_path / "big.toml")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path)
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="deep.toml"):
+        load_config(tmp_path / "deep.toml")
+
+
+def test_a_log_folder_that_does_not_exist_is_a_config_error(tmp_path):
+    """[log].file in a missing folder, or naming a folder, is refused at load with the folder named."""
+    (tmp_path / "c.toml").write_text('[log]\nfile = "nowhere/signals.log"\n')
+    with pytest.raises(ConfigError, match=r"folder .*nowhere does not exist"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "d.toml").write_text(f'[log]\nfile = "{tmp_path}"\n')
+    with pytest.raises(ConfigError, match="which is a folder"):
+        load_config(tmp_path / "d.toml")
+    (tmp_path / "e.toml").write_text('[log]\nfile = "signals.log"\n')
+    assert load_config(tmp_path / "e.toml").log.file == str(tmp_path / "signals.log")
+
+
+@pytest.mark.parametrize(("host", "enabled", "beyond"), [
+    ("127.0.0.1", True, False), ("127.0.0.2", True, False), ("::1", True, False), ("localhost", True, False),
+    ("0.0.0.0", True, True), ("", True, True), ("::", True, True), ("192.168.1.5", True, True),
+    ("metrics.example", True, True), ("0.0.0.0", False, False),
+])
+def test_metrics_beyond_loopback_is_flagged(host, enabled, beyond):
+    """An enabled metrics endpoint bound beyond loopback is flagged for the start-up warning."""
+    cfg = parse_config({"metrics": {"enabled": enabled, "host": host}})
+    assert cfg.metrics.beyond_loopback is beyond

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import aiohttp
+from structlog.testing import capture_logs
 import pytest
 
 from daemon.core.config import BackoffConfig
@@ -109,3 +110,46 @@ async def test_concurrent_fetches_share_a_bounded_pool(fake):
                                          for i in range(20)))
     assert [len(r) for r in results] == [10 - i % 10 for i in range(20)]
     assert c._slots._value == 2
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_400_mb_body_is_abandoned_at_the_limit(client, fake, declared):
+    """A 400 MB answer (with or without a Content-Length) is dropped at the size limit and retried; the
+    client never holds more than the limit and the server is never read to the end."""
+    import tracemalloc
+
+    from daemon.aio.rest import MAX_BODY_BYTES
+
+    fake.faults.rest_errors[:] = [("huge", 400_000_000, declared)]
+    tracemalloc.start()
+    try:
+        got = await client.closed_klines("BTCUSDT", "5", count=3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == _expected(97, 100) and client.retries == 1
+    assert peak < 3 * MAX_BODY_BYTES
+    assert fake.huge_bytes_sent < 100_000_000
+
+
+@pytest.mark.parametrize("fault", ["off_grid", "far_future"])
+async def test_a_row_off_the_grid_or_in_the_future_is_a_malformed_page(client, fake, fault):
+    """A page whose newest row starts 1 ms off the grid or far in the future is refused and asked again."""
+    fake.faults.rest_errors[:] = [(fault,)]
+    with capture_logs() as logs:
+        got = await client.closed_klines("BTCUSDT", "5", count=3)
+    assert got == _expected(97, 100) and client.retries == 1
+    (retry,) = [e for e in logs if e["event"] == "rest_retry"]
+    assert ("off the 300000 ms grid" if fault == "off_grid" else "after the exchange's clock") in retry["error"]
+
+
+def test_rest_fault_switches_parse():
+    """The fake's --rest-errors accepts statuses, huge bodies and tampered rows, and names a bad token."""
+    import argparse
+
+    from daemon.tools.fake_bybit import parse_rest_faults
+
+    assert parse_rest_faults("429, huge:400000000,huge-chunked:5,off-grid,far-future") == [
+        429, ("huge", 400_000_000, True), ("huge", 5, False), ("off_grid",), ("far_future",)]
+    with pytest.raises(argparse.ArgumentTypeError, match="'huge:x'"):
+        parse_rest_faults("huge:x")

@@ -21,6 +21,7 @@ from daemon.core.parser import (
     kline_topic,
     parse_frame,
     parse_kline_page,
+    topic_table,
 )
 
 LINEAR_UPDATE = (
@@ -43,8 +44,11 @@ def _close(**over) -> dict:
     return entry
 
 
-def _push(*entries, topic="kline.5.BTCUSDT") -> str:
-    return json.dumps({"topic": topic, "data": list(entries), "ts": 1, "type": "snapshot"})
+TS = 1719667800200  # the exchange's clock when the close of _close() is pushed
+
+
+def _push(*entries, topic="kline.5.BTCUSDT", ts=TS) -> str:
+    return json.dumps({"topic": topic, "data": list(entries), "ts": ts, "type": "snapshot"})
 
 
 def test_linear_update_capture_has_no_closed_candle():
@@ -69,13 +73,57 @@ def test_close_and_next_open_in_one_array():
     assert frame.n_open == 1
 
 
-def test_topic_cache_is_filled_and_reused():
-    """The optional topic cache memoises topic splitting and gives the same result."""
-    cache: dict = {}
-    a = parse_frame(_push(_close()), cache)
-    b = parse_frame(_push(_close()), cache)
-    assert cache == {"kline.5.BTCUSDT": ("5", "BTCUSDT")}
-    assert a.closed == b.closed
+def test_topic_table_gives_the_same_frames_and_is_never_written():
+    """A topic table parses subscribed topics as without one, refuses other topics, and never grows."""
+    table = topic_table(["kline.5.BTCUSDT"])
+    before = dict(table)
+    a = parse_frame(_push(_close()), table)
+    b = parse_frame(_push(_close()))
+    assert a.closed == b.closed and (a.symbol, a.interval) == ("BTCUSDT", "5")
+    for i in range(50):
+        with pytest.raises(FrameError, match="unsubscribed topic"):
+            parse_frame(_push(_close(), topic=f"kline.5.X{i}USDT"), table)
+    assert table == before
+
+
+def test_topic_table_refuses_a_malformed_topic():
+    """Building the table from something that is not a kline topic raises FrameError naming it."""
+    with pytest.raises(FrameError, match="orderbook"):
+        topic_table(["orderbook.50.BTCUSDT"])
+
+
+@pytest.mark.parametrize(("over", "ts", "words"), [
+    ({"start": 1719667500001}, TS, "off the 300000 ms grid"),
+    ({"start": 1719667499999}, TS, "off the 300000 ms grid"),
+    ({"start": 2**62 - (2**62 % 300_000)}, TS, "after the exchange's clock"),
+    ({"start": 1719667500000 * 10 - (1719667500000 * 10 % 300_000)}, TS, "after the exchange's clock"),
+    ({"start": 1719667800000 + 600_000}, TS, "after the exchange's clock"),
+    ({}, None, "ts of"),
+    ({}, "1719667800200", "ts of"),
+    ({"start": True}, TS, "start"),
+])
+def test_start_off_grid_or_after_the_clock_is_malformed(over, ts, words):
+    """A start off the interval grid, beyond one interval after the push's ts, or a push without ts is malformed."""
+    with pytest.raises(FrameError, match=words):
+        parse_frame(_push(_close(**over), ts=ts))
+    with pytest.raises(FrameError, match=words):  # open updates are held to the same clock
+        parse_frame(_push(_close(confirm=False, **over), ts=ts))
+
+
+def test_start_within_one_interval_of_the_clock_is_accepted():
+    """A start up to one interval after ts (a skewed exchange clock) still parses."""
+    frame = parse_frame(_push(_close(start=1719667800000), ts=1719667800000 - 300_000))
+    assert [c.start_ms for c in frame.closed] == [1719667800000]
+
+
+def test_weekly_grid_starts_on_monday():
+    """Weekly candles open on Monday 00:00 UTC: 2024-06-24 is on the grid, the Thursday epoch grid is not."""
+    monday = 1719187200000  # 2024-06-24T00:00:00Z
+    entry = _close(start=monday, interval="W")
+    assert parse_frame(_push(entry, topic="kline.W.BTCUSDT", ts=monday + 7 * 86_400_000)).closed[0].start_ms == monday
+    thursday = monday - 4 * 86_400_000 + 7 * 86_400_000  # a multiple of a week since the epoch
+    with pytest.raises(FrameError, match="off the"):
+        parse_frame(_push(_close(start=thursday, interval="W"), topic="kline.W.BTCUSDT", ts=thursday + 10**9))
 
 
 @pytest.mark.parametrize("text", [
@@ -124,7 +172,7 @@ def test_acks_success_already_and_refused():
     ('{"topic": 5, "data": []}', "topic"),
     ('{"topic": "kline.5.BTCUSDT", "data": {}}', "data"),
     ('{"topic": "kline.5.BTCUSDT", "data": []}', "data"),
-    ('{"topic": "kline.5.BTCUSDT", "data": [3]}', "data element"),
+    ('{"topic": "kline.5.BTCUSDT", "ts": 1, "data": [3]}', "data element"),
     (_push({k: v for k, v in _close().items() if k != "close"}), "close"),
 ])
 def test_malformed_frames_raise_frame_error_naming_the_problem(text, words):
@@ -154,12 +202,25 @@ def test_rest_page_is_reversed_to_oldest_first():
     assert page.candles[1].ohlcv() == (2.0, 3.0, 1.0, 2.5, 10.0)
 
 
+def test_rest_rows_are_held_to_the_grid_and_the_page_time():
+    """A REST row off the grid, or starting more than one interval after the page's time, is malformed."""
+    good = ["1719667500000", "1", "2", "0.5", "2", "5", "9"]
+    for start, words in (("1719667500007", "off the"), (str(2**62 - 2**62 % 300_000), "after the exchange's clock"),
+                         ("1_719_667_500_000", "decimal string"), ("١٢", "decimal string")):
+        with pytest.raises(FrameError, match=words):
+            parse_kline_page(_page([[start, *good[1:]], good]), "BTCUSDT", "5")
+    no_time = json.dumps({"retCode": 0, "result": {"list": [["1719668100000", *good[1:]]]}})
+    assert parse_kline_page(no_time, "BTCUSDT", "5").candles[0].start_ms == 1719668100000  # no clock: grid only
+    with pytest.raises(FrameError, match="after the exchange's clock"):
+        parse_kline_page(no_time, "BTCUSDT", "5", now_ms=1719667500000)
+
+
 def test_rest_error_page_and_malformed_rows():
     """retCode != 0 yields no candles; a malformed row raises FrameError naming the symbol."""
     page = parse_kline_page(_page([], ret_code=10006), "BTCUSDT", "5")
     assert page.ret_code == 10006 and page.candles == []
     with pytest.raises(FrameError, match="BTCUSDT 5"):
-        parse_kline_page(_page([["1", "x", "1", "1", "1", "1", "1"]]), "BTCUSDT", "5")
+        parse_kline_page(_page([["1719667500000", "x", "1", "1", "1", "1", "1"]]), "BTCUSDT", "5")
     with pytest.raises(FrameError, match="result.list"):
         parse_kline_page('{"retCode":0,"result":{}}', "BTCUSDT", "5")
     with pytest.raises(FrameError, match="retCode"):

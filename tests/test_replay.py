@@ -9,6 +9,8 @@ artifact made from seeded random weights (``artifact.npz``) and the signal lines
 from __future__ import annotations
 
 import json
+import math
+import re
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 from daemon.tools.fake_bybit import FakeBybit
 from daemon.core.model import Model
 from daemon.aio.output import SignalWriter
-from daemon.tools.replay import ReplayError, read_kline_csv, replay
+from daemon.tools.replay import ReplayError, iter_kline_csv, read_kline_csv, replay
 from kernels.layout import WINDOW
 from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, LineSink
 
@@ -128,3 +130,127 @@ def test_cli_refuses_an_artifact_of_another_interval(tmp_path):
     out = subprocess.run([sys.executable, "-m", "daemon", "replay", "--data", str(SESSION), "--symbol", "BTCUSDT",
                           "--interval", "1", "--artifact", str(ARTIFACT)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "interval '5'" in out.stderr and "'1'" in out.stderr and out.stdout == ""
+
+
+# ---------------------------------------------------------------------- hostile files
+HEAD = "start_ms,open,high,low,close,volume"
+
+
+def _session_lines() -> list[str]:
+    """The golden session's data lines (no header)."""
+    return SESSION.read_text().splitlines()[1:]
+
+
+def _with_start(line: str, start: int) -> str:
+    """A CSV line with another start."""
+    return ",".join([str(start), *line.split(",")[1:]])
+
+
+def _cli(path, *extra) -> subprocess.CompletedProcess:
+    """`kdsignal replay` of ``path`` with the golden artifact."""
+    return subprocess.run([sys.executable, "-m", "daemon", "replay", "--data", str(path), "--symbol", "BTCUSDT",
+                           "--interval", "5", "--artifact", str(ARTIFACT), *extra], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda ls: ls[:50] + [_with_start(ls[50], int(ls[50].split(",")[0]) + 1)] + ls[51:],
+     r":52: start_ms \d+ is off the 300000 ms grid of interval 5 \(by 1 ms\)"),
+    (lambda ls: ls[:50] + [ls[51], ls[50]] + ls[52:], r":53: start_ms \d+ does not follow"),
+    (lambda ls: ls[:50] + [ls[50], ls[50]] + ls[51:], r":53: start_ms (\d+) does not follow \1"),
+    (lambda ls: ls[:50] + [_with_start(ls[50], 2**62)] + ls[51:], r":52: start_ms 4611686018427387904 is after"),
+    (lambda ls: ls[:50] + ["9" * 400 + ",1,1,1,1,1"] + ls[51:], r":52: start_ms is '9999"),
+    (lambda ls: ls[:50] + ["1" * 5000] + ls[51:], r":52: line longer than 4096 bytes"),
+])
+def test_off_grid_and_out_of_order_rows_stop_replay_naming_the_line(tmp_path, change, words):
+    """Off-grid, out-of-order, repeated, absurd and overlong rows exit 2 with one line naming the line."""
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join([HEAD, *change(_session_lines())]) + "\n")
+    out = _cli(path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (message,) = [x for x in out.stderr.splitlines() if x.startswith("kdsignal replay:")]
+    assert re.search(words, message), message
+
+
+def test_non_utf8_file_names_the_line(tmp_path):
+    """A CSV with a byte that is not UTF-8 is refused naming the line."""
+    path = tmp_path / "latin.csv"
+    lines = _session_lines()
+    path.write_bytes("\n".join([HEAD, *lines[:3]]).encode() + b"\n1,caf\xe9,1,1,1,1\n")
+    with pytest.raises(ReplayError, match=":5: not UTF-8"):
+        read_kline_csv(path, "5")
+
+
+def test_bad_prices_are_filled_forward_and_counted(tmp_path):
+    """NaN, zero and negative prices, a negative volume and a high below the low are missing bars: replay
+    carries on, signals them with finite probabilities (filled forward), and reports the count."""
+    lines = _session_lines()
+    at = WINDOW + 10
+
+    def bad(line, **over):
+        fields = dict(zip(HEAD.split(","), line.split(",")))
+        fields.update(over)
+        return ",".join(fields[k] for k in HEAD.split(","))
+
+    lines[at] = bad(lines[at], close="NaN")
+    lines[at + 1] = bad(lines[at + 1], open="0")
+    lines[at + 2] = bad(lines[at + 2], low="-5")
+    lines[at + 3] = bad(lines[at + 3], volume="-1")
+    lines[at + 4] = bad(lines[at + 4], high="1", low="2")
+    path = tmp_path / "nan.csv"
+    path.write_text("\n".join([HEAD, *lines]) + "\n")
+    out = _cli(path)
+    assert out.returncode == 0, out.stderr
+    got = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x["start"] for x in got] == [int(x.split(",")[0]) for x in lines[WINDOW - 1:]]
+    assert all(math.isfinite(p) for x in got for p in x["probs"].values())
+    (event,) = [json.loads(x) for x in out.stderr.splitlines()]
+    assert event["event"] == "bars_filled_forward" and event["bars"] == 5
+    assert event["first_start_ms"] == int(lines[at].split(",")[0])
+
+
+def test_a_gap_of_any_length_costs_the_same(tmp_path):
+    """A start mistyped x10 (a gap of millions of bars) resets the state at once, the replay finishes, and a
+    later stretch of the file warms up again and is signalled."""
+    lines = _session_lines()
+    typo = int(lines[-1].split(",")[0]) * 10
+    typo -= typo % 300_000
+    tail = [_with_start(line, typo + i * 300_000) for i, line in enumerate(lines)]
+    path = tmp_path / "typo.csv"
+    path.write_text("\n".join([HEAD, *lines, *tail]) + "\n")
+    out = _cli(path)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(x) for x in out.stderr.splitlines()]
+    gap_bars = (typo - int(lines[-1].split(",")[0])) // 300_000 - 1
+    assert [(e["event"], e["bars"]) for e in events] == [("gap_unfilled", gap_bars), ("features_reset", gap_bars)]
+    starts = [json.loads(x)["start"] for x in out.stdout.splitlines()]
+    per_part = len(lines) - WINDOW + 1
+    assert len(starts) == 2 * per_part and starts[per_part] == typo + (WINDOW - 1) * 300_000
+
+
+def test_replay_streams_the_file(tmp_path):
+    """Replay reads the file as it goes: memory stays flat over 30,000 rows and the rows before a bad line
+    are signalled before the error."""
+    import tracemalloc
+
+    src = read_kline_csv(ROOT / "data" / "BTCUSDT-5m.csv")
+    path = tmp_path / "long.csv"
+    with open(path, "w") as f:
+        f.write(HEAD + "\n")
+        for i in range(30_000):
+            r = src[i % len(src)]
+            f.write(f"{src[0].start_ms + i * 300_000},{r.open},{r.high},{r.low},{r.close},{r.volume}\n")
+        f.write("oops\n")
+    model = Model.load(ARTIFACT)
+    null = open(os.devnull, "wb")
+    tracemalloc.start()
+    try:
+        writer = SignalWriter(null)
+        with pytest.raises(ReplayError, match=":30002: 1 fields"):
+            replay(iter_kline_csv(path, "5"), "BTCUSDT", "5", model, writer)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        null.close()
+    assert writer.written == 30_000 - WINDOW + 1
+    assert peak < 2 << 20

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from daemon.core.config import BackoffConfig
-from daemon.core.parser import Ack, FrameError, KlineFrame, Pong, parse_frame
+from daemon.core.parser import Ack, FrameError, KlineFrame, Pong, parse_frame, topic_table
 
 __all__ = ["CallbackError", "Feed", "FeedStats", "default_retryable"]
 
@@ -85,7 +85,8 @@ class Feed:
         self.is_retryable = is_retryable
         self.stats = FeedStats()
         self.log = log or structlog.get_logger("kdsignal.feed")
-        self.topic_cache: dict = {}  # the parser's topic -> (symbol, interval) cache (daemon.aio.prewarm shares it)
+        # The parser's table of subscribed topics, fixed for the feed's life (daemon.aio.prewarm shares it).
+        self.topic_cache = topic_table(self.topics)
         self.last_close_message: str | bytes | None = None  # the newest frame that carried closes (prewarm)
         self._req_ids = 0
         # Per-connection state, reset in _session.

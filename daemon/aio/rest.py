@@ -7,6 +7,11 @@ the server's own ``time`` field, so a skewed local clock cannot turn an open can
 HTTP 429, 403, 5xx, network errors, malformed bodies and ``retCode != 0`` (except parameter errors) are retried
 with capped exponential backoff and jitter; a rate-limit answer waits at least until
 ``X-Bapi-Limit-Reset-Timestamp``. After ``max_attempts`` the call raises :class:`RestError`.
+
+A body is read with a size limit (``max_body_bytes``, far above a full 1000-row page): one that declares or
+delivers more is abandoned at the limit and retried like any malformed body, so a hostile or broken server
+cannot make the client hold more than ``max_concurrent`` bodies of that size. Every row is checked by the
+parser against the interval grid and the page's ``time`` (this client's clock when the page has none).
 """
 
 from __future__ import annotations
@@ -22,16 +27,32 @@ import structlog
 from daemon.core.config import BackoffConfig
 from daemon.core.parser import Candle, FrameError, KlinePage, interval_ms, parse_kline_page
 
-__all__ = ["RestClient", "RestError"]
+__all__ = ["MAX_BODY_BYTES", "RestClient", "RestError", "read_body"]
 
 # retCodes that will not get better by asking again.
 _FATAL_RET_CODES = frozenset({10001, 10003, 10004, 10005})
 # Bybit asks for at least ten minutes of silence after an IP ban (HTTP 403).
 _IP_BAN_WAIT_S = 600.0
+# A 1000-row kline page is about 100 kB; anything near this is not a kline page.
+MAX_BODY_BYTES = 4 << 20
+_CHUNK_BYTES = 64 << 10
 
 
 class RestError(RuntimeError):
     """A REST request failed for good (not retryable, or out of attempts)."""
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Read a response body of at most ``limit`` bytes; raise :class:`FrameError` as soon as it is larger."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise FrameError(f"REST body declares {declared} bytes, over the {limit} byte limit")
+    body = bytearray()
+    while chunk := await resp.content.read(_CHUNK_BYTES):
+        body += chunk
+        if len(body) > limit:
+            raise FrameError(f"REST body is over the {limit} byte limit")
+    return bytes(body)
 
 
 class RestClient:
@@ -41,7 +62,8 @@ class RestClient:
                  backoff: BackoffConfig | None = None, max_attempts: int = 8, timeout_s: float = 10.0,
                  page_limit: int = 1000, max_concurrent: int = 8, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), log=None) -> None:
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), log=None,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.url = base_url.rstrip("/") + "/v5/market/kline"
         self.category = category
         self.session = session
@@ -49,6 +71,7 @@ class RestClient:
         self.max_attempts = max_attempts
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.page_limit = page_limit
+        self.max_body_bytes = max_body_bytes
         self._rng = rng
         self._sleep = sleep
         self._wall_ms = wall_ms
@@ -106,12 +129,12 @@ class RestClient:
             wait_s = 0.0
             try:
                 async with self._slots, self.session.get(self.url, params=params, timeout=self.timeout) as resp:
-                    body = await resp.read()
+                    body = await read_body(resp, self.max_body_bytes)
                     status = resp.status
                     reset_ms = resp.headers.get("X-Bapi-Limit-Reset-Timestamp")
                 page = None
                 if status == 200:
-                    page = parse_kline_page(body, symbol, interval)
+                    page = parse_kline_page(body, symbol, interval, now_ms=self._wall_ms())
                     if page.ret_code == 0:
                         return page
                     if page.ret_code in _FATAL_RET_CODES:

@@ -161,8 +161,10 @@ class Service:
     def request_reload(self) -> None:
         """SIGHUP: reopen the log file at once, then reload the artifact in the background."""
         if self.log_file is not None:
-            self.log_file.reopen()
-            self.log.info("log_reopened", file=self.log_file.path)
+            if self.log_file.reopen():  # on failure the old handle is kept, and the artifact still reloads
+                self.log.info("log_reopened", file=self.log_file.path)
+            else:
+                self.log.error("log_reopen_failed", file=self.log_file.path, error=self.log_file.last_error)
         task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
         self._reloading.add(task)  # a reference, so the task is not collected mid-load
         task.add_done_callback(self._reloading.discard)
@@ -218,6 +220,9 @@ class Service:
             self.log.info("daemon_started", symbols=list(self.pipelines), interval=self.cfg.feed.interval,
                           model=self.model.id, kernel=self.model.kernel_note, ws_url=self.cfg.feed.ws_url,
                           config=self.cfg.source)
+            if self.cfg.metrics.beyond_loopback:
+                self.log.warning("metrics_beyond_loopback", host=self.cfg.metrics.host, port=self.cfg.metrics.port)
+            self.writer.attach(asyncio.get_running_loop())  # stdout writes never block the loop
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
@@ -237,6 +242,7 @@ class Service:
                 pass
             finally:
                 self._tg = None
+                self.writer.detach()
         self.log_summary()
         self.log.info("daemon_stopped", signals=self.writer.written,
                       uptime_s=round(asyncio.get_running_loop().time() - started_s, 3))
@@ -265,10 +271,10 @@ def run_cli(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         model = Model.load(cfg.model.artifact)
         check_model(cfg, model)
+        log_file = configure_logging(cfg.log.file, cfg.log.level)
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EX_CONFIG
-    log_file = configure_logging(cfg.log.file, cfg.log.level)
     if cfg.model.pid_file:  # lets `kdsignal retrain`/`rollback` SIGHUP us after switching models
         write_pid_file(cfg.model.pid_file)
     try:

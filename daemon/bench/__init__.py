@@ -4,8 +4,10 @@ Parts (``--parts``, default all): ``inference`` (per-bar latency of the numba st
 student in NumPy and ONNX Runtime and against the teacher ensemble, plus numba's call floors),
 ``throughput`` (bars/s of batch replay and of ``kdsignal replay``), ``loopback`` (the daemon under the fake
 Bybit), ``training`` (pipeline stage wall times from ``models/report.json``), ``size`` (parameters and
-bytes). ``--json`` prints one JSON object; its ``results`` entries carry ``p50_us``/``p99_us`` (latencies) or
-``bars_per_s`` (throughputs); ``scorecard`` (what the live scorecard adds per bar). ``--write-md`` regenerates the tables of BENCHMARKS.md and the latency plot.
+bytes), ``hostile`` (memory through a million malformed frames and a 50 MB replay, the cost of a hostile
+frame), ``scorecard`` (what the live scorecard adds per bar). ``--json`` prints one JSON object; its
+``results`` entries carry ``p50_us``/``p99_us`` (latencies) or ``bars_per_s`` (throughputs). ``--write-md``
+regenerates the tables of BENCHMARKS.md and the latency plot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from .timing import machine_info, utc_now
 
-PARTS = ("inference", "throughput", "loopback", "training", "size", "scorecard")
+PARTS = ("inference", "throughput", "loopback", "training", "size", "hostile", "scorecard")
 
 
 def _parts(text: str) -> list[str]:
@@ -59,7 +61,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
     # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
     # these modules import numba, which the daemon itself does not (its resident memory is measured there).
-    from . import inference, loopback, scorecard, sizes, throughput, training
+    from . import hostile, inference, loopback, scorecard, sizes, throughput, training
     from .bars import bench_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
@@ -89,6 +91,8 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
         add("training", training.run())
     if "size" in parts:
         add("size", sizes.run(model, artifact_path, teacher_obj, teacher))
+    if "hostile" in parts:
+        add("hostile", hostile.run(artifact_path, workdir or tempfile.gettempdir()))
     if "scorecard" in parts:
         add("scorecard", scorecard.run())
     report["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]

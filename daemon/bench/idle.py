@@ -33,7 +33,7 @@ import numpy as np
 from daemon.tools.fake_bybit import FakeBybit
 from daemon.core.model import Model
 from daemon.aio.output import SignalWriter
-from daemon.core.parser import parse_frame
+from daemon.core.parser import kline_topic, parse_frame, topic_table
 from daemon.core.pipeline import Pipeline
 from daemon.tools.replay import read_kline_csv
 
@@ -52,7 +52,7 @@ class _DaemonPath:
         self.pipeline = Pipeline(SYMBOL, "5", model)
         self.pipeline.start_cold(start_ms)
         self.writer = SignalWriter(out)
-        self.cache: dict = {}
+        self.cache = topic_table([kline_topic("5", SYMBOL)])
         self.i = 0
         while not self.pipeline.state.warm:
             self.run()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .hostile import section_hostile
 from .loopback import row_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,6 +321,7 @@ SECTIONS = {
     "loopback": ("The daemon on loopback", section_loopback),
     "training": ("Training stage wall times", section_training),
     "size": ("Model size", section_size),
+    "hostile": ("Hostile input", section_hostile),
     "scorecard": ("Live scorecard cost per bar", lambda report, markdown: _scorecard_section(report, markdown)),
 }
 

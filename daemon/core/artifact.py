@@ -25,6 +25,15 @@ metrics             evaluation summary (free-form)
 
 ``save_artifact`` fills ``schema_version``, ``features``, ``warmup_bars``, ``student`` and ``model_id``
 itself; ``load_artifact`` refuses a bad file with ``ArtifactError`` naming the field.
+
+The loader treats the file as hostile: its size, the number of zip members, the manifest's size and JSON
+nesting depth are capped, and every array's dtype and shape are read from its ``.npy`` header and checked
+against what the manifest implies *before* any of its data is decompressed (only exactly that many bytes
+are then inflated; a member with more is refused). Once the numbers are read, the student is run in NumPy
+on the stored normalisation statistics and on extreme but valid inputs (every feature at ``+clip``, at
+``-clip``, alternating), and an interval bound over the whole input box ``[-clip, clip]^F`` must stay
+finite: weights that are finite but huge would make the served probabilities NaN, so they are refused.
+Every failure is an ``ArtifactError`` (exit 78 at start, the old model kept on reload), never a traceback.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import io
 import json
 import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +54,17 @@ from kernels import CLASSES
 from kernels.layout import ACTIVATIONS, FEATURE_NAMES, FEATURE_PARAMS, WINDOW, mlp_size, pack_mlp, unpack_mlp
 
 SCHEMA_VERSION = 1
+# Caps for a hostile file, far above the shipped model's figures (a few kB, under 1,000 weights).
+MAX_FILE_BYTES = 16 << 20
+MAX_MEMBERS = 16
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+MAX_MLP_VALUES = 1 << 20
+MAX_LAYERS = 16
+_MAX_NPY_HEADER = 10_000
+_MAX_DIRECTORY_BYTES = 64 << 10
+# A logit bound beyond this is refused: well inside float64's range, so no rounding can overflow.
+MAX_LOGIT_BOUND = 1e300
 BYBIT_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 ARRAYS = ("mlp", "feature_mean", "feature_std", "manifest")
 REQUIRED_KEYS = (
@@ -144,100 +165,236 @@ def _require(cond: bool, message: str) -> None:
         raise ArtifactError(message)
 
 
-def _finite_array(arrays, name: str, shape: tuple) -> np.ndarray:
-    a = arrays[name]
-    _require(a.dtype == np.float64, f"{name}: dtype {a.dtype}, expected float64")
-    _require(a.shape == shape, f"{name}: shape {a.shape}, expected {shape}")
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_values(a: np.ndarray, name: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(a))
     _require(bad.size == 0, f"{name}: {bad.size} non-finite values (first at index {bad[:1].tolist()})")
     return a
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"artifact {path}: cannot read ({e.strerror or e})") from e
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            missing = [k for k in ARRAYS if k not in npz.files]
-            _require(not missing, f"artifact {path}: missing arrays {missing}")
-            return {k: npz[k] for k in ARRAYS}
-    except ArtifactError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise ArtifactError(f"artifact {path}: not a readable .npz (truncated or corrupt: {e})") from e
+def _zip_members(raw: bytes, path: Path) -> None:
+    # The member count from the end-of-central-directory record, before zipfile builds an object per member.
+    at = raw.rfind(b"PK\x05\x06", max(0, len(raw) - 65_557))
+    _require(at >= 0 and len(raw) >= at + 22, f"artifact {path}: not a readable .npz (truncated or corrupt: no zip directory)")
+    count = int.from_bytes(raw[at + 10 : at + 12], "little")
+    _require(count <= MAX_MEMBERS, f"artifact {path}: {count} zip members, at most {MAX_MEMBERS} are read")
+    # zipfile parses the whole central directory whatever the count says: its size is capped too.
+    directory = int.from_bytes(raw[at + 12 : at + 16], "little")
+    _require(directory <= _MAX_DIRECTORY_BYTES,
+             f"artifact {path}: a zip directory of {directory} bytes, at most {_MAX_DIRECTORY_BYTES} are read")
 
 
-def load_artifact(path) -> Artifact:
-    """Read and validate an artifact; raise ``ArtifactError`` naming the first bad field."""
-    path = Path(path)
-    arrays = _read_arrays(path)
-    try:
-        manifest = json.loads(arrays["manifest"].tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"manifest: not valid JSON ({e})") from e
-    _require(isinstance(manifest, dict), "manifest: not a JSON object")
+def _npy(zf: zipfile.ZipFile, name: str, dtype: np.dtype, length: int | None, cap: int) -> np.ndarray:
+    """Read member ``name``.npy: its header must say 1-D ``dtype`` of ``length`` values (any length up to
+    ``cap`` when None) before any data is inflated; then exactly that many bytes are, and anything after
+    them refuses the member."""
+    info = zf.getinfo(name + ".npy")
+    _require(info.file_size <= cap * dtype.itemsize + _MAX_NPY_HEADER,
+             f"{name}: {info.file_size} bytes declared, at most {cap} values are read")
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, got = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, _, got = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_NPY_HEADER)
+        else:
+            raise ArtifactError(f"{name}: .npy format version {version} is not read")
+        _require(got == dtype and not got.hasobject, f"{name}: dtype {got}, expected {dtype}")
+        size = math.prod(shape)
+        want = f"({length},)" if length is not None else f"at most {cap} values"
+        _require(len(shape) == 1 and 0 <= size <= cap, f"{name}: shape {shape} ({size} values), expected {want}")
+        _require(length is None or shape == (length,), f"{name}: shape {shape}, expected {want}")
+        nbytes = size * dtype.itemsize
+        data = fp.read(nbytes)
+        _require(len(data) == nbytes, f"{name}: {len(data)} bytes of data, its header promises {nbytes} (truncated)")
+        _require(fp.read(1) == b"", f"{name}: more data than its header's shape {shape} (a padded or bomb member)")
+    return np.frombuffer(data, dtype=dtype).copy()
+
+
+def _json_depth(text: bytes) -> int:
+    # Depth of [ and { outside strings, in O(n) without recursion (json.loads recurses per level).
+    bare = np.frombuffer(re.sub(rb'"(?:[^"\\]|\\.)*"', b"", text), dtype=np.uint8)
+    if bare.size == 0:
+        return 0
+    step = np.isin(bare, (0x5B, 0x7B)).astype(np.int64) - np.isin(bare, (0x5D, 0x7D))
+    return int(np.cumsum(step).max())
+
+
+def _table(parent: dict, key: str, where: str | None = None) -> dict:
+    value = parent.get(key)
+    _require(isinstance(value, dict), f"{where or key}: {type(value).__name__}, expected an object")
+    return value
+
+
+def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
+    """Validate the manifest's structure; return the student's sizes, activations and clip."""
+    _require(isinstance(manifest, dict), f"manifest: {type(manifest).__name__}, expected a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     _require(not missing, f"manifest: missing keys {missing}")
     version = manifest["schema_version"]
-    _require(version == SCHEMA_VERSION, f"schema_version: {version!r} is not supported (this code reads {SCHEMA_VERSION})")
+    _require(type(version) is int and version == SCHEMA_VERSION,
+             f"schema_version: {version!r:.40} is not supported (this code reads {SCHEMA_VERSION})")
+    _require(isinstance(manifest["model_id"], str), f"model_id: {manifest['model_id']!r:.40}, expected a string")
 
-    feats = manifest["features"]
-    _require(isinstance(feats, dict), "features: not an object")
+    feats = _table(manifest, "features")
     names = feats.get("names")
-    _require(isinstance(names, list), "features.names: missing or not a list")
+    _require(isinstance(names, list) and all(isinstance(n, str) for n in names),
+             "features.names: missing or not a list of strings")
     unknown = [n for n in names if n not in FEATURE_NAMES]
-    _require(not unknown, f"features.names: {unknown} cannot be computed by this code (it computes {list(FEATURE_NAMES)})")
+    _require(not unknown, f"features.names: {unknown[:20]} cannot be computed by this code (it computes {list(FEATURE_NAMES)})")
     _require(
         names == list(FEATURE_NAMES),
-        f"features.names: artifact lists {len(names)} features {names}, this code computes {list(FEATURE_NAMES)} in that order",
+        f"features.names: artifact lists {len(names)} features {names[:20]}, this code computes {list(FEATURE_NAMES)} in that order",
     )
+    params = _table(feats, "params", "features.params")
     for name in names:
-        got = feats.get("params", {}).get(name)
-        _require(got == FEATURE_PARAMS[name], f"features.params.{name}: {got!r}, this code computes {FEATURE_PARAMS[name]!r}")
-    _require(feats.get("window") == WINDOW, f"features.window: {feats.get('window')!r}, this code needs {WINDOW}")
+        got = params.get(name)
+        _require(got == FEATURE_PARAMS[name], f"features.params.{name}: {got!r:.80}, this code computes {FEATURE_PARAMS[name]!r}")
+    _require(feats.get("window") == WINDOW, f"features.window: {feats.get('window')!r:.40}, this code needs {WINDOW}")
     warmup = manifest["warmup_bars"]
-    _require(warmup == WINDOW, f"warmup_bars: {warmup!r}, the features of this code warm up in {WINDOW} bars")
+    _require(warmup == WINDOW and not isinstance(warmup, bool),
+             f"warmup_bars: {warmup!r:.40}, the features of this code warm up in {WINDOW} bars")
 
-    _require(manifest["classes"] == list(CLASSES), f"classes: {manifest['classes']!r}, expected {list(CLASSES)}")
-    student = manifest["student"]
-    sizes = student.get("sizes") if isinstance(student, dict) else None
-    acts = student.get("activations") if isinstance(student, dict) else None
+    _require(manifest["classes"] == list(CLASSES), f"classes: {manifest['classes']!r:.80}, expected {list(CLASSES)}")
+    student = _table(manifest, "student")
+    sizes = student.get("sizes")
+    acts = student.get("activations")
     _require(
-        isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(s, int) and s > 0 for s in sizes),
-        f"student.sizes: {sizes!r}, expected a list of positive integers",
+        isinstance(sizes, list) and 2 <= len(sizes) <= MAX_LAYERS + 1
+        and all(type(s) is int and 0 < s <= MAX_MLP_VALUES for s in sizes),
+        f"student.sizes: {sizes!r:.80}, expected 2 to {MAX_LAYERS + 1} positive integers",
     )
     _require(sizes[0] == len(FEATURE_NAMES), f"student.sizes: takes {sizes[0]} inputs, the artifact has {len(FEATURE_NAMES)} features")
     _require(sizes[-1] == len(CLASSES), f"student.sizes: gives {sizes[-1]} outputs, expected {len(CLASSES)} classes")
+    _require(mlp_size(sizes) <= MAX_MLP_VALUES,
+             f"student.sizes: {sizes} need {mlp_size(sizes)} packed values, at most {MAX_MLP_VALUES} are read")
     _require(
-        isinstance(acts, list) and len(acts) == len(sizes) - 1 and all(a in ACTIVATIONS for a in acts),
-        f"student.activations: {acts!r}, expected {len(sizes) - 1} of {sorted(ACTIVATIONS)}",
+        isinstance(acts, list) and len(acts) == len(sizes) - 1 and all(isinstance(a, str) and a in ACTIVATIONS for a in acts),
+        f"student.activations: {acts!r:.80}, expected {len(sizes) - 1} of {sorted(ACTIVATIONS)}",
     )
 
-    mlp = _finite_array(arrays, "mlp", (mlp_size(sizes),))
-    packed_sizes = [int(s) for s in mlp[1 : len(sizes) + 1]]
-    _require(int(mlp[0]) == len(sizes) - 1 and packed_sizes == sizes, f"mlp: packed layer sizes {packed_sizes} differ from student.sizes {sizes}")
-    _, _, packed_acts, _ = unpack_mlp(mlp)
-    _require(packed_acts == acts, f"mlp: packed activations {packed_acts} differ from student.activations {acts}")
-    f = len(FEATURE_NAMES)
-    mean = _finite_array(arrays, "feature_mean", (f,))
-    std = _finite_array(arrays, "feature_std", (f,))
-    _require(bool(np.all(std > 0)), f"feature_std: must be positive, got minimum {std.min()!r}")
-
-    norm = manifest["normalisation"]
-    clip = norm.get("clip") if isinstance(norm, dict) else None
-    _require(isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0, f"normalisation.clip: {clip!r}, expected a positive number")
-    dist = manifest["distillation"]
-    _require(isinstance(dist, dict), "distillation: not an object")
+    norm = _table(manifest, "normalisation")
+    clip = norm.get("clip")
+    _require(_number(clip) and clip > 0, f"normalisation.clip: {clip!r:.40}, expected a positive number")
+    dist = _table(manifest, "distillation")
     for key in ("temperature", "alpha"):
         val = dist.get(key)
-        _require(isinstance(val, (int, float)) and math.isfinite(val), f"distillation.{key}: {val!r}, expected a number")
-    data = manifest["data"]
-    _require(isinstance(data, dict), "data: not an object")
-    _require(data.get("interval") in BYBIT_INTERVALS, f"data.interval: {data.get('interval')!r}, expected one of {list(BYBIT_INTERVALS)}")
-    _require(isinstance(data.get("symbols"), list), f"data.symbols: {data.get('symbols')!r}, expected a list")
+        _require(_number(val), f"distillation.{key}: {val!r:.40}, expected a number")
+    data = _table(manifest, "data")
+    interval = data.get("interval")
+    _require(isinstance(interval, str) and interval in BYBIT_INTERVALS,
+             f"data.interval: {interval!r:.40}, expected one of {list(BYBIT_INTERVALS)}")
+    _require(isinstance(data.get("symbols"), list), f"data.symbols: {data.get('symbols')!r:.80}, expected a list")
+    return sizes, acts, float(clip)
+
+
+def _forward(weights, biases, acts, z: np.ndarray) -> np.ndarray:
+    # The student's logits for standardised inputs z (n, F), in plain NumPy (the kernels' arithmetic).
+    h = z
+    for w, b, act in zip(weights, biases, acts):
+        h = h @ w.T + b
+        if act == "relu":
+            h = np.maximum(h, 0.0)
+        elif act == "tanh":
+            h = np.tanh(h)
+    return h
+
+
+def _check_outputs(mlp: np.ndarray, clip: float) -> None:
+    """Refuse a student that can give a non-finite output for some valid input."""
+    weights, biases, acts, _ = unpack_mlp(mlp)
+    f = weights[0].shape[1]
+    alternating = np.where(np.arange(f) % 2 == 0, clip, -clip)
+    probes = {
+        "the stored feature means": np.zeros(f),
+        "every feature at +clip": np.full(f, clip),
+        "every feature at -clip": np.full(f, -clip),
+        "features alternating +clip/-clip": alternating,
+        "features alternating -clip/+clip": -alternating,
+    }
+    with np.errstate(all="ignore"):
+        logits = _forward(weights, biases, acts, np.stack(list(probes.values())))
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        for i, what in enumerate(probes):
+            _require(bool(np.all(np.isfinite(logits[i])) and np.all(np.isfinite(probs[i]))),
+                     f"student: non-finite output for {what} (logits {logits[i].tolist()})")
+        # Interval bound over the whole box: |a_k+1| <= |W_k| |a_k| + |b_k|; tanh caps at 1. This also
+        # bounds every partial sum the kernel forms, so no valid input can overflow a layer.
+        bound = np.full(f, clip)
+        for w, b, act in zip(weights, biases, acts):
+            bound = np.abs(w) @ bound + np.abs(b)
+            if act == "tanh":
+                bound = np.minimum(bound, 1.0)
+            top = float(np.max(bound))
+            _require(math.isfinite(top) and top <= MAX_LOGIT_BOUND,
+                     f"student: weights too large: a layer's output can reach {top:.3g} for inputs within "
+                     f"+-clip ({clip:g}); at most {MAX_LOGIT_BOUND:g} is served")
+
+
+def _load(path: Path) -> Artifact:
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise ArtifactError(f"artifact {path}: cannot read ({e.strerror or e})") from e
+    _require(size <= MAX_FILE_BYTES, f"artifact {path}: {size} bytes, at most {MAX_FILE_BYTES} are read")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(size + 1)  # + 1: a file that grew since stat() is noticed
+    except OSError as e:
+        raise ArtifactError(f"artifact {path}: cannot read ({e.strerror or e})") from e
+    _require(len(raw) <= size, f"artifact {path}: grew while being read (being written?)")
+    _zip_members(raw, path)
+    f = len(FEATURE_NAMES)
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            present = {n.removesuffix(".npy") for n in zf.namelist()}
+            missing = [k for k in ARRAYS if k not in present]
+            _require(not missing, f"artifact {path}: missing arrays {missing}")
+            text = _npy(zf, "manifest", np.dtype(np.uint8), None, MAX_MANIFEST_BYTES).tobytes()
+            depth = _json_depth(text)
+            _require(depth <= MAX_JSON_DEPTH, f"manifest: JSON nested {depth} deep, at most {MAX_JSON_DEPTH}")
+            try:
+                manifest = json.loads(text.decode())
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise ArtifactError(f"manifest: not valid JSON ({str(e)[:120]})") from e
+            sizes, acts, clip = _check_manifest(manifest)
+            f64 = np.dtype("<f8")
+            mlp = _check_values(_npy(zf, "mlp", f64, mlp_size(sizes), MAX_MLP_VALUES), "mlp")
+            mean = _check_values(_npy(zf, "feature_mean", f64, f, f), "feature_mean")
+            std = _check_values(_npy(zf, "feature_std", f64, f, f), "feature_std")
+    except ArtifactError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
+            NotImplementedError, RuntimeError) as e:  # RuntimeError: an encrypted member; NotImplementedError: its compression
+        raise ArtifactError(f"artifact {path}: not a readable .npz (truncated or corrupt: {str(e)[:160]})") from e
+
+    packed_sizes = [int(s) for s in mlp[1 : len(sizes) + 1]]
+    _require(int(mlp[0]) == len(sizes) - 1 and packed_sizes == sizes, f"mlp: packed layer sizes {packed_sizes} differ from student.sizes {sizes}")
+    codes = mlp[len(sizes) + 1 : 2 * len(sizes)]
+    _require(bool(np.all(np.isin(codes, list(ACTIVATIONS.values())))), f"mlp: packed activation codes {codes.tolist()} are not all known")
+    _, _, packed_acts, _ = unpack_mlp(mlp)
+    _require(packed_acts == acts, f"mlp: packed activations {packed_acts} differ from student.activations {acts}")
+    _require(bool(np.all(std > 0)), f"feature_std: must be positive, got minimum {std.min()!r}")
+    _require(bool(np.all(np.isfinite(1.0 / std))), f"feature_std: minimum {std.min()!r} is too small to invert")
 
     expected_id = _content_hash(mlp, mean, std, manifest)
-    _require(manifest["model_id"] == expected_id, f"model_id: {manifest['model_id']!r} does not match the content hash {expected_id!r} (file altered?)")
+    _require(manifest["model_id"] == expected_id, f"model_id: {manifest['model_id']!r:.40} does not match the content hash {expected_id!r} (file altered?)")
+    _check_outputs(mlp, clip)
     return Artifact(mlp=mlp, feature_mean=mean, feature_std=std, manifest=manifest, path=str(path))
+
+
+def load_artifact(path) -> Artifact:
+    """Read and validate an artifact; raise ``ArtifactError`` naming the first bad field, and nothing else."""
+    path = Path(path)
+    try:
+        with np.errstate(all="ignore"):
+            return _load(path)
+    except ArtifactError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+            MemoryError) as e:  # a check this loader lacks: still a refusal naming the file, never a traceback
+        raise ArtifactError(f"artifact {path}: malformed ({type(e).__name__}: {str(e)[:160]})") from e

@@ -8,16 +8,24 @@ code (daemon/training/config.py, daemon/training/retrain.py).
 
 Relative paths (artifact, log file) are resolved against the directory of the configuration file; an
 artifact the file does not name is the shipped ``models/default.npz`` of this checkout.
+
+Everything is checked here, at load, so a bad value is exit 78 with the key named rather than a traceback
+at first use: every number finite and inside a stated range (``_RANGES``), URLs with a host, the file
+UTF-8 and of a sane size, the log file's folder present. :attr:`MetricsConfig.beyond_loopback` tells the
+service to warn when the metrics endpoint would be reachable from other machines.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import random
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from daemon.core.parser import INTERVAL_MS
 
@@ -115,6 +123,19 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9464
 
+    @property
+    def beyond_loopback(self) -> bool:
+        """True when the endpoint is enabled and binds more than loopback (``0.0.0.0``, ``""``, ``::``, a
+        public address or a host name other than ``localhost``): other machines can then read it."""
+        if not self.enabled:
+            return False
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # "" (every interface) or a host name
+            return True
+
 
 @dataclass(frozen=True)
 class ScorecardConfig:
@@ -187,9 +208,58 @@ def _section(table: str, cls: type, raw: object):
     return cls(**values)
 
 
-def _positive(where: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{where} is {value!r}, expected a positive number")
+# Inclusive bounds of every number, (low, high); a low bound of 0.0 for a float means "> 0". Wide enough
+# for any sane deployment, narrow enough that no value turns into an endless loop or a sleep of years.
+_HOUR_S = 3600.0
+_RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("feed", "ping_interval_s"): (0.0, _HOUR_S),
+    ("feed", "pong_timeout_s"): (0.0, _HOUR_S),
+    ("feed", "subscribe_chunk"): (1, 1000),
+    ("feed", "ack_timeout_s"): (0.0, _HOUR_S),
+    ("feed", "open_timeout_s"): (0.0, _HOUR_S),
+    ("backoff", "initial_s"): (0.0, _HOUR_S),
+    ("backoff", "max_s"): (0.0, _HOUR_S),
+    ("backoff", "factor"): (1.0, 100.0),
+    ("rest", "timeout_s"): (0.0, _HOUR_S),
+    ("rest", "max_attempts"): (1, 100),
+    ("rest", "page_limit"): (1, 1000),  # Bybit allows at most 1000
+    ("rest", "max_concurrent"): (1, 1000),
+    ("rest", "warmup_extra_bars"): (0, 10_000),
+    ("log", "latency_summary_s"): (0.0, 86_400.0),
+    ("metrics", "port"): (0, 65535),
+    ("scorecard", "window_bars"): (1, 1_000_000),
+    ("scorecard", "band"): (0.0, 10.0),
+    ("scorecard", "degraded_after_bars"): (1, 1_000_000),
+    ("scorecard", "period_s"): (0.0, 86_400.0),
+}
+_MAX_SYMBOLS = 10_000
+_MAX_FILE_BYTES = 1 << 20
+
+
+def _check_ranges(cfg: Config) -> None:
+    for (table, key), (low, high) in _RANGES.items():
+        value = getattr(getattr(cfg, table), key)
+        where = f"[{table}].{key}"
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} is {value!r}, expected a finite number")
+            if (low == 0.0 and not value > 0) or value < low or value > high:
+                bound = "> 0" if low == 0.0 else f">= {low:g}"
+                raise ConfigError(f"{where} is {value!r}, expected {bound} and <= {high:g}")
+        elif not low <= value <= high:
+            raise ConfigError(f"{where} is {value!r}, expected {low}..{high}")
+
+
+def _check_url(where: str, url: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise ConfigError(f"{where} is {url!r}: {exc}") from None
+    if parts.scheme not in schemes:
+        raise ConfigError(f"{where} is {url!r}, expected a {' or '.join(s + '://' for s in schemes)} URL")
+    if not parts.hostname:
+        raise ConfigError(f"{where} is {url!r}, which names no host")
 
 
 def _validate(cfg: Config) -> None:
@@ -205,33 +275,19 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[feed].symbols has {s!r}, expected upper-case letters and digits like BTCUSDT")
     if len(set(feed.symbols)) != len(feed.symbols):
         raise ConfigError(f"[feed].symbols lists a symbol twice: {list(feed.symbols)}")
-    if not feed.ws_url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"[feed].ws_url is {feed.ws_url!r}, expected a ws:// or wss:// URL")
-    if not feed.rest_url.startswith(("http://", "https://")):
-        raise ConfigError(f"[feed].rest_url is {feed.rest_url!r}, expected an http:// or https:// URL")
-    for key in ("ping_interval_s", "pong_timeout_s", "subscribe_chunk", "ack_timeout_s", "open_timeout_s"):
-        _positive(f"[feed].{key}", getattr(feed, key))
-    for key in ("initial_s", "max_s", "factor"):
-        _positive(f"[backoff].{key}", getattr(cfg.backoff, key))
-    if cfg.backoff.factor < 1:
-        raise ConfigError(f"[backoff].factor is {cfg.backoff.factor}, expected >= 1")
-    if not 0 <= cfg.backoff.jitter < 1:
+    if len(feed.symbols) > _MAX_SYMBOLS:
+        raise ConfigError(f"[feed].symbols lists {len(feed.symbols)} symbols, at most {_MAX_SYMBOLS} are served")
+    _check_url("[feed].ws_url", feed.ws_url, ("ws", "wss"))
+    _check_url("[feed].rest_url", feed.rest_url, ("http", "https"))
+    _check_ranges(cfg)
+    if not (math.isfinite(cfg.backoff.jitter) and 0 <= cfg.backoff.jitter < 1):
         raise ConfigError(f"[backoff].jitter is {cfg.backoff.jitter}, expected 0 <= jitter < 1")
-    for key in ("timeout_s", "max_attempts", "page_limit", "max_concurrent"):
-        _positive(f"[rest].{key}", getattr(cfg.rest, key))
-    if cfg.rest.page_limit > 1000:
-        raise ConfigError(f"[rest].page_limit is {cfg.rest.page_limit}, Bybit allows at most 1000")
-    if cfg.rest.warmup_extra_bars < 0:
-        raise ConfigError(f"[rest].warmup_extra_bars is {cfg.rest.warmup_extra_bars}, expected >= 0")
     if not cfg.model.artifact:
         raise ConfigError("[model].artifact is empty, expected a path to an artifact")
+    if "\0" in cfg.model.artifact or "\0" in cfg.log.file or "\0" in cfg.model.pid_file:
+        raise ConfigError("[model].artifact, [model].pid_file or [log].file holds a NUL character")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
-    _positive("[log].latency_summary_s", cfg.log.latency_summary_s)
-    for key in ("window_bars", "band", "degraded_after_bars", "period_s"):
-        _positive(f"[scorecard].{key}", getattr(cfg.scorecard, key))
-    if not 0 <= cfg.metrics.port <= 65535:
-        raise ConfigError(f"[metrics].port is {cfg.metrics.port}, expected 0..65535")
 
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -266,13 +322,43 @@ def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>"
     return cfg
 
 
+def _check_log_folder(cfg: Config) -> None:
+    # The daemon appends to the log file; a missing folder would otherwise surface as a traceback at start.
+    if not cfg.log.file:
+        return
+    file = Path(cfg.log.file)
+    if not file.parent.is_dir():
+        raise ConfigError(f"[log].file is {cfg.log.file!r}, but its folder {file.parent} does not exist")
+    if file.is_dir():
+        raise ConfigError(f"[log].file is {cfg.log.file!r}, which is a folder")
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML configuration file; raises :class:`ConfigError` naming the problem."""
+    """Read and validate a TOML configuration file; raises :class:`ConfigError` naming the problem.
+
+    Besides :func:`parse_config`'s checks: the file must be UTF-8 and at most 1 MiB, and the log file's
+    folder must exist.
+    """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            data = f.read(_MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > _MAX_FILE_BYTES:
+        raise ConfigError(f"configuration file {path} is larger than {_MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(raw, base_dir=path.resolve().parent, source=str(path))
+    except RecursionError:  # tomllib recurses into nested arrays
+        raise ConfigError(f"{path} is not valid TOML: nested too deeply") from None
+    cfg = parse_config(raw, base_dir=path.resolve().parent, source=str(path))
+    _check_log_folder(cfg)
+    return cfg

@@ -6,6 +6,15 @@ source is the same :class:`Candle` with the same float conversion (live and repl
 Every problem with a message raises :class:`FrameError` and nothing else: the feed counts and skips it.
 Only confirmed (``confirm: true``) candles are fully validated and converted; unconfirmed updates are
 checked for shape and counted, because nothing downstream reads them (this keeps the per-frame path lean).
+
+Time is validated here, at the door: every candle's ``start`` must lie on its interval's grid and no more
+than one interval after the exchange's own clock (the push's ``ts``, the REST page's ``time``). A start
+from the far future, or a millisecond off the grid, is a malformed frame like any other, so it costs what
+one malformed frame costs and never reaches the gap logic downstream.
+
+Topics are looked up in a table of the subscribed topics (:func:`topic_table`) that the caller builds
+once: a topic outside it is refused before its data is read, and nothing is ever added to the table, so a
+storm of frames naming new topics cannot grow memory.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ __all__ = [
     "Pong",
     "interval_ms",
     "kline_topic",
+    "grid_offset_ms",
     "parse_frame",
     "parse_kline_page",
+    "topic_table",
 ]
 
 # Bybit kline intervals we can serve; "M" (calendar months) has no fixed length, so it is not supported.
@@ -33,6 +44,10 @@ INTERVAL_MS: dict[str, int] = {
     "D": 86_400_000,
     "W": 7 * 86_400_000,
 }
+
+# Where each interval's grid starts, as an offset from the Unix epoch: Bybit's weekly candles open on
+# Monday 00:00 UTC and 1970-01-01 was a Thursday. Every other interval divides a day and starts at 00:00.
+_GRID_OFFSET_MS: dict[str, int] = {"W": 4 * 86_400_000}
 
 _isfinite = math.isfinite
 _loads = json.loads
@@ -48,6 +63,13 @@ def interval_ms(interval: str) -> int:
         return INTERVAL_MS[interval]
     except KeyError:
         raise FrameError(f"unsupported interval {interval!r}; expected one of {sorted(INTERVAL_MS)}") from None
+
+
+def grid_offset_ms(interval: str) -> int:
+    """Return where the grid of ``interval`` starts: a candle start ``s`` is valid when
+    ``(s - grid_offset_ms(i)) % interval_ms(i) == 0``."""
+    interval_ms(interval)
+    return _GRID_OFFSET_MS.get(interval, 0)
 
 
 def kline_topic(interval: str, symbol: str) -> str:
@@ -148,9 +170,15 @@ def _number(entry: dict, key: str, allow_zero: bool) -> float:
     return value
 
 
-def _start(raw: object) -> int:
+def _start(raw: object, step_ms: int, offset_ms: int, clock_ms: int | None) -> int:
+    # The whole time check of a candle: an integer, on the interval grid, at most one interval after the
+    # exchange's clock (a far-future start would otherwise look like a gap of millions of bars).
     if type(raw) is not int or raw < 0:
-        raise FrameError(f"start is {raw!r}, expected a non-negative integer of Unix ms")
+        raise FrameError(f"start is {raw!r:.40}, expected a non-negative integer of Unix ms")
+    if (raw - offset_ms) % step_ms:
+        raise FrameError(f"start {raw} is off the {step_ms} ms grid (by {(raw - offset_ms) % step_ms} ms)")
+    if clock_ms is not None and raw > clock_ms + step_ms:
+        raise FrameError(f"start {raw} is {raw - clock_ms} ms after the exchange's clock {clock_ms}")
     return raw
 
 
@@ -166,26 +194,38 @@ def _candle(symbol: str, interval: str, start_ms: int, entry) -> Candle:
     return Candle(symbol, interval, start_ms, o, h, lo, c, v)
 
 
-def _parse_topic(topic: object) -> tuple[str, str]:
+def _parse_topic(topic: object) -> tuple[str, str, int, int]:
     if type(topic) is not str:
         raise FrameError(f"topic is {type(topic).__name__}, expected a string")
     kind, _, rest = topic.partition(".")
     interval, _, symbol = rest.partition(".")
     if kind != "kline" or not symbol or interval not in INTERVAL_MS:
-        raise FrameError(f"unknown topic {topic!r}")
-    return interval, symbol
+        raise FrameError(f"unknown topic {topic[:80]!r}")
+    return interval, symbol, INTERVAL_MS[interval], _GRID_OFFSET_MS.get(interval, 0)
 
 
-def _parse_kline(msg: dict, topic: object, topic_cache: dict | None) -> KlineFrame:
-    parsed = topic_cache.get(topic) if topic_cache is not None and type(topic) is str else None
-    if parsed is None:
+def topic_table(topics) -> dict[str, tuple[str, str, int, int]]:
+    """Return the lookup table :func:`parse_frame` takes: each subscribed kline topic, parsed once.
+
+    Raises :class:`FrameError` for a topic that is not ``kline.{interval}.{SYMBOL}``.
+    """
+    return {t: _parse_topic(t) for t in topics}
+
+
+def _parse_kline(msg: dict, topic: object, topics: dict | None) -> KlineFrame:
+    if topics is None:
         parsed = _parse_topic(topic)
-        if topic_cache is not None:
-            topic_cache[topic] = parsed
-    interval, symbol = parsed
+    else:
+        parsed = topics.get(topic) if type(topic) is str else None
+        if parsed is None:
+            raise FrameError(f"unsubscribed topic {str(topic)[:80]!r}")
+    interval, symbol, step_ms, offset_ms = parsed
     data = msg.get("data")
     if type(data) is not list or not data:
         raise FrameError(f"data of {topic} is {type(data).__name__}, expected a non-empty array")
+    ts = msg.get("ts")
+    if type(ts) is not int:
+        raise FrameError(f"ts of {topic} is {ts!r:.40}, expected the exchange's time in Unix ms")
     closed: list[Candle] = []
     n_open = 0
     for entry in data:
@@ -194,21 +234,23 @@ def _parse_kline(msg: dict, topic: object, topic_cache: dict | None) -> KlineFra
         confirm = entry.get("confirm")
         if confirm is True:
             if entry.get("interval", interval) != interval:
-                raise FrameError(f"interval {entry.get('interval')!r} inside topic {topic}")
-            closed.append(_candle(symbol, interval, _start(entry.get("start")), entry))
+                raise FrameError(f"interval {entry.get('interval')!r:.20} inside topic {topic}")
+            closed.append(_candle(symbol, interval, _start(entry.get("start"), step_ms, offset_ms, ts), entry))
         elif confirm is False:
-            _start(entry.get("start"))
+            _start(entry.get("start"), step_ms, offset_ms, ts)
             n_open += 1
         else:
-            raise FrameError(f"confirm is {confirm!r}, expected true or false")
+            raise FrameError(f"confirm is {confirm!r:.20}, expected true or false")
     return KlineFrame(topic, symbol, interval, closed, n_open)
 
 
-def parse_frame(text: str | bytes, topic_cache: dict | None = None) -> KlineFrame | Ack | Pong:
+def parse_frame(text: str | bytes, topics: dict | None = None) -> KlineFrame | Ack | Pong:
     """Parse one WebSocket message into a :class:`KlineFrame`, :class:`Ack` or :class:`Pong`.
 
-    ``topic_cache`` (a dict the caller keeps) memoises topic splitting across frames.
-    Raises :class:`FrameError` for anything else: not JSON, wrong types, non-finite prices, unknown topics.
+    ``topics`` (from :func:`topic_table`, built once by the caller) holds the subscribed topics: a kline
+    push for any other topic is refused without reading its data, and the table is never written to.
+    Without it every topic is parsed afresh. Raises :class:`FrameError` for anything else: not JSON, wrong
+    types, non-finite prices, unknown topics, starts off the interval grid or after the exchange's clock.
     """
     try:
         msg = _loads(text)
@@ -219,7 +261,7 @@ def parse_frame(text: str | bytes, topic_cache: dict | None = None) -> KlineFram
     topic = msg.get("topic")
     if topic is not None:
         try:
-            return _parse_kline(msg, topic, topic_cache)
+            return _parse_kline(msg, topic, topics)
         except FrameError:
             raise
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -251,11 +293,22 @@ class KlinePage:
 _ROW_KEYS = ("start", "open", "high", "low", "close", "volume")
 
 
-def parse_kline_page(body: str | bytes | dict, symbol: str, interval: str) -> KlinePage:
+def _row_start(raw: object) -> int:
+    # REST sends starts as decimal strings; int() alone would also take "1_000", " 12" or "١٢".
+    if type(raw) is str and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        return int(raw)
+    if type(raw) is int:
+        return raw
+    raise FrameError(f"start is {raw!r:.40}, expected a decimal string of Unix ms")
+
+
+def parse_kline_page(body: str | bytes | dict, symbol: str, interval: str,
+                     now_ms: int | None = None) -> KlinePage:
     """Decode a ``/v5/market/kline`` response body. Rows are returned oldest first, open candle included.
 
-    A non-zero retCode yields a page with no candles (the caller decides whether to retry).
-    Raises :class:`FrameError` naming the field for anything malformed.
+    Each start is checked against the interval grid and the page's ``time`` (``now_ms``, the caller's
+    clock, when the page has none). A non-zero retCode yields a page with no candles (the caller decides
+    whether to retry). Raises :class:`FrameError` naming the field for anything malformed.
     """
     try:
         msg = body if isinstance(body, dict) else _loads(body)
@@ -277,14 +330,16 @@ def parse_kline_page(body: str | bytes | dict, symbol: str, interval: str) -> Kl
     if type(rows) is not list:
         raise FrameError("result.list is missing or not an array")
     candles: list[Candle] = []
+    clock_ms = time_ms if time_ms is not None else now_ms
     try:
+        step_ms = interval_ms(interval)
+        offset_ms = _GRID_OFFSET_MS.get(interval, 0)
         for i, row in enumerate(rows):
             if type(row) is not list or len(row) < 6:
                 raise FrameError(f"result.list[{i}] is {row!r:.80}, expected [start, open, high, low, close, volume, ...]")
             entry = dict(zip(_ROW_KEYS, row))
-            raw_start = entry["start"]
-            start_ms = int(raw_start) if type(raw_start) in (str, int) else _start(raw_start)
-            candles.append(_candle(symbol, interval, _start(start_ms), entry))
+            start_ms = _start(_row_start(entry["start"]), step_ms, offset_ms, clock_ms)
+            candles.append(_candle(symbol, interval, start_ms, entry))
     except FrameError as exc:
         raise FrameError(f"REST {symbol} {interval}: {exc}") from None
     except (ValueError, TypeError, OverflowError) as exc:

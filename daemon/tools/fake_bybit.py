@@ -12,7 +12,9 @@ time its sends take does not stretch the bars: it offers its nominal rate until 
 
 Faults, for tests and for rehearsing a deployment: garbage frames, duplicate closes, a close and the next
 open in one ``data`` array, lost closes, server-side drops with new connections refused for a while, a
-half-open stall (no data, no pong), refused topics, REST HTTP/retCode errors in a scripted order.
+half-open stall (no data, no pong), refused topics, REST HTTP/retCode errors in a scripted order. Hostile
+ones: extra closes whose start is far in the future or a millisecond off the grid, and scripted REST
+answers that are huge (streamed, with or without a Content-Length) or carry such a start in a row.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from websockets.exceptions import ConnectionClosed
 from daemon.core.parser import INTERVAL_MS, kline_topic
 from daemon.tools.replay import CsvRow, read_kline_csv
 
-__all__ = ["BarClock", "DeadlinePacer", "FakeBybit", "Faults", "GARBAGE_FRAMES", "add_arguments", "run_cli"]
+__all__ = ["BarClock", "DeadlinePacer", "FakeBybit", "Faults", "GARBAGE_FRAMES", "add_arguments", "far_future_start",
+           "parse_rest_faults", "run_cli"]
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -55,6 +58,11 @@ GARBAGE_FRAMES: tuple[str | bytes, ...] = (
     '{"hello":"world"}',
     b"\xff\xfe\x00 binary garbage",
 )
+
+
+def far_future_start(interval_ms: int) -> int:
+    """A start on the interval's grid near 2**62 ms: what a corrupted or hostile push might carry."""
+    return (2**62 // interval_ms) * interval_ms
 
 
 class BarClock:
@@ -121,7 +129,12 @@ class Faults:
     stall_every: int = 0              # every Nth bar, current connections go half-open (no data, no pong)
     stall_new_connections: int = 0    # the next N accepted connections are half-open from the start
     refused_symbols: set[str] = field(default_factory=set)  # subscribable symbols answered "handler not found"
-    rest_errors: list = field(default_factory=list)  # next REST answers: HTTP status ints or ("retcode", n)
+    # Next REST answers, in order: HTTP status ints, ("retcode", n), ("huge", n_bytes, declared) for a streamed
+    # body of that size (with a Content-Length when declared), ("off_grid",) or ("far_future",) for a normal
+    # page whose newest row's start is 1 ms off the grid or far in the future.
+    rest_errors: list = field(default_factory=list)
+    far_future_every: int = 0         # every Nth bar, an extra close push whose start is far in the future
+    off_grid_every: int = 0           # every Nth bar, an extra close push whose start is 1 ms off the grid
 
 
 class _Conn:
@@ -172,6 +185,8 @@ class FakeBybit:
         self.subscribe_requests: list[list[str]] = []
         self.rest_requests: list[dict[str, str]] = []
         self.closes_sent: dict[tuple[str, int], int] = {}
+        self.hostile_sent = 0  # far-future and off-grid closes pushed
+        self.huge_bytes_sent = 0  # bytes of huge REST bodies the client actually took
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> FakeBybit:
@@ -345,6 +360,10 @@ class FakeBybit:
                 self._pending_dup.clear()
             if pause is not None:
                 await pause()
+        for every, start_of in ((f.far_future_every, lambda s: far_future_start(self.interval_ms)),
+                                (f.off_grid_every, lambda s: s + 1)):
+            if every and self._bar_no % every == 0:
+                await self._send_hostile_closes(start, start_of)
         lose = self._lose_next_close or (f.lose_close_every and self._bar_no % f.lose_close_every == 0)
         self._lose_next_close = False
         nxt = start + self.interval_ms
@@ -372,6 +391,18 @@ class FakeBybit:
             self.stall()
         if pause is not None:
             await pause()
+
+    async def _send_hostile_closes(self, start: int, start_of: Callable[[int], int]) -> None:
+        # The bar's own close with another start, pushed at the real time: a client must refuse it.
+        for symbol, by_start in self.rows.items():
+            row = by_start.get(start)
+            if row is None:
+                continue
+            topic = kline_topic(self.interval, symbol)
+            candle = self._candle(row, None)
+            candle["start"] = start_of(start)
+            self.hostile_sent += 1
+            await self._broadcast(topic, self._push(topic, [candle], start + self.interval_ms + 200))
 
     # ------------------------------------------------------------------ WebSocket
     def _process_request(self, connection: ServerConnection, request):
@@ -444,18 +475,48 @@ class FakeBybit:
     def _rest_error(self, ret_code: int, ret_msg: str) -> dict:
         return {"retCode": ret_code, "retMsg": ret_msg, "result": {}, "retExtInfo": {}, "time": self.clock.now_ms()}
 
-    async def _rest_kline(self, request: web.Request) -> web.Response:
+    async def _huge_body(self, request: web.Request, n_bytes: int, declared: bool) -> web.StreamResponse:
+        # A body that starts like a kline page and never ends soon: streamed, so the fake holds one chunk.
+        head, tail = b'{"retCode":0,"retMsg":"', b'","result":{"list":[]},"time":0}'
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if declared:
+            resp.content_length = n_bytes
+        else:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        chunk = b"x" * (64 << 10)
+        left = n_bytes - len(head) - len(tail)
+        try:
+            await resp.write(head)
+            while left > 0:
+                part = chunk if left >= len(chunk) else chunk[:left]
+                await resp.write(part)
+                self.huge_bytes_sent += len(part)
+                left -= len(part)
+            await resp.write(tail)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):  # the client hung up at its limit, as it should
+            pass
+        return resp
+
+    async def _rest_kline(self, request: web.Request) -> web.StreamResponse:
         q = dict(request.query)
         self.rest_requests.append(q)
         now = self.clock.now_ms()
+        tamper = None
         if self.faults.rest_errors:
             fault = self.faults.rest_errors.pop(0)
-            if isinstance(fault, tuple):  # ("retcode", n): HTTP 200 with an error body
+            if isinstance(fault, tuple) and fault[0] == "huge":
+                return await self._huge_body(request, int(fault[1]), bool(fault[2]) if len(fault) > 2 else True)
+            if isinstance(fault, tuple) and fault[0] in ("off_grid", "far_future"):
+                tamper = fault[0]
+            elif isinstance(fault, tuple):  # ("retcode", n): HTTP 200 with an error body
                 body = self._rest_error(int(fault[1]), "Too many visits!" if fault[1] == 10006 else "error")
                 return web.json_response(body, headers={"X-Bapi-Limit-Reset-Timestamp": str(now + 50)})
-            headers = {"X-Bapi-Limit-Reset-Timestamp": str(now + 50)} if fault == 429 else {}
-            return web.json_response(self._rest_error(10006 if fault == 429 else 10016, "fault"),
-                                     status=int(fault), headers=headers)
+            else:
+                headers = {"X-Bapi-Limit-Reset-Timestamp": str(now + 50)} if fault == 429 else {}
+                return web.json_response(self._rest_error(10006 if fault == 429 else 10016, "fault"),
+                                         status=int(fault), headers=headers)
         symbol = q.get("symbol", "")
         category = q.get("category", "linear")
         if category != self.category:
@@ -487,6 +548,9 @@ class FakeBybit:
                 rows.append([str(start), row.open, row.high, row.low, row.close, row.volume, turnover])
             if len(rows) >= limit:
                 break
+        if tamper is not None and rows:
+            newest = int(rows[0][0])
+            rows[0][0] = str(newest + 1 if tamper == "off_grid" else far_future_start(self.interval_ms))
         body = {"retCode": 0, "retMsg": "OK",
                 "result": {"category": self.category, "symbol": symbol, "list": rows},
                 "retExtInfo": {}, "time": now}
@@ -503,14 +567,14 @@ def load_dir(data_dir: str | Path, interval: str) -> dict[str, list[CsvRow]]:
     data_dir = Path(data_dir)
     paths = sorted(data_dir.glob(f"*-{interval}m.csv"))
     if paths:
-        return {p.name.split("-")[0]: read_kline_csv(p) for p in paths}
+        return {p.name.split("-")[0]: read_kline_csv(p, interval) for p in paths}
     paths = sorted(p for p in data_dir.glob("*.csv") if p.stem.isalnum() and p.stem.isupper())
     if not paths:
         raise FileNotFoundError(f"no *-{interval}m.csv or SYMBOL.csv files in {data_dir}")
     step_ms = INTERVAL_MS.get(interval)
     out = {}
     for p in paths:
-        rows = read_kline_csv(p)
+        rows = read_kline_csv(p, interval if step_ms else None)
         if step_ms and len(rows) > 1 and rows[1].start_ms - rows[0].start_ms != step_ms:
             raise ValueError(
                 f"{p}: rows are {rows[1].start_ms - rows[0].start_ms} ms apart, interval {interval} needs {step_ms}"
@@ -540,7 +604,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--refuse-after-drop", type=int, default=0)
     g.add_argument("--stall-every", type=int, default=0)
     g.add_argument("--refuse-symbol", action="append", default=[], help="answer 'handler not found' for it")
-    g.add_argument("--rest-errors", default="", help="comma-separated HTTP statuses answered first, e.g. 429,500")
+    g.add_argument("--rest-errors", default="", type=parse_rest_faults,
+                   help="comma-separated REST answers given first, in order: HTTP statuses (429,500), "
+                        "huge:BYTES (a streamed body with a Content-Length), huge-chunked:BYTES (without one), "
+                        "off-grid, far-future (a page whose newest start is 1 ms off the grid / far ahead)")
+    g.add_argument("--huge-body", type=int, default=0, metavar="BYTES",
+                   help="the first REST answer is a streamed body of this many bytes (same as --rest-errors huge:BYTES)")
+    g.add_argument("--far-future-every", type=int, default=0, help="every Nth bar, an extra close far in the future")
+    g.add_argument("--off-grid-every", type=int, default=0, help="every Nth bar, an extra close 1 ms off the grid")
+
+
+def parse_rest_faults(text: str) -> list:
+    """Parse ``--rest-errors``: ``429,huge:400000000,huge-chunked:1000000,off-grid,far-future``."""
+    faults: list = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        kind, _, arg = token.partition(":")
+        try:
+            if kind in ("huge", "huge-chunked"):
+                faults.append(("huge", int(arg), kind == "huge"))
+            elif kind in ("off-grid", "far-future") and not arg:
+                faults.append((kind.replace("-", "_"),))
+            else:
+                faults.append(int(token))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"REST fault {token!r} is not a status, huge:BYTES, "
+                                             "huge-chunked:BYTES, off-grid or far-future") from None
+    return faults
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -548,7 +639,8 @@ async def _serve(args: argparse.Namespace) -> None:
                     merge_close_open=args.merge_close_open, lose_close_every=args.lose_close_every,
                     drop_every=args.drop_every, refuse_after_drop=args.refuse_after_drop,
                     stall_every=args.stall_every, refused_symbols=set(args.refuse_symbol),
-                    rest_errors=[int(s) for s in args.rest_errors.split(",") if s.strip()])
+                    rest_errors=([("huge", args.huge_body, True)] if args.huge_body else []) + args.rest_errors,
+                    far_future_every=args.far_future_every, off_grid_every=args.off_grid_every)
     fake = FakeBybit(load_dir(args.data, args.interval), args.interval, category=args.category,
                      start_index=args.start_index, updates_per_bar=args.updates_per_bar, faults=faults,
                      host=args.host, ws_port=args.port, rest_port=args.rest_port)
