@@ -58,9 +58,9 @@ class Supervision:
         self.last_inference_us: float | None = None
         self.scorecard: Scorecard | None = None
         self.scorecard_note = "disabled by [scorecard] enabled = false"
-        self.on_model(service.model)
+        self.on_model(service.model, announce=False)  # run() says it, after daemon_started
 
-    def on_model(self, model) -> None:
+    def on_model(self, model, *, announce: bool = True) -> None:
         """A model is being served (start-up or reload): score its predictions against its own expectation."""
         scfg = self.service.cfg.scorecard
         if not scfg.enabled or model is None:
@@ -78,7 +78,8 @@ class Supervision:
             # predictions whose label rule is unknown cannot be scored; an older model's windows would mislead
             self.scorecard = None
             self.scorecard_note = f"artifact {model.id}: {exc}"
-            log.warning("scorecard_unavailable", model=model.id, reason=str(exc))
+            if announce:
+                log.warning("scorecard_unavailable", model=model.id, reason=str(exc))
         self.metrics.scorecard = self.scorecard
 
     # --- called by the service --------------------------------------------------------------------------------
@@ -112,6 +113,8 @@ class Supervision:
     async def run(self) -> None:
         """Serve metrics if enabled, send READY when warm, then keep the watchdog and status going."""
         mcfg = self.service.cfg.metrics
+        if self.scorecard is None and self.service.cfg.scorecard.enabled:
+            log.warning("scorecard_unavailable", model=self.service.model.id, reason=self.scorecard_note)
         period = asyncio.get_running_loop().create_task(self._scorecard_events(), name="scorecard-events")
         try:
             if mcfg.enabled:
