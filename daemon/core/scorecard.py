@@ -21,6 +21,7 @@ lockbox figure when it has one, else its out-of-sample figure.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 
 __all__ = ["LabelRule", "Scorecard", "ScorecardUnavailable", "expected_log_loss", "CALIBRATION_BINS"]
@@ -131,8 +132,12 @@ class _Symbol:
         # per bar: (close, squared one-bar log return, hold band, prediction made at it or None)
         self.slots: list[tuple] = [(math.nan, math.nan, math.nan, None)] * self.size
         self.window = window_bars
-        # scored window: (log loss, Brier, decided class, hit, calibration bin, confidence) per slot
-        self.ring: list[tuple] = [(0.0, 0.0, 0, 0, 0, 0.0)] * window_bars
+        # the scored window, one column each (about 26 bytes per slot, so a week per symbol stays small):
+        # log loss, Brier, confidence of the decided class, and decided class | hit << 2 | bin << 3
+        self.w_ll = array("d", bytes(8 * window_bars))
+        self.w_brier = array("d", bytes(8 * window_bars))
+        self.w_conf = array("d", bytes(8 * window_bars))
+        self.w_code = array("h", bytes(2 * window_bars))
         self.w_head = 0
         self.sums = _Sums()
         self.bars = 0  # bars seen (including missing ones stepped over)
@@ -260,13 +265,17 @@ class Scorecard:
             b = CALIBRATION_BINS - 1
         sums = st.sums
         k = st.w_head
-        ring = st.ring
         d_ll = ll
         if sums.n == st.window:  # the oldest scored bar leaves the window
-            o_ll, o_brier, o_dec, o_hit, o_b, o_conf = ring[k]
+            o_ll = st.w_ll[k]
+            o_conf = st.w_conf[k]
+            code = st.w_code[k]
+            o_dec = code & 3
+            o_hit = (code >> 2) & 1
+            o_b = code >> 3
             d_ll -= o_ll
             sums.ll -= o_ll
-            sums.brier -= o_brier
+            sums.brier -= st.w_brier[k]
             sums.dec_n[o_dec] -= 1
             sums.dec_hit[o_dec] -= o_hit
             sums.cal_n[o_b] -= 1
@@ -275,7 +284,10 @@ class Scorecard:
         else:
             sums.n += 1
             self._o_n += 1
-        ring[k] = (ll, brier, dec, hit, b, conf)
+        st.w_ll[k] = ll
+        st.w_brier[k] = brier
+        st.w_conf[k] = conf
+        st.w_code[k] = dec | hit << 2 | b << 3
         k += 1
         st.w_head = k if k < st.window else 0
         sums.ll += ll
