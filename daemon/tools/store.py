@@ -32,7 +32,6 @@ import os
 import re
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from daemon.ops.files import PidFileError, atomic_write, fsync_dir, notify_daemo
 __all__ = ["StoreError", "ModelStore", "StoredModel", "atomic_write", "notify_daemon", "add_arguments_models",
            "add_arguments", "add_arguments_promote", "run_cli", "run_cli_models", "run_cli_promote"]
 
+DEFAULT_STORE = "models/store"  # relative to the config file, when [retrain].store does not say
 CURRENT = "current"
 HISTORY = "history.jsonl"
 RUNS = "runs"
@@ -304,10 +304,9 @@ def _store_and_pid(args: argparse.Namespace) -> tuple[ModelStore, str]:
         if pid_file is None:
             pid_file = cfg.model.pid_file
         if store is None:
-            raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8")).get("retrain", {})
-            s = raw.get("store") if isinstance(raw, dict) else None
+            s = cfg.retrain.get("store", DEFAULT_STORE)
             if not isinstance(s, str) or not s:
-                raise StoreError(f"{args.config}: [retrain].store is not set (or give --store)")
+                raise StoreError(f"{args.config}: [retrain].store is {s!r}, expected a folder")
             store = str(Path(args.config).resolve().parent / s)
     if store is None:
         raise StoreError("no store: give --store DIR or --config FILE with [retrain].store")

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_CRASH, EXIT_OK
+from daemon.tools.store import DEFAULT_STORE
 
 __all__ = ["RetrainConfig", "RetrainError", "cohen_kappa", "load_retrain_config", "paired_block_bootstrap",
            "retrain", "add_arguments", "run_cli"]
@@ -62,7 +63,7 @@ class RetrainConfig:
     """The ``[retrain]`` table, with paths resolved and the feed's defaults filled in."""
 
     data_dir: str = "retrain-data"
-    store: str = "models/store"
+    store: str = DEFAULT_STORE
     window_days: float = 30.0
     holdout_days: float = 3.0
     margin: float = 0.002  # nats: how much worse than the deployed model a candidate may be (upper 95% bound)
