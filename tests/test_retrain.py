@@ -17,7 +17,7 @@ from daemon.cli import main
 from daemon.tools.fake_bybit import FakeBybit, load_dir
 from daemon.ops.files import notify_daemon
 from daemon.tools.store import ModelStore
-from daemon.training.retrain import RetrainError, cohen_kappa, load_retrain_config, paired_block_bootstrap
+from daemon.training.retrain import RetrainError, cohen_kappa, load_retrain_config, paired_block_bootstrap, repair_tail
 from tests.conftest import DATA, write_random_artifact
 from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until
 
@@ -249,3 +249,25 @@ async def test_promote_and_rollback_swap_loses_and_repeats_no_bar(tmp_path, caps
     assert switches == [(a, b), (b, a)]
     assert events().count("model_reloaded") == 2
     assert not (tmp_path / "run" / "kdsignal.pid").exists()  # removed on a clean stop
+
+
+def test_repair_tail_cuts_only_a_partial_last_line(tmp_path):
+    """A download killed mid-row leaves a partial line; it is cut so fetch resumes after the last whole row."""
+    whole = "start_ms,open,high,low,close,volume\n1,1.0,1.0,1.0,1.0,1.0\n2,1.0,1.0,1.0,1.0,1.0\n"
+    path = tmp_path / "BTCUSDT.csv"
+    path.write_text(whole + "30000")
+    assert repair_tail(path) == 5 and path.read_text() == whole
+    assert repair_tail(path) == 0 and path.read_text() == whole
+    assert repair_tail(tmp_path / "absent.csv") == 0
+
+
+def test_a_second_retrain_on_the_same_data_folder_is_refused(tmp_path, capsys):
+    """While one retrain holds the data folder's lock, another exits 1 naming the lock instead of appending too."""
+    from daemon.training.retrain import _RunLock
+
+    cfg = tmp_path / "kdsignal.toml"
+    cfg.write_text('[feed]\nrest_url = "http://127.0.0.1:9"\n[retrain]\ndata_dir = "data"\nstore = "store"\n')
+    with _RunLock(tmp_path / "data"):
+        assert main(["retrain", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "another retrain holds" in err and str(tmp_path / "data" / ".retrain.lock") in err

@@ -48,7 +48,7 @@ import numpy as np
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_CRASH, EXIT_OK
 from daemon.tools.store import DEFAULT_STORE
 
-__all__ = ["RetrainConfig", "RetrainError", "cohen_kappa", "load_retrain_config", "paired_block_bootstrap",
+__all__ = ["RetrainBusy", "RetrainConfig", "RetrainError", "cohen_kappa", "repair_tail", "load_retrain_config", "paired_block_bootstrap",
            "retrain", "add_arguments", "run_cli"]
 
 DAY_MS = 86_400_000
@@ -181,6 +181,55 @@ def _row_log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- steps
+def repair_tail(path: Path) -> int:
+    """Cut a partial last line (a download killed mid-write) so the file resumes after its last whole row.
+
+    Returns the bytes removed. Without this, the resume point would be read from a truncated number.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 4096))
+        tail = fh.read()
+        if tail.endswith(b"\n"):
+            return 0
+        cut = tail.rfind(b"\n")
+        if cut < 0 and size > 4096:
+            raise RetrainError(f"{path}: last line longer than 4096 bytes, not a kline CSV")
+        keep = size - len(tail) + cut + 1
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return size - keep
+
+
+class _RunLock:
+    """One retrain at a time per data folder (a timer run and a manual one would append to the same files)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / ".retrain.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RetrainBusy(f"another retrain holds {self.path}; try again when it has finished") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+class RetrainBusy(RuntimeError):
+    """Another retrain is running on the same data folder."""
+
+
 async def _fetch_all(cfg: RetrainConfig) -> dict:
     """Bring every symbol's CSV up to the exchange's latest closed bar; return per-symbol fetch results."""
     import aiohttp
@@ -199,6 +248,7 @@ async def _fetch_all(cfg: RetrainConfig) -> dict:
                 raise RetrainError(f"{symbol}: the exchange returned no closed {cfg.interval} bar")
             end_ms = latest[-1].start_ms
             path = data_dir / f"{symbol}.csv"
+            repaired = repair_tail(path)
             last = last_start_ms(path)
             start_ms = end_ms - int((cfg.window_days + cfg.holdout_days) * DAY_MS) + cfg.interval_ms
             if last is not None and last >= end_ms:  # nothing closed since the last run
@@ -208,7 +258,7 @@ async def _fetch_all(cfg: RetrainConfig) -> dict:
             res = await fetch(base_url=cfg.rest_url, symbol=symbol, interval=cfg.interval,
                               start_ms=start_ms if last is None else last + cfg.interval_ms, end_ms=end_ms, out=path,
                               category=cfg.category, progress=False)
-            out[symbol] = {**res, "exchange_latest_ms": end_ms}
+            out[symbol] = {**res, "exchange_latest_ms": end_ms, "partial_line_bytes_cut": repaired}
     return out
 
 
@@ -432,12 +482,16 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         rcfg, train_cfg = load_retrain_config(args.config)
         os.environ.setdefault("OMP_NUM_THREADS", str(train_cfg.num_threads))
-        report = retrain(rcfg, train_cfg, fetch_data=not args.no_fetch)
+        with _RunLock(Path(rcfg.data_dir)):
+            report = retrain(rcfg, train_cfg, fetch_data=not args.no_fetch)
     except (RetrainError, StoreError, PidFileError, DataError, FetchError, tomllib.TOMLDecodeError, OSError) as e:
         print(f"kdsignal retrain: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except (RestError, ConnectionError, TimeoutError) as e:
         print(f"kdsignal retrain: the exchange could not be reached: {e}", file=sys.stderr)
+        return EXIT_CRASH
+    except RetrainBusy as e:
+        print(f"kdsignal retrain: {e}", file=sys.stderr)
         return EXIT_CRASH
     gate = report["gate"]
     print(json.dumps({"run": report["run_id"], "candidate": report.get("candidate"), "deployed": report["deployed"],
