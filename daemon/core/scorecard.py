@@ -298,24 +298,26 @@ class Scorecard:
         sums.cal_conf[b] += conf
         sums.cal_hit[b] += hit
         self._o_ll += d_ll
-        if self.expected is not None:
-            self._judge(st, sums)
-
-    def _judge(self, st: _Symbol, sums: _Sums) -> None:
-        limit = self.expected + self.band
+        expected = self.expected
+        if expected is None:
+            return
+        # model_degraded: symbol first, then the pooled window (both O(1))
+        limit = expected + self.band
         need = self._need
-        if sums.n >= need:
-            st.outside = st.outside + 1 if sums.ll / sums.n > limit else 0
+        n = sums.n
+        if n >= need:
+            st.outside = st.outside + 1 if sums.ll / n > limit else 0
             bad = st.outside >= self.degraded_after_bars
             if bad != st.degraded:
                 st.degraded = bad
-                self._event(st.name, bad, sums.ll / sums.n)
-        if self._o_n >= need:
-            self.overall_outside = self.overall_outside + 1 if self._o_ll / self._o_n > limit else 0
+                self._event(st.name, bad, sums.ll / n)
+        n = self._o_n
+        if n >= need:
+            self.overall_outside = self.overall_outside + 1 if self._o_ll / n > limit else 0
             bad = self.overall_outside >= self.degraded_after_bars
             if bad != self.overall_degraded:
                 self.overall_degraded = bad
-                self._event("*", bad, self._o_ll / self._o_n)
+                self._event("*", bad, self._o_ll / n)
 
     def _event(self, symbol: str, degraded: bool, live_log_loss: float) -> None:
         self.events.append({"symbol": symbol, "degraded": degraded, "live_log_loss": live_log_loss,
