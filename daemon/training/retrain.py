@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -417,6 +418,7 @@ def retrain(rcfg: RetrainConfig, train_cfg, *, fetch_data: bool = True) -> dict:
         cand_path = run_dir / "candidate.npz"
         doc = train(train_paths, cand_path, train_cfg, interval=rcfg.interval, sweep=False)
         timings["train"] = round(time.perf_counter() - t0, 1)
+        shutil.rmtree(run_dir / "window")  # a copy of data_dir's rows within `ranges`: a day's disk, kept for nothing
         report["candidate"] = doc["model_id"]
         report["train_report"] = str(run_dir / "report.json")
         problem = None
