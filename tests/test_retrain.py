@@ -108,6 +108,7 @@ async def test_retrain_promotes_then_refuses_a_worse_refit_with_its_reason(tmp_p
 
     runs = sorted((tmp_path / "store" / "runs").glob("*.json"))
     assert len(runs) == 3  # a report for every run, promoted or not
+    assert not list((tmp_path / "store" / "runs").glob("*/window"))  # the window's CSV copies are dropped
     reports = [json.loads(p.read_text()) for p in runs]
     refused = next(r for r in reports if r["gate"]["verdict"] == "refused")
     lo, hi = refused["gate"]["delta_ci95"]
