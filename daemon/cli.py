@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("daemon.aio.service", "run the live signal daemon against a Bybit v5 feed"),
+    "build-kernel": ("daemon.tools.kernel_build", "compile an artifact's student step ahead of time for the daemon"),
     "replay": ("daemon.tools.replay", "drive the live pipeline from a recorded kline CSV"),
     "fake-bybit": ("daemon.tools.fake_bybit", "serve a loopback Bybit v5 WebSocket + REST stand-in from CSV files"),
     "tail": ("daemon.ops.tail", "follow a signal log and print it as a readable table"),
@@ -48,5 +49,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # before the service's heavy imports: an early SIGHUP must not end the process
+        from daemon.ops import early_signals
+
+        early_signals.install()
     args = build_parser(argv).parse_args(argv)
     return int(args._run(args) or 0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 CLASSES: tuple[str, ...] = ("sell", "hold", "buy")
 
-# A hash of every kernel source file: names numba's cache directory (``kernels.jit``) and is written into
-# generated kernels (``kernels.specialise``), so a change to any kernel never runs stale compiled code.
+# A hash of every kernel source file: names numba's cache directory (``kernels.jit``) and is part of a
+# compiled step's identity (``daemon.core.kernel_store``), so a change to any kernel never runs stale code.
 KERNELS_HASH = hashlib.sha256(
     b"".join(p.name.encode() + p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
 ).hexdigest()[:16]

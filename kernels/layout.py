@@ -1,8 +1,8 @@
 """What the kernels' vectors hold and where, and the NumPy code that packs them. No numba here.
 
-The live daemon runs an ahead-of-time compiled student step (``kernels.aot``) and needs only these
-layouts, so it never imports numba or starts LLVM (about 120 MB of resident memory). The kernels that
-compute into these layouts are ``kernels.features``, ``kernels.mlp`` and ``kernels.student``.
+The live daemon runs an ahead-of-time compiled student step (built by ``daemon.tools.kernel_build``) and
+needs only these layouts, so it never imports numba or starts LLVM. The kernels that compute into these
+layouts are ``kernels.features``, ``kernels.mlp``, ``kernels.student`` and ``kernels.specialise``.
 
 **Feature state** (one float64 vector per (symbol, interval), ``new_feature_state``): a header (bars seen,
 ring head, bars filled forward, last close), then four rings of ``WINDOW`` bars (close, volume, one-bar
@@ -169,6 +169,19 @@ def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float
         raise ValueError("feature_std must be positive")
     head = np.array([f, clip, M_HEADER + 2 * f, mlp_max_width(mlp)], dtype=np.float64)
     return np.ascontiguousarray(np.concatenate([head, mean, 1.0 / std, mlp]))
+
+
+def architecture(model: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(features F, layer sizes d_0..d_L, activation codes) of a model vector: what a specialised step freezes."""
+    f = int(model[M_FEATURES])
+    off = int(model[M_MLP])
+    n_layers = int(model[off])
+    sizes = tuple(int(s) for s in model[off + 1 : off + n_layers + 2])
+    acts = tuple(int(a) for a in model[off + n_layers + 2 : off + 2 * n_layers + 2])
+    if off != M_HEADER + 2 * f or sizes[0] != f or int(model[M_WIDTH]) != max(sizes):
+        raise ValueError(f"model vector header (F={f}, MLP at {off}, width {int(model[M_WIDTH])}) "
+                         f"does not match its MLP sizes {list(sizes)}")
+    return f, sizes, acts
 
 
 def n_classes(model: np.ndarray) -> int:

@@ -1,16 +1,17 @@
 """MLP forward passes, temperature softmax and the distillation loss as numba kernels.
 
 An MLP travels as one packed float64 vector (layout in ``kernels.layout``), because numba's call overhead
-grows with every array argument (about 70 ns each here).
+grows with every array argument (``kdsignal bench``'s numba_floor_* rows).
 
 Each output sums ``b_j + w_j0 x_0 + w_j1 x_1 + ...`` in input order in a register; an input-major
-layout that updates all outputs together measured slower here (213 ns against 190 ns for the 16-8 forward
-in a numba loop, 1e6 calls; stores through an array numba cannot prove unaliased).
+layout that updates all outputs together measured slower (stores through an array numba cannot prove
+unaliased).
 
 Helpers are plain ``@njit`` functions (LLVM inlines them): numba's IR-level ``inline="always"`` mixed up
-loop variables of nested helpers here (``tests/test_student.py::test_step_matches_numpy_reference``
-caught it). Kernels take the packed vector plus an offset, so one vector can carry normalisation statistics or
-several ensemble members in front of or behind an MLP. References: ``tests/naive.py``.
+loop variables of nested helpers here (``tests/test_student.py::test_step_matches_numpy_reference`` caught
+it; ``kernels.specialise`` does use it, guarded by its own bit-for-bit tests). Kernels take the packed
+vector plus an offset, so one vector can carry normalisation statistics or several ensemble members in
+front of or behind an MLP. References: ``tests/naive.py``.
 """
 
 from __future__ import annotations

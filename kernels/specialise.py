@@ -1,165 +1,146 @@
-"""A student step specialised to one architecture: the generic kernel with sizes and offsets as constants.
+"""The student step specialised to one architecture: the generic kernel with sizes and offsets as constants.
 
 The generic ``kernels.student.student_step`` reads layer sizes from the model vector, so LLVM cannot
-unroll its loops; with the sizes written into the code as literals the forward pass of the 16-8 student
-takes about a third of the time (BENCHMARKS.md). The generated function does exactly the arithmetic of
-the generic one, in the same order (bias first, then inputs in order; the same softmax), on the same
-state layout, so its results are equal bit for bit: ``tests/test_specialise.py`` guards that.
+unroll its loops. ``make_student_step`` builds the same step from closures whose sizes, offsets and
+activations are frozen Python ints (numba compiles a closure's free variables as constants), one per layer,
+chained. It does exactly the arithmetic of the generic kernel, in the same order (bias first, then inputs
+in order; the same softmax), on the same state layout, so its results are equal bit for bit
+(``tests/test_specialise.py``).
 
-The generated function is plain Python; it is compiled two ways from the one file: ahead of time into an
-extension module (``kernels.aot``, what the daemon serves with) and, where that cannot be built, by numba's
-JIT (``specialised_step``). Generated source goes to a file (one per architecture) in the cache directory
-so numba's on-disk cache works for it and a restarted daemon does not recompile. The directory is
-``$KDSIGNAL_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/kdsignal``, else ``~/.cache/kdsignal``.
+The closures are inlined by numba itself (``inline="always"``), not left to LLVM: a call between numba
+functions passing arrays costs a reference-count increment and decrement per array, atomics that LLVM does
+not remove, and a chain of per-layer calls made the step measurably slower than one body. (``kernels.mlp``
+notes that IR inlining once mixed up loop variables of nested helpers; the bit-for-bit tests above cover
+every nesting used here.)
 
-This module does not import numba (``specialised_step`` does, when called): the daemon uses it to name and
-write the source of its ahead-of-time kernel without loading numba.
+The function ``make_student_step`` returns is plain Python, compiled two ways: by numba's JIT
+(``specialised_step``) and, ahead of time, by ``numba.pycc`` (``daemon.tools.kernel_build``, what the daemon
+serves by default). It holds compiled functions as free variables, which numba's on-disk cache cannot key
+stably, so the JIT form compiles once per process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 
-from kernels import KERNELS_HASH
-from kernels.layout import ACT_RELU, ACT_TANH, FEATURE_STATE_SIZE, M_HEADER, M_MLP, M_WIDTH, S_FEATURES
+from kernels.features import _push_bar
+from kernels.jit import njit
+from kernels.layout import (
+    ACT_RELU,
+    ACT_TANH,
+    FEATURE_STATE_SIZE,
+    M_CLIP,
+    M_HEADER,
+    S_FEATURES,
+    STATUS_REJECTED,
+    STATUS_WARMING,
+    architecture,
+)
+from kernels.mlp import _softmax
 
 SIGNATURE = "int64(float64[::1], float64[::1], float64, float64, float64, float64, float64)"
 
 
-def cache_dir() -> Path:
-    """Where generated kernel modules (and, beside them, numba's cache of them) live."""
-    if os.environ.get("KDSIGNAL_CACHE_DIR"):
-        return Path(os.environ["KDSIGNAL_CACHE_DIR"])
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"]) / "kdsignal"
-    return Path.home() / ".cache" / "kdsignal"
+def _normalise(f):
+    means, inv_std, dst = M_HEADER, M_HEADER + f, FEATURE_STATE_SIZE
+
+    @njit(inline="always")
+    def normalise(state, model):
+        # kernels.student._infer's loop, reading the features from the state and writing the scratch input.
+        clip = model[M_CLIP]
+        for j in range(f):
+            z = (state[S_FEATURES + j] - model[means + j]) * model[inv_std + j]
+            if z > clip:
+                z = clip
+            elif z < -clip:
+                z = -clip
+            elif z != z:
+                z = 0.0
+            state[dst + j] = z
+
+    return normalise
 
 
-def _architecture(model: np.ndarray) -> tuple[int, int, list[int], list[int]]:
-    f = int(model[0])
-    off = int(model[M_MLP])
-    n_layers = int(model[off])
-    sizes = [int(s) for s in model[off + 1 : off + n_layers + 2]]
-    acts = [int(a) for a in model[off + n_layers + 2 : off + 2 * n_layers + 2]]
-    assert off == M_HEADER + 2 * f and sizes[0] == f and int(model[M_WIDTH]) == max(sizes)
-    return f, off, sizes, acts
+def _dense(n_in, n_out, act, w_at, src, dst):
+    b_at = w_at + n_out * n_in
+
+    @njit(inline="always")
+    def dense(state, model):
+        # kernels.mlp._mlp_forward's layer: the same sums in the same order.
+        for j in range(n_out):
+            acc = model[b_at + j]
+            for i in range(n_in):
+                acc += model[w_at + j * n_in + i] * state[src + i]
+            if act == ACT_RELU:
+                acc = acc if acc > 0.0 else 0.0
+            elif act == ACT_TANH:
+                acc = np.tanh(acc)
+            state[dst + j] = acc
+
+    return dense
 
 
-def generate_source(model: np.ndarray) -> str:
-    """Python source of ``student_step_fixed`` for the architecture of a model vector."""
-    f, off, sizes, acts = _architecture(model)
-    width = max(sizes)
+def _then(first, second):
+    @njit(inline="always")
+    def both(state, model):
+        first(state, model)
+        second(state, model)
+
+    return both
+
+
+def make_student_step(model: np.ndarray):
+    """``student_step(state, model, o, h, l, c, v) -> int`` for this model's architecture, not yet compiled.
+
+    Same arguments, results and state layout as ``kernels.student.student_step`` (reference
+    ``tests/naive.py::student_reference``); compile it to ``SIGNATURE``. Weights, statistics and clip are
+    still read from ``model`` at run time: only the architecture is frozen.
+    """
+    f, sizes, acts = architecture(model)
     n_layers = len(sizes) - 1
+    width = max(sizes)
     k = sizes[-1]
-    s0 = FEATURE_STATE_SIZE
-    logits = s0 + 2 * width
-    lines = [
-        f"# Generated by kernels.specialise for sizes {sizes}, activations {acts}: do not edit.",
-        # The kernels' source hash: a changed kernel makes a new module (numba's cache would not notice).
-        f"# kernels {KERNELS_HASH}",
-        "import numpy as np",
-        "",
-        "from kernels.features import _push_bar",
-        "from kernels.mlp import _softmax",
-        "",
-        "",
-        # Undecorated: compiled by kernels.aot (ahead of time) or by specialised_step (JIT), to SIGNATURE.
-        "def student_step_fixed(state, model, o, h, l, c, v):",
-        "    status = _push_bar(state, o, h, l, c, v)",
-        "    if status <= 0:",
-        "        return -1 if status == 0 else -2",
-        "    clip = model[1]",
-        f"    for j in range({f}):",
-        f"        z = (state[{S_FEATURES} + j] - model[{M_HEADER} + j]) * model[{M_HEADER + f} + j]",
-        "        if z > clip:",
-        "            z = clip",
-        "        elif z < -clip:",
-        "            z = -clip",
-        "        elif z != z:",
-        "            z = 0.0",
-        f"        state[{s0} + j] = z",
-    ]
-    pos = off + 2 * n_layers + 2
-    src, dst = s0, s0 + width
-    for layer in range(n_layers):
-        n_in, n_out, act = sizes[layer], sizes[layer + 1], acts[layer]
-        bias = pos + n_out * n_in
-        target = logits if layer == n_layers - 1 else dst
-        lines += [
-            f"    for j in range({n_out}):",
-            f"        acc = model[{bias} + j]",
-            f"        for i in range({n_in}):",
-            f"            acc += model[{pos} + j * {n_in} + i] * state[{src} + i]",
-        ]
-        if act == ACT_RELU:
-            lines.append("        acc = acc if acc > 0.0 else 0.0")
-        elif act == ACT_TANH:
-            lines.append("        acc = np.tanh(acc)")
-        lines.append(f"        state[{target} + j] = acc")
-        pos = bias + n_out
-        src, dst = dst, src
+    # State tail, as kernels.student lays it out: scratch (2W) | logits (K) | probabilities (K).
+    scratch = FEATURE_STATE_SIZE
+    logits = scratch + 2 * width
     probs = logits + k
-    lines += [
-        f"    _softmax(state, {logits}, {k}, 1.0, state, {probs})",
-        "    best = 0",
-        f"    for i in range(1, {k}):",
-        f"        if state[{probs} + i] > state[{probs} + best]:",
-        "            best = i",
-        "    return best",
-        "",
-    ]
-    return "\n".join(lines)
+    forward = _normalise(f)
+    pos = M_HEADER + 2 * f + 2 * n_layers + 2  # the first weight, past the packed MLP's header
+    src, dst = scratch, scratch + width
+    for layer in range(n_layers):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        out = logits if layer == n_layers - 1 else dst
+        forward = _then(forward, _dense(n_in, n_out, acts[layer], pos, src, out))
+        pos += n_out * n_in + n_out
+        src, dst = dst, src
+
+    def student_step_fixed(state, model, o, h, l, c, v):
+        status = _push_bar(state, o, h, l, c, v)
+        if status <= 0:
+            return STATUS_WARMING if status == 0 else STATUS_REJECTED
+        forward(state, model)
+        _softmax(state, logits, k, 1.0, state, probs)
+        best = 0
+        for i in range(1, k):
+            if state[probs + i] > state[probs + best]:
+                best = i
+        return best
+
+    return student_step_fixed
 
 
-def write_source(model: np.ndarray) -> tuple[str, Path]:
-    """Write the generated module for this model's architecture (if absent or different): (name, path)."""
-    source = generate_source(model)
-    name = f"kdsignal_student_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.py"
-    # Rewrite only when absent or different: a new mtime would invalidate numba's cache.
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
-    return name, path
-
-
-def import_source(name: str, path: Path):
-    """Import a generated module by name (once per process)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        # Registered before it runs: numba's cache records the module by name and imports it on load.
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-_jitted: dict[str, object] = {}
+_jitted: dict[tuple, object] = {}
 
 
 def specialised_step(model: np.ndarray):
-    """The JIT-compiled entry point of ``student_step_fixed`` for this model's architecture.
+    """The JIT-compiled entry point of ``make_student_step(model)``, once per architecture and process.
 
-    Same arguments and results as ``kernels.student.student_step``; like ``student_step_unchecked`` it
-    skips the dispatcher's type checks, so pass only C-contiguous float64 vectors and floats.
+    Called without numba's dispatcher, it skips the per-call type checks: pass only C-contiguous float64
+    vectors and floats (``daemon.core.model.SymbolState`` owns such arrays).
     """
-    from kernels.jit import njit  # here, not at the top: the ahead-of-time path must not import numba
-
-    name, path = write_source(model)
-    if name not in _jitted:
-        _jitted[name] = njit(SIGNATURE, cache=True)(import_source(name, path).student_step_fixed)
-    fn = _jitted[name]
-    return fn.overloads[fn.signatures[0]].entry_point
+    key = architecture(model)
+    if key not in _jitted:
+        fn = njit(SIGNATURE)(make_student_step(model))
+        # Under NUMBA_DISABLE_JIT njit returns the Python function itself (coverage runs): serve that.
+        _jitted[key] = fn.overloads[fn.signatures[0]].entry_point if hasattr(fn, "overloads") else fn
+    return _jitted[key]

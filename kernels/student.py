@@ -97,9 +97,3 @@ def student_batch(model, feats, out):
         for i in range(k):
             out[r, i] = p[i]
 
-
-# The compiled entry point of ``student_step``, without the dispatcher's per-call type matching (about
-# 0.12 us of the ~0.75 us call here, see BENCHMARKS.md). Only for callers that own correctly typed
-# arguments (C-contiguous float64 vectors, floats), as ``daemon.core.model.SymbolState`` does; a wrong type
-# would not be caught. ``tests/test_student.py::test_unchecked_entry_equals_dispatcher`` guards it.
-student_step_unchecked = student_step.overloads[student_step.signatures[0]].entry_point

@@ -1,18 +1,27 @@
-"""Shared fixtures: real sample candles from data/ and artifacts built from seeded random weights."""
+"""Shared fixtures: real sample candles from data/, artifacts built from seeded random weights, and the
+compiled student step those artifacts need, built once per session (the daemon never builds one)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
-from daemon.core.artifact import save_artifact
+from daemon.core.artifact import load_artifact, save_artifact
+from daemon.core.kernel_store import KERNEL_DIR_ENV
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+
+
+# For tests that compare compiled code with compiled code or compile ahead of time: under NUMBA_DISABLE_JIT
+# (the coverage run) kernels execute as Python, whose libm can differ from LLVM's in the last bit.
+needs_jit = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT: nothing is compiled")
 
 
 def load_csv(path) -> np.ndarray:
@@ -68,3 +77,47 @@ def random_artifact(tmp_path) -> Path:
     path = tmp_path / "random.npz"
     write_random_artifact(path)
     return path
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    # Set before any test module is imported, so environments copied at import time (for daemons run as
+    # subprocesses) carry it too. pytest's cache directory keeps it across runs; the build is skipped
+    # when a verified module is already there.
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        directory = cache.mkdir("kdsignal-kernels")
+    else:
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="kdsignal-kernels-"))
+    config.stash[_KERNEL_DIR] = (directory, os.environ.get(KERNEL_DIR_ENV))
+    os.environ[KERNEL_DIR_ENV] = str(directory)
+
+
+def pytest_unconfigure(config):
+    directory, before = config.stash.get(_KERNEL_DIR, (None, None))
+    if directory is not None:
+        if before is None:
+            os.environ.pop(KERNEL_DIR_ENV, None)
+        else:
+            os.environ[KERNEL_DIR_ENV] = before
+
+
+_KERNEL_DIR = pytest.StashKey[tuple]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_dir(request, tmp_path_factory) -> Path:
+    """The kernel directory of this run (``$KDSIGNAL_KERNEL_DIR``, set in ``pytest_configure``) with the
+    step for the test artifacts' architecture built once; a test that needs another architecture builds
+    it into a directory of its own."""
+    from daemon.core.model import student_vector
+    from daemon.tools.kernel_build import build_kernel
+
+    directory = request.config.stash[_KERNEL_DIR][0]
+    if not numba.config.DISABLE_JIT:  # pycc cannot compile then; a module an earlier run built still serves
+        artifact = tmp_path_factory.mktemp("kernel-artifact") / "default-architecture.npz"
+        write_random_artifact(artifact)
+        build_kernel(student_vector(load_artifact(artifact)), directory)
+    return directory

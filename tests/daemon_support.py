@@ -98,7 +98,7 @@ class InProcessDaemon:
         await wait_until(lambda: all(self.fake.subscribed(kline_topic("5", s)) for s in served)
                          and self.service.feed.stats.subscribed
                          and all(self.service.pipelines[s].next_start_ms == self.fake.open_start_ms
-                                 and not self.service.pipelines[s].filling for s in served),
+                                 and self.service.pipelines[s].fetch is None for s in served),
                          what="subscription and warm-up")
 
     async def __aexit__(self, *exc) -> None:

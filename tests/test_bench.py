@@ -170,14 +170,24 @@ def test_loopback_level_measures_the_real_daemon(tmp_path, random_artifact):
 
 
 @pytest.mark.slow
-def test_jit_fallback_level_serves_with_numba(tmp_path, random_artifact, monkeypatch):
-    """The memory comparison's second run really serves the JIT kernel (the build is made to fail)."""
+def test_jit_level_serves_with_numba(tmp_path, random_artifact, monkeypatch):
+    """The memory comparison's second run really serves the JIT kernel (``[model] kernel = "jit"``)."""
     from daemon.bench import loopback as lb
 
     monkeypatch.setattr(lb, "DURATION_S", 1.5)
-    row = lb.jit_fallback_level(tmp_path, random_artifact, 5, 0.2)
-    assert row["kernel"].startswith("jit (no ahead-of-time kernel: build failed") and row["numba_loaded"]
+    row = lb.jit_level(tmp_path, random_artifact, 5, 0.2)
+    assert row["kernel"] == "jit" and row["numba_loaded"]
     assert row["live_samples"] > 0 and row["malformed"] == 0
+
+
+@pytest.mark.slow
+def test_startup_builds_the_kernel_then_starts_without_building(tmp_path, random_artifact):
+    """Start-up times the one-time ``build-kernel`` (empty caches) and then the daemon's start with it built."""
+    from daemon.bench.loopback import startup_times
+
+    out = startup_times(tmp_path, random_artifact)
+    assert set(out) == {"build_kernel_s", "warm_s"} and out["build_kernel_s"] > 0 and out["warm_s"] > 0
+    assert list((tmp_path / "startup" / "numba-cache" / "kdsignal").glob("kdsignal_step_*.json"))
 
 
 def test_latency_split_sets_apart_the_first_sample_after_an_idle_gap():
@@ -239,18 +249,14 @@ def test_loopback_section_shows_pushes_and_the_issue_verdict():
     assert "500 symbols at 10 pushes/s each (bar 0.2 s, 5,000 pushes/s nominal, kept up)" in text
     assert "p50 11.00 us (target <= 30: met), p99 120.0 us (target <= 100: NOT met)" in text
     assert "| 500 | 2,499 | 30 | 150.0 | 900.0 | 14,970 | 10.90 | 25.00 |" in text
-    assert "Resident memory" not in text  # no fallback run, no memory table
-    doc["parts"]["loopback"]["jit_fallback"] = _level_row(500, 0.2, kernel="jit (no ahead-of-time kernel: x)",
+    assert "Resident memory" not in text  # no JIT run, no memory table
+    doc["parts"]["loopback"]["jit_kernel"] = _level_row(500, 0.2, kernel="jit",
                                                           numba_loaded=True, rss_mb=190.0, rss_peak_mb=195.0)
     row.update(kernel="aot", numba_loaded=False, rss_mb=55.0, rss_peak_mb=56.0)
     text = report.section_loopback(doc, markdown=True)
     assert "| aot | no | 55.00 | 56.00 | 11.00 | 120.0 | 10.00 |" in text
     assert "| jit | yes | 190.0 | 195.0 | 11.00 | 120.0 | 10.00 |" in text
     assert "cache warmer" not in text
-    doc["parts"]["loopback"]["prewarm_off"] = _level_row(500, 0.2, prewarm=False, p99_us=180.0, cpu_percent=9.0)
-    text = report.section_loopback(doc, markdown=True)
-    assert "| on | 15,000 | 11.00 | 120.0 | 30 | 150.0 | 900.0 | 10.00 |" in text
-    assert "| off | 15,000 | 11.00 | 180.0 | 30 | 150.0 | 900.0 | 9.00 |" in text
 
 
 def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):
@@ -262,7 +268,7 @@ def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):
     assert {p for p, _ in rows} == {"daemon", "trivial"} and len(rows) == 7
     assert all(r["n"] == 3 and 0 < r["p50_us"] <= r["max_us"] for r in rows.values())
     b2b = rows[("daemon", "back to back")]
-    assert min(b2b["parse_p50_us"], b2b["on_close_p50_us"], b2b["write_p50_us"]) > 0
+    assert min(b2b["parse_p50_us"], b2b["pipeline_p50_us"], b2b["write_p50_us"]) > 0
     lines = [json.loads(x) for x in (tmp_path / "idle-signals.jsonl").read_text().splitlines()]
     starts = [x["start"] for x in lines]
     assert {x["symbol"] for x in lines} == {"BTCUSDT"} and starts == sorted(set(starts))
@@ -291,14 +297,14 @@ def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):
 
 
 def test_summary_states_memory_against_the_bar():
-    """The headline block gives the daemon's memory range and the JIT fallback's, judged against 150 MB."""
+    """The headline block gives the daemon's memory range and the JIT kernel's, judged against 150 MB."""
     step = {"part": "inference", "name": "student_step", "p50_us": 0.4, "p99_us": 0.6, "n": 100}
     levels = [_level_row(10, 1.0, rss_mb=55.3), _level_row(500, 0.2, rss_mb=61.3)]
-    doc = {"parts": {"inference": {}, "loopback": {"levels": levels, "jit_fallback": _level_row(500, 0.2, rss_mb=191.7)}},
+    doc = {"parts": {"inference": {}, "loopback": {"levels": levels, "jit_kernel": _level_row(500, 0.2, rss_mb=191.7)}},
            "results": [step], "ratios": []}
     text = report.section_summary(doc, markdown=True)
     assert ("- the daemon's resident memory: 55-61 MB over the loopback levels, serving the ahead-of-time kernel "
-            "without numba (192 MB on the JIT fallback at the issue's level); target < 150 MB: met.") in text
+            "without numba (192 MB with the JIT kernel at the issue's level); target < 150 MB: met.") in text
     levels.append(_level_row(1000, 0.01, rss_mb=151.0))
     assert "target < 150 MB: NOT met" in report.section_summary(doc, markdown=True)
 
@@ -315,7 +321,7 @@ def test_hostile_part_measures_memory_and_frame_costs(tmp_path):
     assert all(e["n"] == 300 and e["p50_us"] > 0 for e in costs.values())
     replay = hostile.replay_rss(ROOT / "tests" / "golden" / "artifact.npz", tmp_path, megabytes=1)
     assert replay["rows"] > 10_000 and replay["rss_peak_mb"] > 0
-    report = {"results": [{**frames, "part": "hostile"}, {**replay, "part": "hostile"},
-                          *({**e, "part": "hostile"} for e in costs.values())]}
-    text = hostile.section_hostile(report, markdown=True)
+    report_data = {"results": [{**frames, "part": "hostile"}, {**replay, "part": "hostile"},
+                               *({**e, "part": "hostile"} for e in costs.values())]}
+    text = report.section_hostile(report_data, markdown=True)
     assert "frame_far_future_start" in text and "| CSV MB |" in text

@@ -3,8 +3,6 @@ with the same probabilities as ``kdsignal replay`` on the same candles."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from structlog.testing import capture_logs
 
@@ -174,7 +172,7 @@ async def test_gap_rest_cannot_fill_is_reported(fake, random_artifact):
         assert d.starts("BTCUSDT") == [first, first + 2 * BAR_MS, first + 3 * BAR_MS]
         unfilled = [e for e in logs if e["event"] == "gap_unfilled"]
         assert [(e["first_missing_start_ms"], e["bars"], e["log_level"]) for e in unfilled] == [(hole, 1, "error")]
-        assert d.service.unfilled_bars == 1
+        assert d.service.status().bars_unfilled == 1
 
 
 async def test_latency_summary_is_logged(fake, random_artifact):
@@ -211,22 +209,20 @@ async def test_sighup_reload_keeps_old_model_on_bad_artifact(fake, random_artifa
         assert d.lines[-1]["model"] == new_id != old_id
 
 
-async def test_reload_builds_a_new_kernel_while_the_old_model_serves(fake, random_artifact, tmp_path, monkeypatch):
-    """Reloading a new architecture builds its kernel off the event loop: bars meanwhile get the old model."""
+async def test_reload_of_an_unbuilt_architecture_keeps_the_old_model(fake, random_artifact):
+    """Reloading an artifact whose step nobody built is refused with the command to run; the old model serves on."""
     from tests.conftest import write_random_artifact
 
-    monkeypatch.setenv("KDSIGNAL_CACHE_DIR", str(tmp_path / "fresh"))  # nothing built here yet
     async with InProcessDaemon(fake, random_artifact, ("BTCUSDT",)) as d:
         old_id = d.service.model.id
-        new_id = write_random_artifact(random_artifact, seed=9, architecture=((11, 13, 3), ("relu", "linear")))
-        reload = asyncio.create_task(d.service.reload())
+        write_random_artifact(random_artifact, seed=9, architecture=((11, 13, 3), ("relu", "linear")))
+        with capture_logs() as logs:
+            assert await d.service.reload() is False
+        assert [e["event"] for e in logs] == ["model_reload_failed"]
+        assert f"kdsignal build-kernel --artifact {random_artifact}" in logs[0]["error"]
         await fake.step(1)
         await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
-        assert not reload.done() and d.lines[-1]["model"] == old_id  # the build takes seconds; a bar, ms
-        assert await reload is True and d.service.model.kernel_note == "aot"
-        await fake.step(1)
-        await d.wait_for_start("BTCUSDT", fake.open_start_ms - BAR_MS)
-        assert d.lines[-1]["model"] == new_id
+        assert d.lines[-1]["model"] == old_id and d.service.model.id == old_id
 
 
 async def test_refused_topic_is_not_caught_up_after_a_reconnect(fake, random_artifact):

@@ -134,6 +134,70 @@ async def test_sighup_reopens_the_log_and_reloads_only_a_valid_artifact(tmp_path
     assert failed["model"] == old_id and failed["level"] == "error"
 
 
+def catches(pid: int, sig: int) -> bool:
+    """True once process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (sig - 1) & 1)
+
+
+async def test_sighup_from_the_first_moment_does_not_end_the_process(tmp_path):
+    """SIGHUP sent again and again from the moment the process can catch it, through start-up, never kills it."""
+    log = tmp_path / "daemon.log"
+    write_random_artifact(tmp_path / "a.npz")
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 60), "5", start_index=OPEN_INDEX) as fake:
+        proc = await Proc().start(write_config(tmp_path / "c.toml", fake, log_file=log))
+        pid = proc.p.pid
+        await wait_until(lambda: catches(pid, signal.SIGHUP) or proc.p.returncode is not None, 20, "a SIGHUP handler")
+        sent = 0
+        while proc.p.returncode is None and not any(e["event"] == "feed_subscribed" for e in log_events(log)):
+            proc.p.send_signal(signal.SIGHUP)
+            sent += 1
+            await asyncio.sleep(0.005)  # pacing the signals themselves, not waiting for a result
+        assert proc.p.returncode is None and sent > 0
+        await _started(fake, log)
+        await fake.step(1)
+        line = await proc.line()
+        rc, _ = await proc.stop()
+    assert line["start"] == fake.open_start_ms - BAR_MS and rc == 0
+
+
+EARLY = """
+import importlib.abc, json, signal, sys
+seen = {}
+class Spy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "daemon.aio.service" and not seen:
+            seen.update({s.name: signal.getsignal(s) is not signal.SIG_DFL for s in (signal.SIGHUP, signal.SIGTERM)})
+        return None
+sys.meta_path.insert(0, Spy())
+from daemon.cli import main
+rc = main(["run", "--config", sys.argv[1]])
+print(json.dumps({"rc": rc, "caught_before_import": seen}), file=sys.stderr)
+"""
+
+
+def test_signals_are_caught_before_the_service_is_imported(tmp_path):
+    """`kdsignal run` handles SIGHUP and SIGTERM before it imports the service (the slow part of start-up)."""
+    out = subprocess.run([sys.executable, "-c", EARLY, str(tmp_path / "missing.toml")], capture_output=True,
+                         text=True, cwd=ROOT, env=ENV, timeout=60)
+    report = json.loads(out.stderr.strip().splitlines()[-1])
+    assert report == {"rc": 78, "caught_before_import": {"SIGHUP": True, "SIGTERM": True}}
+
+
+async def test_sigterm_during_startup_exits_zero(tmp_path):
+    """SIGTERM while the process is still loading ends it with 0 and no output, not with the signal's status."""
+    write_random_artifact(tmp_path / "a.npz")
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 60), "5", start_index=OPEN_INDEX) as fake:
+        proc = await Proc().start(write_config(tmp_path / "c.toml", fake))
+        await wait_until(lambda: catches(proc.p.pid, signal.SIGTERM), 20, "a SIGTERM handler")
+        rc, rest = await proc.stop()
+    assert rc == 0 and rest == b""
+
+
 def _run(config) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "daemon", "run", "--config", str(config)], capture_output=True,
                           text=True, cwd=ROOT, env=ENV, timeout=60)

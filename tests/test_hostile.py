@@ -30,4 +30,4 @@ async def test_far_future_and_off_grid_closes_are_malformed_frames(fake, random_
         assert fake.hostile_sent == 5 * len(SYMBOLS)
         assert d.service.feed.stats.malformed - malformed_before == fake.hostile_sent
         assert len(fake.rest_requests) == rest_before
-        assert all(not p.filling and p.duplicates == 0 for p in d.service.pipelines.values())
+        assert all(p.fetch is None and p.duplicates == 0 for p in d.service.pipelines.values())

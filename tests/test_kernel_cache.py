@@ -11,10 +11,16 @@ import pytest
 
 from tests.conftest import ROOT
 
+# Builds the ahead-of-time step as `kdsignal build-kernel` does (skipped when up to date), serves it, and runs
+# the JIT-compiled specialised step beside it.
 PROBE = """
 import numpy as np, kernels
-from daemon.core.model import Model
+from daemon.core.artifact import load_artifact
+from daemon.core.kernel_store import kernel_dir
+from daemon.core.model import Model, student_vector
+from daemon.tools.kernel_build import build_kernel
 from kernels.specialise import specialised_step
+build_kernel(student_vector(load_artifact({artifact!r})), kernel_dir())
 m = Model.load({artifact!r})
 s = m.new_state()
 jit = specialised_step(m.vector)
@@ -32,7 +38,7 @@ def test_changed_feature_kernel_is_recompiled_everywhere(tmp_path, random_artifa
     for name in ("kernels", "daemon"):
         shutil.copytree(ROOT / name, tmp_path / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "training", "bench"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "src"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    env.pop("KDSIGNAL_CACHE_DIR", None)
+    env.pop("KDSIGNAL_KERNEL_DIR", None)  # so the kernel directory is $NUMBA_CACHE_DIR/kdsignal, fresh
     code = PROBE.format(artifact=str(random_artifact), csv=str(ROOT / "data" / "BTCUSDT-5m.csv"))
 
     def probe():

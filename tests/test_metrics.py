@@ -28,7 +28,7 @@ class Clock:
 async def served():
     """A Metrics instance for two symbols served on 127.0.0.1:0, with its clock and an HTTP session."""
     clock = Clock(START_MS / 1e3)
-    m = Metrics(symbols=("BTCUSDT", "ETHUSDT"), interval_ms=INTERVAL_MS, clock=clock)
+    m = Metrics(symbols=("BTCUSDT", "ETHUSDT"), interval_ms=INTERVAL_MS, classes=("sell", "hold", "buy"), clock=clock)
     port = await m.start("127.0.0.1", 0)
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
         yield m, clock, session
@@ -47,15 +47,10 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 async def test_metrics_counts_parse_with_prometheus_parser(served):
     """Each update method moves exactly its series, as read back through /metrics and the official parser."""
     m, clock, session = served
-    for _ in range(7):
-        m.frame()
-    m.malformed()
-    m.malformed(2)
-    m.reconnect()
-    m.gap_backfilled(4)
-    m.gap_backfilled(1)
-    for cls in ("buy", "buy", "sell"):
-        m.signal(cls)
+    m.sync_totals(frames=7, malformed=3, reconnects=1, gaps_backfilled=2, bars_backfilled=5, bars_unfilled=4,
+                  signals_by_class={"buy": 2, "sell": 1})
+    m.sync_totals(frames=7, malformed=3, reconnects=1, gaps_backfilled=2, bars_backfilled=5, bars_unfilled=4,
+                  signals_by_class={"buy": 2, "sell": 1})  # a second sync of the same totals adds nothing
     for us in (0.6, 0.9, 3.0, 5000.0):
         m.observe_inference_us(us)
     m.candle_closed("BTCUSDT", START_MS)
@@ -68,8 +63,9 @@ async def test_metrics_counts_parse_with_prometheus_parser(served):
     assert got[("kdsignal_frames_total", ())] == 7
     assert got[("kdsignal_malformed_frames_total", ())] == 3
     assert got[("kdsignal_reconnects_total", ())] == 1
-    assert got[("kdsignal_gaps_total", ())] == 2
-    assert got[("kdsignal_backfilled_bars_total", ())] == 5
+    assert got[("kdsignal_gaps_backfilled_total", ())] == 2
+    assert got[("kdsignal_bars_backfilled_total", ())] == 5
+    assert got[("kdsignal_bars_unfilled_total", ())] == 4
     assert got[("kdsignal_signals_total", (("signal", "buy"),))] == 2
     assert got[("kdsignal_signals_total", (("signal", "sell"),))] == 1
     assert got[("kdsignal_signals_total", (("signal", "hold"),))] == 0
@@ -153,7 +149,7 @@ def test_backfilled_old_bar_does_not_age_symbol():
 def test_model_unloaded_and_registries_independent():
     """Two Metrics objects keep separate registries and set_model(None) reports no model."""
     a, b = Metrics(), Metrics()
-    a.frame()
+    a.sync_totals(frames=1)
     a.set_model("x")
     a.set_model(None)
     got_a, got_b = samples(a.render().decode()), samples(b.render().decode())

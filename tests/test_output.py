@@ -26,7 +26,7 @@ F_SETPIPE_SZ = 1031  # Linux: shrink a pipe so a few lines fill it
 def _signal(start_ms: int = 1_700_000_100_000, probs=(0.2, 0.5, 0.3), recv_ns: int = 0) -> Signal:
     """A signal event with the given (buy, hold, sell) probabilities."""
     buy, hold, sell = probs
-    return Signal("BTCUSDT", "5", start_ms, "hold", {"buy": buy, "hold": hold, "sell": sell}, 500, "abc", False,
+    return Signal("BTCUSDT", "5", start_ms, "hold", ("sell", "hold", "buy"), (sell, hold, buy), 500, "abc", False,
                   recv_ns)
 
 

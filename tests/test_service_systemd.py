@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.core.exitcodes import EXIT_CONFIG
 from daemon.tools.fake_bybit import FakeBybit
-from daemon.aio.service import EX_CONFIG
+from daemon.aio.service import run_cli
 from daemon.ops.tail import LogFollower
 from tests.conftest import write_random_artifact
 from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
@@ -70,9 +70,14 @@ def has(msg: dict, key: str) -> bool:
     return msg.get(key) == "1"
 
 
-def test_service_uses_the_exit_code_the_units_expect():
-    """The daemon's bad-configuration exit code is the one RestartPreventExitStatus names."""
-    assert EX_CONFIG == EXIT_CONFIG == 78
+def test_service_uses_the_exit_code_the_units_expect(tmp_path, capsys):
+    """A bad configuration ends `run` with the exit code RestartPreventExitStatus names, and a message."""
+    import argparse
+
+    before = signal.getsignal(signal.SIGHUP)
+    assert run_cli(argparse.Namespace(config=str(tmp_path / "missing.toml"))) == EXIT_CONFIG == 78
+    assert "missing.toml" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGHUP) is before  # the early handlers are put back
 
 
 @pytest.mark.slow
@@ -233,7 +238,8 @@ async def test_in_process_supervision_counts_gaps_signals_and_status(random_arti
             status = sup.status_text()
             got = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for f in text_string_to_metric_families(sup.metrics.render().decode()) for s in f.samples}
-    assert got[("kdsignal_gaps_total", ())] == 1 and got[("kdsignal_backfilled_bars_total", ())] == 1
+    assert got[("kdsignal_gaps_backfilled_total", ())] == 1 and got[("kdsignal_bars_backfilled_total", ())] == 1
+    assert got[("kdsignal_bars_unfilled_total", ())] == 0
     assert sum(v for (name, _), v in got.items() if name == "kdsignal_signals_total") == 3
     assert got[("kdsignal_inference_seconds_count", ())] == 3
     assert status.startswith("1 symbols (BTCUSDT) interval 5; 3 signals; last inference ")

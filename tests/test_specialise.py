@@ -2,63 +2,95 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from daemon.core.model import Model
 from kernels.features import features_batch
-from kernels.layout import pack_mlp, pack_student, student_state_size
-from kernels.specialise import generate_source, specialised_step
+from kernels.layout import WINDOW, architecture, pack_mlp, pack_student, probs_offset, student_state_size
+from kernels.specialise import make_student_step, specialised_step
 from kernels.student import student_step
-from tests.conftest import DATA, ROOT, load_csv, random_student
+from tests.conftest import DATA, load_csv, needs_jit, random_student
+from tests.naive import student_reference
 from tests.test_features import with_gaps
 
+ARCHITECTURES = [
+    ((11, 16, 8, 3), ("relu", "relu", "linear")),
+    ((11, 32, 3), ("tanh", "linear")),
+    ((11, 24, 12, 6, 3), ("relu", "tanh", "relu", "linear")),
+]
 
-@pytest.mark.parametrize(
-    "sizes,acts",
-    [((11, 16, 8, 3), ("relu", "relu", "linear")), ((11, 32, 3), ("tanh", "linear")), ((11, 24, 12, 6, 3), ("relu", "tanh", "relu", "linear"))],
-)
-def test_specialised_equals_generic_bitwise(sizes, acts, tmp_path, monkeypatch):
-    """On real candles with gaps, every state slot and return value matches the generic kernel."""
-    monkeypatch.setenv("KDSIGNAL_CACHE_DIR", str(tmp_path))
-    w, b, a = random_student(11, sizes, acts)
-    bars = with_gaps(load_csv(DATA / "ETHUSDT-5m.csv")[:2000, 1:6], 7)
+
+def packed_student(seed, sizes, acts, bars):
+    """(model vector, weights, biases, activations, mean, std) with the feature statistics of ``bars``."""
+    w, b, a = random_student(seed, sizes, acts)
     feats = features_batch(*bars.T)
-    model = pack_student(pack_mlp(w, b, a), np.nanmean(feats, 0), np.nanstd(feats, 0), 6.0)
-    fast_fn = specialised_step(model)
+    mean, std = np.nanmean(feats, 0), np.nanstd(feats, 0)
+    return pack_student(pack_mlp(w, b, a), mean, std, 6.0), w, b, a, mean, std
+
+
+def run_both(step, model, bars):
+    """Drive ``step`` and the generic kernel side by side, asserting equal states; return the probabilities."""
     fast = np.zeros(student_state_size(model))
     slow = np.zeros_like(fast)
-    for o, h, l, c, v in bars:
-        assert fast_fn(fast, model, o, h, l, c, v) == student_step(slow, model, o, h, l, c, v)
+    at = probs_offset(model)
+    probs = np.full((len(bars), int(architecture(model)[1][-1])), np.nan)
+    for t, (o, h, l, c, v) in enumerate(bars):
+        status = step(fast, model, o, h, l, c, v)
+        assert status == student_step(slow, model, o, h, l, c, v)
         np.testing.assert_array_equal(fast, slow)
-    generated = [m for n, m in sys.modules.items() if n.startswith("kdsignal_student_")]
-    assert generated and all(os.path.exists(m.__file__) for m in generated)
+        if status >= 0:
+            probs[t] = fast[at : at + probs.shape[1]]
+    return probs
 
 
-def test_unwritable_cache_falls_back_to_generic(random_artifact, tmp_path):
-    """When the cache directory cannot be created the model says so and serves the generic kernel."""
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    code = f"""
-import numpy as np
-from daemon.core.model import Model
-model = Model.load({str(random_artifact)!r})
-state = model.new_state()
-for row in np.loadtxt({str(DATA / "BTCUSDT-5m.csv")!r}, delimiter=",", skiprows=1)[:150, 1:6]:
-    state.update(*row)
-print(model.kernel_note.split()[0], state.warm, round(float(state.probs.sum()), 12))
-"""
-    env = dict(os.environ, KDSIGNAL_CACHE_DIR=str(blocker / "sub"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-    assert out.stdout.split() == ["generic", "True", "1.0"], out.stdout + out.stderr
+@pytest.mark.parametrize("sizes,acts", ARCHITECTURES)
+def test_specialised_equals_generic_bitwise_and_naive(sizes, acts):
+    """On real candles with gaps, every state slot and status equals the generic kernel's; probabilities match NumPy."""
+    bars = with_gaps(load_csv(DATA / "ETHUSDT-5m.csv")[:2000, 1:6], 7)
+    model, w, b, a, mean, std = packed_student(11, sizes, acts, bars)
+    probs = run_both(specialised_step(model), model, bars)
+    feats = features_batch(*bars.T)
+    ref = student_reference(w, b, a, mean, std, 6.0, feats[WINDOW - 1 :])
+    assert np.isfinite(probs[WINDOW - 1 :]).all()
+    np.testing.assert_allclose(probs[WINDOW - 1 :], ref, rtol=1e-10, atol=1e-14)
 
 
-def test_generated_source_names_its_architecture(random_artifact):
-    """The generated module records the sizes it was made for and uses them as literals."""
-    model = Model.load(random_artifact)
-    src = generate_source(model.vector)
-    assert "sizes [11, 16, 8, 3]" in src and "for i in range(16):" in src
+def test_specialised_step_is_compiled_once_per_architecture(btc_5m):
+    """Two model vectors of one architecture (other weights) share one compiled step; another architecture does not."""
+    bars = btc_5m[:, 1:6]
+    one = packed_student(1, *ARCHITECTURES[0], bars)[0]
+    two = packed_student(2, *ARCHITECTURES[0], bars)[0]
+    other = packed_student(1, *ARCHITECTURES[1], bars)[0]
+    assert specialised_step(one) is specialised_step(two)
+    assert specialised_step(one) is not specialised_step(other)
+
+
+def test_factory_returns_plain_python(btc_5m):
+    """``make_student_step`` returns an uncompiled function that runs as Python (so pycc and njit can take it)."""
+    model = packed_student(4, *ARCHITECTURES[0], btc_5m[:, 1:6])[0]
+    step = make_student_step(model)
+    assert not hasattr(step, "py_func") and step.__closure__
+    state = np.zeros(student_state_size(model))
+    statuses = [step(state, model, *row) for row in btc_5m[: WINDOW + 1, 1:6]]
+    assert statuses[:WINDOW - 1] == [-1] * (WINDOW - 1) and statuses[-1] in (0, 1, 2)
+
+
+@needs_jit
+def test_jit_model_serves_the_specialised_step(random_artifact):
+    """``kernel="jit"`` serves the specialised step through numba and gives the ahead-of-time model's bits."""
+    jit = Model.load(random_artifact, kernel="jit")
+    aot = Model.load(random_artifact)
+    assert (jit.kernel_note, aot.kernel_note) == ("jit", "aot")
+    assert jit.step_kernel is specialised_step(jit.vector)
+    a, b = jit.new_state(), aot.new_state()
+    for row in with_gaps(load_csv(DATA / "ADAUSDT-5m.csv")[:, 1:6], 3):
+        assert a.update(*row) == b.update(*row)
+    assert b.warm
+    np.testing.assert_array_equal(a.array, b.array)
+
+
+def test_unknown_kernel_is_refused(random_artifact):
+    """A kernel name other than aot or jit is refused by name."""
+    with pytest.raises(ValueError, match="'generic'"):
+        Model.load(random_artifact, kernel="generic")

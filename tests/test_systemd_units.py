@@ -92,6 +92,8 @@ def test_units_have_required_settings(unit):
     assert str(EXIT_CONFIG) in one["RestartPreventExitStatus"].split()
     assert "-HUP" in one["ExecReload"] and "$MAINPID" in one["ExecReload"]
     assert re.search(r"kdsignal run --config /etc/kdsignal/\S+\.toml$", one["ExecStart"])
+    # The kernel is built before the daemon starts, for the same configuration, never by the daemon.
+    assert one["ExecStartPre"] == "-" + one["ExecStart"].replace(" run ", " build-kernel ")
     assert values(text, "StartLimitIntervalSec", "Unit") and values(text, "StartLimitBurst", "Unit")
     for key in ("StateDirectory", "LogsDirectory", "CacheDirectory"):
         assert one[key].startswith("kdsignal")
@@ -105,7 +107,7 @@ def test_units_have_required_settings(unit):
     assert one["RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
     assert "@system-service" in values(text, "SystemCallFilter")
     assert one["CapabilityBoundingSet"] == ""
-    # numba's JIT writes then executes machine code; this setting would kill the daemon at the first compile.
+    # numba's JIT writes then executes machine code: this setting would kill ExecStartPre's build-kernel.
     assert "MemoryDenyWriteExecute" not in one
 
 
@@ -115,7 +117,7 @@ def test_template_differs_only_in_instance_lines():
     templ = directives((SYSTEMD / "kdsignal@.service").read_text())
     assert [(s, k) for s, k, _ in plain] == [(s, k) for s, k, _ in templ]
     differing = {k for (_, k, a), (_, _, b) in zip(plain, templ, strict=True) if a != b}
-    assert differing == {"Description", "ExecStart", "StateDirectory", "LogsDirectory", "CacheDirectory",
+    assert differing == {"Description", "ExecStartPre", "ExecStart", "StateDirectory", "LogsDirectory", "CacheDirectory",
                          "WorkingDirectory", "Environment", "SyslogIdentifier"}
     assert all("%i" in v for _, k, v in templ if k in differing - {"Environment"})
     assert "/etc/kdsignal/%i.toml" in dict((k, v) for _, k, v in templ)["ExecStart"]

@@ -50,7 +50,6 @@ class FeedStats:
     connected: bool = False
     subscribed: bool = False
     refused_topics: set[str] = field(default_factory=set)
-    last_frame_ns: int = 0
 
 
 class _Dead(Exception):
@@ -85,9 +84,8 @@ class Feed:
         self.is_retryable = is_retryable
         self.stats = FeedStats()
         self.log = log or structlog.get_logger("kdsignal.feed")
-        # The parser's table of subscribed topics, fixed for the feed's life (daemon.aio.prewarm shares it).
-        self.topic_cache = topic_table(self.topics)
-        self.last_close_message: str | bytes | None = None  # the newest frame that carried closes (prewarm)
+        # The parser's table of the subscribed topics, fixed for the feed's life: other topics are refused.
+        self._topic_cache = topic_table(self.topics)
         self._req_ids = 0
         # Per-connection state, reset in _session.
         self._pending: dict[str, tuple[str, ...]] = {}
@@ -165,7 +163,7 @@ class Feed:
         stats = self.stats
         stats.frames += 1
         try:
-            frame = parse_frame(message, self.topic_cache)
+            frame = parse_frame(message, self._topic_cache)
         except FrameError as exc:
             self._malformed(str(exc))
             return None
@@ -173,9 +171,7 @@ class Feed:
             if frame.topic not in self._topic_set:
                 self._malformed(f"unsubscribed topic {frame.topic}")
                 return None
-            stats.last_frame_ns = recv_ns
             if frame.closed:
-                self.last_close_message = message
                 try:
                     self.on_kline(frame, recv_ns)
                 except Exception as exc:  # e.g. BrokenPipeError is an OSError, which would look retryable

@@ -268,9 +268,8 @@ class SignalWriter:
     # ------------------------------------------------------------------ hot path
     def write(self, sig: Signal) -> None:
         """Write one whole line, then record its latency and log the event."""
-        p = sig.probs
-        # One test for all three (NaN and inf survive the sum, and times 0.0 they are NaN): never print them.
-        if (p["buy"] + p["hold"] + p["sell"]) * 0.0 != 0.0:
+        # One test for every class (NaN and inf survive the sum, and times 0.0 they are NaN): never print them.
+        if sum(sig.probs) * 0.0 != 0.0:
             self._refuse_nonfinite(sig)
             return
         line = sig.to_line().encode()
@@ -306,7 +305,7 @@ class SignalWriter:
         self.nonfinite += 1
         if self.log is not None:
             self.log.error("signal_nonfinite", symbol=sig.symbol, interval=sig.interval, start=sig.start_ms,
-                           signal=sig.signal, probs={k: repr(v) for k, v in sig.probs.items()}, model=sig.model,
+                           signal=sig.signal, probs={k: repr(v) for k, v in zip(sig.classes, sig.probs)}, model=sig.model,
                            nonfinite_total=self.nonfinite)
 
     def _enqueue(self, line: bytes, sent: int) -> None:

@@ -1,15 +1,19 @@
 """``kdsignal run --config FILE``: the live daemon, wired under one ``asyncio.TaskGroup``.
 
-Tasks: the WebSocket feed, one REST fill per symbol when needed (warm-up at start, catch-up after every
-(re)subscription, backfill when a close arrives later than expected), and the periodic ``latency_summary``.
-Confirmed candles are processed synchronously in the frame callback (no queue hop on the hot path).
+The service drives one :class:`daemon.core.pipeline.Pipeline` per symbol: the feed's confirmed candles go in
+synchronously in the frame callback (no queue hop on the hot path), and the service acts on the events that
+come out: it writes each :class:`Signal`, performs each :class:`FetchHistory` through the REST client as a
+task (at most one per symbol; a retry waits a backoff delay first), and logs the rest. Satellites
+(supervision, metrics) get a :class:`daemon.ops.status.ServiceStatus` snapshot and a call per written signal.
 
 Signals: SIGTERM/SIGINT stop cleanly (exit 0; a line is always written whole because the handler runs in
-the event loop between callbacks); SIGHUP reloads the artifact (validated first, the old model keeps
-running if the new one fails) and reopens the log file.
+the event loop between callbacks), cancelling a reload in progress; closes still held for a fetch are logged
+by count. SIGHUP reloads the artifact (validated first, the old model keeps running if the new one fails)
+and reopens the log file. :func:`run_cli` catches all three from its first moment, before anything slow
+(loading the artifact), so an early SIGHUP cannot end the process.
 
-Exit codes: 0 after a clean stop, 78 (EX_CONFIG) for a bad configuration or artifact, which a supervisor
-should not retry; anything unexpected propagates (crash-and-restart).
+Exit codes (:mod:`daemon.core.exitcodes`): 0 after a clean stop, 78 for a bad configuration or artifact,
+which a supervisor should not retry; anything unexpected propagates (crash-and-restart).
 """
 
 from __future__ import annotations
@@ -19,27 +23,31 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import BinaryIO
 
 import aiohttp
 import structlog
 
+from daemon.aio.feed import Feed
+from daemon.aio.output import ReopenableFile, SignalWriter, configure_logging
+from daemon.aio.rest import RestClient, RestError
 from daemon.core.artifact import ArtifactError
 from daemon.core.config import Config, ConfigError, load_config
-from daemon.aio.feed import Feed
+from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.core.model import Model
-from daemon.aio.output import ReopenableFile, SignalWriter, configure_logging
 from daemon.core.parser import KlineFrame, kline_topic
-from daemon.core.pipeline import FILL, FillResult, Pipeline
-from daemon.aio.prewarm import Prewarm
-from daemon.aio.rest import RestClient, RestError
-from daemon.ops.supervision import Supervision
+from daemon.core.pipeline import (CloseRejected, FeaturesReset, FetchHistory, GapBackfilled, GapUnfilled,
+                                  HistoryLoaded, Pipeline, Signal)
+from daemon.ops import early_signals
+from daemon.ops.early_signals import EarlySignals
 from daemon.ops.files import remove_pid_file, write_pid_file
+from daemon.ops.status import ServiceStatus
+from daemon.ops.supervision import Supervision
 
-__all__ = ["EX_CONFIG", "Service", "StartupError", "add_arguments", "check_model", "run_cli"]
-
-EX_CONFIG = 78
+__all__ = ["Service", "StartupError", "add_arguments", "check_model", "run_cli"]
 
 
 class StartupError(RuntimeError):
@@ -57,21 +65,48 @@ def check_model(cfg: Config, model: Model) -> None:
                            f"but [feed].interval is {cfg.feed.interval!r}")
 
 
+async def _in_thread(fn: Callable, *args):
+    """Run ``fn`` in a daemon thread: cancelling the await abandons it, and the process exit does not wait."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, error) -> None:
+        if not future.done():  # the awaiting task may have been cancelled meanwhile
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def work() -> None:
+        result = error = None
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, which decides
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"load-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return await future
+
+
 class Service:
-    """The running daemon: feed, pipelines, REST fills and the signal writer."""
+    """The running daemon: feed, pipelines, REST fetches and the signal writer."""
 
     def __init__(self, cfg: Config, model: Model, *, out: BinaryIO | None = None, log=None,
                  log_file: ReopenableFile | None = None,
-                 load_model: Callable[[str], Model] = Model.load) -> None:
+                 load_model: Callable[[str], Model] | None = None, environ=None) -> None:
         check_model(cfg, model)
         self.cfg = cfg
         self.model = model
         self.log = log or structlog.get_logger("kdsignal")
         self.log_file = log_file
-        self._load_model = load_model
+        # A reload loads the way start-up did: the configured kernel, never a build (Model.load cannot build).
+        self._load_model = load_model or partial(Model.load, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         feed_cfg = cfg.feed
         self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars)
                           for s in feed_cfg.symbols}
+        self._logs = {s: self.log.bind(symbol=s, interval=feed_cfg.interval) for s in feed_cfg.symbols}
         self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category))
         self.feed = Feed(feed_cfg.ws_url, [kline_topic(feed_cfg.interval, s) for s in feed_cfg.symbols],
                          self._on_kline, ping_interval_s=feed_cfg.ping_interval_s,
@@ -79,87 +114,109 @@ class Service:
                          open_timeout_s=feed_cfg.open_timeout_s, subscribe_chunk=feed_cfg.subscribe_chunk,
                          backoff=cfg.backoff, on_subscribed=self._on_subscribed, log=self.log)
         self.rest: RestClient | None = None
-        self.gaps_backfilled = 0
-        self.unfilled_bars = 0
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
         self._reloading: set[asyncio.Task] = set()
+        self._retry_delays: dict[str, Iterator[float]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()  # set once the task group runs (tests wait on it)
-        # Keeps the hot path's caches warm just before each expected burst of closes.
-        self.prewarm = Prewarm(self) if feed_cfg.prewarm else None
-        # sd_notify READY/WATCHDOG/STATUS/STOPPING and the optional /healthz + /metrics endpoint.
-        self.supervision = Supervision(self)
+        # sd_notify READY/WATCHDOG/STATUS/STOPPING and the optional /healthz + /metrics endpoint. A frame is
+        # overdue after twice the feed's dead-connection time plus the longest backoff.
+        stale_after_s = 2 * (feed_cfg.ping_interval_s + feed_cfg.pong_timeout_s) + cfg.backoff.max_s
+        self.supervision = Supervision(self.status, symbols=feed_cfg.symbols, interval_ms=feed_cfg.interval_ms,
+                                       classes=model.classes, metrics_cfg=cfg.metrics, stale_after_s=stale_after_s,
+                                       environ=environ, scorecard_cfg=cfg.scorecard, model=model)
+        self._listener = self.supervision
 
     # ------------------------------------------------------------------ hot path
     def _on_kline(self, frame: KlineFrame, recv_ns: int) -> None:
         pipeline = self.pipelines.get(frame.symbol)
         if pipeline is None:  # a subscribed topic with another interval cannot happen; be safe
             return
-        write = self.writer.write
+        receive = pipeline.receive_close
         for candle in frame.closed:
-            result = pipeline.on_close(candle, recv_ns)
-            if result is None:
-                continue
-            if result is FILL:
-                self._spawn_fill(pipeline, "gap")
+            receive(candle, recv_ns)
+        for event in pipeline.events():  # _pump, inlined: this runs per frame
+            if type(event) is Signal:
+                self.writer.write(event)
+                self._listener.on_signal(event)
             else:
-                write(result)
-                self.supervision.on_signal(result)
-        if self.prewarm is not None:  # after the lines: not inside the measured tick-to-signal
-            self.prewarm.on_close_frame(recv_ns)
+                self._on_event(pipeline, event)
 
-    # ------------------------------------------------------------------ fills
+    def _pump(self, pipeline: Pipeline) -> None:
+        """Act on what the pipeline asked for or produced."""
+        write = self.writer.write
+        listener = self._listener
+        for event in pipeline.events():
+            if type(event) is Signal:
+                write(event)
+                listener.on_signal(event)
+            else:
+                self._on_event(pipeline, event)
+
+    def _on_event(self, p: Pipeline, event) -> None:
+        log = self._logs[p.symbol]
+        kind = type(event)
+        if kind is FetchHistory:
+            if self._tg is not None:  # the pipeline keeps at most one fetch out per symbol
+                self._tg.create_task(self._fetch(p, event), name=f"fetch-{p.symbol}")
+        elif kind is GapUnfilled:
+            log.error("gap_unfilled", first_missing_start_ms=event.first_start_ms, bars=event.bars,
+                      unfilled_total=p.bars_unfilled)
+        elif kind is GapBackfilled:
+            log.info("gap_backfilled", reason=event.reason, bars=event.bars, bars_backfilled_total=p.bars_backfilled,
+                     gaps_backfilled_total=p.gaps_backfilled)
+        elif kind is HistoryLoaded:
+            log.info("warmup_loaded", bars=event.bars, next_start_ms=event.next_start_ms, warm=event.warm)
+        elif kind is FeaturesReset:
+            log.warning("features_reset", first_missing_start_ms=event.first_missing_start_ms, bars=event.bars,
+                        resets_total=p.resets)
+        elif kind is CloseRejected:
+            if p.rejected <= 20 or p.rejected % 1000 == 0:  # a storm of them must not flood the log
+                log.warning("close_rejected", start_ms=event.start_ms, reason=event.reason, rejected_total=p.rejected)
+
+    # ------------------------------------------------------------------ fetches
     def _on_subscribed(self) -> None:
         # Catch up on what a reconnect may have cost; a refused topic has no stream to catch up with.
         refused = self.feed.stats.refused_topics
         for symbol, pipeline in self.pipelines.items():
-            if kline_topic(pipeline.interval, symbol) not in refused and pipeline.begin_fill():
-                self._spawn_fill(pipeline, "catch_up")
+            if kline_topic(pipeline.interval, symbol) not in refused and pipeline.resync():
+                self._pump(pipeline)
 
-    def _spawn_fill(self, pipeline: Pipeline, reason: str) -> None:
-        if self._tg is not None:
-            self._tg.create_task(self._fill(pipeline, reason), name=f"fill-{pipeline.symbol}")
+    def _retry_delay_s(self, symbol: str, attempt: int) -> float:
+        # The same capped exponential backoff as the REST client, restarted with each new need.
+        if attempt <= 1 or symbol not in self._retry_delays:
+            self._retry_delays[symbol] = self.cfg.backoff.delays()
+        return next(self._retry_delays[symbol])
 
-    async def _fill(self, p: Pipeline, reason: str) -> None:
-        log = self.log.bind(symbol=p.symbol, interval=p.interval)
-        while True:
-            start_ms, end_ms, count = p.fill_range()
-            try:
-                candles = await self.rest.closed_klines(p.symbol, p.interval, start_ms=start_ms, end_ms=end_ms,
-                                                        count=count)
-            except RestError as exc:
-                log.error("fill_failed", reason=reason, start_ms=start_ms, end_ms=end_ms, error=str(exc))
-                res = p.fill_failed()
-            else:
-                res = p.apply_fill(candles)
-            self._report(log, reason, res, p)
-            if not res.more:
-                return
-            reason = "gap"
-
-    def _report(self, log, reason: str, res: FillResult, p: Pipeline) -> None:
-        if res.history:
-            log.info("warmup_loaded", bars=res.history, next_start_ms=p.next_start_ms, warm=bool(p.state.warm))
-        for first_ms, n in res.unfilled:
-            self.unfilled_bars += n
-            log.error("gap_unfilled", first_missing_start_ms=first_ms, bars=n, unfilled_total=self.unfilled_bars)
-        if res.backfilled:
-            self.gaps_backfilled += res.backfilled
-            log.info("gap_backfilled", reason=reason, bars=res.backfilled, backfilled_total=self.gaps_backfilled)
-            self.supervision.on_gap(res.backfilled)
-        for sig in res.signals:
-            self.writer.write(sig)
-            self.supervision.on_signal(sig)
+    async def _fetch(self, p: Pipeline, f: FetchHistory) -> None:
+        log = self._logs[p.symbol]
+        if f.attempt:
+            delay_s = self._retry_delay_s(p.symbol, f.attempt)
+            log.info("fetch_retry", reason=f.reason, attempt=f.attempt, retry_in_s=round(delay_s, 3))
+            await asyncio.sleep(delay_s)
+        try:
+            candles = await self.rest.closed_klines(p.symbol, p.interval, start_ms=f.start_ms, end_ms=f.end_ms,
+                                                    count=f.count)
+        except RestError as exc:
+            log.error("fetch_failed", reason=f.reason, start_ms=f.start_ms, end_ms=f.end_ms, error=str(exc))
+            p.history_failed(str(exc))
+        else:
+            p.receive_history(candles)
+        self._pump(p)
 
     # ------------------------------------------------------------------ signals
     def stop(self) -> None:
-        """Ask the service to stop (SIGTERM/SIGINT)."""
+        """Ask the service to stop (SIGTERM/SIGINT); a reload in progress is abandoned."""
         self._stop.set()
+        for task in list(self._reloading):
+            task.cancel()
 
     def request_reload(self) -> None:
         """SIGHUP: reopen the log file at once, then reload the artifact in the background."""
+        if self._stop.is_set():
+            return
         if self.log_file is not None:
             if self.log_file.reopen():  # on failure the old handle is kept, and the artifact still reloads
                 self.log.info("log_reopened", file=self.log_file.path)
@@ -172,14 +229,17 @@ class Service:
     async def reload(self) -> bool:
         """Swap in the artifact from disk if it validates; the old model serves until then and on failure.
 
-        Loading runs in a worker thread: a new architecture may need its kernel built (seconds, in a child
-        process), and the feed keeps being served meanwhile. Reloads run one at a time, in arrival order.
+        Loading runs in a daemon thread, so the feed keeps being served meanwhile and a stop does not wait
+        for it. Reloads run one at a time, in arrival order.
         """
         path = self.cfg.model.artifact
         async with self._reload_lock:
             try:
-                model = await asyncio.to_thread(self._load_model, path)
+                model = await _in_thread(self._load_model, path)
                 check_model(self.cfg, model)
+            except asyncio.CancelledError:
+                self.log.warning("model_reload_cancelled", artifact=path, model=self.model.id)
+                raise
             except Exception as exc:  # noqa: BLE001 - whatever fails, the old model keeps serving, and it is logged
                 self.log.error("model_reload_failed", artifact=path, error=str(exc) or repr(exc), model=self.model.id)
                 return False
@@ -192,7 +252,22 @@ class Service:
                           kernel=model.kernel_note)
             return True
 
-    # ------------------------------------------------------------------ main
+    # ------------------------------------------------------------------ status
+    def status(self) -> ServiceStatus:
+        """A snapshot for the satellites; every total read from its owner."""
+        stats = self.feed.stats
+        ps = self.pipelines.values()
+        return ServiceStatus(
+            symbols=tuple(self.pipelines), interval=self.cfg.feed.interval,
+            model_id=self.model.id if self.model is not None else None,
+            feed_connected=stats.connected, feed_subscribed=stats.subscribed,
+            warming_up=sum(p.awaiting_warmup for p in ps),
+            frames=stats.frames, malformed=stats.malformed, reconnects=max(0, stats.connects - 1),
+            signals=self.writer.written, signals_by_class=dict(self.writer.by_class),
+            duplicates=sum(p.duplicates for p in ps), gaps_backfilled=sum(p.gaps_backfilled for p in ps),
+            bars_backfilled=sum(p.bars_backfilled for p in ps), bars_unfilled=sum(p.bars_unfilled for p in ps),
+            resets=sum(p.resets for p in ps), held=sum(p.held for p in ps))
+
     async def _summaries(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.log.latency_summary_s)
@@ -200,15 +275,16 @@ class Service:
 
     def log_summary(self) -> None:
         """Log ``latency_summary`` with counters of the period and the totals so far."""
-        stats = self.feed.stats
-        self.log.info("latency_summary", **(self.writer.latency.take() or {"n": 0}), signals=self.writer.written,
-                      frames=stats.frames, malformed=stats.malformed, reconnects=max(0, stats.connects - 1),
-                      gaps_backfilled=self.gaps_backfilled, unfilled_bars=self.unfilled_bars,
-                      duplicates=sum(p.duplicates for p in self.pipelines.values()),
-                      by_class=dict(self.writer.by_class))
+        st = self.status()
+        self.log.info("latency_summary", **(self.writer.latency.take() or {"n": 0}), signals=st.signals,
+                      frames=st.frames, malformed=st.malformed, reconnects=st.reconnects,
+                      gaps_backfilled=st.gaps_backfilled, bars_backfilled=st.bars_backfilled,
+                      bars_unfilled=st.bars_unfilled, duplicates=st.duplicates, resets=st.resets,
+                      by_class=dict(st.signals_by_class))
 
+    # ------------------------------------------------------------------ main
     async def run(self) -> None:
-        """Run until :meth:`stop`; the warm-up fills start at once, alongside the feed."""
+        """Run until :meth:`stop`; the warm-up fetches start at once, alongside the feed."""
         started_s = asyncio.get_running_loop().time()
         timeout = aiohttp.ClientTimeout(total=self.cfg.rest.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -226,14 +302,13 @@ class Service:
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
-                    for pipeline in self.pipelines.values():
-                        if pipeline.begin_fill():
-                            self._spawn_fill(pipeline, "warmup")
-                    tg.create_task(self.feed.run(), name="feed")
-                    tg.create_task(self._summaries(), name="latency-summary")
-                    tg.create_task(self.supervision.run(), name="supervision")
-                    if self.prewarm is not None:
-                        tg.create_task(self.prewarm.run(), name="prewarm")
+                    if not self._stop.is_set():
+                        for pipeline in self.pipelines.values():
+                            if pipeline.resync():
+                                self._pump(pipeline)
+                        tg.create_task(self.feed.run(), name="feed")
+                        tg.create_task(self._summaries(), name="latency-summary")
+                        tg.create_task(self.supervision.run(), name="supervision")
                     self.started.set()
                     await self._stop.wait()
                     self.supervision.stopping()
@@ -243,9 +318,15 @@ class Service:
             finally:
                 self._tg = None
                 self.writer.detach()
+        self._log_held()
         self.log_summary()
         self.log.info("daemon_stopped", signals=self.writer.written,
                       uptime_s=round(asyncio.get_running_loop().time() - started_s, 3))
+
+    def _log_held(self) -> None:
+        held = {s: p.held for s, p in self.pipelines.items() if p.held}
+        if held:  # closes that were waiting for a fetch: never signalled, say so
+            self.log.warning("closes_dropped_at_stop", closes=sum(held.values()), by_symbol=held)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -253,33 +334,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.toml", help="TOML configuration file (default config.toml)")
 
 
-async def _main(service: Service) -> None:
+async def _main(service: Service, early: EarlySignals | None = None) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, service.stop)
     loop.add_signal_handler(signal.SIGINT, service.stop)
     loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+    if early is not None and early.stop_requested:
+        service.stop()
     try:
         await service.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # this puts the default action back, which would end us with 129
+        if early is not None:
+            early.catch()
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Load the configuration and the artifact, then serve until SIGTERM/SIGINT."""
+    early = early_signals.install()  # normally already done by daemon.cli, before the imports
+    try:
+        return _run(args, early)
+    finally:
+        early.restore()
+
+
+def _run(args: argparse.Namespace, early: EarlySignals) -> int:
     try:
         cfg = load_config(args.config)
-        model = Model.load(cfg.model.artifact)
+        model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         check_model(cfg, model)
-        log_file = configure_logging(cfg.log.file, cfg.log.level)
+        log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return EXIT_CONFIG
+    if early.stop_requested:  # stopped while loading: nothing was started, nothing to flush
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
+        return EXIT_OK
     if cfg.model.pid_file:  # lets `kdsignal retrain`/`rollback` SIGHUP us after switching models
         write_pid_file(cfg.model.pid_file)
     try:
         service = Service(cfg, model, log_file=log_file)
-        asyncio.run(_main(service))
+        asyncio.run(_main(service, early))
     finally:
         if cfg.model.pid_file:
             remove_pid_file(cfg.model.pid_file)
@@ -287,4 +385,4 @@ def run_cli(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 log_file.flush()
                 log_file.close()
-    return 0
+    return EXIT_OK

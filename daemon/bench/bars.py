@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.core.artifact import save_artifact
+from daemon.core.artifact import load_artifact
 from daemon.core.model import Model
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES
@@ -85,11 +86,22 @@ def bench_model(path: str | Path | None = None, workdir: str | Path | None = Non
     written into ``workdir`` (a fresh temporary directory, left for the caller to remove, when None).
     """
     if path is not None:
-        return Model.load(path), f"artifact {path}", Path(path)
+        return built_model(path), f"artifact {path}", Path(path)
     if SHIPPED_MODEL.exists():
-        return Model.load(SHIPPED_MODEL), f"shipped model {SHIPPED_MODEL.relative_to(ROOT)}", SHIPPED_MODEL
+        return built_model(SHIPPED_MODEL), f"shipped model {SHIPPED_MODEL.relative_to(ROOT)}", SHIPPED_MODEL
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="kdsignal-bench-"))
     p = workdir / "random-student.npz"
     random_student_artifact(p)
     sizes = "-".join(str(s) for s in STUDENT_SIZES)
-    return Model.load(p), f"random-weight stand-in of the shipped shape {sizes} (no models/default.npz yet)", p
+    return built_model(p), f"random-weight stand-in of the shipped shape {sizes} (no models/default.npz yet)", p
+
+
+def built_model(path: str | Path) -> Model:
+    """``Model.load(path)`` serving the ahead-of-time step, built first into the default kernel directory
+    when it is not there yet (the bench, like ``kdsignal build-kernel``, may compile; the daemon never does)."""
+    from daemon.core.kernel_store import kernel_dir
+    from daemon.core.model import student_vector
+    from daemon.tools.kernel_build import build_kernel
+
+    build_kernel(student_vector(load_artifact(path)), kernel_dir())
+    return Model.load(path)

@@ -179,7 +179,7 @@ def _frame_cost(feed, rounds: int) -> list[dict]:
         "unsubscribed_topic": _close("ZZZUSDT"),
     }
     valid = _close("BTCUSDT")
-    table = feed.topic_cache
+    table = feed._topic_cache
     samples = {k: np.empty(rounds, dtype=np.int64) for k in [*kinds, "valid_close_parse"]}
     on_message = feed._on_message
     for i in range(rounds):
@@ -214,29 +214,3 @@ def run(artifact_path: Path, workdir: Path | str) -> dict:
     ratios = [{"name": "far_future_over_nan_price",
                "value": round(by["frame_far_future_start"]["p50_us"] / by["frame_nan_price"]["p50_us"], 2)}]
     return {"results": results, "skipped": skipped, "ratios": ratios}
-
-
-def section_hostile(report: dict, markdown: bool) -> str:
-    """The hostile part as tables (terminal or Markdown)."""
-    from .markdown import _results, _table
-
-    rows = _results(report, "hostile")
-    if not rows:
-        return "hostile: not run"
-    by = {r["name"]: r for r in rows}
-    out = []
-    if "malformed_frames_rss" in by:
-        r = by["malformed_frames_rss"]
-        out.append(_table(["frames", "RSS start MB", "RSS end MB", "peak MB", "us per frame", "RSS every 100k"],
-                          [[r["n"], r["rss_start_mb"], r["rss_end_mb"], r["rss_peak_mb"], r["per_frame_us"],
-                            " ".join(f"{x:.0f}" for x in r["rss_samples_mb"])]], markdown))
-    if "replay_50mb_rss" in by:
-        r = by["replay_50mb_rss"]
-        out.append(_table(["CSV MB", "rows", "peak RSS MB", "peak RSS, 300 rows", "seconds", "bars/s"],
-                          [[r["file_mb"], r["rows"], r["rss_peak_mb"], r["rss_peak_300_rows_mb"], r["seconds"],
-                            r["bars_per_s"]]], markdown))
-    cost = [r for r in rows if r["name"].startswith("frame_")]
-    if cost:
-        out.append(_table(["frame", "p50 us", "p99 us", "n", "what"],
-                          [[r["name"], r["p50_us"], r["p99_us"], r["n"], r["includes"]] for r in cost], markdown))
-    return "\n\n".join(out)

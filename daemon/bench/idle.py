@@ -2,10 +2,10 @@
 (no event loop, no socket) right after itself, and after a pause.
 
 The loopback levels show that at a low rate the p99 is the first signal of each burst of closes: it takes
-about ten times as long as the others, in every stage alike (parsing, the numba step, formatting, the
+several times as long as the others, in every stage alike (parsing, the numba step, formatting, the
 write). This part asks whether anything in the daemon's process causes that, by timing one frame through
 
-- ``daemon``: the daemon's own code, ``parse_frame`` -> ``Pipeline.on_close`` (the shipped student) ->
+- ``daemon``: the daemon's own code, ``parse_frame`` -> ``Pipeline.receive_close`` (the shipped student) ->
   ``SignalWriter.write`` to a file (no structlog call, which the daemon makes after its measurement anyway);
 - ``trivial``: ``json.loads`` of the same frame, then write its bytes and flush: no model, no pipeline,
 
@@ -49,8 +49,7 @@ class _DaemonPath:
 
     def __init__(self, frames: list[str], start_ms: int, model: Model, out) -> None:
         self.frames = frames
-        self.pipeline = Pipeline(SYMBOL, "5", model)
-        self.pipeline.start_cold(start_ms)
+        self.pipeline = Pipeline(SYMBOL, "5", model, fetches_history=False)
         self.writer = SignalWriter(out)
         self.cache = topic_table([kline_topic("5", SYMBOL)])
         self.i = 0
@@ -58,15 +57,17 @@ class _DaemonPath:
             self.run()
 
     def run(self) -> tuple[int, int, int, int]:
-        """One frame; return (total, parse, on_close, write) in ns."""
+        """One frame; return (total, parse, pipeline, write) in ns."""
         frame = self.frames[self.i]
         self.i += 1
         t0 = perf_counter_ns()
         kline = parse_frame(frame, self.cache)
         t1 = perf_counter_ns()
-        sig = self.pipeline.on_close(kline.closed[0], t0)
+        pipeline = self.pipeline
+        pipeline.receive_close(kline.closed[0], t0)
+        events = pipeline.events()
         t2 = perf_counter_ns()
-        if sig is not None:
+        for sig in events:  # only signals: the file has no holes
             self.writer.write(sig)
         t3 = perf_counter_ns()
         return t3 - t0, t1 - t0, t2 - t1, t3 - t2
@@ -129,6 +130,6 @@ def run(artifact_path: Path, workdir: Path, pause_s: float = PAUSE_S, rounds: in
                "max_us": round(float(a[:, 0].max()), 2)}
         if a.shape[1] == 4:
             row.update({f"{stage}_p50_us": round(float(np.median(a[:, k])), 2)
-                        for k, stage in enumerate(("parse", "on_close", "write"), start=1)})
+                        for k, stage in enumerate(("parse", "pipeline", "write"), start=1)})
         out_rows.append(row)
     return {"pause_s": pause_s, "rounds": rounds, "rows": out_rows}

@@ -34,10 +34,10 @@ CONTENDERS: dict[str, str] = {
     "step, normalisation, student forward, softmax, argmax",
     "student_step_raw": "model.step_kernel(state, vector, o, h, l, c, v) called directly, without the partial that "
     "SymbolState.update wraps it in",
-    "student_step_jit": "the same architecture-specialised source compiled by numba's JIT instead of ahead of "
-    "time, called through its compiled entry point (what the daemon serves when it cannot build the extension)",
+    "student_step_jit": "the same architecture-specialised step compiled by numba's JIT instead of ahead of "
+    "time, called through its compiled entry point (what the daemon serves with [model] kernel = \"jit\")",
     "student_step_generic": "the generic kernels.student.student_step called through its compiled entry point "
-    "(what SymbolState.update ran before the architecture-specialised kernel)",
+    "(bench only: training and batch use the generic kernels, serving does not)",
     "student_step_dispatcher": "kernels.student.student_step(state, vector, o, h, l, c, v): the generic kernel "
     "through numba's dispatcher",
     "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, argmax",
@@ -113,9 +113,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
     generic_state = model.new_state()
     jit_state = model.new_state()
     floor_state = model.new_state()
-    # The lead's Model may carry a specialised compiled kernel; older versions only have the generic one.
-    step_kernel = getattr(model, "step_kernel", None) or floors.entry_point(student_step)
-    kernel_note = getattr(model, "kernel_note", "generic")
+    step_kernel = model.step_kernel
+    kernel_note = model.kernel_note
     np_student = NumpyStudent(model)
     contenders = [
         Contender("timer_overhead", None, "empty", CONTENDERS["timer_overhead"], group="floor"),

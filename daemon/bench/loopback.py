@@ -22,42 +22,22 @@ The issue's level is 500 symbols at 10 pushes a second each: with one unconfirme
 bar, 0.2 s bars (5,000 pushes/s, 2,500 signals/s). Its targets: tick-to-signal p50 <= 30 us and p99 <= 100 us,
 under 25% of one core (``ISSUE_LEVEL``, ``ISSUE_TARGETS``; the report gives the verdict).
 
-Low rates and the p99. At 10 symbols with 1 s bars the closes come as a burst of 10 frames once a second,
-and the first signal of each burst takes about ten times as long as the others (p50 about 135 us against
-13 us), in every stage alike. A scratch copy of the driver with ``perf_counter_ns`` stamps between the stages
-measured, first of a burst against the rest (p50): parsing 51 against 5.5 us, the numba step (arithmetic on
-a few kB) 16 against 1.9 us, formatting the line 20 against 2.3 us, the write syscall 25 against 1.3 us. At
-10 symbols those samples are 1 in 10, so they are the level's p99 (about 170 us); at 100 symbols with 0.1 s
-bars 1 in 100, right at the p99 (93 and 108 us in two runs); at the issue's level 1 in 500 and below it
-(35 to 40 us).
-The driver reports them apart: the first signal after 50 ms without one, and the rest (whose p99 at 10
-symbols, 65 to 70 us, holds the second and third of each burst, still warming up).
-
-``daemon.bench.idle`` shows that nothing in the process causes it. In one process, with no event loop or
-socket, the daemon's frame-to-line path (parse, pipeline with the student, write to a file) takes about
-10 us right after itself and about 220 us after 250 ms asleep; a trivial path (``json.loads`` and a write,
-no model) goes from 5.5 us to about 120 us the same way; spinning on the clock instead of sleeping (the
-core stays busy and awake) is nearly as slow (160 to 200 us); and running the same code on scratch state
-just before the timed frame brings parsing and the step back to their back-to-back times (the write, whose
-scratch run went to /dev/null, stays slow). So the cost is the path's code and data having left the CPU
-caches while the process did something else, which on this shared 2-core VM takes milliseconds (10 ms
-after a touch the path is partly cold again). It is not the event loop waking from epoll (that happens
-before the frame is stamped), the garbage collector (the numba step allocates nothing and is as slow), nor
-the structlog call (made after the latency is recorded). So the daemon warms the path itself just before the
-next burst is due (``daemon.aio.prewarm``: bursts come at a steady period; from 3 ms before the predicted one it
-runs the path on scratch copies every millisecond until the burst starts). The first signal of a burst then
-takes 55-75 us instead of about 135; ``PREWARM_LEVEL`` runs once more with the warmer off, to show the
-difference side by side. What is left is what a scratch run cannot warm (the served symbol's own state,
-the file's own write path) and whatever else shared the core in between.
+Low rates and the p99. At low rates the closes come as one burst per bar, and the first signal of each
+burst takes several times as long as the others, in every stage alike (parsing, the numba step, formatting,
+the write): the path's code and data have left the CPU caches while the process waited. At few symbols those
+first signals are the level's p99; the driver reports them apart (``after_idle``: the first signal after
+50 ms without one) beside the steady-state percentiles of the rest, and ``daemon.bench.idle`` shows in one
+process, with no event loop or socket, that the cost is the caches and nothing the daemon does. Figures are
+in BENCHMARKS.md.
 
 Memory: the daemon's resident set (VmRSS at the end of its window, and its peak, VmHWM) at every level. It
-serves the student compiled ahead of time (``kernels.aot``) and never imports numba; the issue's level runs
-once more with that build made impossible, so the daemon falls back to numba's JIT, to show what numba and
-LLVM cost side by side.
+serves the student step ``kdsignal build-kernel`` compiled ahead of time and never imports numba; the
+issue's level runs once more with ``[model] kernel = "jit"``, so the daemon serves the same specialised
+step through numba's JIT, to show what numba and LLVM cost side by side.
 
-Start-up: wall time from spawning ``kdsignal run`` to its ``feed_subscribed`` log event, cold (empty
-``NUMBA_CACHE_DIR``: the student kernel is built ahead of time in a child process, numba compiling and gcc
-linking it) and warm (the same directory, second run: the daemon loads the built module).
+Start-up: ``kdsignal build-kernel`` into an empty kernel directory with an empty ``NUMBA_CACHE_DIR`` (what
+a unit's ``ExecStartPre=`` costs on its first start: numba compiling, gcc linking), then the wall time from
+spawning ``kdsignal run`` to its ``feed_subscribed`` log event with the kernel built (every later start).
 """
 
 from __future__ import annotations
@@ -82,8 +62,6 @@ UPDATES_PER_BAR = 1
 # The issue's wording: 500 symbols at 10 pushes a second each, and what it asks of that level.
 ISSUE_LEVEL = (500, 0.2)
 ISSUE_TARGETS = {"p50_us": 30.0, "p99_us": 100.0, "cpu_percent": 25.0}
-# Run again with [feed] prewarm = false: bursts 10 times a second, their first frames 1% of the samples.
-PREWARM_LEVEL = (100, 0.1)
 START_INDEX = 100
 SETTLE_S = 2.0
 DURATION_S = 6.0
@@ -125,12 +103,12 @@ def make_symbols(directory: Path, n: int, rows: int) -> list[str]:
 
 
 def write_config(path: Path, ws_url: str, rest_url: str, symbols: list[str], artifact: Path, log_file: Path,
-                 prewarm: bool = True) -> None:
+                 kernel: str = "aot") -> None:
     """A daemon configuration pointing at the fake (every other key at its default)."""
     syms = ", ".join(f'"{s}"' for s in symbols)
     path.write_text(
         f'[feed]\nws_url = "{ws_url}"\nrest_url = "{rest_url}"\nsymbols = [{syms}]\ninterval = "5"\n'
-        f'subscribe_chunk = 10\nprewarm = {"true" if prewarm else "false"}\n\n[model]\nartifact = "{artifact}"\n\n'
+        f'subscribe_chunk = 10\n\n[model]\nartifact = "{artifact}"\nkernel = "{kernel}"\n\n'
         f'[log]\nfile = "{log_file}"\nlevel = "info"\nlatency_summary_s = 3600\n',
         encoding="utf-8",
     )
@@ -212,10 +190,10 @@ class FakeServer:
 
 
 def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duration_s: float = DURATION_S,
-              env: dict | None = None, prewarm: bool = True) -> dict:
+              env: dict | None = None, kernel: str = "aot") -> dict:
     """Run one (symbols, bar_s) level; return the daemon's measurement and the fake's CPU share.
 
-    ``env``: the daemon's environment (default: this process's); ``prewarm``: its ``[feed] prewarm``.
+    ``env``: the daemon's environment (default: this process's); ``kernel``: its ``[model] kernel``.
     """
     level_dir = Path(tempfile.mkdtemp(prefix=f"level-{symbols}-", dir=workdir))
     data_dir = level_dir / "data"
@@ -228,7 +206,7 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
     driver = None
     try:
         cfg = level_dir / "config.toml"
-        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, level_dir / "daemon.log", prewarm)
+        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, level_dir / "daemon.log", kernel)
         driver = _spawn(
             [sys.executable, "-m", "daemon.bench.loopback_driver", str(cfg), str(level_dir / "signals.jsonl"),
              str(SETTLE_S), str(duration_s)],
@@ -255,7 +233,6 @@ def run_level(workdir: Path, artifact: Path, symbols: int, bar_s: float, duratio
         "pushes_per_s": round(offered * (UPDATES_PER_BAR + 1), 1),
         "fake_cpu_percent": round(fake_cpu, 1),
     })
-    out["prewarm"] = prewarm
     out["kept_up"] = bool(out["p99_us"] is not None and out["signals_per_s"] >= 0.9 * offered
                           and out["cpu_percent"] < 95.0 and out["p99_us"] <= MAX_P99_US)
     if not out["kept_up"]:
@@ -279,41 +256,44 @@ def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, timeout_s: fl
 
 
 def startup_times(workdir: Path, artifact: Path) -> dict:
-    """Seconds from spawning ``kdsignal run`` to ``feed_subscribed``: cold (empty numba cache), then warm."""
+    """Seconds for ``kdsignal build-kernel`` from nothing (empty kernel and numba caches), then from spawning
+    ``kdsignal run`` to ``feed_subscribed`` with the kernel built."""
     base = workdir / "startup"
     data_dir = base / "data"
     data_dir.mkdir(parents=True)
     names = make_symbols(data_dir, 5, START_INDEX + 200)
     cache = base / "numba-cache"
     cache.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("KDSIGNAL_CACHE_DIR",)}
+    # The kernel directory follows $NUMBA_CACHE_DIR (daemon.core.kernel_store), as under the systemd unit.
+    env = {k: v for k, v in os.environ.items() if k != "KDSIGNAL_KERNEL_DIR"}
     env["NUMBA_CACHE_DIR"] = str(cache)
     fake = FakeServer(data_dir, 1.0)
     out = {}
     try:
-        for label in ("cold_s", "warm_s"):
-            log = base / f"{label}.log"
-            cfg = base / f"{label}.toml"
-            write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, log)
-            t0 = time.perf_counter()
-            proc = _spawn([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], base / f"{label}.err",
-                          stdout=subprocess.DEVNULL, env=env)
-            try:
-                out[label] = round(_wait_for_event(log, "feed_subscribed", proc, 300.0) - t0, 3)
-            finally:
-                _stop(proc)
+        log = base / "warm.log"
+        cfg = base / "warm.toml"
+        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, log)
+        t0 = time.perf_counter()
+        build = subprocess.run([sys.executable, "-m", "daemon", "build-kernel", "--config", str(cfg)], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=600, check=False)
+        if build.returncode != 0:
+            raise RuntimeError(f"kdsignal build-kernel exited {build.returncode}: {build.stderr.strip()[-300:]}")
+        out["build_kernel_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        proc = _spawn([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], base / "warm.err",
+                      stdout=subprocess.DEVNULL, env=env)
+        try:
+            out["warm_s"] = round(_wait_for_event(log, "feed_subscribed", proc, 300.0) - t0, 3)
+        finally:
+            _stop(proc)
     finally:
         fake.close()
     return out
 
 
-def jit_fallback_level(workdir: Path, artifact: Path, symbols: int, bar_s: float) -> dict:
-    """The issue's level once more, with the daemon on the JIT fallback: an empty cache and no working C
-    compiler (``$CC`` is what numba.pycc's build takes), so the kernel cannot be built ahead of time."""
-    cache = Path(tempfile.mkdtemp(prefix="jit-cache-", dir=workdir))
-    env = {k: v for k, v in os.environ.items() if k != "KDSIGNAL_CACHE_DIR"}
-    env.update(NUMBA_CACHE_DIR=str(cache), CC="/bin/false")
-    return run_level(workdir, artifact, symbols, bar_s, DURATION_S, env=env)
+def jit_level(workdir: Path, artifact: Path, symbols: int, bar_s: float) -> dict:
+    """The issue's level once more, with the daemon serving ``[model] kernel = "jit"`` (numba in the process)."""
+    return run_level(workdir, artifact, symbols, bar_s, DURATION_S, kernel="jit")
 
 
 def row_at(rows: list[dict], level: tuple[int, float]) -> dict | None:
@@ -365,9 +345,7 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
             rows.append(row)
             if "limit" in row:
                 break
-        prewarm_off = _rerun(rows, PREWARM_LEVEL, "prewarm_off", skipped, lambda: run_level(
-            workdir, Path(artifact_path), *PREWARM_LEVEL, DURATION_S, prewarm=False))
-        jit_row = _rerun(rows, ISSUE_LEVEL, "jit_fallback", skipped, lambda: jit_fallback_level(
+        jit_row = _rerun(rows, ISSUE_LEVEL, "jit_kernel", skipped, lambda: jit_level(
             workdir, Path(artifact_path), *ISSUE_LEVEL))
         try:
             idle_gap = idle.run(Path(artifact_path), workdir)
@@ -393,7 +371,7 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
                             "signals_per_s": r["signals_per_s"]})
     for k, v in startup.items():
         results.append({"name": f"startup_{k.removesuffix('_s')}", "seconds": v})
-    return {"levels": rows, "issue_level": issue_verdict(rows), "jit_fallback": jit_row, "prewarm_off": prewarm_off,
+    return {"levels": rows, "issue_level": issue_verdict(rows), "jit_kernel": jit_row,
             "idle_gap": idle_gap,
             "startup": startup,
             "results": results, "skipped": skipped,

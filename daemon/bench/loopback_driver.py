@@ -2,7 +2,7 @@
 
 ``python -m daemon.bench.loopback_driver CONFIG SIGNALS_FILE SETTLE_S DURATION_S`` builds the service from a
 configuration file exactly as ``kdsignal run`` does (same ``Service``, same logging to the configured file,
-signal lines to ``SIGNALS_FILE``), waits until the feed is subscribed and every symbol's warm-up fill has
+signal lines to ``SIGNALS_FILE``), waits until the feed is subscribed and every symbol's warm-up fetch has
 finished, lets it settle, then records for ``DURATION_S`` seconds:
 
 - tick-to-signal latency of every live signal: the service's own measurement (``perf_counter_ns`` when the
@@ -108,10 +108,11 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
     from daemon.core.model import Model
     from daemon.aio.output import configure_logging
     from daemon.aio.service import Service
+    from daemon.core.pipeline import Stage
 
     t_start = time.perf_counter()
     cfg = load_config(config_path)
-    model = Model.load(cfg.model.artifact)
+    model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
     log_file = configure_logging(cfg.log.file, cfg.log.level)
     out = open(signals_path, "wb")  # noqa: SIM115 - closed below, after the service stopped
     service = Service(cfg, model, out=out, log_file=log_file)
@@ -121,7 +122,8 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
     result: dict = {}
     try:
         deadline = time.perf_counter() + 120.0
-        while not (service.feed.stats.subscribed and not any(p.filling for p in service.pipelines.values())):
+        while not (service.feed.stats.subscribed and all(p.stage is Stage.SERVING and p.fetch is None
+                                                          for p in service.pipelines.values())):
             if task.done() or time.perf_counter() > deadline:
                 raise RuntimeError("the daemon did not get subscribed and warm within 120 s")
             await asyncio.sleep(0.005)

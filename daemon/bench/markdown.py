@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .hostile import section_hostile
 from .loopback import row_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,13 +164,13 @@ def section_loopback(report: dict, markdown: bool) -> str:
         ))
     if part.get("issue_level"):
         out += ["", _issue_line(part["issue_level"])]
-    jit = part.get("jit_fallback")
+    jit = part.get("jit_kernel")
     verdict = part.get("issue_level")
     issue_row = row_at(rows, (verdict["symbols"], verdict["bar_s"])) if verdict else None
     if jit and issue_row:
         if markdown:
-            out += ["", "Resident memory at the issue's level, by the kernel the daemon serves (the second run: no C "
-                        "compiler, so the ahead-of-time build fails and numba's JIT serves the same source; target "
+            out += ["", "Resident memory at the issue's level, by the kernel the daemon serves (the second run: "
+                        "`[model] kernel = \"jit\"`, numba's JIT serving the same specialised step; target "
                         "< 150 MB).", ""]
         else:
             out.append("")
@@ -179,22 +178,6 @@ def section_loopback(report: dict, markdown: bool) -> str:
             ["kernel", "numba imported", "RSS MB", "peak RSS MB", "tick_to_signal p50 us", "p99 us", "daemon CPU %"],
             [[r.get("kernel", "?").split(" (")[0], "yes" if r.get("numba_loaded") else "no", r["rss_mb"],
               r.get("rss_peak_mb"), r["p50_us"], r["p99_us"], r["cpu_percent"]] for r in (issue_row, jit)],
-            markdown,
-        ))
-    off = part.get("prewarm_off")
-    on = row_at(rows, (off["symbols"], off["bar_s"])) if off else None
-    if off and on:
-        if markdown:
-            out += ["", f"The same level twice, {off['symbols']:,} symbols with {off['bar_s']:g} s bars (a burst of "
-                        f"closes {1 / off['bar_s']:g} times a second), with the cache warmer on (the default) and off "
-                        f"(`[feed] prewarm = false`).", ""]
-        else:
-            out.append("")
-        out.append(_table(
-            ["prewarm", "samples", "tick_to_signal p50 us", "p99 us", "first after an idle gap: n", "p50 us",
-             "max us", "daemon CPU %"],
-            [["on" if r is on else "off", r["live_samples"], r["p50_us"], r["p99_us"], r["after_idle"]["n"],
-              r["after_idle"]["p50_us"], r["after_idle"]["max_us"], r["cpu_percent"]] for r in (on, off)],
             markdown,
         ))
     split = [r for r in rows if r.get("after_idle")]
@@ -214,16 +197,16 @@ def section_loopback(report: dict, markdown: bool) -> str:
         if markdown:
             out += ["", f"One frame through a path in one process (no event loop, no socket), "
                         f"{idle['rounds']} interleaved rounds (`daemon.bench.idle`): the daemon's own code "
-                        f"(parse_frame, Pipeline.on_close with the student, SignalWriter.write to a file) and a "
+                        f"(parse_frame, Pipeline.receive_close with the student, SignalWriter.write to a file) and a "
                         f"trivial path (json.loads, write, flush), right after a frame through the same path "
                         f"and after a pause.", ""]
         else:
             out.append("")
         base = {r["path"]: r["p50_us"] for r in idle["rows"] if r["when"] == "back to back"}
         out.append(_table(
-            ["path", "when", "p50 us", "x back to back", "parse p50", "on_close p50", "write p50", "max us"],
+            ["path", "when", "p50 us", "x back to back", "parse p50", "pipeline p50", "write p50", "max us"],
             [[r["path"], r["when"], r["p50_us"], r["p50_us"] / base[r["path"]] if base.get(r["path"]) else None,
-              r.get("parse_p50_us"), r.get("on_close_p50_us"), r.get("write_p50_us"), r["max_us"]]
+              r.get("parse_p50_us"), r.get("pipeline_p50_us"), r.get("write_p50_us"), r["max_us"]]
              for r in idle["rows"]],
             markdown,
         ))
@@ -300,12 +283,12 @@ def section_summary(report: dict, markdown: bool) -> str:
                      + ("; the fake could not send faster" if top.get("limit") == "fake" else "")
                      + f"); target >= 5,000/s with p99 < 100 us: {'met' if meets else 'NOT met'}"
                      + (f" ({len(meets)} of {len(fast)} levels at >= 5,000/s)" if fast else "") + ".")
-    jit_row = report["parts"].get("loopback", {}).get("jit_fallback")
+    jit_row = report["parts"].get("loopback", {}).get("jit_kernel")
     if levels and jit_row:
         rss = [r["rss_mb"] for r in levels]
         lines.append(f"- the daemon's resident memory: {min(rss):.0f}-{max(rss):.0f} MB over the loopback levels, "
-                     f"serving the ahead-of-time kernel without numba ({jit_row['rss_mb']:.0f} MB on the JIT "
-                     f"fallback at the issue's level); target < 150 MB: {'met' if max(rss) < 150 else 'NOT met'}.")
+                     f"serving the ahead-of-time kernel without numba ({jit_row['rss_mb']:.0f} MB with the JIT "
+                     f"kernel at the issue's level); target < 150 MB: {'met' if max(rss) < 150 else 'NOT met'}.")
     raw, jit, generic = by.get("student_step_raw"), by.get("student_step_jit"), by.get("student_step_generic")
     if entry and raw and jit and generic:
         w_raw, w_jit, w_gen = (r["p50_us"] - entry["p50_us"] for r in (raw, jit, generic))
@@ -313,6 +296,30 @@ def section_summary(report: dict, markdown: bool) -> str:
                      f"({report['parts']['inference']['model']['kernel']} kernel), {w_jit:.2f} us with the specialised kernel "
                      f"through numba's JIT, {w_gen:.2f} us with the generic one.")
     return "\n".join(lines)
+
+
+def section_hostile(report: dict, markdown: bool) -> str:
+    """The hostile part as tables (terminal or Markdown)."""
+    rows = _results(report, "hostile")
+    if not rows:
+        return "hostile: not run"
+    by = {r["name"]: r for r in rows}
+    out = []
+    if "malformed_frames_rss" in by:
+        r = by["malformed_frames_rss"]
+        out.append(_table(["frames", "RSS start MB", "RSS end MB", "peak MB", "us per frame", "RSS every 100k"],
+                          [[r["n"], r["rss_start_mb"], r["rss_end_mb"], r["rss_peak_mb"], r["per_frame_us"],
+                            " ".join(f"{x:.0f}" for x in r["rss_samples_mb"])]], markdown))
+    if "replay_50mb_rss" in by:
+        r = by["replay_50mb_rss"]
+        out.append(_table(["CSV MB", "rows", "peak RSS MB", "peak RSS, 300 rows", "seconds", "bars/s"],
+                          [[r["file_mb"], r["rows"], r["rss_peak_mb"], r["rss_peak_300_rows_mb"], r["seconds"],
+                            r["bars_per_s"]]], markdown))
+    cost = [r for r in rows if r["name"].startswith("frame_")]
+    if cost:
+        out.append(_table(["frame", "p50 us", "p99 us", "n", "what"],
+                          [[r["name"], r["p50_us"], r["p99_us"], r["n"], r["includes"]] for r in cost], markdown))
+    return "\n\n".join(out)
 
 
 SECTIONS = {

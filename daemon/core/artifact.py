@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.core.intervals import INTERVAL_MS
 from kernels import CLASSES
 from kernels.layout import ACTIVATIONS, FEATURE_NAMES, FEATURE_PARAMS, WINDOW, mlp_size, pack_mlp, unpack_mlp
 
@@ -65,7 +66,6 @@ _MAX_NPY_HEADER = 10_000
 _MAX_DIRECTORY_BYTES = 64 << 10
 # A logit bound beyond this is refused: well inside float64's range, so no rounding can overflow.
 MAX_LOGIT_BOUND = 1e300
-BYBIT_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 ARRAYS = ("mlp", "feature_mean", "feature_std", "manifest")
 REQUIRED_KEYS = (
     "schema_version",
@@ -285,8 +285,8 @@ def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
         _require(_number(val), f"distillation.{key}: {val!r:.40}, expected a number")
     data = _table(manifest, "data")
     interval = data.get("interval")
-    _require(isinstance(interval, str) and interval in BYBIT_INTERVALS,
-             f"data.interval: {interval!r:.40}, expected one of {list(BYBIT_INTERVALS)}")
+    _require(isinstance(interval, str) and interval in INTERVAL_MS,
+             f"data.interval: {interval!r:.40}, expected one of {list(INTERVAL_MS)}")
     _require(isinstance(data.get("symbols"), list), f"data.symbols: {data.get('symbols')!r:.80}, expected a list")
     return sizes, acts, float(clip)
 

@@ -55,8 +55,6 @@ class FeedConfig:
     # A subscription not acknowledged within this time counts as a dead connection.
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
-    # Run the frame-to-line path on scratch copies just before each expected burst of closes (daemon.aio.prewarm).
-    prewarm: bool = True
 
     @property
     def interval_ms(self) -> int:
@@ -98,9 +96,12 @@ class RestConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The student artifact to serve."""
+    """The student artifact to serve, and how its compiled step is found (``daemon.core.kernel_store``)."""
 
     artifact: str = "models/default.npz"
+    # "aot": the module `kdsignal build-kernel` built (the daemon never compiles); "jit": numba in-process.
+    kernel: str = "aot"
+    kernel_dir: str = ""  # empty: kernel_store.kernel_dir()'s default
     # Where the daemon writes its pid so `kdsignal retrain`/`rollback` can SIGHUP it after a switch
     # (empty: none; under systemd `systemctl reload kdsignal` does that job).
     pid_file: str = ""
@@ -286,6 +287,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("[model].artifact is empty, expected a path to an artifact")
     if "\0" in cfg.model.artifact or "\0" in cfg.log.file or "\0" in cfg.model.pid_file:
         raise ConfigError("[model].artifact, [model].pid_file or [log].file holds a NUL character")
+    if cfg.model.kernel not in ("aot", "jit"):
+        raise ConfigError(f"[model].kernel is {cfg.model.kernel!r}, expected \"aot\" or \"jit\"")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
 
@@ -312,6 +315,8 @@ def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>"
             # The default names the model shipped beside this code, wherever the config file lives.
             named = isinstance(raw.get("model"), dict) and "artifact" in raw["model"]
             model = dataclasses.replace(model, artifact=str((base_dir if named else _CHECKOUT) / model.artifact))
+        if model.kernel_dir and not Path(model.kernel_dir).is_absolute():
+            model = dataclasses.replace(model, kernel_dir=str(base_dir / model.kernel_dir))
         if model.pid_file and not Path(model.pid_file).is_absolute():
             model = dataclasses.replace(model, pid_file=str(base_dir / model.pid_file))
         log = cfg.log

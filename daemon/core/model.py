@@ -1,10 +1,12 @@
-"""The loaded student and its per-symbol state: layer-2 objects (no I/O beyond reading the artifact).
+"""The loaded student and its per-symbol state: layer-2 objects (no I/O beyond reading the artifact and its kernel).
 
 ``SymbolState.update`` is the whole per-bar computation, one compiled call: ``kernels.student.student_step``
-specialised to the artifact's layer sizes (``kernels.specialise``) and compiled ahead of time by numba
-(``kernels.aot``), so serving never loads numba. Where that build cannot be had (no C compiler, say), the
-same specialised source runs through numba's JIT, and ``kernel_note`` says so. Training, replay and the
-live daemon all run these objects, so what was evaluated is what serves.
+specialised to the artifact's layer sizes (``kernels.specialise``). With ``kernel="aot"`` (the default) it
+is the module ``kdsignal build-kernel`` compiled ahead of time, checked and imported by
+``daemon.core.kernel_store``, so serving never loads numba; a missing, stale or unsafe module raises
+``KernelUnavailable`` naming the command, and nothing is ever built here. ``kernel="jit"`` compiles the same
+specialised step with numba's JIT in this process instead (numba and LLVM then live in it). Training,
+replay and the live daemon all run these objects, so what was evaluated is what serves.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from functools import partial
 
 import numpy as np
 
+from daemon.core import kernel_store
 from daemon.core.artifact import Artifact, load_artifact
-from kernels import CLASSES
-from kernels.aot import AotUnavailable, aot_step
+from daemon.core.kernel_store import KernelUnavailable
 from kernels.layout import FEATURE_STATE_SIZE, S_FILLED, S_SEEN, pack_student, probs_offset, student_state_size
 
 
@@ -36,24 +38,36 @@ class Model:
         "_probs_at",
     )
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, kernel: str = "aot", kernel_dir=None, *, source=None):
+        """``kernel``: "aot" (the module built by ``kdsignal build-kernel``, found in ``kernel_dir`` or
+        ``kernel_store.kernel_dir()``'s default) or "jit"; ``source`` names the artifact in messages."""
         self.artifact = artifact
         self.manifest = artifact.manifest
-        self.vector = pack_student(
-            artifact.mlp, artifact.feature_mean, artifact.feature_std, float(artifact.manifest["normalisation"]["clip"])
-        )
+        self.vector = student_vector(artifact)
         self.id: str = artifact.model_id
         self.interval: str = artifact.interval
-        self.classes: tuple[str, ...] = CLASSES
+        self.classes: tuple[str, ...] = tuple(artifact.manifest["classes"])  # validated against kernels.CLASSES
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)
-        self.step_kernel, self.kernel_note = _step_kernel(self.vector)
+        if kernel == "aot":
+            self.step_kernel = kernel_store.load_step(self.vector, kernel_store.kernel_dir(kernel_dir), source)
+        elif kernel == "jit":
+            from kernels.specialise import specialised_step  # numba: only when asked for
+
+            self.step_kernel = specialised_step(self.vector)
+        else:
+            raise ValueError(f"kernel is {kernel!r}, expected 'aot' or 'jit'")
+        self.kernel_note = kernel
 
     @classmethod
-    def load(cls, path) -> Model:
-        """Load and validate an artifact file; raises ``ArtifactError`` naming the bad field."""
-        return cls(load_artifact(path))
+    def load(cls, path, kernel: str = "aot", kernel_dir=None) -> Model:
+        """Load and validate an artifact file and its compiled step (never built here).
+
+        Raises ``ArtifactError`` naming the bad field, or its subclass ``KernelUnavailable`` naming the
+        ``kdsignal build-kernel`` command when the step is missing, stale or unsafe.
+        """
+        return cls(load_artifact(path), kernel, kernel_dir, source=path)
 
     def new_state(self) -> SymbolState:
         """A fresh per-(symbol, interval) state: warms up over ``warmup_bars`` closed bars."""
@@ -69,25 +83,10 @@ class Model:
         return out
 
 
-def _step_kernel(vector: np.ndarray):
-    """The per-bar kernel for this architecture and a note naming which one it is.
-
-    Ahead-of-time compiled first; else the same specialised source through numba's JIT (numba and LLVM
-    then live in this process: about 120 MB more); else, when no generated module can be written, the
-    generic JIT kernel. All three give the same bits (``tests/test_aot.py``, ``tests/test_specialise.py``).
-    """
-    try:
-        return aot_step(vector), "aot"
-    except AotUnavailable as e:
-        why = f"no ahead-of-time kernel: {e}"
-    from kernels.specialise import cache_dir, specialised_step
-
-    try:
-        return specialised_step(vector), f"jit ({why})"
-    except OSError as e:
-        from kernels.student import student_step_unchecked
-
-        return student_step_unchecked, f"generic jit (cannot write {cache_dir()}: {e.strerror or e})"
+def student_vector(artifact: Artifact) -> np.ndarray:
+    """The packed model vector the step kernels read, from a validated artifact."""
+    return pack_student(artifact.mlp, artifact.feature_mean, artifact.feature_std,
+                        float(artifact.manifest["normalisation"]["clip"]))
 
 
 class SymbolState:
@@ -128,4 +127,4 @@ class SymbolState:
         return new
 
 
-__all__ = ["Model", "SymbolState"]
+__all__ = ["KernelUnavailable", "Model", "SymbolState", "student_vector"]

@@ -22,6 +22,9 @@ from __future__ import annotations
 import json
 import math
 
+from daemon.core import intervals
+from daemon.core.intervals import INTERVAL_MS
+
 __all__ = [
     "INTERVAL_MS",
     "Ack",
@@ -38,17 +41,6 @@ __all__ = [
     "topic_table",
 ]
 
-# Bybit kline intervals we can serve; "M" (calendar months) has no fixed length, so it is not supported.
-INTERVAL_MS: dict[str, int] = {
-    **{str(m): m * 60_000 for m in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)},
-    "D": 86_400_000,
-    "W": 7 * 86_400_000,
-}
-
-# Where each interval's grid starts, as an offset from the Unix epoch: Bybit's weekly candles open on
-# Monday 00:00 UTC and 1970-01-01 was a Thursday. Every other interval divides a day and starts at 00:00.
-_GRID_OFFSET_MS: dict[str, int] = {"W": 4 * 86_400_000}
-
 _isfinite = math.isfinite
 _loads = json.loads
 
@@ -60,16 +52,16 @@ class FrameError(ValueError):
 def interval_ms(interval: str) -> int:
     """Return the length of one candle of ``interval`` ("1".."720", "D", "W") in milliseconds."""
     try:
-        return INTERVAL_MS[interval]
-    except KeyError:
-        raise FrameError(f"unsupported interval {interval!r}; expected one of {sorted(INTERVAL_MS)}") from None
+        return intervals.interval_ms(interval)
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
 
 
 def grid_offset_ms(interval: str) -> int:
     """Return where the grid of ``interval`` starts: a candle start ``s`` is valid when
     ``(s - grid_offset_ms(i)) % interval_ms(i) == 0``."""
     interval_ms(interval)
-    return _GRID_OFFSET_MS.get(interval, 0)
+    return intervals.GRID_OFFSET_MS.get(interval, 0)
 
 
 def kline_topic(interval: str, symbol: str) -> str:
@@ -201,7 +193,7 @@ def _parse_topic(topic: object) -> tuple[str, str, int, int]:
     interval, _, symbol = rest.partition(".")
     if kind != "kline" or not symbol or interval not in INTERVAL_MS:
         raise FrameError(f"unknown topic {topic[:80]!r}")
-    return interval, symbol, INTERVAL_MS[interval], _GRID_OFFSET_MS.get(interval, 0)
+    return interval, symbol, INTERVAL_MS[interval], intervals.GRID_OFFSET_MS.get(interval, 0)
 
 
 def topic_table(topics) -> dict[str, tuple[str, str, int, int]]:
@@ -333,7 +325,7 @@ def parse_kline_page(body: str | bytes | dict, symbol: str, interval: str,
     clock_ms = time_ms if time_ms is not None else now_ms
     try:
         step_ms = interval_ms(interval)
-        offset_ms = _GRID_OFFSET_MS.get(interval, 0)
+        offset_ms = intervals.GRID_OFFSET_MS.get(interval, 0)
         for i, row in enumerate(rows):
             if type(row) is not list or len(row) < 6:
                 raise FrameError(f"result.list[{i}] is {row!r:.80}, expected [start, open, high, low, close, volume, ...]")

@@ -1,7 +1,9 @@
 """Health and Prometheus metrics: counters the daemon updates in-process, and an optional aiohttp endpoint.
 
-``Metrics`` is cheap to update from the hot path (a counter increment per frame, one histogram observation
-per bar) and lives whether or not the HTTP endpoint is enabled (config ``[metrics] enabled/host/port``).
+``Metrics`` costs the hot path one histogram observation per signal; every running total (frames, signals
+by class, gaps and bars backfilled, ...) is kept by its one owner and copied in at scrape time
+(:meth:`Metrics.sync_totals`). It lives whether or not the HTTP endpoint is enabled (config
+``[metrics] enabled/host/port``).
 It owns its own ``CollectorRegistry`` rather than the process-global one, so two instances (tests, a
 reload) never collide over metric names.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -33,9 +35,7 @@ __all__ = ["INFERENCE_BUCKETS_US", "Metrics"]
 
 log = structlog.get_logger("kdsignal.metrics")
 
-CLASSES = ("sell", "hold", "buy")
-
-# The student's forward pass takes about a microsecond; the top buckets catch GC pauses and page faults.
+# Sub-microsecond up to 10 ms: the top buckets catch GC pauses and page faults.
 INFERENCE_BUCKETS_US = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0, 10000.0)
 
 
@@ -97,6 +97,7 @@ class Metrics:
         *,
         symbols: Iterable[str] = (),
         interval_ms: int = 0,
+        classes: Iterable[str] = (),
         max_candle_age_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -117,11 +118,13 @@ class Metrics:
         self._frames = Counter("kdsignal_frames", "WebSocket frames received", registry=r)
         self._malformed = Counter("kdsignal_malformed_frames", "Frames counted and skipped as malformed", registry=r)
         self._reconnects = Counter("kdsignal_reconnects", "WebSocket reconnects", registry=r)
-        self._gaps = Counter("kdsignal_gaps", "Gaps in closed candles detected and backfilled from REST", registry=r)
-        self._backfilled = Counter("kdsignal_backfilled_bars", "Closed candles fetched from REST to fill gaps",
+        self._gaps = Counter("kdsignal_gaps_backfilled", "Gaps in closed candles filled from REST", registry=r)
+        self._backfilled = Counter("kdsignal_bars_backfilled", "Closed candles fetched from REST and signalled",
                                    registry=r)
+        self._unfilled = Counter("kdsignal_bars_unfilled", "Closed candles neither the stream nor REST had",
+                                 registry=r)
         self._signals = Counter("kdsignal_signals", "Signals emitted, by class", ["signal"], registry=r)
-        for cls in CLASSES:  # present from the first scrape, so rate() works before the first signal
+        for cls in classes:  # the artifact's classes, present from the first scrape so rate() works at once
             self._signals.labels(signal=cls)
         self._connected_g = Gauge("kdsignal_feed_connected", "1 while the WebSocket is connected and subscribed",
                                   registry=r)
@@ -135,34 +138,13 @@ class Metrics:
         # Called before each /healthz or /metrics answer, so totals kept elsewhere (the feed's frame counters)
         # can be copied in at scrape time instead of costing a call per frame.
         self.on_scrape: Callable[[], None] | None = None
-        self._synced = {"frames": 0, "malformed": 0, "reconnects": 0}
+        self._synced: dict[object, int] = {}
 
     # --- updates from the daemon (hot path: keep them trivial) -------------------------------------------
 
     def observe_inference_us(self, inference_us: float) -> None:
         """Record one inference time in microseconds."""
         self._inference.observe(inference_us * 1e-6)
-
-    def frame(self) -> None:
-        """Count one received frame."""
-        self._frames.inc()
-
-    def malformed(self, n: int = 1) -> None:
-        """Count malformed frames that were skipped."""
-        self._malformed.inc(n)
-
-    def reconnect(self) -> None:
-        """Count one reconnect."""
-        self._reconnects.inc()
-
-    def gap_backfilled(self, n: int) -> None:
-        """Count one gap and the ``n`` closed candles fetched to fill it."""
-        self._gaps.inc()
-        self._backfilled.inc(n)
-
-    def signal(self, cls: str) -> None:
-        """Count one emitted signal of class ``cls`` ("sell", "hold" or "buy")."""
-        self._signals.labels(signal=cls).inc()
 
     def candle_closed(self, symbol: str, start_ms: int) -> None:
         """Note that ``symbol`` closed the candle starting at ``start_ms`` (ages count from its end)."""
@@ -220,7 +202,8 @@ class Metrics:
         return not problems, body
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
+        """The Prometheus text exposition of every metric, totals kept elsewhere copied in first."""
+        self._refresh()
         return generate_latest(self.registry)
 
     # --- HTTP endpoint ---------------------------------------------------------------------------------------
@@ -232,14 +215,21 @@ class Metrics:
             except Exception as exc:  # a scrape must still answer; the numbers are just older
                 log.error("metrics_refresh_failed", error=repr(exc))
 
-    def sync_totals(self, *, frames: int, malformed: int, reconnects: int) -> None:
-        """Add what running totals counted elsewhere gained since the last sync (instead of per-event calls)."""
-        for name, counter, total in (("frames", self._frames, frames), ("malformed", self._malformed, malformed),
-                                     ("reconnects", self._reconnects, reconnects)):
-            gained = total - self._synced[name]
+    def sync_totals(self, *, frames: int = 0, malformed: int = 0, reconnects: int = 0, gaps_backfilled: int = 0,
+                    bars_backfilled: int = 0, bars_unfilled: int = 0,
+                    signals_by_class: Mapping[str, int] | None = None) -> None:
+        """Add what running totals kept by their owners gained since the last sync (no per-event calls)."""
+        pairs: list[tuple[object, Counter, int]] = [
+            ("frames", self._frames, frames), ("malformed", self._malformed, malformed),
+            ("reconnects", self._reconnects, reconnects), ("gaps_backfilled", self._gaps, gaps_backfilled),
+            ("bars_backfilled", self._backfilled, bars_backfilled), ("bars_unfilled", self._unfilled, bars_unfilled)]
+        for cls, total in (signals_by_class or {}).items():
+            pairs.append((("signals", cls), self._signals.labels(signal=cls), total))
+        for key, counter, total in pairs:
+            gained = total - self._synced.get(key, 0)
             if gained > 0:
                 counter.inc(gained)
-                self._synced[name] = total
+                self._synced[key] = total
 
     async def _healthz(self, request: web.Request) -> web.Response:
         self._refresh()
@@ -247,7 +237,6 @@ class Metrics:
         return web.Response(status=200 if ok else 503, text=json.dumps(body), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self._refresh()
         return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:

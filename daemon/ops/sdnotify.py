@@ -8,7 +8,7 @@ variable is unset and every call here is a cheap no-op, so the daemon calls it u
 and the caller's health check passes (frames arrived recently), so a wedged process or a feed that stays
 dead gets killed and restarted by systemd instead of hanging for days.
 
-Typical use (see daemon/aio/service.py)::
+Typical use (see daemon/ops/supervision.py)::
 
     notifier = Notifier.from_env()
     activity = Activity()                      # activity.mark() on every frame

@@ -1,14 +1,14 @@
-"""What a supervisor sees of a running :class:`daemon.aio.service.Service`: sd_notify, watchdog, metrics endpoint.
+"""What a supervisor sees of a running daemon: sd_notify, watchdog, metrics endpoint.
 
-The service owns one :class:`Supervision` and calls four things: :meth:`run` as a task of its task group,
-:meth:`on_signal` after each signal line is written, :meth:`on_gap` when REST filled a gap, and
-:meth:`stopping` when a stop was requested. Everything else is read from the service at check time (the
-feed's counters, the pipelines' fill state), so the per-frame hot path gains no calls.
+:class:`Supervision` knows the service only through what it is handed: a callable returning a
+:class:`daemon.ops.status.ServiceStatus` snapshot (read at a watchdog tick or a scrape, so the per-frame
+hot path gains no calls), :meth:`on_signal` after each signal line is written, and :meth:`stopping` when a
+stop was requested. :meth:`run` runs as a task of the service's task group.
 
-- ``READY=1`` once the feed is subscribed and every symbol's warm-up fill has finished.
+- ``READY=1`` once the feed is subscribed and no symbol waits for its first warm-up fetch.
 - ``WATCHDOG=1`` at ``WATCHDOG_USEC / 2`` while the loop keeps time and some frame (a kline push or a pong)
-  arrived within ``stale_after_s``; by default twice the feed's own dead-connection time plus the longest
-  backoff, so a feed that stays down through several reconnect attempts gets the process restarted.
+  arrived within ``stale_after_s`` (the caller passes twice the feed's dead-connection time plus the longest
+  backoff, so a feed that stays down through several reconnect attempts gets the process restarted).
 - ``STATUS=`` lines: symbols, signals so far, last inference time, feed state.
 - ``/healthz`` and ``/metrics`` when ``[metrics] enabled = true``.
 - The live scorecard (:mod:`daemon.core.scorecard`, ``[scorecard]``): fed in :meth:`on_signal`, so after the
@@ -20,18 +20,16 @@ feed's counters, the pipelines' fill state), so the per-frame hot path gains no 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from daemon.core.config import MetricsConfig, ScorecardConfig
+from daemon.core.pipeline import Signal
 from daemon.core.scorecard import Scorecard, ScorecardUnavailable
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Activity, Notifier, Watchdog
-
-if TYPE_CHECKING:
-    from daemon.core.pipeline import Signal
-    from daemon.aio.service import Service
+from daemon.ops.status import ServiceStatus
 
 __all__ = ["Supervision"]
 
@@ -41,34 +39,36 @@ log = structlog.get_logger("kdsignal.supervision")
 class Supervision:
     """systemd notifications, the health-gated watchdog and the optional metrics endpoint of one service."""
 
-    def __init__(self, service: Service, *, environ: Mapping[str, str] | None = None,
-                 stale_after_s: float | None = None) -> None:
-        self.service = service
-        cfg = service.cfg
+    def __init__(self, status: Callable[[], ServiceStatus], *, symbols: Sequence[str], interval_ms: int,
+                 classes: Sequence[str], metrics_cfg: MetricsConfig, stale_after_s: float,
+                 environ: Mapping[str, str] | None = None, scorecard_cfg: ScorecardConfig | None = None,
+                 model=None) -> None:
+        self.status = status
+        self.metrics_cfg = metrics_cfg
         self.notifier = Notifier.from_env(environ)
-        self.metrics = Metrics(symbols=cfg.feed.symbols, interval_ms=cfg.feed.interval_ms)
+        self.metrics = Metrics(symbols=symbols, interval_ms=interval_ms, classes=classes)
         self.metrics.on_scrape = self._sync_metrics
-        feed = cfg.feed
-        self.stale_after_s = (stale_after_s if stale_after_s is not None
-                              else 2 * (feed.ping_interval_s + feed.pong_timeout_s) + cfg.backoff.max_s)
+        self.stale_after_s = stale_after_s
         self._activity = Activity()
         self._frames_seen = 0
         self.watchdog = Watchdog(self.notifier, self.frames_fresh, status=self.status_text)
         self.ready_sent = False
         self.last_inference_us: float | None = None
+        self.scorecard_cfg = scorecard_cfg or ScorecardConfig()
+        self._symbols, self._interval_ms = tuple(symbols), interval_ms
         self.scorecard: Scorecard | None = None
         self.scorecard_note = "disabled by [scorecard] enabled = false"
-        self.on_model(service.model, announce=False)  # run() says it, after daemon_started
+        if model is not None:
+            self.on_model(model, announce=False)  # run() says it, after daemon_started
 
     def on_model(self, model, *, announce: bool = True) -> None:
         """A model is being served (start-up or reload): score its predictions against its own expectation."""
-        scfg = self.service.cfg.scorecard
-        if not scfg.enabled or model is None:
+        scfg = self.scorecard_cfg
+        if not scfg.enabled:
             return
         try:
             if self.scorecard is None:
-                feed = self.service.cfg.feed
-                self.scorecard = Scorecard.from_manifest(feed.symbols, model.manifest, feed.interval_ms,
+                self.scorecard = Scorecard.from_manifest(self._symbols, model.manifest, self._interval_ms,
                                                          window_bars=scfg.window_bars, band=scfg.band,
                                                          degraded_after_bars=scfg.degraded_after_bars)
             elif self.scorecard.set_model(model.manifest):
@@ -82,19 +82,16 @@ class Supervision:
                 log.warning("scorecard_unavailable", model=model.id, reason=str(exc))
         self.metrics.scorecard = self.scorecard
 
-    # --- called by the service --------------------------------------------------------------------------------
+    # --- told by the service ------------------------------------------------------------------------------
 
     def on_signal(self, sig: Signal) -> None:
-        """Count a written signal (after the line is out, so it costs the latency budget nothing)."""
+        """Take a written signal (after the line is out, so it costs the latency budget nothing)."""
         self.last_inference_us = sig.inference_us
-        m = self.metrics
-        m.signal(sig.signal)
-        m.observe_inference_us(sig.inference_us)
-        m.candle_closed(sig.symbol, sig.start_ms)
+        self.metrics.observe_inference_us(sig.inference_us)
+        self.metrics.candle_closed(sig.symbol, sig.start_ms)
         sc = self.scorecard
         if sc is not None:
-            p = sig.probs
-            sc.on_bar(sig.symbol, sig.start_ms, sig.close, (p["sell"], p["hold"], p["buy"]))
+            sc.on_bar(sig.symbol, sig.start_ms, sig.close, sig.probs)  # probs in the artifact's sell, hold, buy order
             if sc.events:
                 for e in sc.take_events():
                     if e["degraded"]:
@@ -102,19 +99,15 @@ class Supervision:
                     else:
                         log.info("model_recovered", model=sig.model, **e)
 
-    def on_gap(self, bars: int) -> None:
-        """Count one gap filled from REST with ``bars`` closed candles."""
-        self.metrics.gap_backfilled(bars)
-
     def stopping(self) -> None:
         """Tell systemd the daemon is shutting down."""
-        self.notifier.stopping(f"stopping after {self.service.writer.written} signals")
+        self.notifier.stopping(f"stopping after {self.status().signals} signals")
 
     async def run(self) -> None:
         """Serve metrics if enabled, send READY when warm, then keep the watchdog and status going."""
-        mcfg = self.service.cfg.metrics
-        if self.scorecard is None and self.service.cfg.scorecard.enabled:
-            log.warning("scorecard_unavailable", model=self.service.model.id, reason=self.scorecard_note)
+        mcfg = self.metrics_cfg
+        if self.scorecard is None and self.scorecard_cfg.enabled:
+            log.warning("scorecard_unavailable", model=self.status().model_id, reason=self.scorecard_note)
         period = asyncio.get_running_loop().create_task(self._scorecard_events(), name="scorecard-events")
         try:
             if mcfg.enabled:
@@ -136,7 +129,7 @@ class Supervision:
 
     async def _scorecard_events(self) -> None:
         while True:
-            await asyncio.sleep(self.service.cfg.scorecard.period_s)
+            await asyncio.sleep(self.scorecard_cfg.period_s)
             self.log_scorecard()
 
     def log_scorecard(self) -> None:
@@ -147,20 +140,19 @@ class Supervision:
         rep = sc.report()
         per = {s: {k: r[k] for k in ("n", "log_loss", "brier", "hit_rate", "degraded")}
                for s, r in rep["symbols"].items()}
-        log.info("scorecard", model=self.service.model.id, expected_log_loss=rep["expected_log_loss"],
+        log.info("scorecard", model=self.status().model_id, expected_log_loss=rep["expected_log_loss"],
                  band=rep["band"], window_bars=rep["window_bars"], degraded=rep["degraded"],
                  overall=rep["overall"], symbols=per)
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        """Subscribed, and no symbol still waiting for its warm-up history."""
-        svc = self.service
-        return svc.feed.stats.subscribed and not any(p.filling for p in svc.pipelines.values())
+        """Subscribed, and no symbol still waiting for its first warm-up history."""
+        return self.status().ready
 
     def frames_fresh(self) -> bool:
         """True while some frame arrived within ``stale_after_s`` (checked at each watchdog tick)."""
-        frames = self.service.feed.stats.frames
+        frames = self.status().frames
         if frames != self._frames_seen:
             self._frames_seen = frames
             self._activity.mark()
@@ -168,23 +160,21 @@ class Supervision:
 
     def status_text(self) -> str:
         """One line for ``systemctl status``."""
-        svc = self.service
-        symbols = list(svc.pipelines)
+        st = self.status()
+        symbols = st.symbols
         shown = ",".join(symbols[:4]) + (f",+{len(symbols) - 4}" if len(symbols) > 4 else "")
         latency = "-" if self.last_inference_us is None else f"{self.last_inference_us:.2f} us"
-        stats = svc.feed.stats
-        feed = "subscribed" if stats.subscribed else ("connected" if stats.connected else "disconnected")
-        text = (f"{len(symbols)} symbols ({shown}) interval {svc.cfg.feed.interval}; "
-                f"{svc.writer.written} signals; last inference {latency}; feed {feed}")
+        text = (f"{len(symbols)} symbols ({shown}) interval {st.interval}; "
+                f"{st.signals} signals; last inference {latency}; feed {st.feed_state}")
         quiet_s = self._activity.age_s()
         if quiet_s >= self.stale_after_s:
             text += f"; no frames for {quiet_s:.0f} s"
         return text
 
     def _sync_metrics(self) -> None:
-        svc = self.service
-        stats = svc.feed.stats
-        self.metrics.sync_totals(frames=stats.frames, malformed=stats.malformed,
-                                 reconnects=max(0, stats.connects - 1))
-        self.metrics.set_feed_connected(stats.subscribed)
-        self.metrics.set_model(svc.model.id if svc.model is not None else None)
+        st = self.status()
+        self.metrics.sync_totals(frames=st.frames, malformed=st.malformed, reconnects=st.reconnects,
+                                 gaps_backfilled=st.gaps_backfilled, bars_backfilled=st.bars_backfilled,
+                                 bars_unfilled=st.bars_unfilled, signals_by_class=st.signals_by_class)
+        self.metrics.set_feed_connected(st.feed_subscribed)
+        self.metrics.set_model(st.model_id)

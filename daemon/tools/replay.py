@@ -141,35 +141,18 @@ def replay(rows: Iterable[CsvRow], symbol: str, interval: str, model, writer,
     """Feed ``rows`` (any iterable, consumed once) as closed candles through the pipeline; return the signal count.
 
     The file is the whole record, so a hole in it is reported (``report(first_start_ms, bars)``) and
-    stepped over exactly as the live daemon does when REST cannot fill a gap. A hole of ``model.warmup_bars``
-    bars or more resets the state (``on_reset(first_start_ms, bars)`` too): a fresh pipeline warms up on
-    the bars after it, so the work per hole is bounded whatever its length. A row whose values the parser
-    refuses (NaN, zero or negative price, negative volume, high below low) is a missing bar, filled
-    forward by the kernels and counted in ``stats``.
+    stepped over exactly as the live daemon does when REST cannot fill a gap; a hole longer than the feature
+    window resets the features (``on_reset(first_start_ms, bars)`` too) and they warm again on the bars
+    after it, so the work per hole is bounded whatever its length. A row whose values the parser refuses
+    (NaN, zero or negative price, negative volume, high below low) is a missing bar, filled forward by the
+    kernels and counted in ``stats``.
     """
-    from daemon.core.pipeline import FILL, Pipeline
+    from daemon.core.pipeline import FeaturesReset, GapUnfilled, Pipeline, Signal
 
     stats = stats if stats is not None else ReplayStats()
-    step_ms = INTERVAL_MS[interval]
-    reset_after = int(model.warmup_bars)
-    pipeline = None
+    pipeline = Pipeline(symbol, interval, model, fetches_history=False)
     signals = 0
     for row in rows:
-        if pipeline is not None:
-            missing = (row.start_ms - pipeline.next_start_ms) // step_ms
-            if missing >= reset_after:
-                first_missing = pipeline.next_start_ms
-                if report is not None:
-                    report(first_missing, missing)
-                if on_reset is not None:
-                    on_reset(first_missing, missing)
-                stats.unfilled_bars += missing
-                stats.resets += 1
-                signals += pipeline.signals
-                pipeline = None
-        if pipeline is None:
-            pipeline = Pipeline(symbol, interval, model)
-            pipeline.start_cold(row.start_ms)
         try:
             candle = row_candle(row, symbol, interval)
         except FrameError:  # the NaN policy: a missing bar, filled forward by the kernels
@@ -177,21 +160,20 @@ def replay(rows: Iterable[CsvRow], symbol: str, interval: str, model, writer,
             stats.filled += 1
             if stats.first_filled_ms is None:
                 stats.first_filled_ms = row.start_ms
-        result = pipeline.on_close(candle)
-        if result is None:
-            continue
-        if result is FILL:
-            res = pipeline.fill_failed()
-            for first_ms, n in res.unfilled:
-                stats.unfilled_bars += n
+        pipeline.receive_close(candle)
+        for event in pipeline.events():
+            kind = type(event)
+            if kind is Signal:
+                writer.write(event)
+                signals += 1
+            elif kind is GapUnfilled:
+                stats.unfilled_bars += event.bars
                 if report is not None:
-                    report(first_ms, n)
-            for sig in res.signals:
-                writer.write(sig)
-        else:
-            writer.write(result)
-    if pipeline is not None:
-        signals += pipeline.signals
+                    report(event.first_start_ms, event.bars)
+            elif kind is FeaturesReset:
+                stats.resets += 1
+                if on_reset is not None:
+                    on_reset(event.first_missing_start_ms, event.bars)
     stats.signals = signals
     return signals
 
@@ -208,7 +190,8 @@ def run_cli(args: argparse.Namespace) -> int:
     """Replay a CSV and print one signal line per bar after warm-up."""
     from daemon.aio.output import SignalWriter
     from daemon.core.artifact import ArtifactError
-    from daemon.core.model import Model
+    from daemon.core.exitcodes import EXIT_CONFIG
+    from daemon.core.model import KernelUnavailable, Model
 
     def event(name: str, **fields) -> None:
         body = ", ".join(f'"{k}": {v}' for k, v in fields.items())
@@ -234,6 +217,9 @@ def run_cli(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. piped into `head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KernelUnavailable as exc:  # like the daemon's: rebuilding, not retrying, fixes it
+        print(f"kdsignal replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ReplayError, ArtifactError, FrameError, OSError) as exc:
         sys.stdout.flush()
         print(f"kdsignal replay: {exc}", file=sys.stderr)

@@ -470,12 +470,32 @@ def run_cli(args: argparse.Namespace) -> int:
     except DataError as e:
         print(f"kdsignal train: {e}", file=sys.stderr)
         return 2
+    kernel = _build_kernel(args.out)
     s = doc["summary"]
     print(json.dumps({
-        "model_id": doc["model_id"], "artifact": str(args.out), "seconds": doc["timings_s"]["total_s"],
+        "model_id": doc["model_id"], "artifact": str(args.out), "kernel": kernel, "seconds": doc["timings_s"]["total_s"],
         **{k: {m: round(s[k][m], 4) for m in ("log_loss", "accuracy")} for k in ("teacher", "student", "control")},
         "baseline_log_loss": round(s["baseline"]["log_loss"], 4),
         "agreement": round(s["student"]["agreement"], 4), "gain_kept": round(s["student"]["gain_kept"], 3),
         "wins_over_control": s["student"]["wins_over_control"],
     }, indent=1))
     return 0
+
+
+def _build_kernel(artifact) -> str | None:
+    """Build the new artifact's compiled step (as ``kdsignal build-kernel`` would) so the daemon can serve it.
+
+    A failed build (no C compiler here, say) is reported, not fatal: the artifact is good, and the machine
+    that serves it builds the step with ``kdsignal build-kernel`` (the systemd unit's ExecStartPre).
+    """
+    from daemon.core.artifact import load_artifact
+    from daemon.core.kernel_store import kernel_dir
+    from daemon.core.model import student_vector
+    from daemon.tools.kernel_build import BuildError, build_kernel
+
+    try:
+        return str(build_kernel(student_vector(load_artifact(artifact)), kernel_dir())[0])
+    except BuildError as e:
+        print(f"kdsignal train: the artifact is written but its kernel is not built: {e}; "
+              f"run `kdsignal build-kernel --artifact {artifact}` where a C compiler is available", file=sys.stderr)
+        return None

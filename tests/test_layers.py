@@ -1,0 +1,143 @@
+"""The folders are layers: imports point one way between them, and no project module imports itself round a circle.
+
+Read from the source (every ``import`` statement, also inside functions and ``TYPE_CHECKING`` blocks), so a
+lazy import cannot hide a dependency. The rules (README, "Layout"):
+
+- ``kernels`` imports nothing from ``daemon``;
+- ``daemon.core`` imports only ``kernels`` and ``daemon.core``, and never asyncio, aiohttp or websockets;
+- ``daemon.ops`` imports only ``daemon.core`` (and itself);
+- ``daemon.aio`` imports ``daemon.core`` and ``daemon.ops``;
+- ``daemon.tools`` imports ``daemon.core``, ``daemon.aio`` and ``daemon.ops``;
+- ``daemon.training`` is imported by none of those four.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("kernels", "daemon")
+
+# folder -> project folders (besides itself and kernels) it may import
+ALLOWED = {
+    "daemon.core": set(),
+    "daemon.ops": {"daemon.core"},
+    "daemon.aio": {"daemon.core", "daemon.ops"},
+    "daemon.tools": {"daemon.core", "daemon.aio", "daemon.ops"},
+}
+NO_ASYNC_IO = ("asyncio", "aiohttp", "websockets")
+
+
+@cache
+def modules() -> dict[str, Path]:
+    """Every project module by dotted name (a package by its own name)."""
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    is_pkg = modules()[module].name == "__init__.py"
+    base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_pkg else 0)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+@cache
+def imports(module: str) -> frozenset[str]:
+    """Every module ``module`` imports (project modules resolved to the deepest existing name)."""
+    tree = ast.parse(modules()[module].read_text(encoding="utf-8"))
+    known = modules()
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, node)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                out.add(sub if sub in known else base)
+    return frozenset(out)
+
+
+def folder(module: str) -> str:
+    """The layer a module belongs to: ``kernels``, ``daemon.core``, ``daemon.aio``, ... or ``daemon``."""
+    parts = module.split(".")
+    return parts[0] if parts[0] == "kernels" else ".".join(parts[:2])
+
+
+def project_imports(module: str) -> set[str]:
+    """The project modules ``module`` imports."""
+    known = modules()
+    return {m for m in imports(module) if m in known}
+
+
+def test_the_walk_sees_every_layer():
+    """The module table covers every folder the rules name, so an empty walk cannot pass them vacuously."""
+    folders = {folder(m) for m in modules()}
+    assert {"kernels", "daemon.core", "daemon.aio", "daemon.ops", "daemon.tools", "daemon.training"} <= folders
+    assert "daemon.core.parser" in project_imports("daemon.aio.feed")
+
+
+def test_kernels_import_nothing_from_daemon():
+    """The numba kernels stand alone: arrays in, arrays out."""
+    bad = {m: sorted(i for i in project_imports(m) if folder(i) != "kernels")
+           for m in modules() if folder(m) == "kernels"}
+    assert {m: v for m, v in bad.items() if v} == {}
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layer_imports_point_down(layer):
+    """Each folder imports only the folders below it (and kernels)."""
+    allowed = ALLOWED[layer] | {layer, "kernels"}
+    bad = {m: sorted(i for i in project_imports(m) if folder(i) not in allowed)
+           for m in modules() if folder(m) == layer}
+    assert {m: v for m, v in bad.items() if v} == {}
+
+
+def test_core_does_no_async_io():
+    """The no-I/O core never imports asyncio, aiohttp or websockets."""
+    bad = {m: sorted(i for i in imports(m) if i.split(".")[0] in NO_ASYNC_IO)
+           for m in modules() if folder(m) == "daemon.core"}
+    assert {m: v for m, v in bad.items() if v} == {}
+
+
+def test_no_import_circle():
+    """No chain of imports between project modules leads back to where it started."""
+    graph = {m: project_imports(m) - {m} for m in modules()}
+    # A package's __init__ importing its own children is how packages work, not a circle.
+    graph = {m: {i for i in deps if not i.startswith(m + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    circles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                circles.append(path[path.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert circles == []
+
+
+def test_rule_checks_catch_a_back_import(tmp_path):
+    """The walk resolves relative and TYPE_CHECKING imports, so a back-import like the old supervision one shows."""
+    src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..aio.service import Service\n"
+    node = ast.parse(src).body[1].body[0]
+    assert _resolve("daemon.ops.supervision", node) == "daemon.aio.service"
+    assert folder("daemon.aio.service") not in ALLOWED["daemon.ops"] | {"daemon.ops", "kernels"}
