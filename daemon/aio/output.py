@@ -1,4 +1,4 @@
-"""Signal output and logging: whole JSON lines on stdout, the same events in a structlog JSON log file.
+"""Signal output and logging: whole JSON lines on stdout, the same events in a structlog log (JSON or console).
 
 - :class:`SignalWriter` writes each signal as one line with a single write of bytes (a signal handler
   never runs in the middle of it: SIGTERM is handled by the event loop), records the
@@ -10,8 +10,12 @@
   dropped and counted (``dropped``, a rate-limited ``signal_dropped`` log event); the log file still has
   every signal, and the loop never blocks, so pings, fills and SIGTERM keep being served. Replay and tests
   use the writer without :meth:`attach`: plain blocking writes to any binary stream.
-- :func:`configure_logging` sets structlog up once at start-up to render JSON lines into a
-  :class:`ReopenableFile` (or a :class:`LogSink` on stderr when no file is configured). A sink never
+- :func:`configure_logging` sets structlog up once at start-up to render log lines into a
+  :class:`ReopenableFile` (or a :class:`LogSink` on stderr when no file is configured): JSON, or structlog's
+  console renderer for a person (``[log] format``; ``auto`` picks the console renderer when the log goes to a
+  terminal). When stderr is systemd's journal stream (``JOURNAL_STREAM`` names its device and inode, see
+  :func:`journal_stderr`), every line written to stderr starts with its sd-daemon priority (``<4>`` for a
+  warning, sd-daemon(3)), so ``journalctl -p warning`` selects by level. A sink never
   raises: a failed write (a full disk, EIO) is counted, reported on stderr at most every
   ``notice_every_s``, and leaves the sink ``degraded`` until a write succeeds again; ``reopen()`` on SIGHUP
   lets logrotate move the file away and keeps the old handle when the new one cannot be opened.
@@ -33,9 +37,11 @@ from typing import BinaryIO
 
 import structlog
 
+from daemon.core.config import LOG_FORMATS
 from daemon.core.pipeline import Signal
 
-__all__ = ["LatencyStats", "LogSink", "ReopenableFile", "SignalWriter", "configure_logging", "log_sink"]
+__all__ = ["LatencyStats", "LogSink", "ReopenableFile", "SignalWriter", "configure_logging",
+           "journal_priority", "journal_stderr", "log_sink"]
 
 
 class LogSink:
@@ -45,7 +51,8 @@ class LogSink:
     ``last_error`` names the latest failure. :meth:`status` gives the three (and the path) as a dict.
     """
 
-    def __init__(self, fd: int, path: str, *, notice_every_s: float = 10.0, notices_fd: int | None = 2) -> None:
+    def __init__(self, fd: int, path: str, *, notice_every_s: float = 10.0, notices_fd: int | None = 2,
+                 notice_prefix: str = "") -> None:
         self.path = path
         self._fd = fd
         self._lock = threading.Lock()
@@ -54,6 +61,7 @@ class LogSink:
         self.last_error: str | None = None
         self.notice_every_s = notice_every_s
         self._notices_fd = notices_fd  # where failures are reported (None: nowhere, the sink *is* stderr)
+        self.notice_prefix = notice_prefix  # "<4>" when the notices go to the journal: a warning
         self._noticed_at = -float("inf")
         self._noticed_errors = 0
 
@@ -90,8 +98,8 @@ class LogSink:
             return
         lost = self.write_errors - self._noticed_errors
         self._noticed_at, self._noticed_errors = now, self.write_errors
-        notice = (f"kdsignal: cannot write the log {self.path} ({self.last_error}); {lost} line(s) lost since the "
-                  f"last notice, {self.write_errors} in all; signals continue on stdout\n")
+        notice = (f"{self.notice_prefix}kdsignal: cannot write the log {self.path} ({self.last_error}); {lost} "
+                  f"line(s) lost since the last notice, {self.write_errors} in all; signals continue on stdout\n")
         try:
             os.write(self._notices_fd, notice.encode())
         except OSError:
@@ -144,29 +152,90 @@ def log_sink() -> LogSink | None:
     return _sink
 
 
-def configure_logging(file: str = "", level: str = "info") -> ReopenableFile | None:
-    """Configure structlog to write JSON lines to ``file`` (stderr when empty); return the file handle.
+# sd-daemon(3) priorities (syslog's): what journald files a "<N>"-prefixed stderr line under.
+_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
 
-    Raises ``OSError`` when the file cannot be opened at all (the caller exits with a configuration error).
+
+def journal_priority(level: str) -> int:
+    """The sd-daemon priority of a structlog level name (``"warning"`` -> 4); unknown names are notices (5)."""
+    return _PRIORITY.get(level, 5)
+
+
+def journal_stderr(fd: int = 2, env=None) -> bool:
+    """True when ``fd`` is the stream systemd connected to the journal.
+
+    systemd sets ``JOURNAL_STREAM=<device>:<inode>`` for a service whose stdout or stderr is the journal;
+    the variable is inherited by child processes whose stderr may go elsewhere, so the descriptor's own
+    device and inode must match it (what sd-daemon(3) and systemd.exec(5) prescribe).
+    """
+    raw = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, sep, ino = raw.partition(":")
+    if not sep or not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class _JournalPrefix:
+    """Render with ``renderer``, then start every line of the result with the event's ``<N>`` priority."""
+
+    def __init__(self, renderer) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger, method_name: str, event_dict: dict) -> str:
+        prefix = f"<{journal_priority(event_dict.get('level', method_name))}>"
+        text = self.renderer(logger, method_name, event_dict)
+        # A console traceback spans lines and journald files each line as its own entry.
+        return prefix + text.replace("\n", "\n" + prefix)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def configure_logging(file: str = "", level: str = "info", fmt: str = "auto") -> ReopenableFile | None:
+    """Configure structlog once at start-up: ``file`` (stderr when empty), ``level``, ``fmt``; return the file.
+
+    ``fmt`` is ``"json"`` (one JSON object a line), ``"console"`` (structlog's ConsoleRenderer, coloured on a
+    terminal) or ``"auto"`` (console when the log goes to a terminal, JSON otherwise: a file, a pipe, the
+    journal). On the journal's stream each stderr line starts with its sd-daemon priority. Raises
+    ``OSError`` when the file cannot be opened at all (the caller exits with a configuration error).
     """
     global _sink
-    sink = ReopenableFile(file) if file else None
-    if sink is None:
-        try:
-            fd = sys.stderr.fileno()
-        except (AttributeError, OSError, ValueError):  # a replaced sys.stderr (tests): the process's own
-            fd = 2
-        _sink = LogSink(fd, "<stderr>", notices_fd=None)
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format is {fmt!r}, expected one of {', '.join(LOG_FORMATS)}")
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stderr (tests): the process's own
+        stderr_fd = 2
+    journal = journal_stderr(stderr_fd)
+    if file:
+        _sink = sink = ReopenableFile(file, notices_fd=stderr_fd, notice_prefix="<4>" if journal else "")
     else:
-        _sink = sink
+        sink = None
+        _sink = LogSink(stderr_fd, "<stderr>", notices_fd=None)
+    tty = _isatty(_sink._fd)
+    console = fmt == "console" or (fmt == "auto" and tty)
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if console:
+        # The console renderer formats exceptions itself (and warns when format_exc_info came first).
+        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+    else:
+        processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    processors.append(_JournalPrefix(renderer) if journal and sink is None else renderer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.WriteLoggerFactory(file=_sink),
         cache_logger_on_first_use=False,

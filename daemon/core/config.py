@@ -1,10 +1,10 @@
 """Daemon configuration: TOML in, frozen dataclasses out; every key has a default, unknown keys are refused.
 
 Sections: ``[feed]`` (Bybit endpoints, symbols, heartbeat), ``[backoff]`` (reconnect/retry delays),
-``[rest]`` (REST retries and paging), ``[model]`` (artifact path, pid file), ``[log]`` (JSON log file, latency
-summary period), ``[metrics]`` (parsed here, served by the health/metrics endpoint) and ``[scorecard]`` (the
-live scorecard). ``[train]`` and ``[retrain]`` tables are accepted and left alone: they belong to the offline
-code (daemon/training/config.py, daemon/training/retrain.py).
+``[rest]`` (REST retries and paging), ``[model]`` (artifact path, kernel, pid file), ``[log]`` (log file,
+level, format, latency summary period), ``[metrics]`` (parsed here, served by the health/metrics endpoint) and
+``[scorecard]`` (the live scorecard). ``[train]`` and ``[retrain]`` tables are accepted and left alone: they
+belong to the offline code (daemon/training/config.py, daemon/training/retrain.py).
 
 Relative paths (artifact, log file) are resolved against the directory of the configuration file; an
 artifact the file does not name is the shipped ``models/default.npz`` of this checkout.
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from daemon.core.parser import INTERVAL_MS
 
-__all__ = ["BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
+__all__ = ["LOG_FORMATS", "BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
            "ModelConfig", "RestConfig", "ScorecardConfig", "load_config", "parse_config"]
 
 CATEGORIES = ("spot", "linear", "inverse")
@@ -109,10 +109,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """The structured JSON log (signals also go to stdout)."""
+    """The structured log (signals also go to stdout): where, how much, and rendered for whom."""
 
-    file: str = ""  # empty: JSON log lines go to stderr
+    file: str = ""  # empty: log lines go to stderr (under systemd, the journal, with each line's priority)
     level: str = "info"
+    # "json": one JSON object a line (what `kdsignal tail` reads); "console": structlog's console renderer;
+    # "auto": console when the log goes to a terminal, JSON otherwise (a file, a pipe, the journal).
+    format: str = "auto"
     latency_summary_s: float = 60.0
 
 
@@ -170,6 +173,7 @@ class Config:
 _SECTIONS = {"feed": FeedConfig, "backoff": BackoffConfig, "rest": RestConfig, "model": ModelConfig,
              "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
 
 
 def _coerce(table: str, key: str, value: object, default: object) -> object:
@@ -291,6 +295,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[model].kernel is {cfg.model.kernel!r}, expected \"aot\" or \"jit\"")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
+    if cfg.log.format not in LOG_FORMATS:
+        raise ConfigError(f"[log].format is {cfg.log.format!r}, expected one of {', '.join(LOG_FORMATS)}")
 
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
