@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from daemon.core.model import Model
-from daemon.core.pipeline import FILL, Pipeline
+from daemon.core.pipeline import Pipeline, Signal
 from daemon.core.scorecard import CALIBRATION_BINS, LabelRule, Scorecard, ScorecardUnavailable, expected_log_loss
 from daemon.tools.replay import read_kline_csv, row_candle
 from tests.conftest import DATA, write_random_artifact
@@ -30,22 +30,19 @@ def model(tmp_path_factory) -> Model:
 def replay_bars(model: Model, symbol: str, drop: set[int] = frozenset(), dup: set[int] = frozenset()):
     """Yield (start_ms, close, probs or None) per delivered bar, from data/ through the live Pipeline."""
     rows = read_kline_csv(DATA / f"{symbol}-5m.csv")
-    p = Pipeline(symbol, "5", model)
-    p.start_cold(rows[0].start_ms)
+    p = Pipeline(symbol, "5", model, fetches_history=False)  # as replay: a hole is stepped over as missing
     for k, row in enumerate(rows):
         if k in drop:
             continue
         candle = row_candle(row, symbol, "5")
         for _ in range(2 if k in dup else 1):
-            res = p.on_close(candle)
-            if res is FILL:  # missing bars: nothing can supply them here, so they are stepped over
-                sigs = p.fill_failed().signals
-            else:
-                sigs = [res] if res is not None else []
+            p.receive_close(candle)
             probs = None
-            for s in sigs:
-                assert s.start_ms == candle.start_ms
-                probs = (s.probs["sell"], s.probs["hold"], s.probs["buy"])
+            for s in p.events():
+                if type(s) is Signal:
+                    assert s.start_ms == candle.start_ms and s.close == candle.close
+                    assert s.classes == ("sell", "hold", "buy")
+                    probs = s.probs
             yield candle.start_ms, candle.close, probs
 
 

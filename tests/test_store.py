@@ -173,5 +173,20 @@ def test_promote_command_seeds_a_store_and_refuses_a_non_artifact(tmp_path, caps
     assert ModelStore(store).record(model_id)["gate"]["verdict"] == "promoted by hand"
     (tmp_path / "bad.npz").write_bytes(b"junk")
     assert main(["promote", str(tmp_path / "bad.npz"), "--store", str(store)]) == EXIT_CONFIG
-    assert "bad.npz: not a valid artifact" in capsys.readouterr().err
+    assert "bad.npz: not servable" in capsys.readouterr().err
     assert ModelStore(store).current_id() == model_id
+
+
+def test_promote_builds_the_kernel_where_the_daemon_looks(tmp_path, capsys):
+    """The daemon never compiles: `kdsignal promote --config` builds the step into [model] kernel_dir first."""
+    from daemon.core.model import Model
+
+    src = tmp_path / "m.npz"
+    model_id = write_random_artifact(src, seed=6)
+    cfg = tmp_path / "kdsignal.toml"
+    cfg.write_text('[model]\nartifact = "store/current"\nkernel_dir = "kernels"\n[retrain]\nstore = "store"\n')
+    with pytest.raises(Exception, match="build-kernel"):
+        Model.load(src, kernel_dir=tmp_path / "kernels")  # nothing built there yet
+    assert main(["promote", str(src), "--config", str(cfg)]) == 0, capsys.readouterr().err
+    served = Model.load(tmp_path / "store" / "current", kernel_dir=tmp_path / "kernels")
+    assert served.id == model_id and served.kernel_note == "aot"

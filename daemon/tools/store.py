@@ -41,7 +41,7 @@ from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.ops.files import PidFileError, atomic_write, fsync_dir, notify_daemon
 
 __all__ = ["StoreError", "ModelStore", "StoredModel", "atomic_write", "notify_daemon", "add_arguments_models",
-           "add_arguments", "add_arguments_promote", "run_cli", "run_cli_models", "run_cli_promote"]
+           "add_arguments", "add_arguments_promote", "ensure_kernel", "run_cli", "run_cli_models", "run_cli_promote"]
 
 DEFAULT_STORE = "models/store"  # relative to the config file, when [retrain].store does not say
 CURRENT = "current"
@@ -252,8 +252,11 @@ class ModelStore:
         """Make a stored model current as the newest promotion."""
         return self.switch(model_id, "promote", reason)
 
-    def rollback(self, model_id: str | None = None) -> tuple[str, str | None]:
-        """Make ``model_id`` (default: the one promoted before the live one) current; return (new, old)."""
+    def rollback(self, model_id: str | None = None, prepare=None) -> tuple[str, str | None]:
+        """Make ``model_id`` (default: the one promoted before the live one) current; return (new, old).
+
+        ``prepare(artifact_path)`` runs before the switch (the commands build the kernel there).
+        """
         if model_id is not None:
             self.artifact_path(model_id)  # a bad id is named before anything else is looked at
             try:
@@ -267,6 +270,8 @@ class ModelStore:
             raise StoreError(f"store {self.root}: no earlier model to roll back to")
         if target == current:
             raise StoreError(f"model {target} is already current")
+        if prepare is not None:
+            prepare(self.load(target).path)
         return target, self.switch(target, "rollback", "requested")
 
 
@@ -291,9 +296,40 @@ def _read_json(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------- command line
-def _store_and_pid(args: argparse.Namespace) -> tuple[ModelStore, str]:
-    """The store folder and pid file from ``--store``/``--pid-file`` or the config's tables."""
+@dataclass(frozen=True)
+class _Target:
+    """What the store commands act on: the store, the daemon to tell, how that daemon loads kernels."""
+
+    store: ModelStore
+    pid_file: str = ""
+    kernel: str = "aot"
+    kernel_dir: str = ""
+
+
+def ensure_kernel(path: str | Path, kernel: str = "aot", kernel_dir: str = ""):
+    """Build the artifact's compiled step where the daemon looks for it, then load it as the daemon will.
+
+    The daemon never compiles (``kdsignal build-kernel`` does, ``daemon.tools.kernel_build``), so a model is
+    switched to only once its step is there; returns the loaded model. StoreError says what failed.
+    """
+    from daemon.core.kernel_store import kernel_dir as default_kernel_dir
+    from daemon.core.model import Model, student_vector
+    from daemon.tools.kernel_build import BuildError, build_kernel
+
+    try:
+        if kernel == "aot":
+            build_kernel(student_vector(load_artifact(path)), default_kernel_dir(kernel_dir or None))
+        return Model.load(path, kernel=kernel, kernel_dir=kernel_dir or None)
+    except ArtifactError as e:
+        raise StoreError(f"{path}: not servable: {e}") from None
+    except BuildError as e:
+        raise StoreError(f"{path}: its kernel cannot be built: {e}") from None
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    """The store, pid file and kernel settings from ``--store``/``--pid-file`` or the config's tables."""
     store, pid_file = args.store, getattr(args, "pid_file", None)
+    kernel, kdir = "aot", ""
     if args.config:
         from daemon.core.config import ConfigError, load_config
 
@@ -303,6 +339,7 @@ def _store_and_pid(args: argparse.Namespace) -> tuple[ModelStore, str]:
             raise StoreError(str(e)) from None
         if pid_file is None:
             pid_file = cfg.model.pid_file
+        kernel, kdir = cfg.model.kernel, cfg.model.kernel_dir
         if store is None:
             s = cfg.retrain.get("store", DEFAULT_STORE)
             if not isinstance(s, str) or not s:
@@ -310,7 +347,7 @@ def _store_and_pid(args: argparse.Namespace) -> tuple[ModelStore, str]:
             store = str(Path(args.config).resolve().parent / s)
     if store is None:
         raise StoreError("no store: give --store DIR or --config FILE with [retrain].store")
-    return ModelStore(store), pid_file or ""
+    return _Target(ModelStore(store), pid_file or "", kernel, kdir)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -343,10 +380,11 @@ def add_arguments_promote(parser: argparse.ArgumentParser) -> None:
 def run_cli_promote(args: argparse.Namespace) -> int:
     """``kdsignal promote ARTIFACT``: put a hand-made artifact into the store and make it current (no gate)."""
     try:
-        store, pid_file = _store_and_pid(args)
-        model_id = store.add(args.artifact, {"gate": {"verdict": "promoted by hand", "source": str(args.artifact)}})
-        old = store.promote(model_id, f"kdsignal promote {args.artifact}")
-        note = notify_daemon(pid_file)
+        t = _target(args)
+        ensure_kernel(args.artifact, t.kernel, t.kernel_dir)
+        model_id = t.store.add(args.artifact, {"gate": {"verdict": "promoted by hand", "source": str(args.artifact)}})
+        old = t.store.promote(model_id, f"kdsignal promote {args.artifact}")
+        note = notify_daemon(t.pid_file)
     except (StoreError, PidFileError) as e:
         print(f"kdsignal promote: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -381,7 +419,7 @@ def _rows(store: ModelStore) -> tuple[list[dict], list[str], str | None, str | N
 def run_cli_models(args: argparse.Namespace) -> int:
     """``kdsignal models``: the stored models, their gate scores and which is live."""
     try:
-        store, _ = _store_and_pid(args)
+        store = _target(args).store
         store.check_root()
         rows, junk, current, broken = _rows(store)
     except StoreError as e:
@@ -412,10 +450,10 @@ def run_cli_models(args: argparse.Namespace) -> int:
 def run_cli(args: argparse.Namespace) -> int:
     """``kdsignal rollback [MODEL_ID]``: make an earlier model current and tell the daemon."""
     try:
-        store, pid_file = _store_and_pid(args)
-        store.check_root()
-        new, old = store.rollback(args.model_id)
-        note = notify_daemon(pid_file)
+        t = _target(args)
+        t.store.check_root()
+        new, old = t.store.rollback(args.model_id, prepare=lambda path: ensure_kernel(path, t.kernel, t.kernel_dir))
+        note = notify_daemon(t.pid_file)
     except (StoreError, PidFileError) as e:
         print(f"kdsignal rollback: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -78,6 +78,8 @@ class RetrainConfig:
     rest_url: str = "https://api.bybit.com"
     category: str = "linear"
     pid_file: str = ""
+    kernel: str = "aot"  # [model] kernel and kernel_dir: where the daemon looks for the compiled step
+    kernel_dir: str = ""
     config_path: str = ""
 
     @property
@@ -87,7 +89,8 @@ class RetrainConfig:
         return INTERVAL_MS[self.interval]
 
 
-_KEYS = {f.name for f in dataclasses.fields(RetrainConfig)} - {"rest_url", "category", "pid_file", "config_path"}
+_KEYS = {f.name for f in dataclasses.fields(RetrainConfig)} - {"rest_url", "category", "pid_file", "kernel",
+                                                                  "kernel_dir", "config_path"}
 
 
 def load_retrain_config(path: str | Path):
@@ -118,8 +121,9 @@ def load_retrain_config(path: str | Path):
         vals[key] = tuple(value) if isinstance(d, tuple) else (float(value) if isinstance(d, float) else value)
     base = path.resolve().parent
     feed = daemon_cfg.feed
-    cfg = RetrainConfig(**vals, rest_url=feed.rest_url, category=feed.category, pid_file=daemon_cfg.model.pid_file,
-                        config_path=str(path))
+    model = daemon_cfg.model
+    cfg = RetrainConfig(**vals, rest_url=feed.rest_url, category=feed.category, pid_file=model.pid_file,
+                        kernel=model.kernel, kernel_dir=model.kernel_dir, config_path=str(path))
     cfg = dataclasses.replace(cfg, data_dir=str(base / cfg.data_dir), store=str(base / cfg.store),
                               symbols=cfg.symbols or feed.symbols, interval=cfg.interval or feed.interval)
     for key in ("window_days", "holdout_days", "block_hours", "bootstrap_samples", "min_holdout_rows"):
@@ -303,13 +307,6 @@ def _window_files(cfg: RetrainConfig, run_dir: Path):
     return kept, train_paths, ranges
 
 
-def _build_kernel(path: Path):
-    """Validate the artifact and build its compiled kernel where the daemon will look for it; return the Model."""
-    from daemon.core.model import Model
-
-    return Model.load(path)
-
-
 def _score(series, train_cfg, ranges: dict, candidate, deployed, rcfg: RetrainConfig) -> dict:
     """Held-back log loss of both models, their paired interval, and teacher fidelity."""
     from .dataset import build
@@ -383,7 +380,7 @@ def _gate(scores: dict, rcfg: RetrainConfig, candidate_id: str, deployed_id: str
 def retrain(rcfg: RetrainConfig, train_cfg, *, fetch_data: bool = True) -> dict:
     """Run one retrain (see the module docstring) and return its report; the report is written in every case."""
     from daemon.ops.files import atomic_write, notify_daemon
-    from daemon.tools.store import ModelStore, StoreError
+    from daemon.tools.store import ModelStore, StoreError, ensure_kernel
 
     from .train import train
 
@@ -422,17 +419,15 @@ def retrain(rcfg: RetrainConfig, train_cfg, *, fetch_data: bool = True) -> dict:
         report["candidate"] = doc["model_id"]
         report["train_report"] = str(run_dir / "report.json")
         problem = None
-        try:
-            candidate = _build_kernel(cand_path)
-        except Exception as e:  # noqa: BLE001 - any failure to load or build refuses the candidate, by name
+        try:  # validated as the daemon will load it, its compiled step built where the daemon looks
+            candidate = ensure_kernel(cand_path, rcfg.kernel, rcfg.kernel_dir)
+        except StoreError as e:
             problem, candidate = f"candidate fails validation: {e}", None
         if candidate is not None and candidate.interval != rcfg.interval:
             problem = f"candidate is for interval {candidate.interval!r}, [retrain].interval is {rcfg.interval!r}"
         deployed = None
         if deployed_id is not None:
-            from daemon.core.model import Model
-
-            deployed = Model(store.load(deployed_id))
+            deployed = ensure_kernel(store.load(deployed_id).path, rcfg.kernel, rcfg.kernel_dir)
         t0 = time.perf_counter()
         scores = _score(series, train_cfg, ranges, candidate, deployed, rcfg) if candidate is not None else {}
         timings["score"] = round(time.perf_counter() - t0, 1)
