@@ -66,15 +66,3 @@ def run(rounds: int = 3) -> dict:
     entry["clock_floor_p50_us"] = round(float(np.percentile(floor, 50)) / 1000.0, 4)
     entry["scored"] = sc.report()["overall"]["n"]
     return {"results": [entry], "symbols": list(SYMBOLS), "bars": len(bars), "window_bars": sc.window_bars}
-
-
-def section(report: dict, markdown: bool) -> str:
-    """The scorecard part as a table."""
-    from .markdown import _results, _table
-
-    rows = _results(report, "scorecard")
-    if not rows:
-        return "scorecard: not run"
-    return _table(["what", "p50 us", "p99 us", "batch mean us", "clock floor p50 us", "calls"],
-                  [[r["name"], r["p50_us"], r["p99_us"], r["batch_mean_us"], r["clock_floor_p50_us"], r["n"]]
-                   for r in rows], markdown)
