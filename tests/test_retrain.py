@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from daemon.cli import main
 from daemon.tools.fake_bybit import FakeBybit, load_dir
 from daemon.ops.files import notify_daemon
 from daemon.tools.store import ModelStore
-from daemon.training.retrain import RetrainError, cohen_kappa, load_retrain_config, paired_block_bootstrap, repair_tail
+from daemon.training.retrain import RetrainError, load_retrain_config, repair_tail
 from tests.conftest import DATA, write_random_artifact
 from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until
 
@@ -69,6 +68,7 @@ def csv_starts(path) -> list[int]:
     return [int(line.split(",")[0]) for line in path.read_text().splitlines()[1:]]
 
 
+@pytest.mark.slow
 async def test_retrain_promotes_then_refuses_a_worse_refit_with_its_reason(tmp_path, capsys):
     """First run promotes (no deployed model); a crippled refit is refused by the interval; a good one promotes."""
     rows = {s: r for s, r in load_dir(DATA, "5").items() if s in SYMBOLS}
@@ -141,42 +141,6 @@ async def test_retrain_refuses_too_few_held_back_rows_and_bad_config(tmp_path):
     with pytest.raises(RetrainError, match=r"\[retrain\].window_days"):
         cfg.write_text(text.replace("window_days = 8", "window_days = 0"))
         load_retrain_config(cfg)
-
-
-def naive_block_bootstrap(diff, block, n_boot, seed):
-    """The same resampling written as a plain loop over draws."""
-    ids = sorted(set(block.tolist()))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(ids), size=(n_boot, len(ids)))
-    means = []
-    for row in draws:
-        picked = np.concatenate([diff[block == ids[i]] for i in row])
-        means.append(picked.mean())
-    return np.percentile(means, [2.5, 97.5])
-
-
-def test_paired_block_bootstrap_matches_a_naive_loop_and_covers_the_mean():
-    """The vectorised bootstrap equals a loop over resampled blocks; a clear effect's interval excludes zero."""
-    rng = np.random.default_rng(3)
-    block = np.repeat(np.arange(12), rng.integers(20, 60, size=12))
-    diff = rng.normal(0.05, 0.3, size=len(block)) + 0.1 * np.sin(block)
-    out = paired_block_bootstrap(diff, block, n_boot=300, seed=7)
-    lo, hi = naive_block_bootstrap(diff, block, 300, 7)
-    assert out["ci95"] == pytest.approx([lo, hi], rel=1e-12) and out["blocks"] == 12
-    assert out["mean"] == pytest.approx(diff.mean()) and lo < diff.mean() < hi
-    one = paired_block_bootstrap(diff[:10], np.zeros(10, dtype=int))
-    assert one["blocks"] == 1 and all(math.isnan(x) for x in one["ci95"])
-
-
-def test_cohen_kappa_against_its_definition():
-    """Kappa is 1 for identical decisions, 0 for a constant rater, and (po - pe) / (1 - pe) in general."""
-    a = np.array([0, 1, 1, 2, 2, 2, 1, 0, 1, 1])
-    b = np.array([0, 1, 2, 2, 1, 2, 1, 1, 1, 1])
-    po = np.mean(a == b)
-    pe = sum(np.mean(a == k) * np.mean(b == k) for k in range(3))
-    assert cohen_kappa(a, b) == pytest.approx((po - pe) / (1 - pe))
-    assert cohen_kappa(a, a) == pytest.approx(1.0)
-    assert cohen_kappa(a, np.ones_like(a)) == pytest.approx(0.0)
 
 
 async def test_promote_and_rollback_swap_loses_and_repeats_no_bar(tmp_path, capsys):

@@ -191,6 +191,9 @@ def test_label_rule_comes_from_the_manifest_and_is_validated(model):
         LabelRule.from_manifest({"labels": {**LABELS, "band_k": float("nan")}})
     assert expected_log_loss({"metrics": {"out_of_sample": {"student": {"log_loss": 1.2}},
                                           "lockbox": {"student": {"log_loss": 1.1}}}}) == 1.1
+    assert expected_log_loss({"metrics": {"development": {"student": {"log_loss": 1.3}},
+                                          "lockbox": {"student": {"log_loss": 1.1}}}}) == 1.1
+    assert expected_log_loss({"metrics": {"development": {"student": {"log_loss": 1.3}}}}) == 1.3
     assert expected_log_loss({"metrics": {}}) is None
 
 

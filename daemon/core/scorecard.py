@@ -15,7 +15,7 @@ Each bar costs O(1): fixed-size rings (Python lists, allocated once) and running
 ``model_degraded``: the live log loss is above the artifact's own held-out log loss plus ``band`` for
 ``degraded_after_bars`` consecutive scored bars (judged once the window holds that many). Only the worse
 side counts: a model doing better than its report is not degraded. The expected log loss is the manifest's
-lockbox figure when it has one, else its out-of-sample figure.
+lockbox figure when it has one, else its development (or, in older artifacts, out-of-sample) figure.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _log = math.log
 _sqrt = math.sqrt
 _EPS = 1e-15  # log loss clips probabilities here, as daemon.training.evaluate.log_loss does
 # Paths in the manifest's metrics where a held-out student log loss may be found, best first.
-_EXPECTED_PATHS = (("lockbox", "student", "log_loss"), ("lockbox", "log_loss"),
+_EXPECTED_PATHS = (("lockbox", "student", "log_loss"), ("development", "student", "log_loss"),
                    ("out_of_sample", "student", "log_loss"))
 
 
@@ -70,7 +70,7 @@ class LabelRule:
 
 
 def expected_log_loss(manifest: dict) -> float | None:
-    """The artifact's held-out student log loss (lockbox first, else out of sample), None if it has none."""
+    """The artifact's held-out student log loss (lockbox first, then development), None if it has none."""
     metrics = manifest.get("metrics")
     for path in _EXPECTED_PATHS:
         node = metrics

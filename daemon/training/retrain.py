@@ -8,9 +8,9 @@ One run, every step recorded in its report (``<store>/runs/<run_id>.json``, prom
    clock, not this machine's, decides what "recent" is.
 2. **Split by time**: the last ``holdout_days`` (all symbols, up to the latest bar every symbol has) are held
    back; the ``window_days`` before them are the rolling training window.
-3. **Refit and re-distil** by one call to ``daemon.training.train.train`` on the window (ablations and the
-   temperature x alpha sweep off: they explain a model, they do not make one). Its own report and plots
-   land in ``<store>/runs/<run_id>/``.
+3. **Refit and re-distil** by one call to ``daemon.training.train.train`` on the window (ablations, the
+   temperature x alpha sweep and the control's tuning grid off: they explain a model, they do not make
+   one). Its own report, lockbox and plots land in ``<store>/runs/<run_id>/``.
 4. **Score** the candidate and the deployed model (``<store>/current``) on the held-back days: log loss per
    row on the same labels (the label rule of this ``[train]`` table), and the paired difference
    ``candidate - deployed`` with a 95% interval from a block bootstrap over contiguous time blocks of
@@ -49,8 +49,8 @@ import numpy as np
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_CRASH, EXIT_OK
 from daemon.tools.store import DEFAULT_STORE
 
-__all__ = ["RetrainBusy", "RetrainConfig", "RetrainError", "cohen_kappa", "repair_tail", "load_retrain_config", "paired_block_bootstrap",
-           "retrain", "add_arguments", "run_cli"]
+__all__ = ["RetrainBusy", "RetrainConfig", "RetrainError", "repair_tail", "load_retrain_config", "retrain",
+           "add_arguments", "run_cli"]
 
 DAY_MS = 86_400_000
 
@@ -142,47 +142,10 @@ def load_retrain_config(path: str | Path):
         train_cfg = TrainConfig.from_mapping(daemon_cfg.train)
     except ValueError as e:
         raise RetrainError(str(e)) from None
-    # ablations and the sweep describe a model; a retrain only needs the model
-    train_cfg = train_cfg.replace(ablations=(), progress=False, sweep=False)
+    # ablations, the T x alpha sweep and the control's own tuning grid describe a model; a retrain needs the model
+    train_cfg = train_cfg.replace(ablations=(), progress=False, sweep=False, control_lrs=(train_cfg.student_lr,),
+                                  control_weight_decays=(train_cfg.student_weight_decay,))
     return cfg, train_cfg
-
-
-# ---------------------------------------------------------------------- statistics
-def paired_block_bootstrap(diff: np.ndarray, block: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of ``diff`` with a 95% percentile interval, resampling whole blocks (ids in ``block``) with replacement.
-
-    The evidence branch (issue 12) brings the project's own bootstrap; until it is on main this is the one
-    place that computes one. Returns ``{"mean", "ci95": [lo, hi], "blocks"}``.
-    """
-    diff = np.asarray(diff, dtype=np.float64)
-    ids, inv = np.unique(block, return_inverse=True)
-    k = len(ids)
-    sums = np.bincount(inv, weights=diff, minlength=k)
-    counts = np.bincount(inv, minlength=k).astype(np.float64)
-    mean = float(diff.mean()) if diff.size else math.nan
-    if k < 2:
-        return {"mean": mean, "ci95": [math.nan, math.nan], "blocks": int(k)}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, k, size=(n_boot, k))
-    boot = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"mean": mean, "ci95": [float(lo), float(hi)], "blocks": int(k)}
-
-
-def cohen_kappa(a: np.ndarray, b: np.ndarray, k: int = 3) -> float:
-    """Cohen's kappa between two label vectors (agreement beyond what their class frequencies give by chance)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.size == 0:
-        return math.nan
-    po = float(np.mean(a == b))
-    pe = float(np.sum(np.bincount(a, minlength=k) * np.bincount(b, minlength=k))) / (a.size * a.size)
-    return (po - pe) / (1.0 - pe) if pe < 1.0 else math.nan
-
-
-def _row_log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from .evaluate import EPS
-
-    return -np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))
 
 
 # ---------------------------------------------------------------------- steps
@@ -309,7 +272,9 @@ def _window_files(cfg: RetrainConfig, run_dir: Path):
 
 def _score(series, train_cfg, ranges: dict, candidate, deployed, rcfg: RetrainConfig) -> dict:
     """Held-back log loss of both models, their paired interval, and teacher fidelity."""
+    from .bootstrap import blocks_of, paired_mean
     from .dataset import build
+    from .evaluate import cohen_kappa, row_log_loss
     from .folds import split_validation
     from .teacher import fit_teacher
 
@@ -318,15 +283,16 @@ def _score(series, train_cfg, ranges: dict, candidate, deployed, rcfg: RetrainCo
     y = P.y[hold]
     out: dict = {"holdout_rows": int(hold.sum())}
     p_c = candidate.predict_features(P.x_student[hold])
-    ll_c = _row_log_loss(p_c, y)
+    ll_c = row_log_loss(p_c, y)
     out["candidate_log_loss"] = float(ll_c.mean()) if ll_c.size else None
-    block = (P.start_ms[hold] - ranges["holdout_start_ms"]) // int(rcfg.block_hours * 3_600_000)
+    # blocks counted from the first held-back bar, so holdout_days / block_hours of them, all symbols together
+    block = blocks_of(P.start_ms[hold] - ranges["holdout_start_ms"], int(rcfg.block_hours * 3_600_000))
     p_d = None
     if deployed is not None:
         p_d = deployed.predict_features(P.x_student[hold])
-        ll_d = _row_log_loss(p_d, y)
+        ll_d = row_log_loss(p_d, y)
         out["deployed_log_loss"] = float(ll_d.mean()) if ll_d.size else None
-        out["delta"] = paired_block_bootstrap(ll_c - ll_d, block, rcfg.bootstrap_samples, rcfg.seed)
+        out["delta"] = paired_mean(ll_c - ll_d, block, rcfg.bootstrap_samples, rcfg.seed)
     # teacher fidelity: a teacher fitted on the window (labels purged before the held-back days)
     reach_ms = (train_cfg.horizon_bars + train_cfg.embargo_bars) * P.interval_ms
     rows = P.valid & (P.start_ms + train_cfg.horizon_bars * P.interval_ms < ranges["holdout_start_ms"])
@@ -336,7 +302,7 @@ def _score(series, train_cfg, ranges: dict, candidate, deployed, rcfg: RetrainCo
                           train_cfg, seed=train_cfg.seeds[0])
     p_t, _ = teacher.predict(P.x_teacher[hold])
     dec_t = np.argmax(p_t, axis=1)
-    fidelity = {"teacher_log_loss": float(_row_log_loss(p_t, y).mean()) if y.size else None,
+    fidelity = {"teacher_log_loss": float(row_log_loss(p_t, y).mean()) if y.size else None,
                 "teacher_fit_s": round(time.perf_counter() - t0, 1),
                 "candidate_kappa_vs_teacher": cohen_kappa(np.argmax(p_c, axis=1), dec_t)}
     if p_d is not None:
@@ -364,7 +330,7 @@ def _gate(scores: dict, rcfg: RetrainConfig, candidate_id: str, deployed_id: str
     if candidate_id == deployed_id:
         return {**gate, "verdict": "refused", "reason": "the candidate is the deployed model (same content hash)"}
     hi = scores["delta"]["ci95"][1]
-    if not math.isfinite(hi):
+    if scores["delta"]["blocks"] < 2 or not math.isfinite(hi):
         return {**gate, "verdict": "refused",
                 "reason": f"{scores['delta']['blocks']} bootstrap block(s): no interval; lengthen holdout_days or "
                           "shorten block_hours"}
