@@ -28,15 +28,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from daemon.core.parser import INTERVAL_MS
+from daemon.core.errors import ConfigError
+from daemon.core.sinks_config import SinkConfig, parse_sinks
 
 __all__ = ["LOG_FORMATS", "BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
            "ModelConfig", "RestConfig", "ScorecardConfig", "load_config", "parse_config"]
 
 CATEGORIES = ("spot", "linear", "inverse")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the table and key."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +165,8 @@ class Config:
     # Accepted untouched; validated by the training code, never by the daemon.
     train: dict = field(default_factory=dict)
     retrain: dict = field(default_factory=dict)  # read by daemon/training/retrain.py
+    # [[sink]] tables (daemon.core.sinks_config): where signal lines go besides stdout.
+    sinks: tuple[SinkConfig, ...] = ()
     source: str = "<defaults>"
 
 
@@ -304,7 +304,7 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 
 def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
     """Build a validated :class:`Config` from a parsed TOML document; relative paths join ``base_dir``."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"train", "retrain"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"train", "retrain", "sink"})
     if unknown:
         raise ConfigError(f"unknown table{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(unknown)}")
     sections = {name: _section(name, cls, raw[name]) for name, cls in _SECTIONS.items() if name in raw}
@@ -314,7 +314,8 @@ def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>"
     retrain = raw.get("retrain", {})
     if not isinstance(retrain, dict):
         raise ConfigError(f"[retrain] is {type(retrain).__name__}, expected a table")
-    cfg = Config(**sections, train=train, retrain=retrain, source=source)
+    cfg = Config(**sections, train=train, retrain=retrain, sinks=parse_sinks(raw.get("sink"), base_dir),
+                 source=source)
     if base_dir is not None:
         model = cfg.model
         if not Path(model.artifact).is_absolute():
