@@ -17,10 +17,9 @@ from daemon.tools.fake_bybit import FakeBybit, load_dir
 from daemon.ops.files import notify_daemon
 from daemon.tools.store import ModelStore
 from daemon.training.retrain import RetrainError, load_retrain_config, repair_tail
-from tests.conftest import DATA, write_random_artifact
-from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until
+from tests.support import DATA, OPEN_INDEX, ROOT, child_env, sample_rows, wait_until, write_random_artifact
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = child_env()
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 # A small but complete refit: both teacher kinds, two folds, one seed (the pipeline, not its defaults, is tested).
 FAST_TRAIN = """

@@ -11,7 +11,7 @@ from daemon.core.model import Model
 from daemon.core.pipeline import Pipeline, Signal
 from daemon.core.scorecard import CALIBRATION_BINS, LabelRule, Scorecard, ScorecardUnavailable, expected_log_loss
 from daemon.tools.replay import read_kline_csv, row_candle
-from tests.conftest import DATA, write_random_artifact
+from tests.support import DATA, write_random_artifact
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 LABELS = {"horizon_bars": 3, "band_k": 0.5, "vol_window": 20, "round_trip_cost": 0.0011}
@@ -219,7 +219,7 @@ async def test_daemon_scores_its_own_signals_and_exports_them(tmp_path):
     from structlog.testing import capture_logs
 
     from daemon.tools.fake_bybit import FakeBybit
-    from tests.daemon_support import OPEN_INDEX, InProcessDaemon, sample_rows, wait_until
+    from tests.support import OPEN_INDEX, InProcessDaemon, sample_rows, wait_until
 
     symbols = ("BTCUSDT", "ETHUSDT")
     path = tmp_path / "m.npz"

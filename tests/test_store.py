@@ -15,7 +15,7 @@ from daemon.cli import main
 from daemon.core.exitcodes import EXIT_CONFIG
 from daemon.ops.files import PidFileError, atomic_write, notify_daemon
 from daemon.tools.store import ModelStore, StoreError
-from tests.conftest import write_random_artifact
+from tests.support import write_random_artifact
 
 
 @pytest.fixture

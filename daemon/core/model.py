@@ -1,4 +1,4 @@
-"""The loaded student and its per-symbol state: layer-2 objects (no I/O beyond reading the artifact and its kernel).
+"""The loaded student and its per-symbol state: core objects (no I/O beyond reading the artifact and its kernel).
 
 ``SymbolState.update`` is the whole per-bar computation, one compiled call: ``kernels.student.student_step``
 specialised to the artifact's layer sizes (``kernels.specialise``). With ``kernel="aot"`` (the default) it

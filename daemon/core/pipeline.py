@@ -1,4 +1,4 @@
-"""One (symbol, interval): closed candles in, events out (layer 2: no I/O, no asyncio).
+"""One (symbol, interval): closed candles in, events out (core: no I/O, no asyncio).
 
 The pipeline is a protocol object in the style of ``websockets``' Sans-I/O core: the I/O layer feeds it
 what happened and acts on what it asks for.
@@ -99,7 +99,7 @@ class Signal:
     def fields(self) -> dict:
         """The event as a dict, in the order of the output line."""
         out = {"symbol": self.symbol, "interval": self.interval, "start": self.start_ms, "signal": self.signal,
-               "probs": dict(zip(self.classes, self.probs)), "inference_us": self.inference_us,
+               "probs": dict(zip(self.classes, self.probs, strict=True)), "inference_us": self.inference_us,
                "model": self.model, "backfill": self.backfill}
         if self.late_ms is not None:
             out["late_ms"] = self.late_ms
