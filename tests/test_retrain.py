@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from daemon.cli import main
-from daemon.tools.fake_bybit import FakeBybit, load_dir
 from daemon.ops.files import notify_daemon
+from daemon.tools.fake_bybit import FakeBybit, load_dir
 from daemon.tools.store import ModelStore
 from daemon.training.retrain import RetrainError, load_retrain_config, repair_tail
 from tests.support import DATA, OPEN_INDEX, ROOT, child_env, sample_rows, wait_until, write_random_artifact
@@ -143,7 +141,7 @@ async def test_retrain_refuses_too_few_held_back_rows_and_bad_config(tmp_path):
 
 
 async def test_promote_and_rollback_swap_loses_and_repeats_no_bar(tmp_path, capsys):
-    """While bars flow, a promotion and a rollback (SIGHUP via the pid file) switch models between two bars, none lost."""
+    """While bars flow, a promotion and a rollback (SIGHUP via the pid file) switch models between bars, none lost."""
     store = ModelStore(tmp_path / "store")
     write_random_artifact(tmp_path / "a.npz", seed=11)
     a = store.add(tmp_path / "a.npz", {})

@@ -57,7 +57,7 @@ def offline(bars: list, window: int) -> dict:
     idx = (starts - starts[0]) // INTERVAL_MS
     close = np.full(n, np.nan)
     probs = np.full((n, 3), np.nan)
-    for i, s in zip(idx, starts):
+    for i, s in zip(idx, starts, strict=True):
         c, p = seen[s]
         close[i] = c
         if p is not None:
@@ -172,7 +172,7 @@ def test_model_degraded_follows_the_band_rule(model, expected, band):
     # once the window is full n stops changing; compare the state at each growth step and at the end
     assert states == want[: len(states)]
     assert sc.symbols["BNBUSDT"].degraded == want[-1]
-    flips = sum(1 for a, b in zip([False] + want, want) if a != b)
+    flips = sum(1 for a, b in zip([False, *want[:-1]], want, strict=True) if a != b)
     assert len(changes) == flips
     if expected == 0.2:
         assert sc.degraded and changes[0]["degraded"] is True and changes[0]["live_log_loss"] > 0.25
@@ -185,9 +185,9 @@ def test_label_rule_comes_from_the_manifest_and_is_validated(model):
     assert LabelRule.from_manifest(model.manifest) == LabelRule(3, 0.5, 20, 0.0011)
     with pytest.raises(ScorecardUnavailable, match="no labels section"):
         LabelRule.from_manifest({})
-    with pytest.raises(ScorecardUnavailable, match="labels.horizon_bars"):
+    with pytest.raises(ScorecardUnavailable, match=r"labels\.horizon_bars"):
         LabelRule.from_manifest({"labels": {**LABELS, "horizon_bars": 0}})
-    with pytest.raises(ScorecardUnavailable, match="labels.band_k"):
+    with pytest.raises(ScorecardUnavailable, match=r"labels\.band_k"):
         LabelRule.from_manifest({"labels": {**LABELS, "band_k": float("nan")}})
     assert expected_log_loss({"metrics": {"out_of_sample": {"student": {"log_loss": 1.2}},
                                           "lockbox": {"student": {"log_loss": 1.1}}}}) == 1.1
@@ -214,7 +214,7 @@ def test_hostile_bars_are_skipped_not_scored(model):
 
 
 async def test_daemon_scores_its_own_signals_and_exports_them(tmp_path):
-    """A daemon on the fake exchange scores each written signal as NumPy does offline; /metrics, /healthz and logs show it."""
+    """A daemon on the fake exchange scores its signals as NumPy does offline; /metrics, /healthz and logs show it."""
     import aiohttp
     from structlog.testing import capture_logs
 
@@ -228,24 +228,23 @@ async def test_daemon_scores_its_own_signals_and_exports_them(tmp_path):
     rows = sample_rows(symbols, OPEN_INDEX + 200)
     closes = {s: {r.start_ms: float(r.close) for r in rows[s]} for s in symbols}
     with capture_logs() as logs:
-        async with FakeBybit(rows, "5", start_index=OPEN_INDEX) as fake:
-            async with InProcessDaemon(fake, path, symbols,
-                                       metrics={"enabled": True, "port": 0},
-                                       scorecard={"window_bars": 60, "band": 0.05, "degraded_after_bars": 20,
-                                                  "period_s": 0.05}) as d:
-                await fake.step(150)
-                await wait_until(lambda: len(d.lines) >= 300, 30, "300 signals")
-                sc = d.service.supervision.scorecard
-                await wait_until(lambda: any(e["event"] == "scorecard" and e["overall"]["n"] == 2 * 60
-                                             for e in logs), 10, "a scorecard event with full windows")
-                port = d.service.supervision.metrics.port
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                        text = await resp.text()
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        health = await resp.json()
-                rep = sc.report()
-                lines = list(d.lines)
+        async with FakeBybit(rows, "5", start_index=OPEN_INDEX) as fake, InProcessDaemon(fake, path, symbols,
+                                   metrics={"enabled": True, "port": 0},
+                                   scorecard={"window_bars": 60, "band": 0.05, "degraded_after_bars": 20,
+                                              "period_s": 0.05}) as d:
+            await fake.step(150)
+            await wait_until(lambda: len(d.lines) >= 300, 30, "300 signals")
+            sc = d.service.supervision.scorecard
+            await wait_until(lambda: any(e["event"] == "scorecard" and e["overall"]["n"] == 2 * 60
+                                         for e in logs), 10, "a scorecard event with full windows")
+            port = d.service.supervision.metrics.port
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    health = await resp.json()
+            rep = sc.report()
+            lines = list(d.lines)
     parts = {}
     for s in symbols:
         fed = [(x["start"], closes[s][x["start"]], (x["probs"]["sell"], x["probs"]["hold"], x["probs"]["buy"]))

@@ -38,7 +38,8 @@ def test_add_and_promote_write_atomically_and_link_relatively(store_with_three):
     assert os.readlink(store.root / "current") == f"{ids[2]}.npz"
     assert store.current_id() == ids[2]
     names = sorted(p.name for p in store.root.iterdir())
-    assert names == sorted([".lock", "current", "history.jsonl"] + [f"{i}.npz" for i in ids] + [f"{i}.json" for i in ids])
+    files = [f"{i}.npz" for i in ids] + [f"{i}.json" for i in ids]
+    assert names == sorted([".lock", "current", "history.jsonl", *files])
     events = store.history()
     assert [e["model"] for e in events] == ids and [e["previous"] for e in events] == [None, ids[0], ids[1]]
     assert store.record(ids[0])["gate"]["candidate_log_loss"] == pytest.approx(1.01)
@@ -71,7 +72,7 @@ def test_models_command_lists_gate_scores_and_live_model(store_with_three, capsy
 
 def test_rollback_command_reads_config_and_signals_the_daemon(store_with_three, tmp_path, capsys):
     """`kdsignal rollback --config` finds the store and pid file there and SIGHUPs the process the pid file names."""
-    store, (a, b, c) = store_with_three
+    store, (_, b, c) = store_with_three
     marker = tmp_path / "hup"
     code = ("import signal, sys, time, pathlib\n"
             "signal.signal(signal.SIGHUP, lambda *_: (pathlib.Path(sys.argv[1]).write_text('hup'), sys.exit(0)))\n"
@@ -93,7 +94,7 @@ def test_rollback_command_reads_config_and_signals_the_daemon(store_with_three, 
 
 
 def test_hostile_store_is_named_and_refused(store_with_three, tmp_path, capsys):
-    """Junk files are ignored by name; a non-artifact, a renamed artifact and a dangling link exit 78 naming the file."""
+    """Junk files are ignored by name; a non-artifact, a renamed artifact, a dangling link exit 78 naming the file."""
     store, (a, b, c) = store_with_three
     (store.root / "notes.txt").write_text("hello")
     assert main(["models", "--store", str(store.root)]) == 0
@@ -128,7 +129,7 @@ def test_add_refuses_a_non_artifact(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 truncated")
     store = ModelStore(tmp_path / "store")
-    with pytest.raises(StoreError, match="bad.npz: not a valid artifact"):
+    with pytest.raises(StoreError, match=r"bad\.npz: not a valid artifact"):
         store.add(bad, {})
     assert not (tmp_path / "store").exists() or [p.name for p in (tmp_path / "store").iterdir()] in ([], [".lock"])
 

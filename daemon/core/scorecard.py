@@ -24,7 +24,7 @@ import math
 from array import array
 from dataclasses import dataclass
 
-__all__ = ["LabelRule", "Scorecard", "ScorecardUnavailable", "expected_log_loss", "CALIBRATION_BINS"]
+__all__ = ["CALIBRATION_BINS", "LabelRule", "Scorecard", "ScorecardUnavailable", "expected_log_loss"]
 
 SELL, HOLD, BUY = 0, 1, 2
 CALIBRATION_BINS = 10
@@ -62,7 +62,8 @@ class LabelRule:
             v = labels.get(key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
                     or (kind is int and (v != int(v) or v < 1)):
-                raise ScorecardUnavailable(f"labels.{key} is {v!r}, expected a {'positive integer' if kind is int else 'number >= 0'}")
+                want = "positive integer" if kind is int else "number >= 0"
+                raise ScorecardUnavailable(f"labels.{key} is {v!r}, expected a {want}")
             vals[key] = kind(v)
         if vals["vol_window"] < 2:
             raise ScorecardUnavailable(f"labels.vol_window is {vals['vol_window']}, expected >= 2")
@@ -164,7 +165,8 @@ class Scorecard:
         self.degraded_after_bars = degraded_after_bars
         self.expected = expected
         self._sqrt_h = math.sqrt(rule.horizon_bars)
-        self._h, self._vw, self._band_k, self._cost = rule.horizon_bars, rule.vol_window, rule.band_k, rule.round_trip_cost
+        self._h, self._vw = rule.horizon_bars, rule.vol_window
+        self._band_k, self._cost = rule.band_k, rule.round_trip_cost
         self.symbols = {s: _Symbol(s, rule, window_bars) for s in symbols}
         # the pooled window's log loss, kept per bar for the overall degradation rule; the rest of the
         # overall figures are summed from the symbols' windows when read

@@ -78,7 +78,7 @@ class _ScorecardCollector(Collector):
                                      "1 while live log loss has stayed above the artifact's expected band")
         if sc is not None:
             rep = sc.report()
-            rows = [("all", rep["overall"])] + sorted(rep["symbols"].items())
+            rows = [("all", rep["overall"]), *sorted(rep["symbols"].items())]
             for symbol, r in rows:
                 scored.add_metric([symbol], r["n"])
                 if r["log_loss"] is not None:

@@ -40,14 +40,27 @@ from daemon.core.artifact import Artifact, ArtifactError, load_artifact
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.ops.files import PidFileError, atomic_write, fsync_dir, notify_daemon
 
-__all__ = ["StoreError", "ModelStore", "StoredModel", "atomic_write", "notify_daemon", "add_arguments_models",
-           "add_arguments", "add_arguments_promote", "ensure_kernel", "run_cli", "run_cli_models", "run_cli_promote"]
+__all__ = [
+    "ModelStore",
+    "StoreError",
+    "StoredModel",
+    "add_arguments",
+    "add_arguments_models",
+    "add_arguments_promote",
+    "atomic_write",
+    "ensure_kernel",
+    "notify_daemon",
+    "run_cli",
+    "run_cli_models",
+    "run_cli_promote",
+]
 
 DEFAULT_STORE = "models/store"  # relative to the config file, when [retrain].store does not say
 CURRENT = "current"
 HISTORY = "history.jsonl"
 RUNS = "runs"
 LOCK = ".lock"
+ACTIONS = ("promote", "rollback")
 _ID = re.compile(r"^[0-9a-f]{16}$")
 _MODEL_FILE = re.compile(r"^([0-9a-f]{16})\.(npz|json)$")
 # Records and history lines are small; a larger file is not ours.
@@ -179,7 +192,7 @@ class ModelStore:
             except json.JSONDecodeError:
                 print(f"kdsignal: {path}:{lineno}: not JSON, skipped", file=sys.stderr)
                 continue
-            if isinstance(ev, dict) and _ID.match(str(ev.get("model", ""))) and ev.get("action") in ("promote", "rollback"):
+            if isinstance(ev, dict) and _ID.match(str(ev.get("model", ""))) and ev.get("action") in ACTIONS:
                 events.append(ev)
             else:
                 print(f"kdsignal: {path}:{lineno}: not a switch event, skipped", file=sys.stderr)
@@ -189,10 +202,8 @@ class ModelStore:
         """The model promoted before the live one (what ``rollback`` picks by default)."""
         current = self.current_id()
         promoted = [e["model"] for e in self.history() if e["action"] == "promote"]
-        if current in promoted:
-            before = promoted[: len(promoted) - 1 - promoted[::-1].index(current)]
-        else:
-            before = promoted
+        # before the latest promotion of the live model (all of them when it was never promoted)
+        before = promoted[: len(promoted) - 1 - promoted[::-1].index(current)] if current in promoted else promoted
         for model_id in reversed(before):
             if model_id != current and (self.root / f"{model_id}.npz").is_file():
                 return model_id
@@ -440,7 +451,7 @@ def run_cli_models(args: argparse.Namespace) -> int:
             ci_text = f"[{ci[0]:+.4f},{ci[1]:+.4f}]" if isinstance(ci, list) and len(ci) == 2 else "-"
             verdict = r["problem"] or g.get("verdict", "-")
             print(f"{'*' if r['live'] else ' ':2}{r['model_id']:16}  {_iso(r['added_ms']):16}  "
-                  f"{str(r['interval'] or '-'):>3}  {_fmt(g.get('candidate_log_loss')):>9}  "
+                  f"{r['interval'] or '-'!s:>3}  {_fmt(g.get('candidate_log_loss')):>9}  "
                   f"{_fmt(g.get('deployed_log_loss')):>9}  {ci_text:>19}  {verdict}")
         if not rows:
             print("  (no models)")

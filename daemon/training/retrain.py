@@ -49,8 +49,16 @@ import numpy as np
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_CRASH, EXIT_OK
 from daemon.tools.store import DEFAULT_STORE
 
-__all__ = ["RetrainBusy", "RetrainConfig", "RetrainError", "repair_tail", "load_retrain_config", "retrain",
-           "add_arguments", "run_cli"]
+__all__ = [
+    "RetrainBusy",
+    "RetrainConfig",
+    "RetrainError",
+    "add_arguments",
+    "load_retrain_config",
+    "repair_tail",
+    "retrain",
+    "run_cli",
+]
 
 DAY_MS = 86_400_000
 
@@ -262,7 +270,7 @@ def _window_files(cfg: RetrainConfig, run_dir: Path):
         cols = [a.tolist() for a in train_part.arrays()]  # Python numbers: repr round-trips exactly
         with open(p, "w", encoding="ascii") as fh:
             fh.write("start_ms,open,high,low,close,volume\n")
-            for t, o, h, l, c, v in zip(*cols):
+            for t, o, h, l, c, v in zip(*cols, strict=True):
                 fh.write(f"{int(t)},{float(o)!r},{float(h)!r},{float(l)!r},{float(c)!r},{float(v)!r}\n")
         train_paths.append(str(p))
         kept.append(full)
@@ -357,7 +365,7 @@ def retrain(rcfg: RetrainConfig, train_cfg, *, fetch_data: bool = True) -> dict:
     except StoreError as e:
         raise RetrainError(str(e)) from None
     started = time.time()
-    run_id = dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+    run_id = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     run_dir = Path(rcfg.store) / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"run_id": run_id, "started_ms": int(started * 1000), "config": rcfg.config_path,
