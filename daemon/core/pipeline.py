@@ -76,11 +76,11 @@ class Signal:
     """
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "classes", "probs", "inference_ns", "model",
-                 "backfill", "recv_ns", "late_ms", "emit")
+                 "backfill", "recv_ns", "late_ms", "close", "emit")
 
     def __init__(self, symbol: str, interval: str, start_ms: int, signal: str, classes: tuple[str, ...],
                  probs: tuple[float, ...], inference_ns: int, model: str, backfill: bool, recv_ns: int,
-                 late_ms: int | None = None, emit: bool = True) -> None:
+                 late_ms: int | None = None, close: float = _NAN, emit: bool = True) -> None:
         self.symbol = symbol
         self.interval = interval
         self.start_ms = start_ms
@@ -92,6 +92,7 @@ class Signal:
         self.backfill = backfill
         self.recv_ns = recv_ns  # perf_counter_ns when the frame carrying the close arrived (0: not live)
         self.late_ms = late_ms
+        self.close = close  # the bar's close (not in the line): the live scorecard decides outcomes from it
         self.emit = emit
 
     @property
@@ -489,4 +490,4 @@ class Pipeline:
             emit = policy.emits(k, self._last_decision)
             self._last_decision = k
         return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, probs,
-                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, emit)
+                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, c.close, emit)
