@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("daemon.aio.service", "run the live signal daemon against a Bybit v5 feed"),
     "build-kernel": ("daemon.tools.kernel_build", "compile an artifact's student step ahead of time for the daemon"),
     "replay": ("daemon.tools.replay", "drive the live pipeline from a recorded kline CSV"),
+    "backtest": ("daemon.tools.backtest", "the trading read-out of a signal file (or a fresh replay) over its candles"),
     "fake-bybit": ("daemon.tools.fake_bybit", "serve a loopback Bybit v5 WebSocket + REST stand-in from CSV files"),
     "tail": ("daemon.ops.tail", "follow a signal log and print it as a readable table"),
     "bench": ("daemon.bench", "measure per-bar latency and throughput"),

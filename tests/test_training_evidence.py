@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from daemon.core import trading as tr
 from daemon.core.artifact import ArtifactError, load_artifact, save_artifact
 from daemon.training import evaluate as ev
-from daemon.training import trading as tr
 from daemon.training import train as pipeline
 from daemon.training.bootstrap import DAY_MS, blocks_of, paired_mean, paired_ratio, verdict
 from daemon.training.config import TrainConfig
@@ -164,16 +163,6 @@ def test_choose_policy_stays_flat_when_nothing_pays():
     m = tr.Market("X", np.arange(3000), o, spread_bp=0.0)
     pol = tr.choose_policy([m], {"X": rng.normal(0, 0.1, 3000)}, 5.5e-4, [0.0, 0.05, 0.1], (1, 3), 1e5)
     assert pol["threshold"] == tr.NEVER and pol["net_return_per_symbol"] == 0.0
-
-
-def test_signal_lines_align_to_candles_and_bad_lines_are_counted():
-    """The daemon's JSON lines become p_buy - p_sell on their bars; malformed or unknown lines are skipped."""
-    line = {"symbol": "BTCUSDT", "interval": "5", "start": 600, "signal": "buy",
-            "probs": {"buy": 0.5, "hold": 0.3, "sell": 0.2}}
-    lines = [json.dumps(line), "not json", json.dumps({**line, "symbol": "XRPUSDT"}), json.dumps({**line, "start": 0})]
-    edges, bad = tr.edge_from_signal_lines(lines, {"BTCUSDT": np.array([0, 300, 600])})
-    np.testing.assert_allclose(edges["BTCUSDT"], [0.3, np.nan, 0.3])
-    assert bad == 2
 
 
 # --- lockbox -----------------------------------------------------------------------------------------------

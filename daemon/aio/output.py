@@ -272,7 +272,8 @@ class SignalWriter:
     """Write signal lines to a binary stream and log them; the same writer serves live and replay.
 
     Counters: ``written`` (lines handed to the output), ``dropped`` (lines the output could not take),
-    ``nonfinite`` (signals refused because a probability was not finite), ``by_class``.
+    ``nonfinite`` (signals refused because a probability was not finite), ``by_class``, ``suppressed``
+    (signals the decision policy's ``emit`` mode kept back).
     """
 
     def __init__(self, stream: BinaryIO | None = None, log=None, publish=None, *,
@@ -287,6 +288,7 @@ class SignalWriter:
         self.written = 0
         self.dropped = 0
         self.nonfinite = 0
+        self.suppressed = 0
         self.max_pending_bytes = max_pending_bytes
         self.notice_every_s = notice_every_s
         self._fd: int | None = None  # set while attached: the non-blocking path
@@ -336,7 +338,12 @@ class SignalWriter:
 
     # ------------------------------------------------------------------ hot path
     def write(self, sig: Signal) -> None:
-        """Write one whole line, then record its latency and log the event."""
+        """Write one whole line, then record its latency and log the event (nothing if the policy's ``emit``
+        keeps it back: stdout, the log and the sinks see the same lines)."""
+        if not sig.emit:
+            self.suppressed += 1
+            self.last_latency_ns = 0
+            return
         # One test for every class (NaN and inf survive the sum, and times 0.0 they are NaN): never print them.
         if sum(sig.probs) * 0.0 != 0.0:
             self._refuse_nonfinite(sig)

@@ -50,6 +50,8 @@ from daemon.core.pipeline import (
     Pipeline,
     Signal,
 )
+from daemon.core.policy import Policy
+from daemon.core.policy import resolve as resolve_policy
 from daemon.ops import early_signals
 from daemon.ops.early_signals import EarlySignals
 from daemon.ops.files import remove_pid_file, write_pid_file
@@ -67,11 +69,13 @@ class _Stop(Exception):
     """Raised inside the task group to cancel every task on a stop signal."""
 
 
-def check_model(cfg: Config, model: Model) -> None:
-    """Refuse an artifact whose interval differs from the feed's."""
+def check_model(cfg: Config, model: Model) -> Policy:
+    """Refuse an artifact whose interval differs from the feed's; return the ``[signal]`` policy for it
+    (``ConfigError`` if the artifact cannot give the threshold it asks for)."""
     if str(model.interval) != cfg.feed.interval:
         raise StartupError(f"artifact {cfg.model.artifact} is for interval {model.interval!r}, "
                            f"but [feed].interval is {cfg.feed.interval!r}")
+    return resolve_policy(cfg.signal, model)
 
 
 async def _in_thread(fn: Callable, *args):
@@ -106,7 +110,7 @@ class Service:
                  log_file: ReopenableFile | None = None,
                  load_model: Callable[[str], Model] | None = None, environ=None,
                  sinks: SinkSet | None = None) -> None:
-        check_model(cfg, model)
+        self.policy = check_model(cfg, model)
         self.cfg = cfg
         self.model = model
         self.log = log or structlog.get_logger("kdsignal")
@@ -114,8 +118,8 @@ class Service:
         # A reload loads the way start-up did: the configured kernel, never a build (Model.load cannot build).
         self._load_model = load_model or partial(Model.load, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         feed_cfg = cfg.feed
-        self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars)
-                          for s in feed_cfg.symbols}
+        self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars,
+                                      policy=self.policy) for s in feed_cfg.symbols}
         self._logs = {s: self.log.bind(symbol=s, interval=feed_cfg.interval) for s in feed_cfg.symbols}
         # [[sink]]s: every stdout line also goes to Redis/NATS/webhooks, off the hot path (daemon.aio.sinks).
         self.sinks = sinks if sinks is not None else SinkSet.from_config(cfg, self.log)
@@ -251,16 +255,16 @@ class Service:
         async with self._reload_lock:
             try:
                 model = await _in_thread(self._load_model, path)
-                check_model(self.cfg, model)
+                policy = check_model(self.cfg, model)
             except asyncio.CancelledError:
                 self.log.warning("model_reload_cancelled", artifact=path, model=self.model.id)
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever fails, the old model keeps serving, and it is logged
                 self.log.error("model_reload_failed", artifact=path, error=str(exc) or repr(exc), model=self.model.id)
                 return False
-            old, self.model = self.model, model
+            old, self.model, self.policy = self.model, model, policy
             for pipeline in self.pipelines.values():
-                pipeline.set_model(model)
+                pipeline.set_model(model, policy)
             self.supervision.on_model(model)
             self.reloads += 1
             self.log.info("model_reloaded", artifact=path, old_model=old.id, model=model.id,
@@ -310,7 +314,7 @@ class Service:
                                    log=self.log)
             self.log.info("daemon_started", symbols=list(self.pipelines), interval=self.cfg.feed.interval,
                           model=self.model.id, kernel=self.model.kernel_note, ws_url=self.cfg.feed.ws_url,
-                          config=self.cfg.source)
+                          config=self.cfg.source, **self.policy.describe())
             if self.cfg.metrics.beyond_loopback:
                 self.log.warning("metrics_beyond_loopback", host=self.cfg.metrics.host, port=self.cfg.metrics.port)
             self.writer.attach(asyncio.get_running_loop())  # stdout writes never block the loop

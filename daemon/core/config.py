@@ -2,9 +2,10 @@
 
 Sections: ``[feed]`` (Bybit endpoints, symbols, heartbeat), ``[backoff]`` (reconnect/retry delays),
 ``[rest]`` (REST retries and paging), ``[model]`` (artifact path, kernel, pid file), ``[log]`` (log file,
-level, format, latency summary period), ``[metrics]`` (parsed here, served by the health/metrics endpoint) and
-``[scorecard]`` (the live scorecard). ``[train]`` and ``[retrain]`` tables are accepted and left alone: they
-belong to the offline code (daemon/training/config.py, daemon/training/retrain.py).
+level, format, latency summary period), ``[metrics]`` (parsed here, served by the health/metrics endpoint),
+``[scorecard]`` (the live scorecard) and ``[signal]`` (the decision policy, ``daemon.core.policy``). ``[train]``
+and ``[retrain]`` tables are accepted and left alone: they belong to the offline code (daemon/training/config.py,
+daemon/training/retrain.py).
 
 Relative paths (artifact, log file) are resolved against the directory of the configuration file; an
 artifact the file does not name is the shipped ``models/default.npz`` of this checkout.
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 
 from daemon.core.errors import ConfigError
 from daemon.core.parser import INTERVAL_MS
+from daemon.core.policy import EMITS, FROM_ARTIFACT, POLICIES
 from daemon.core.sinks_config import SinkConfig, parse_sinks
 
 __all__ = ["LOG_FORMATS", "BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
@@ -152,6 +154,16 @@ class ScorecardConfig:
 
 
 @dataclass(frozen=True)
+class SignalConfig:
+    """The decision policy (``daemon.core.policy``): what a line's ``signal`` says and which lines are written."""
+
+    policy: str = "argmax"  # "argmax" or "threshold" (buy when p_buy - p_sell > threshold, sell below -threshold)
+    fee_case: str = "taker"  # which of the artifact's policy cases gives the threshold ("taker" or "maker")
+    threshold: float = FROM_ARTIFACT  # a number in [0, 1] overrides the artifact's; unset: the artifact's
+    emit: str = "all"  # "all", "actionable" (buy and sell only) or "changes" (a symbol's signal changed)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -162,6 +174,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
     # Accepted untouched; validated by the training code, never by the daemon.
     train: dict = field(default_factory=dict)
     retrain: dict = field(default_factory=dict)  # read by daemon/training/retrain.py
@@ -171,7 +184,7 @@ class Config:
 
 
 _SECTIONS = {"feed": FeedConfig, "backoff": BackoffConfig, "rest": RestConfig, "model": ModelConfig,
-             "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig}
+             "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig, "signal": SignalConfig}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 
@@ -297,6 +310,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[log].level is {cfg.log.level!r}, expected one of {', '.join(_LOG_LEVELS)}")
     if cfg.log.format not in LOG_FORMATS:
         raise ConfigError(f"[log].format is {cfg.log.format!r}, expected one of {', '.join(LOG_FORMATS)}")
+    sig = cfg.signal
+    if sig.policy not in POLICIES:
+        raise ConfigError(f"[signal].policy is {sig.policy!r}, expected one of {', '.join(POLICIES)}")
+    if sig.emit not in EMITS:
+        raise ConfigError(f"[signal].emit is {sig.emit!r}, expected one of {', '.join(EMITS)}")
+    if sig.threshold != FROM_ARTIFACT and not (math.isfinite(sig.threshold) and 0 <= sig.threshold <= 1):
+        raise ConfigError(f"[signal].threshold is {sig.threshold!r}, expected a number from 0 to 1")
+    if not sig.fee_case or len(sig.fee_case) > 64:
+        raise ConfigError(f"[signal].fee_case is {sig.fee_case!r:.80}, expected a case name like \"taker\"")
 
 
 _CHECKOUT = Path(__file__).resolve().parents[2]

@@ -41,6 +41,7 @@ from time import perf_counter_ns
 
 from daemon.core.intervals import interval_ms
 from daemon.core.parser import Candle
+from daemon.core.policy import Policy, argmax
 
 __all__ = [
     "CloseRejected",
@@ -69,15 +70,17 @@ class Signal:
     """One signal: a closed bar, the student's class and probabilities, and how long inference took.
 
     ``classes`` are the artifact's class names and ``probs`` the probabilities in that order. ``late_ms`` is
-    set only on a stream close that was held while a fetch ran: how long it waited in the daemon.
+    set only on a stream close that was held while a fetch ran: how long it waited in the daemon. ``signal``
+    is the decision policy's class (``daemon.core.policy``); ``emit`` False means the policy's ``emit`` mode
+    keeps the line from every output (the event still counts for health and metrics).
     """
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "classes", "probs", "inference_ns", "model",
-                 "backfill", "recv_ns", "late_ms", "close")
+                 "backfill", "recv_ns", "late_ms", "close", "emit")
 
     def __init__(self, symbol: str, interval: str, start_ms: int, signal: str, classes: tuple[str, ...],
                  probs: tuple[float, ...], inference_ns: int, model: str, backfill: bool, recv_ns: int,
-                 late_ms: int | None = None, close: float = _NAN) -> None:
+                 late_ms: int | None = None, close: float = _NAN, emit: bool = True) -> None:
         self.symbol = symbol
         self.interval = interval
         self.start_ms = start_ms
@@ -90,6 +93,7 @@ class Signal:
         self.recv_ns = recv_ns  # perf_counter_ns when the frame carrying the close arrived (0: not live)
         self.late_ms = late_ms
         self.close = close  # the bar's close (not in the line): the live scorecard decides outcomes from it
+        self.emit = emit
 
     @property
     def inference_us(self) -> float:
@@ -189,7 +193,7 @@ class Pipeline:
     """De-duplicate, order and gap-check the closed candles of one (symbol, interval) and run the model."""
 
     def __init__(self, symbol: str, interval: str, model, *, warmup_extra_bars: int = 5,
-                 fetches_history: bool = True) -> None:
+                 fetches_history: bool = True, policy: Policy | None = None) -> None:
         self.symbol = symbol
         self.interval = interval
         self.interval_ms = interval_ms(interval)
@@ -208,6 +212,8 @@ class Pipeline:
         self.last_fetch_error = ""
         self._classes = tuple(model.classes)
         self._model_id = model.id
+        self.policy = policy if policy is not None else argmax(self._classes)
+        self._last_decision = -1  # the class index of the last signal, for emit = "changes"
         # Counters (this object is their one owner; the service sums them for logs and metrics).
         self.duplicates = 0        # closes for a bar already processed or already held
         self.gaps_backfilled = 0   # fetches that filled a gap with at least one bar
@@ -269,12 +275,15 @@ class Pipeline:
             self._events = []
         return ev
 
-    def set_model(self, model) -> None:
-        """Serve another model from the next bar on; the rolling features carry over (SIGHUP reload)."""
+    def set_model(self, model, policy: Policy | None = None) -> None:
+        """Serve another model (and its ``policy``, if given) from the next bar on; the rolling features carry
+        over (SIGHUP reload)."""
         self.state = self.state.rebind(model)
         self.model = model
         self._classes = tuple(model.classes)
         self._model_id = model.id
+        if policy is not None:
+            self.policy = policy
 
     @property
     def held(self) -> int:
@@ -472,5 +481,13 @@ class Pipeline:
         if k < 0:  # warming up (or no valid bar yet)
             return None
         classes = self._classes
-        return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, tuple(state.probs.tolist()),
-                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, c.close)
+        probs = tuple(state.probs.tolist())
+        policy = self.policy
+        if policy.plain:
+            emit = True
+        else:
+            k = policy.decide(k, probs)
+            emit = policy.emits(k, self._last_decision)
+            self._last_decision = k
+        return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, probs,
+                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, c.close, emit)

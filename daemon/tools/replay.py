@@ -12,6 +12,10 @@ finite or not positive, a negative volume, or a high below the low follows the R
 bar is missing and the kernels fill it forward (counted, reported once at the end). A hole in the file is
 stepped over as missing bars (reported); a hole of a whole feature window or more resets the state
 instead (a fresh pipeline warming up on the bars after it), so any gap costs the same.
+
+The decision policy is the daemon's: ``--config FILE`` takes its ``[signal]`` table, and ``--policy``,
+``--threshold``, ``--fee-case`` and ``--emit`` override its keys (``daemon.core.policy``), so a replay with
+the live configuration prints the lines the daemon would.
 """
 
 from __future__ import annotations
@@ -137,8 +141,10 @@ class ReplayStats:
 
 def replay(rows: Iterable[CsvRow], symbol: str, interval: str, model, writer,
            report: Callable[[int, int], None] | None = None, *,
-           on_reset: Callable[[int, int], None] | None = None, stats: ReplayStats | None = None) -> int:
-    """Feed ``rows`` (any iterable, consumed once) as closed candles through the pipeline; return the signal count.
+           on_reset: Callable[[int, int], None] | None = None, stats: ReplayStats | None = None,
+           policy=None) -> int:
+    """Feed ``rows`` (any iterable, consumed once) as closed candles through the pipeline; return the signal count
+    (lines the ``policy``, default argmax and every line, emits).
 
     The file is the whole record, so a hole in it is reported (``report(first_start_ms, bars)``) and
     stepped over exactly as the live daemon does when REST cannot fill a gap; a hole longer than the feature
@@ -150,7 +156,7 @@ def replay(rows: Iterable[CsvRow], symbol: str, interval: str, model, writer,
     from daemon.core.pipeline import FeaturesReset, GapUnfilled, Pipeline, Signal
 
     stats = stats if stats is not None else ReplayStats()
-    pipeline = Pipeline(symbol, interval, model, fetches_history=False)
+    pipeline = Pipeline(symbol, interval, model, fetches_history=False, policy=policy)
     signals = 0
     for row in rows:
         try:
@@ -165,7 +171,7 @@ def replay(rows: Iterable[CsvRow], symbol: str, interval: str, model, writer,
             kind = type(event)
             if kind is Signal:
                 writer.write(event)
-                signals += 1
+                signals += event.emit
             elif kind is GapUnfilled:
                 stats.unfilled_bars += event.bars
                 if report is not None:
@@ -184,12 +190,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbol", required=True, help="symbol the lines are labelled with, e.g. BTCUSDT")
     parser.add_argument("--interval", default="5", help="kline interval of the file (default 5)")
     parser.add_argument("--artifact", default=str(DEFAULT_ARTIFACT), help="student artifact (.npz)")
+    add_policy_arguments(parser)
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and the ``[signal]`` overrides (``kdsignal replay`` and ``kdsignal backtest --replay``)."""
+    parser.add_argument("--config", help="take the decision policy from this file's [signal] table (as `run` does)")
+    parser.add_argument("--policy", choices=("argmax", "threshold"), help="override [signal].policy")
+    parser.add_argument("--threshold", type=float, help="override [signal].threshold (0..1; p_buy - p_sell)")
+    parser.add_argument("--fee-case", help="override [signal].fee_case: the artifact's policy case (taker, maker)")
+    parser.add_argument("--emit", choices=("all", "actionable", "changes"), help="override [signal].emit")
+
+
+def policy_from_args(args: argparse.Namespace, model):
+    """The ``[signal]`` policy of ``--config`` (defaults without it) with the flags' overrides, for ``model``.
+
+    Raises ``ConfigError`` naming the key.
+    """
+    import dataclasses
+
+    from daemon.core.config import load_config, parse_config
+    from daemon.core.policy import resolve
+
+    sig = load_config(args.config).signal if args.config else parse_config({}).signal
+    table = {k: v for k, v in dataclasses.asdict(sig).items()}
+    for key, value in (("policy", args.policy), ("threshold", args.threshold), ("fee_case", args.fee_case),
+                       ("emit", args.emit)):
+        if value is not None:
+            table[key] = value
+    return resolve(parse_config({"signal": table}).signal, model)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Replay a CSV and print one signal line per bar after warm-up."""
     from daemon.aio.output import SignalWriter
     from daemon.core.artifact import ArtifactError
+    from daemon.core.errors import ConfigError
     from daemon.core.exitcodes import EXIT_CONFIG
     from daemon.core.model import KernelUnavailable, Model
 
@@ -211,13 +247,14 @@ def run_cli(args: argparse.Namespace) -> int:
         if str(model.interval) != args.interval:
             raise ReplayError(f"artifact {args.artifact} is for interval {model.interval!r}, "
                               f"--interval is {args.interval!r}")
+        policy = policy_from_args(args, model)
         rows = iter_kline_csv(args.data, args.interval)
         replay(rows, args.symbol, args.interval, model, SignalWriter(sys.stdout.buffer), report,
-               on_reset=on_reset, stats=stats)
+               on_reset=on_reset, stats=stats, policy=policy)
     except BrokenPipeError:  # e.g. piped into `head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KernelUnavailable as exc:  # like the daemon's: rebuilding, not retrying, fixes it
+    except (KernelUnavailable, ConfigError) as exc:  # like the daemon's: a change, not a retry, fixes it
         print(f"kdsignal replay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (ReplayError, ArtifactError, FrameError, OSError) as exc:

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.core import trading as tr
+
 from . import evaluate as ev
-from . import trading as tr
 from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
 from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset

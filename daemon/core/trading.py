@@ -1,7 +1,8 @@
 """Trading read-out of a sell/hold/buy signal over candles: positions, costs, P&L and its statistics.
 
-No training imports: ``kdsignal train`` uses it for its report, and anything holding a signal file
-(the daemon's JSON lines) and the candles can call it (``edge_from_signal_lines``, ``backtest``).
+In ``daemon.core`` so both ``kdsignal train`` (its report) and ``kdsignal backtest`` (any signal file of the
+daemon's JSON lines, read and checked by ``daemon.tools.backtest``) use this one module. No I/O; numba is
+imported on the first simulation, never by importing this module, so the serving path stays free of it.
 
 Timing: a decision made at bar t's close is filled at bar t+1's open; a position held on bar t earns
 ``r[t] = log(open[t+2] / open[t+1])``. Every unit of position change pays the fee per side plus half the
@@ -10,18 +11,17 @@ closed at the last fill. Positions are -1, 0 or +1 of one unit of notional per s
 returns, so a symbol's returns add up over bars and the report's "net return" is their sum.
 
 Decision policy: ``edge = p_buy - p_sell``; long when ``edge > threshold``, short when
-``edge < -threshold``, flat otherwise (``threshold >= 1`` never acts on probabilities). With ``hold_bars = 1`` the decision
-is re-made every bar; with ``hold_bars = h`` a position, once taken, is kept for h bars before the next
-decision (the label's horizon), and renewed without cost if that decision is the same.
+``edge < -threshold``, flat otherwise (``threshold >= 1`` never acts on probabilities). With
+``hold_bars = 1`` the decision is re-made every bar; with ``hold_bars = h`` a position, once taken, is kept
+for h bars before the next decision (the label's horizon), and renewed without cost if that decision is
+the same.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 BP = 1e-4
@@ -57,8 +57,7 @@ def half_spread(open_: np.ndarray, tick: float) -> np.ndarray:
     return np.where(fill > 0, 0.5 * tick / fill, 0.0)
 
 
-@numba.njit(cache=False)
-def _positions(edge, threshold, hold_bars, out):
+def _positions_py(edge, threshold, hold_bars, out):
     pos = 0
     lock = 0
     for t in range(len(edge)):
@@ -78,16 +77,28 @@ def _positions(edge, threshold, hold_bars, out):
         out[t] = pos
 
 
+_COMPILED: dict = {}
+
+
+def _kernel(name: str):
+    # numba only when a read-out runs (training, backtest); compiled once per process
+    fn = _COMPILED.get(name)
+    if fn is None:
+        import numba
+
+        fn = _COMPILED[name] = numba.njit(cache=False)(_LOOPS[name])
+    return fn
+
+
 def positions(edge: np.ndarray, threshold: float, hold_bars: int = 1) -> np.ndarray:
     """Positions (int64, -1/0/+1) the threshold policy takes on ``edge`` (NaN edges: flat)."""
     out = np.zeros(len(edge), dtype=np.int64)
     e = np.nan_to_num(np.asarray(edge, dtype=np.float64), nan=0.0)
-    _positions(e, float(threshold), int(hold_bars), out)
+    _kernel("positions")(e, float(threshold), int(hold_bars), out)
     return out
 
 
-@numba.njit(cache=False)
-def _trades(pos, net_gross, cost, out):
+def _trades_py(pos, net_gross, cost, out):
     # out: [trades, winning trades]; a trade is a run of one non-zero position (a flip starts a new one)
     prev = 0
     pnl = 0.0
@@ -113,6 +124,9 @@ def _trades(pos, net_gross, cost, out):
             wins += 1
     out[0] = trades
     out[1] = wins
+
+
+_LOOPS = {"positions": _positions_py, "trades": _trades_py}
 
 
 @dataclass
@@ -143,7 +157,7 @@ def simulate(pos: np.ndarray, r: np.ndarray, fee_per_side: float, half_spread_fr
     gross = pos * r
     net = gross - cost
     tw = np.zeros(2, dtype=np.int64)
-    _trades(pos, gross, fee_per_side + hs, tw)
+    _kernel("trades")(pos, gross, fee_per_side + hs, tw)
     st = np.arange(n, dtype=np.int64) if start_ms is None else np.asarray(start_ms, dtype=np.int64)
     return Run(st, pos, gross, net, float(change.sum()), float((change * hs).sum()), int(tw[0]), int(tw[1]))
 
@@ -253,33 +267,3 @@ def choose_policy(markets: list[Market], edge_by_symbol: dict[str, np.ndarray], 
                 best = {"threshold": thr, "hold_bars": int(hold), "net_return": net}
     best["net_return_per_symbol"] = best.pop("net_return") / max(len(edge_by_symbol), 1)
     return best
-
-
-MAX_LINE_BYTES = 65536
-
-
-def edge_from_signal_lines(lines, start_ms_by_symbol: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """``p_buy - p_sell`` per symbol aligned to the candles' ``start_ms`` from the daemon's JSON signal lines.
-
-    Bars without a line get NaN (flat). Returns (edges, number of lines skipped as malformed or unknown).
-    """
-    edges = {s: np.full(len(t), np.nan) for s, t in start_ms_by_symbol.items()}
-    index = {s: {int(v): i for i, v in enumerate(t)} for s, t in start_ms_by_symbol.items()}
-    bad = 0
-    for line in lines:
-        if len(line) > MAX_LINE_BYTES:
-            bad += 1
-            continue
-        try:
-            d = json.loads(line)
-            sym, start, probs = d["symbol"], int(d["start"]), d["probs"]
-            e = float(probs["buy"]) - float(probs["sell"])
-        except (ValueError, KeyError, TypeError):
-            bad += 1
-            continue
-        i = index.get(sym, {}).get(start)
-        if i is None or not math.isfinite(e):
-            bad += 1
-            continue
-        edges[sym][i] = e
-    return edges, bad
