@@ -65,19 +65,25 @@ def _probs_format(classes: tuple[str, ...]) -> str:
     return fmt
 
 
+# The position an alpha model's decided class stands for, written beside its alpha_bp.
+_POSITION = {"sell": -1, "hold": 0, "buy": 1}
+
+
 class Signal:
     """One signal: a closed bar, the student's class and probabilities, and how long inference took.
 
-    ``classes`` are the artifact's class names and ``probs`` the probabilities in that order. ``late_ms`` is
-    set only on a stream close that was held while a fetch ran: how long it waited in the daemon.
+    ``classes`` are the artifact's class names and ``probs`` the probabilities in that order. For an alpha
+    model ``readout`` names the values ``probs`` then holds instead (``alpha_bp`` [, ``sd_bp``]) and the line
+    carries ``position`` (-1, 0, 1) and those values in place of ``probs``. ``late_ms`` is set only on a
+    stream close that was held while a fetch ran: how long it waited in the daemon.
     """
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "classes", "probs", "inference_ns", "model",
-                 "backfill", "recv_ns", "late_ms")
+                 "backfill", "recv_ns", "late_ms", "readout")
 
     def __init__(self, symbol: str, interval: str, start_ms: int, signal: str, classes: tuple[str, ...],
                  probs: tuple[float, ...], inference_ns: int, model: str, backfill: bool, recv_ns: int,
-                 late_ms: int | None = None) -> None:
+                 late_ms: int | None = None, readout: tuple[str, ...] | None = None) -> None:
         self.symbol = symbol
         self.interval = interval
         self.start_ms = start_ms
@@ -89,6 +95,7 @@ class Signal:
         self.backfill = backfill
         self.recv_ns = recv_ns  # perf_counter_ns when the frame carrying the close arrived (0: not live)
         self.late_ms = late_ms
+        self.readout = readout
 
     @property
     def inference_us(self) -> float:
@@ -97,9 +104,13 @@ class Signal:
 
     def fields(self) -> dict:
         """The event as a dict, in the order of the output line."""
-        out = {"symbol": self.symbol, "interval": self.interval, "start": self.start_ms, "signal": self.signal,
-               "probs": dict(zip(self.classes, self.probs)), "inference_us": self.inference_us,
-               "model": self.model, "backfill": self.backfill}
+        out = {"symbol": self.symbol, "interval": self.interval, "start": self.start_ms, "signal": self.signal}
+        if self.readout is None:
+            out["probs"] = dict(zip(self.classes, self.probs))
+        else:
+            out["position"] = _POSITION[self.signal]
+            out.update(zip(self.readout, self.probs))
+        out.update(inference_us=self.inference_us, model=self.model, backfill=self.backfill)
         if self.late_ms is not None:
             out["late_ms"] = self.late_ms
         return out
@@ -108,6 +119,8 @@ class Signal:
         """Render the JSON line (with the trailing newline). Floats use repr, so they round-trip exactly."""
         # Formatted by hand: symbols are validated alphanumerics, ids hex, class names the artifact's
         # validated names, and this runs per signal.
+        if self.readout is not None:
+            return self._alpha_line()
         try:
             fmt = _PROBS_FORMATS[self.classes]
         except KeyError:
@@ -117,6 +130,15 @@ class Signal:
         return (f'{{"symbol": "{self.symbol}", "interval": "{self.interval}", "start": {self.start_ms}, '
                 f'"signal": "{self.signal}", "probs": {{{probs}}}, "inference_us": {self.inference_us!r}, '
                 f'"model": "{self.model}", "backfill": {"true" if self.backfill else "false"}{late}}}\n')
+
+
+    def _alpha_line(self) -> str:
+        values = ", ".join(f'"{name}": {value!r}' for name, value in zip(self.readout, self.probs))
+        late = "" if self.late_ms is None else f', "late_ms": {self.late_ms}'
+        return (f'{{"symbol": "{self.symbol}", "interval": "{self.interval}", "start": {self.start_ms}, '
+                f'"signal": "{self.signal}", "position": {_POSITION[self.signal]}, {values}, '
+                f'"inference_us": {self.inference_us!r}, "model": "{self.model}", '
+                f'"backfill": {"true" if self.backfill else "false"}{late}}}\n')
 
 
 class Stage(Enum):
@@ -207,6 +229,7 @@ class Pipeline:
         self.last_fetch_error = ""
         self._classes = tuple(model.classes)
         self._model_id = model.id
+        self._readout = getattr(model, "readout", None)
         # Counters (this object is their one owner; the service sums them for logs and metrics).
         self.duplicates = 0        # closes for a bar already processed or already held
         self.gaps_backfilled = 0   # fetches that filled a gap with at least one bar
@@ -274,6 +297,7 @@ class Pipeline:
         self.model = model
         self._classes = tuple(model.classes)
         self._model_id = model.id
+        self._readout = getattr(model, "readout", None)
 
     @property
     def held(self) -> int:
@@ -472,4 +496,4 @@ class Pipeline:
             return None
         classes = self._classes
         return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, tuple(state.probs.tolist()),
-                      t1 - t0, self._model_id, backfill, recv_ns, late_ms)
+                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, self._readout)
