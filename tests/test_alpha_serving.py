@@ -217,3 +217,16 @@ async def test_alpha_live_through_the_fake_equals_replay(alpha_artifact):
     for x in live:
         assert {k: v for k, v in x.items() if k != "inference_us"} == {
             k: v for k, v in expected[x["start"]].items() if k != "inference_us"}
+
+
+@needs_jit
+def test_bench_times_the_alpha_step_beside_the_classifier(alpha_artifact, random_artifact):
+    """`kdsignal bench`'s inference part times an alpha artifact's step and its ratio to the classifier's step."""
+    from daemon.bench import inference
+
+    out = inference.run(Model.load(random_artifact), "test", 50, teacher=False, warmup=10,
+                        alpha=Model.load(alpha_artifact))
+    names = {r["name"] for r in out["results"]}
+    assert "student_step_alpha" in names
+    ratio = [r for r in out["ratios"] if r["name"] == "student_step_alpha/student_step"]
+    assert len(ratio) == 1 and ratio[0]["p50_ratio"] > 0
