@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 TAKER_FEE = 0.00055  # Bybit linear taker fee, one side
+MAKER_FEE = 0.0002  # Bybit linear maker fee, one side
 
 
 # name -> (config overrides, one-line description); each is re-run with the first seed only
@@ -29,6 +30,8 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
                             "students also train on block 0 (no teacher there: hard labels only, for both)"),
     "student_32_16": ({"student_hidden": (32, 16)}, "a wider student, 32-16 (same budget)"),
 }
+# ablations that change the labels: their log losses are not comparable row for row with the default's
+LABEL_ABLATIONS = ("label_band_vol_100",)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,9 @@ class TrainConfig:
     # served model can see the band it is asked to predict against (see the label_band_vol_100 ablation)
     vol_window: int = 20
     fee_per_side: float = TAKER_FEE
-    # --- folds (walk-forward over time: block 0 teaches only, block 1 gives the first soft targets)
+    # --- lockbox: the newest span, purged from development, scored once after every choice is made
+    lockbox_days: float = 0.0  # 0: 15% of the data's span, in whole days
+    # --- folds over the development span (walk-forward: block 0 teaches only, block 1 gives the first soft targets)
     n_folds: int = 5
     embargo_bars: int = 12  # gap on top of the h-bar purge between any training row and a test block
     val_frac: float = 0.15  # tail of each training window held out for early stopping
@@ -71,20 +76,30 @@ class TrainConfig:
     student_epochs: int = 60
     student_batch: int = 256
     student_lr: float = 5e-3
+    student_weight_decay: float = 0.0
     student_patience: int = 8
     student_plateau_patience: int = 0  # halve the learning rate after this many epochs without gain (0: never)
     # also train on block 0, which no out-of-fold teacher labels: hard labels only there (student and control)
     student_first_block: bool = False
     recency_half_life_days: float = 0.0  # 0 = uniform sample weights
     seeds: tuple[int, ...] = (0, 1, 2)
-    # --- evaluation / output
-    ece_bins: int = 10
-    sweep: bool = True  # also train the temperature x alpha grid (first seed only) in every fold
+    # --- choices made on the development folds (first seed): T x alpha, and the control's own lr x weight decay
+    sweep: bool = True  # false: use temperature/alpha above as they are
     sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
-    # variants re-run with the first seed to measure what each option is worth (see pipeline.ABLATIONS)
-    ablations: tuple[str, ...] = ("teacher_without_extras", "teacher_finer_targets", "recency_weighting",
-                                  "student_first_block", "label_band_vol_100")
+    control_lrs: tuple[float, ...] = (0.002, 0.005, 0.01)
+    control_weight_decays: tuple[float, ...] = (0.0, 0.001)
+    # variants re-run over every seed on the development folds, judged by their paired interval (ABLATIONS)
+    ablations: tuple[str, ...] = ("teacher_without_extras", "recency_weighting", "student_first_block")
+    # --- evaluation / output
+    ece_bins: int = 10
+    bootstrap_samples: int = 2000  # paired block bootstrap, one-day blocks
+    # trading read-out: fee cases per side and half-spread (< 0: half of one tick, inferred from prices)
+    taker_fee_per_side: float = TAKER_FEE
+    maker_fee_per_side: float = MAKER_FEE
+    half_spread_bp: float = -1.0
+    policy_quantiles: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)  # of |p_buy - p_sell|
+    mean_reversion_z: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0)  # |zclose_20| thresholds tried
     num_threads: int = 2
     progress: bool = True
 
@@ -95,6 +110,11 @@ class TrainConfig:
             ("vol_window", self.vol_window >= 2),
             ("fee_per_side", 0 <= self.fee_per_side < 0.01),
             ("n_folds", self.n_folds >= 1),
+            ("lockbox_days", self.lockbox_days >= 0),
+            ("student_weight_decay", self.student_weight_decay >= 0),
+            ("bootstrap_samples", self.bootstrap_samples >= 100),
+            ("policy_quantiles", all(0 < q < 1 for q in self.policy_quantiles)),
+            ("control_lrs", len(self.control_lrs) >= 1 and min(self.control_lrs) > 0),
             ("embargo_bars", self.embargo_bars >= 0),
             ("val_frac", 0 < self.val_frac < 0.5),
             ("temperature", self.temperature > 0),

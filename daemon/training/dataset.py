@@ -34,6 +34,7 @@ class Pooled:
     band: np.ndarray
     next_ret: np.ndarray  # log(open[t+2] / open[t+1]): what a position taken at bar t's signal earns next bar
     valid: np.ndarray
+    open: np.ndarray  # the bar's open price (NaN on a missing bar), for the trading read-out
 
     def __len__(self) -> int:
         return len(self.y)
@@ -51,7 +52,7 @@ def build(series: list[Series], cfg: TrainConfig) -> Pooled:
     gridded, present = list(gridded), list(present)
     mkt, mkt_names = market_extras(gridded) if cfg.teacher_extra_features else ([None] * len(series), [])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                          ("sym", "start", "xs", "xt", "y", "t", "fwd", "band", "nr", "valid")}
+                                          ("sym", "start", "xs", "xt", "y", "t", "fwd", "band", "nr", "valid", "open")}
     names: list[str] = []
     to_class = None
     for j, (s, pres) in enumerate(zip(gridded, present)):
@@ -75,12 +76,12 @@ def build(series: list[Series], cfg: TrainConfig) -> Pooled:
         valid = (lab["y"] >= 0) & np.all(np.isfinite(xs), axis=1) & pres
         for k, v in (("sym", np.full(len(s), j)), ("start", s.start_ms), ("xs", xs), ("xt", np.column_stack(cols)),
                      ("y", lab["y"]), ("t", tgt), ("fwd", lab["fwd"]), ("band", lab["band"]), ("nr", nr),
-                     ("valid", valid)):
+                     ("valid", valid), ("open", o)):
             parts[k].append(v)
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return Pooled(
         symbols=[s.symbol for s in series], interval_ms=series[0].interval_ms, sym=cat["sym"],
         start_ms=cat["start"], x_student=cat["xs"], x_teacher=cat["xt"].astype(np.float32), teacher_names=names,
         y=cat["y"], target=cat["t"], to_class=to_class, fwd=cat["fwd"], band=cat["band"],
-        next_ret=cat["nr"], valid=cat["valid"],
+        next_ret=cat["nr"], valid=cat["valid"], open=cat["open"],
     )

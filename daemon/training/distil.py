@@ -103,12 +103,14 @@ def kd_loss_fn(y: np.ndarray, zt: np.ndarray, w: np.ndarray, temperature: float,
 def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit: np.ndarray,
                   x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, seed: int, *,
                   temperature: float | None = None, alpha: float | None = None,
-                  hidden: tuple[int, ...] | None = None) -> Student:
+                  hidden: tuple[int, ...] | None = None, lr: float | None = None,
+                  weight_decay: float | None = None, fixed_epochs: int | None = None) -> Student:
     """Distil a student on rows ``x_fit`` (raw features) from teacher probabilities ``p_fit``.
 
     ``alpha=1`` gives the hard-label control (the teacher's probabilities are then ignored). Rows whose
     ``p_fit`` is NaN (no out-of-fold teacher exists for them) train on hard labels only. Early stopping
-    scores the log loss of hard labels on the validation block, the quantity the report compares.
+    scores the log loss of hard labels on the validation block, the quantity the report compares; with
+    ``fixed_epochs`` there is no validation (``x_val`` is ignored) and the model after that many epochs is kept.
     """
     temperature = cfg.temperature if temperature is None else temperature
     alpha = cfg.alpha if alpha is None else alpha
@@ -131,9 +133,11 @@ def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit
         p = nn.softmax(z)
         return float(-np.mean(np.log(np.clip(p[np.arange(len(yv)), yv], 1e-15, 1.0))))
 
-    res = nn.fit(s.mlp, zf, kd_loss_fn(y_fit, zt, w, temperature, alpha, None if soft.all() else soft), zv, val_fn,
-                 epochs=cfg.student_epochs, batch=cfg.student_batch, lr=cfg.student_lr,
-                 patience=cfg.student_patience, rng=np.random.default_rng([seed, 11]),
-                 plateau_patience=cfg.student_plateau_patience)
+    res = nn.fit(s.mlp, zf, kd_loss_fn(y_fit, zt, w, temperature, alpha, None if soft.all() else soft), zv,
+                 None if fixed_epochs else val_fn,
+                 epochs=fixed_epochs or cfg.student_epochs, batch=cfg.student_batch,
+                 lr=cfg.student_lr if lr is None else lr, patience=cfg.student_patience,
+                 rng=np.random.default_rng([seed, 11]), plateau_patience=cfg.student_plateau_patience,
+                 weight_decay=cfg.student_weight_decay if weight_decay is None else weight_decay)
     s.mlp, s.best_epoch, s.epochs_run = res.model, res.best_epoch, res.epochs_run
     return s

@@ -133,3 +133,84 @@ def trading(p: np.ndarray, next_ret: np.ndarray, groups: np.ndarray, fee_per_sid
         "turnover": float(np.mean(turns)) if turns else 0.0,
         "max_drawdown": float(max(dds)) if dds else 0.0,
     }
+
+
+def row_log_loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row negative log-likelihood of ``y``."""
+    return -np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray, n_classes: int = 3) -> float:
+    """Cohen's kappa between two label vectors (agreement beyond what their class shares give by chance)."""
+    if not len(a):
+        return float("nan")
+    po = float(np.mean(a == b))
+    pa = np.bincount(a, minlength=n_classes) / len(a)
+    pb = np.bincount(b, minlength=n_classes) / len(b)
+    pe = float(np.sum(pa * pb))
+    return (po - pe) / (1.0 - pe) if pe < 1.0 else float("nan")
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    pos = np.asarray(positive, dtype=bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def rank_ic(score: np.ndarray, target: np.ndarray) -> float:
+    """Spearman rank correlation of ``score`` with ``target`` (rows where both are finite)."""
+    from scipy.stats import rankdata
+
+    ok = np.isfinite(score) & np.isfinite(target)
+    if ok.sum() < 3:
+        return float("nan")
+    a, b = rankdata(score[ok]), rankdata(target[ok])
+    sa, sb = a.std(), b.std()
+    return float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)) if sa > 0 and sb > 0 else float("nan")
+
+
+def precision_recall(p: np.ndarray, y: np.ndarray, n_classes: int = 3) -> dict[str, list[float]]:
+    """Per-class precision and recall of the argmax predictions (NaN where a class is never predicted/present)."""
+    pred = np.argmax(p, axis=1)
+    prec, rec = [], []
+    for c in range(n_classes):
+        tp = int(np.sum((pred == c) & (y == c)))
+        npred, ntrue = int(np.sum(pred == c)), int(np.sum(y == c))
+        prec.append(tp / npred if npred else float("nan"))
+        rec.append(tp / ntrue if ntrue else float("nan"))
+    return {"precision": prec, "recall": rec}
+
+
+def signal_measures(p: np.ndarray, y: np.ndarray, fwd: np.ndarray, p_teacher: np.ndarray | None,
+                    bins: int = 10) -> dict:
+    """Measures that answering "hold" every bar cannot score on (sell/hold/buy = 0/1/2).
+
+    ``move_auc``: 1 - p_hold ranking moves above holds; ``direction_auc``: p_buy - p_sell ranking buys above
+    sells among bars that moved; ``ic``: rank correlation of p_buy - p_sell with the forward return;
+    with a teacher: Cohen's kappa of the argmax decisions and agreement on bars where the teacher does not
+    say hold.
+    """
+    edge = p[:, 2] - p[:, 0]
+    moved = y != 1
+    out = {
+        "log_loss": log_loss(p, y), "accuracy": accuracy(p, y), "macro_f1": macro_f1(p, y), "ece": ece(p, y, bins),
+        "move_auc": auc(1.0 - p[:, 1], moved),
+        "direction_auc": auc(edge[moved], y[moved] == 2),
+        "ic": rank_ic(edge, fwd),
+        **precision_recall(p, y),
+        "n": int(len(y)),
+    }
+    if p_teacher is not None:
+        a, b = np.argmax(p_teacher, axis=1), np.argmax(p, axis=1)
+        act = a != 1
+        out["kappa_vs_teacher"] = cohen_kappa(a, b)
+        out["agreement"] = float(np.mean(a == b)) if len(a) else float("nan")
+        out["agreement_teacher_acts"] = float(np.mean(a[act] == b[act])) if act.any() else float("nan")
+        out["teacher_act_share"] = float(np.mean(act)) if len(a) else float("nan")
+    return out

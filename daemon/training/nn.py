@@ -122,7 +122,7 @@ class FitResult:
     train_history: list[float]
 
 
-def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: Callable[[np.ndarray], float], *,
+def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: Callable[[np.ndarray], float] | None, *,
         epochs: int, batch: int, lr: float, patience: int, rng: np.random.Generator,
         weight_decay: float = 0.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
         plateau_patience: int = 0, plateau_factor: float = 0.5) -> FitResult:
@@ -131,13 +131,15 @@ def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: C
     ``loss_fn(logits, rows)`` returns the minibatch loss and its logit gradient (already divided by the batch
     weight, as ``kernels.mlp.kd_loss_grad`` does); ``val_fn(val_logits)`` scores the validation block, lower
     is better. The weights of the best validation epoch are returned. With ``plateau_patience > 0`` the
-    learning rate is multiplied by ``plateau_factor`` after that many epochs without improvement.
+    learning rate is multiplied by ``plateau_factor`` after that many epochs without improvement. With
+    ``val_fn=None`` all ``epochs`` run and the final weights are returned (no early stopping).
     """
     params = model.params()
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     step = 0
-    best = val_fn(predict(model, x_val))
+    keep_last = val_fn is None
+    best = 0.0 if keep_last else val_fn(predict(model, x_val))
     best_model, best_epoch, bad = model.copy(), 0, 0
     val_hist, train_hist = [best], []
     since_decay = 0
@@ -167,7 +169,8 @@ def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: C
                     p *= 1.0 - lr * weight_decay
                 p -= (lr / c1) * mp / (np.sqrt(vp / c2) + eps)
         train_hist.append(total / max(count, 1))
-        score = val_fn(predict(model, x_val))
+        # without validation every epoch counts as an improvement, so the last weights are kept
+        score = best - 1.0 if keep_last else val_fn(predict(model, x_val))
         val_hist.append(score)
         if score < best - 1e-6:
             best, best_model, best_epoch, bad, since_decay = score, model.copy(), epoch, 0, 0
