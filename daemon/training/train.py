@@ -424,7 +424,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kdsignal train``."""
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE",
                         help="kline CSVs (start_ms,open,high,low,close,volume) or folders of them")
-    parser.add_argument("--out", default="models/default.npz", help="artifact path; report and plots go next to it")
+    parser.add_argument("--out", default=None,
+                        help="artifact path; report and plots go next to it (default models/default.npz, "
+                             "models/alpha.npz with --method alpha)")
+    parser.add_argument("--method", choices=("classes", "alpha"), default=None,
+                        help="what is distilled: sell/hold/buy classes, or the forward return (default [train] method)")
     parser.add_argument("--config", default=None, help="TOML file whose [train] table sets the knobs")
     parser.add_argument("--interval", default=None, help="only use files of this bar length (Bybit code, e.g. 5)")
     parser.add_argument("--sweep", action="store_true", default=None,
@@ -450,6 +454,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_mapping(table)
     if args.no_progress:
         cfg = cfg.replace(progress=False)
+    if args.method:
+        cfg = cfg.replace(method=args.method)
     return cfg
 
 
@@ -465,6 +471,18 @@ def run_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .data import DataError
 
+    if args.out is None:
+        args.out = "models/alpha.npz" if cfg.method == "alpha" else "models/default.npz"
+    if cfg.method == "alpha":
+        from .alpha import run_cli_summary, train_alpha
+
+        try:
+            doc = train_alpha(args.data, args.out, cfg, interval=args.interval, config_path=args.config)
+        except DataError as e:
+            print(f"kdsignal train: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps({**run_cli_summary(doc), "kernel": _build_kernel(args.out)}, indent=1))
+        return 0
     try:
         doc = train(args.data, args.out, cfg, interval=args.interval, sweep=args.sweep, config_path=args.config)
     except DataError as e:
