@@ -17,7 +17,7 @@ volatility (clipped to ``+-alpha_target_clip``), the unit an alpha head serves i
    ``gaussian``: mean and log-variance, ``alpha * NLL(y) + (1 - alpha) * KL(teacher || student)``
    (``alpha_loss``). Each form's control is the same student with ``alpha = 1`` (realised returns alone):
    same rows, seeds, initial weights, batches and budget.
-4. **Development choices** (the last ``alpha_dev_folds`` development folds, first seed): the ``alpha`` of
+4. **Development choices** (the last ``alpha_dev_folds`` development folds, all by default; first seed): the ``alpha`` of
    each form from ``sweep_alphas`` (by the rank IC of the prediction with the realised return), the shipped
    form (the better distilled form by the same measure), and each model's trading policy per fee case
    (``trading.choose_policy``: thresholds on ``alpha_bp`` from quantiles of its development values).
@@ -399,7 +399,7 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
 
     # 4. development choices on the last alpha_dev_folds folds (first seed)
     t0 = time.perf_counter()
-    choice_folds = dev_folds[-cfg.alpha_dev_folds:]
+    choice_folds = dev_folds[-cfg.alpha_dev_folds:] if cfg.alpha_dev_folds else dev_folds
     dev_test = np.zeros(len(P), dtype=bool)
     for f in choice_folds:
         dev_test |= f.test & ok
@@ -555,20 +555,20 @@ def render_markdown(doc: dict) -> str:
         "loss: Huber (huber form) or Gaussian NLL (gaussian form) on the realised target, lower is better.",
         "",
         "| model | loss | MSE | IC | direction AUC | control - distilled loss, 95% CI (day blocks) | gap recovered | "
-        "net taker | Sharpe taker | net maker | Sharpe maker | break-even fee bp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "IC distilled - control, 95% CI | net taker | Sharpe taker | net maker | Sharpe maker | break-even fee bp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     t = lb["teacher"]
     tt = tr_["teacher"]
     lines.append(f"| teacher | {_f(t['nll'])} (NLL) / {_f(t['huber'])} (Huber) | {_f(t['mse'])} | {_f(t['ic'])} | "
-                 f"{_f(t['direction_auc'])} | | | {_f(tt['taker']['net_return'])} | {_f(tt['taker']['sharpe'], 2)} | "
+                 f"{_f(t['direction_auc'])} | | | | {_f(tt['taker']['net_return'])} | {_f(tt['taker']['sharpe'], 2)} | "
                  f"{_f(tt['maker']['net_return'])} | {_f(tt['maker']['sharpe'], 2)} | {_f(tt['taker']['break_even_fee_bp'], 2)} |")
     for form, d in lb["forms"].items():
         for name in ("distilled", "control"):
             m = d[name]
             r = tr_[f"{form}_{name}"]
             extra = (f"{_ci(d['delta_vs_control'])} ({d['delta_vs_control']['blocks']} blocks) | "
-                     f"{_ci(d['gap_recovered'], 2)}") if name == "distilled" else " | "
+                     f"{_ci(d['gap_recovered'], 2)} | {_ci(d['ic_contribution_delta'])}") if name == "distilled" else " | | "
             label = f"{form} {name}" + (f" (alpha {d['alpha']})" if name == "distilled" else " (realised only)")
             lines.append(f"| {label} | {_f(m['loss'])} | {_f(m['mse'])} | {_f(m['ic'])} | {_f(m['direction_auc'])} | "
                          f"{extra} | {_f(r['taker']['net_return'])} | {_f(r['taker']['sharpe'], 2)} | "
@@ -576,11 +576,15 @@ def render_markdown(doc: dict) -> str:
                          f"{_f(r['taker']['break_even_fee_bp'], 2)} |")
     for base in ("always_flat", "buy_and_hold"):
         r = tr_[base]
-        lines.append(f"| {base.replace('_', ' ')} | | | | | | | {_f(r['taker']['net_return'])} | "
+        lines.append(f"| {base.replace('_', ' ')} | | | | | | | | {_f(r['taker']['net_return'])} | "
                      f"{_f(r['taker']['sharpe'], 2)} | {_f(r['maker']['net_return'])} | {_f(r['maker']['sharpe'], 2)} | |")
     lines += ["", "Net return: mean over symbols of each symbol's summed log return over the lockbox, after fee per "
               "side and half a tick of spread, with the threshold on alpha_bp and holding rule chosen on development "
-              "blocks for that fee case (`trading`). Break-even fee: fee per side at which that policy's net is zero.", ""]
+              "blocks for that fee case (`trading`); a model whose development blocks found no profitable threshold "
+              "stays flat (net 0, break-even n/a). Break-even fee: fee per side at which that policy's net is zero. "
+              "Gap recovered: (control - distilled) / (control - teacher) of the realised loss, meaningless when the "
+              "teacher's own loss barely beats the control's. IC difference: per-row contributions to the rank IC, "
+              "paired by day block.", ""]
     lines += ["## Verdict", "", verdict(doc), ""]
     return "\n".join(lines)
 
