@@ -139,3 +139,20 @@ def test_train_alpha_end_to_end_writes_a_servable_artifact(tmp_path):
     rows = np.flatnonzero(P.valid)[-50:]
     got = model.predict_features(P.x_student[rows])
     assert np.isfinite(got).all() and got.shape[1] == len(art.manifest["alpha"]["outputs"])
+
+
+def test_method_is_chosen_by_config_or_flag(tmp_path):
+    """`[train] method` selects the alpha method, `--method` overrides it, and an unknown method is refused by name."""
+    import argparse
+
+    from daemon.training.train import add_arguments, config_from_args
+
+    toml = tmp_path / "t.toml"
+    toml.write_text('[train]\nmethod = "alpha"\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--data", "x", "--config", str(toml)])).method == "alpha"
+    assert config_from_args(parser.parse_args(["--data", "x", "--config", str(toml), "--method", "classes"])).method == "classes"
+    toml.write_text('[train]\nmethod = "quantiles"\n')
+    with pytest.raises(ValueError, match="method"):
+        config_from_args(parser.parse_args(["--data", "x", "--config", str(toml)]))

@@ -399,7 +399,8 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
 
     # 4. development choices on the last alpha_dev_folds folds (first seed)
     t0 = time.perf_counter()
-    choice_folds = dev_folds[-cfg.alpha_dev_folds:] if cfg.alpha_dev_folds else dev_folds
+    student_folds = dev_folds[1:]  # block 1 is the first with an out-of-fold teacher: students test from block 2
+    choice_folds = student_folds[-cfg.alpha_dev_folds:] if cfg.alpha_dev_folds else student_folds
     dev_test = np.zeros(len(P), dtype=bool)
     for f in choice_folds:
         dev_test |= f.test & ok

@@ -123,7 +123,7 @@ class TrainConfig:
             ("alpha_huber_delta", self.alpha_huber_delta > 0),
             ("alpha_student_epochs", self.alpha_student_epochs >= 1),
             ("alpha_student_batch", self.alpha_student_batch >= 2),
-            ("alpha_dev_folds", 0 <= self.alpha_dev_folds <= self.n_folds),
+            ("alpha_dev_folds", 0 <= self.alpha_dev_folds < self.n_folds),
             ("alpha_lockbox_seeds", 1 <= self.alpha_lockbox_seeds <= len(self.seeds)),
             ("lockbox_days", self.lockbox_days >= 0),
             ("student_weight_decay", self.student_weight_decay >= 0),
