@@ -24,10 +24,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or the package's own when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("kdsignal")
+    except PackageNotFoundError:
+        from daemon import __version__
+
+        return __version__
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdsignal", description="Knowledge-distilled trading signals from Bybit v5 klines (python -m daemon works too)."
     )
+    parser.add_argument("--version", action="version", version=f"kdsignal {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the module of the chosen command is imported; the others appear in --help by name alone.
     chosen = next((a for a in (argv or []) if a in COMMANDS), None)

@@ -30,11 +30,6 @@ zclose_20      ``(c[n] / mean(c[S]) - 1) / rvol_20``; 0.0 when rvol_20 is 0
 hl_mean_20     ``mean(hl[S])``
 rvol_100       ``sqrt(mean(r[1..n]**2))``: the volatility regime over about 8 hours of 5m bars
 =============  ==========================================================================
-
-``hl_mean_20`` and ``rvol_100`` were added after the first shipped model: the teacher's own ablation found
-that long-window volatility carried most of what it knew and the student could not see (a LightGBM on the
-9 short features gained 2.40% log loss over the class prior, 3.34% with these two, 3.64% with all 32
-teacher inputs; ``models/report.md``).
 """
 
 from __future__ import annotations

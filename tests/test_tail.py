@@ -234,3 +234,43 @@ def test_cli_colour_flag_forms(tmp_path, flag):
     append(log, signal_line(0))
     res = run_tail(str(log), "--no-follow", flag)
     assert "\x1b[1;32mbuy" in res.stdout
+
+
+def test_replay_piped_into_tail_dash():
+    """``kdsignal replay ... | kdsignal tail -`` prints one row per replayed line, in order."""
+    replay = subprocess.Popen([sys.executable, "-m", "daemon", "replay", "--data", "tests/golden/session.csv",
+                               "--symbol", "BTCUSDT", "--artifact", "tests/golden/artifact.npz"],
+                              cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        res = subprocess.run([sys.executable, "-m", "daemon", "tail", "-"], cwd=ROOT, stdin=replay.stdout,
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        replay.stdout.close()
+        assert replay.wait(timeout=60) == 0
+    assert res.returncode == 0, res.stderr
+    golden = [json.loads(x) for x in (ROOT / "tests/golden/signals.jsonl").read_text().splitlines()]
+    rows = res.stdout.splitlines()
+    assert rows[0].startswith("BAR (UTC)") and len(rows) == 1 + len(golden)
+    assert [r.split()[3] for r in rows[1:]] == [g["signal"] for g in golden]
+    last = run_tail("-", "-n", "2", input="\n".join(json.dumps(g) for g in golden) + "\n")
+    assert [r.split()[3] for r in last.stdout.splitlines()[1:]] == [g["signal"] for g in golden[-2:]]
+
+
+async def test_tail_dash_prints_each_row_as_its_line_arrives():
+    """On a pipe that stays open, a row is printed as soon as its line is written, not at the end."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "tail", "-", cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        header_row = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert header_row.startswith(b"BAR (UTC)")
+        proc.stdin.write((signal_line(0, "ETHUSDT", "sell") + "\n").encode())
+        await proc.stdin.drain()
+        row = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert row.split()[2:4] == [b"ETHUSDT", b"sell"]
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -140,3 +140,45 @@ async def test_fetch_refuses_to_append_to_a_foreign_file(standin, tmp_path):
         await fetch(base_url=standin.url, symbol="BTCUSDT", interval="1", start_ms=int(ROWS[0][0]),
                     end_ms=int(ROWS[10][0]), out=out, progress=False, sleep=_no_sleep)
     assert out.read_text() == "time,price\n1,2\n"
+
+
+async def _fetch_cli(*args: str) -> tuple[int, str, str]:
+    """``kdsignal fetch ARGS`` in a subprocess with tqdm made unimportable, as on a service install."""
+    import asyncio
+    import sys
+
+    code = ("import sys; sys.modules['tqdm'] = None; from daemon.cli import main; "
+            f"sys.exit(main(['fetch', *{list(args)!r}]))")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_several_symbols_without_tqdm(standin, tmp_path):
+    """One call fetches several symbols into DIR/SYMBOL-{interval}m.csv, with tqdm not installed."""
+    rc, out, err = await _fetch_cli("--symbol", "BTCUSDT", "ETHUSDT,SOLUSDT", "--interval", "1",
+                                    "--start", ROWS[0][0], "--end", ROWS[99][0], "--out", str(tmp_path / "d"),
+                                    "--base-url", standin.url)
+    assert rc == 0, err
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        _same(_read(tmp_path / "d" / f"{symbol}-1m.csv"), ROWS[:100])
+        assert f"{symbol}-1m.csv: 100 rows written" in out
+    assert {q["symbol"] for q in standin.requests} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+
+
+async def test_cli_says_when_a_range_holds_no_data(standin, tmp_path):
+    """A range with no closed candle is named with the symbol, leaves no file, and exits 1."""
+    before = int(ROWS[0][0]) - 1000 * STEP_MS
+    rc, out, err = await _fetch_cli("--symbol", "BTCUSDT", "--interval", "1", "--start", str(before),
+                                    "--end", str(before + 10 * STEP_MS), "--out", str(tmp_path / "x.csv"),
+                                    "--base-url", standin.url)
+    assert rc == 1 and "BTCUSDT: no closed candles (interval 1, linear)" in err and "nothing written" in err
+    assert not (tmp_path / "x.csv").exists() and "Traceback" not in err
+
+
+async def test_cli_refuses_one_file_for_several_symbols(standin, tmp_path):
+    """Several symbols and a single .csv --out is refused before any request."""
+    rc, _, err = await _fetch_cli("--symbol", "BTCUSDT,ETHUSDT", "--interval", "1", "--start", ROWS[0][0],
+                                  "--out", str(tmp_path / "x.csv"), "--base-url", standin.url)
+    assert rc == 2 and "{symbol}" in err and not standin.requests

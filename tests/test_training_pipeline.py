@@ -21,6 +21,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 TINY = TrainConfig(
     n_folds=2, teacher_hidden=((16, 8),), teacher_epochs=2, lgbm_rounds=20, lgbm_min_leaf=50,
     student_epochs=3, seeds=(0, 1), progress=False, num_threads=1, sweep_temperatures=(1.0, 2.0), sweep_alphas=(0.5,),
+    control_lrs=(0.005, 0.01), control_weight_decays=(0.0,), lockbox_days=3, bootstrap_samples=200,
     ablations=("recency_weighting", "label_band_vol_100"),
 )
 
@@ -79,13 +80,17 @@ def test_train_table_parses_and_rejects_unknown_keys(tmp_path):
 
 
 def test_repo_config_train_table_is_the_default():
-    """config.toml's [train] table spells out exactly the defaults the shipped model was trained with."""
+    """config.toml's [train] table spells out every knob, with exactly the defaults the shipped model was trained with."""
+    import tomllib
+
+    table = tomllib.loads((DATA.parent / "config.toml").read_text())["train"]
+    assert set(table) == set(TrainConfig().to_dict())
     assert load_train_config(DATA.parent / "config.toml") == TrainConfig()
 
 
 @pytest.mark.slow
 def test_train_end_to_end_on_samples(tmp_path, capsys):
-    """``kdsignal train`` on the samples writes a loadable interval-5 artifact, report.json/md and plots."""
+    """``kdsignal train`` on the samples writes a loadable artifact with its policy and ranges, the report's contract keys, and plots."""
     cfgfile = tmp_path / "config.toml"
     table = TINY.to_dict()
     lines = ["[train]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
@@ -96,20 +101,32 @@ def test_train_end_to_end_on_samples(tmp_path, capsys):
     assert rc == 0
     model = Model.load(out)
     assert model.interval == "5"
-    assert model.manifest["labels"]["horizon_bars"] == TINY.horizon_bars
+    man = model.manifest
+    assert man["labels"]["horizon_bars"] == TINY.horizon_bars
+    assert set(man["policy"]["cases"]) == {"taker", "maker"}
+    lock, fit = man["data"]["lockbox"], man["data"]["fit"]
+    assert lock["days"] == 3 and fit["hi_ms"] >= lock["lo_ms"] and man["data"]["end_ms"] == fit["hi_ms"]
+    assert man["data"]["early_stopping"]["hi_ms"] < lock["lo_ms"]
     rep = json.loads((out.parent / "report.json").read_text())
-    s = rep["summary"]
-    for kind in ("teacher", "student", "control"):
-        assert 0 < s[kind]["log_loss"] < 2 and 0 < s[kind]["accuracy"] <= 1
-    assert 0 < s["baseline"]["log_loss"] < 2
-    assert 0 <= s["student"]["agreement"] <= 1
-    assert len(rep["folds"]) == TINY.n_folds
-    assert rep["model_id"] == model.id
-    assert len(rep["sweep"]["grid"]) == 2
-    assert [a["name"] for a in rep["ablations"]] == ["default", "recency_weighting", "label_band_vol_100"]
+    lk = rep["summary"]["lockbox"]
+    for kind in ("baseline", "teacher", "student", "control"):
+        assert 0 < lk[kind]["log_loss"] < 2
+    d = lk["delta_vs_control"]
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1] and d["blocks"] == 4
+    assert isinstance(lk["gap_recovered"], float)
+    for key in ("kappa_vs_teacher", "direction_auc", "ic"):
+        assert lk["student"][key] is None or -1 <= lk["student"][key] <= 1
+    for model_name in ("teacher", "student", "control", "always_flat", "buy_and_hold"):
+        for case in ("taker", "maker"):
+            m = lk["trading"][model_name][case]
+            assert {"net_return", "sharpe", "max_drawdown", "trades", "break_even_fee_bp"} <= set(m)
+    assert lk["trading"]["always_flat"]["taker"]["net_return"] == 0
+    assert len(rep["choices"]["sweep"]) == 2
+    assert [a["name"] for a in rep["ablations"]] == ["recency_weighting", "label_band_vol_100"]
+    assert rep["ablations"][1]["verdict"].startswith("other labels")
     md = (out.parent / "report.md").read_text()
-    assert "Headline" in md and model.id in md
-    for png in ("folds.png", "reliability.png", "sweep.png"):
+    assert "Verdict (lockbox)" in md and model.id in md
+    for png in ("reliability.png", "equity.png", "intervals.png", "sweep.png"):
         assert (out.parent / png).stat().st_size > 1000
     printed = json.loads(capsys.readouterr().out)
     assert printed["model_id"] == model.id
@@ -126,15 +143,14 @@ def test_train_reports_missing_data_clearly(tmp_path, capsys):
 def test_parallel_workers_give_the_sequential_results(pooled):
     """Teachers and students fitted in two forked workers equal the in-process results."""
     P = pooled
-    _, folds = walk_forward(P.start_ms, P.valid, TINY.n_folds, P.interval_ms, TINY.horizon_bars, TINY.embargo_bars)
+    _, _, folds = pipeline.layout(P, TINY)
     cfg1 = TINY.replace(seeds=(0,))
     cfg2 = cfg1.replace(num_threads=2)
     p1, m1, _ = pipeline.fit_teachers(P, cfg1, folds, seed=0)
     p2, m2, _ = pipeline.fit_teachers(P, cfg2, folds, seed=0)
-    np.testing.assert_allclose(p1, p2, rtol=1e-6, atol=1e-9)
-    r1 = pipeline.run_folds(P, cfg1, folds, p1, False)
-    r2 = pipeline.run_folds(P, cfg2, folds, p1, False)
-    for a, b in zip(r1, r2):
-        assert a["fold"].index == b["fold"].index
-        np.testing.assert_allclose(a["student"][0], b["student"][0], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(a["control"][0], b["control"][0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(p1, p2, rtol=1e-9, atol=1e-12)
+    jobs = [(k, 0, v) for k in range(1, len(folds)) for v in (pipeline.distilled(cfg1, 2.0, 0.5), pipeline.control(cfg1))]
+    r1 = pipeline.run_jobs(P, cfg1, folds, p1, jobs, {}, "students")
+    r2 = pipeline.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
+    for job in jobs:
+        np.testing.assert_allclose(r1[job][0], r2[job][0], rtol=1e-9, atol=1e-12)

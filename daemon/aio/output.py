@@ -276,10 +276,13 @@ class SignalWriter:
     ``nonfinite`` (signals refused because a probability was not finite), ``by_class``.
     """
 
-    def __init__(self, stream: BinaryIO | None = None, log=None, *, max_pending_bytes: int = 256 << 10,
-                 notice_every_s: float = 10.0) -> None:
+    def __init__(self, stream: BinaryIO | None = None, log=None, publish=None, *,
+                 max_pending_bytes: int = 256 << 10, notice_every_s: float = 10.0) -> None:
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.log = log
+        # Sinks (daemon.aio.sinks.SinkSet.publish): gets each line's bytes after stdout, never blocks.
+        self.publish = publish
+        self.last_latency_ns = 0  # of the last live line (0 for a backfilled one); the metrics histogram reads it
         self.latency = LatencyStats()
         self.by_class: dict[str, int] = {}
         self.written = 0
@@ -364,7 +367,12 @@ class SignalWriter:
         else:
             self._enqueue(line, 0)
         if sig.recv_ns:
-            self.latency.add(perf_counter_ns() - sig.recv_ns)
+            self.last_latency_ns = ns = perf_counter_ns() - sig.recv_ns
+            self.latency.add(ns)
+        else:
+            self.last_latency_ns = 0
+        if self.publish is not None:
+            self.publish(line)
         self.by_class[sig.signal] = self.by_class.get(sig.signal, 0) + 1
         if self.log is not None:
             self.log.info("signal_emitted", **sig.fields())

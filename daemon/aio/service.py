@@ -41,6 +41,7 @@ from daemon.core.model import Model
 from daemon.core.parser import KlineFrame, kline_topic
 from daemon.core.pipeline import (CloseRejected, FeaturesReset, FetchHistory, GapBackfilled, GapUnfilled,
                                   HistoryLoaded, Pipeline, Signal)
+from daemon.aio.sinks import SinkSet
 from daemon.ops import early_signals
 from daemon.ops.early_signals import EarlySignals
 from daemon.ops.status import ServiceStatus
@@ -94,7 +95,8 @@ class Service:
 
     def __init__(self, cfg: Config, model: Model, *, out: BinaryIO | None = None, log=None,
                  log_file: ReopenableFile | None = None,
-                 load_model: Callable[[str], Model] | None = None, environ=None) -> None:
+                 load_model: Callable[[str], Model] | None = None, environ=None,
+                 sinks: SinkSet | None = None) -> None:
         check_model(cfg, model)
         self.cfg = cfg
         self.model = model
@@ -106,7 +108,10 @@ class Service:
         self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars)
                           for s in feed_cfg.symbols}
         self._logs = {s: self.log.bind(symbol=s, interval=feed_cfg.interval) for s in feed_cfg.symbols}
-        self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category))
+        # [[sink]]s: every stdout line also goes to Redis/NATS/webhooks, off the hot path (daemon.aio.sinks).
+        self.sinks = sinks if sinks is not None else SinkSet.from_config(cfg, self.log)
+        self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category),
+                                   publish=self.sinks.publish if self.sinks else None)
         self.feed = Feed(feed_cfg.ws_url, [kline_topic(feed_cfg.interval, s) for s in feed_cfg.symbols],
                          self._on_kline, ping_interval_s=feed_cfg.ping_interval_s,
                          pong_timeout_s=feed_cfg.pong_timeout_s, ack_timeout_s=feed_cfg.ack_timeout_s,
@@ -127,6 +132,9 @@ class Service:
                                        classes=model.classes, metrics_cfg=cfg.metrics, stale_after_s=stale_after_s,
                                        environ=environ)
         self._listener = self.supervision
+        if self.sinks:  # per-sink counters in /metrics, per-sink state in /healthz
+            self.supervision.metrics.registry.register(self.sinks.collector())
+            self.supervision.metrics.health_parts["sinks"] = self.sinks.health
 
     # ------------------------------------------------------------------ hot path
     def _on_kline(self, frame: KlineFrame, recv_ns: int) -> None:
@@ -139,18 +147,18 @@ class Service:
         for event in pipeline.events():  # _pump, inlined: this runs per frame
             if type(event) is Signal:
                 self.writer.write(event)
-                self._listener.on_signal(event)
+                self._listener.on_signal(event, self.writer.last_latency_ns)
             else:
                 self._on_event(pipeline, event)
 
     def _pump(self, pipeline: Pipeline) -> None:
         """Act on what the pipeline asked for or produced."""
-        write = self.writer.write
+        writer = self.writer
         listener = self._listener
         for event in pipeline.events():
             if type(event) is Signal:
-                write(event)
-                listener.on_signal(event)
+                writer.write(event)
+                listener.on_signal(event, writer.last_latency_ns)
             else:
                 self._on_event(pipeline, event)
 
@@ -307,9 +315,11 @@ class Service:
                         tg.create_task(self.feed.run(), name="feed")
                         tg.create_task(self._summaries(), name="latency-summary")
                         tg.create_task(self.supervision.run(), name="supervision")
+                        tg.create_task(self.sinks.run(), name="sinks")
                     self.started.set()
                     await self._stop.wait()
                     self.supervision.stopping()
+                    await self.sinks.drain(timeout_s=2.0)  # lines already on stdout reach the sinks that are up
                     raise _Stop
             except* _Stop:
                 pass
@@ -363,6 +373,7 @@ def _run(args: argparse.Namespace, early: EarlySignals) -> int:
         model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         check_model(cfg, model)
         log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
+        sinks = SinkSet.from_config(cfg)  # reads the sinks' secrets: a missing one is a configuration error
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -372,7 +383,7 @@ def _run(args: argparse.Namespace, early: EarlySignals) -> int:
                 log_file.close()
         return EXIT_OK
     try:
-        service = Service(cfg, model, log_file=log_file)
+        service = Service(cfg, model, log_file=log_file, sinks=sinks)
         asyncio.run(_main(service, early))
     finally:
         if log_file is not None:

@@ -3,7 +3,8 @@
 Parts (``--parts``, default all): ``inference`` (per-bar latency of the numba student step against the same
 student in NumPy and ONNX Runtime and against the teacher ensemble, plus numba's call floors),
 ``throughput`` (bars/s of batch replay and of ``kdsignal replay``), ``loopback`` (the daemon under the fake
-Bybit), ``training`` (pipeline stage wall times from ``models/report.json``), ``size`` (parameters and
+Bybit), ``sinks`` (the same with Redis and NATS sinks, live and dead, and how soon a consumer sees a
+line), ``training`` (pipeline stage wall times from ``models/report.json``), ``size`` (parameters and
 bytes), ``hostile`` (memory through a million malformed frames and a 50 MB replay, the cost of a hostile
 frame). ``--json`` prints one JSON object; its ``results`` entries carry ``p50_us``/``p99_us`` (latencies) or
 ``bars_per_s`` (throughputs). ``--write-md`` regenerates the tables of BENCHMARKS.md and the latency plot.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .timing import machine_info, utc_now
 
-PARTS = ("inference", "throughput", "loopback", "training", "size", "hostile")
+PARTS = ("inference", "throughput", "loopback", "sinks", "training", "size", "hostile")
 
 
 def _parts(text: str) -> list[str]:
@@ -62,7 +63,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
     # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
     # these modules import numba, which the daemon itself does not (its resident memory is measured there).
-    from . import hostile, inference, loopback, sizes, throughput, training
+    from . import hostile, inference, loopback, sinks, sizes, throughput, training
     from .bars import ROOT, bench_model, built_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
@@ -90,6 +91,8 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
         add("throughput", throughput.run(model, artifact_path))
     if "loopback" in parts:
         add("loopback", loopback.run(artifact_path))
+    if "sinks" in parts:
+        add("sinks", sinks.run(artifact_path))
     if "training" in parts:
         add("training", training.run())
     if "size" in parts:

@@ -322,10 +322,33 @@ def section_hostile(report: dict, markdown: bool) -> str:
     return "\n\n".join(out)
 
 
+def section_sinks(report: dict, markdown: bool) -> str:
+    """The sinks table (tick-to-signal by variant, then consumer latency behind stdout)."""
+    part = report["parts"].get("sinks", {})
+    rows = part.get("variants", [])
+    if not rows:
+        return "not measured"
+    out = [_table(["variant", "symbols", "bar s", "signals/s written", "samples", "tick_to_signal p50 us", "p99 us", "max us",
+                   "daemon CPU %", "RSS MB", "sink sent / dropped"],
+                  [[r["variant"], r["symbols"], r["bar_s"], r["signals_per_s"], r["live_samples"], r["p50_us"], r["p99_us"], r["max_us"],
+                    r["cpu_percent"], r["rss_mb"],
+                    ", ".join(f"{k} {v['sent']}/{v['dropped']}" for k, v in r.get("sinks", {}).items()) or "-"]
+                   for r in rows], markdown)]
+    consumer = [(r["variant"], k, c) for r in rows for k, c in (r.get("consumer") or {}).items()]
+    consumer += [("floor: another process, no daemon", k, c) for k, c in (part.get("floor") or {}).items()]
+    if consumer:
+        out += ["", _table(["variant", "consumer", "lines seen", "share of stdout", "after stdout p50 us", "p99 us",
+                            "max us"],
+                           [[v, k, c["n"], c["seen_fraction"], c["p50_us"], c["p99_us"], c["max_us"]]
+                            for v, k, c in consumer], markdown)]
+    return "\n".join(out)
+
+
 SECTIONS = {
     "inference": ("Per-bar inference latency", section_inference),
     "throughput": ("Throughput", section_throughput),
     "loopback": ("The daemon on loopback", section_loopback),
+    "sinks": ("Sinks: Redis and NATS beside stdout", section_sinks),
     "training": ("Training stage wall times", section_training),
     "size": ("Model size", section_size),
     "hostile": ("Hostile input", section_hostile),

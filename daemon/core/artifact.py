@@ -23,6 +23,9 @@ data                ``{"symbols": [...], "interval": "5", "start_ms": int, "end_
 metrics             evaluation summary (free-form)
 ==================  ========================================================================
 
+Optional and checked when present: ``policy``, the decision policy chosen on development data,
+``{"cases": {name: {"threshold": number in [0, 1], "hold_bars": int >= 1, ...}}, ...}``.
+
 Optional: ``head``, ``"classes"`` (the default, what artifacts without the key carry: ``student.sizes``
 ends in the 3 classes) or ``"alpha"``: the student predicts the forward return, and the manifest then
 carries ``alpha``::
@@ -266,6 +269,19 @@ def _table(parent: dict, key: str, where: str | None = None) -> dict:
     return value
 
 
+def _check_policy(policy) -> None:
+    _require(isinstance(policy, dict) and isinstance(policy.get("cases"), dict) and policy["cases"],
+             "policy: expected an object with a non-empty \"cases\" object")
+    for name, case in policy["cases"].items():
+        _require(isinstance(name, str) and len(name) <= 64, f"policy.cases: a case name {name!r:.40}, expected a short string")
+        thr = case.get("threshold") if isinstance(case, dict) else None
+        hold = case.get("hold_bars") if isinstance(case, dict) else None
+        _require(isinstance(thr, (int, float)) and not isinstance(thr, bool) and math.isfinite(thr) and 0 <= thr <= 1,
+                 f"policy.cases.{name}.threshold: {thr!r:.40}, expected a number in [0, 1]")
+        _require(isinstance(hold, int) and not isinstance(hold, bool) and hold >= 1,
+                 f"policy.cases.{name}.hold_bars: {hold!r:.40}, expected a positive integer")
+
+
 def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
     """Validate the manifest's structure; return the student's sizes, activations and clip."""
     _require(isinstance(manifest, dict), f"manifest: {type(manifest).__name__}, expected a JSON object")
@@ -438,6 +454,9 @@ def _load(path: Path) -> Artifact:
     _require(packed_acts == acts, f"mlp: packed activations {packed_acts} differ from student.activations {acts}")
     _require(bool(np.all(std > 0)), f"feature_std: must be positive, got minimum {std.min()!r}")
     _require(bool(np.all(np.isfinite(1.0 / std))), f"feature_std: minimum {std.min()!r} is too small to invert")
+
+    if "policy" in manifest:
+        _check_policy(manifest["policy"])
 
     expected_id = _content_hash(mlp, mean, std, manifest)
     _require(manifest["model_id"] == expected_id, f"model_id: {manifest['model_id']!r:.40} does not match the content hash {expected_id!r} (file altered?)")

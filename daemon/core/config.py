@@ -27,15 +27,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from daemon.core.parser import INTERVAL_MS
+from daemon.core.errors import ConfigError
+from daemon.core.sinks_config import SinkConfig, parse_sinks
 
 __all__ = ["LOG_FORMATS", "BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
            "ModelConfig", "RestConfig", "load_config", "parse_config"]
 
 CATEGORIES = ("spot", "linear", "inverse")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the table and key."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +147,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Accepted untouched; validated by the training code, never by the daemon.
     train: dict = field(default_factory=dict)
+    # [[sink]] tables (daemon.core.sinks_config): where signal lines go besides stdout.
+    sinks: tuple[SinkConfig, ...] = ()
     source: str = "<defaults>"
 
 
@@ -282,14 +282,14 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 
 def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
     """Build a validated :class:`Config` from a parsed TOML document; relative paths join ``base_dir``."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"train"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"train", "sink"})
     if unknown:
         raise ConfigError(f"unknown table{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(unknown)}")
     sections = {name: _section(name, cls, raw[name]) for name, cls in _SECTIONS.items() if name in raw}
     train = raw.get("train", {})
     if not isinstance(train, dict):
         raise ConfigError(f"[train] is {type(train).__name__}, expected a table")
-    cfg = Config(**sections, train=train, source=source)
+    cfg = Config(**sections, train=train, sinks=parse_sinks(raw.get("sink"), base_dir), source=source)
     if base_dir is not None:
         model = cfg.model
         if not Path(model.artifact).is_absolute():

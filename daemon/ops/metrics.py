@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -33,6 +33,8 @@ from prometheus_client.registry import Collector
 __all__ = ["INFERENCE_BUCKETS_US", "Metrics"]
 
 log = structlog.get_logger("kdsignal.metrics")
+
+TICK_TO_SIGNAL_BUCKETS_US = (5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 20000.0, 100000.0)
 
 # Sub-microsecond up to 10 ms: the top buckets catch GC pauses and page faults.
 INFERENCE_BUCKETS_US = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0, 10000.0)
@@ -82,6 +84,13 @@ class Metrics:
             "kdsignal_inference_seconds", "Student inference time per closed bar",
             buckets=tuple(b * 1e-6 for b in INFERENCE_BUCKETS_US), registry=r,
         )
+        # From the frame's arrival to its signal line written and flushed (the daemon's own clock).
+        self._tick_to_signal = Histogram(
+            "kdsignal_tick_to_signal_seconds", "Frame received to signal line written, live closes",
+            buckets=tuple(b * 1e-6 for b in TICK_TO_SIGNAL_BUCKETS_US), registry=r,
+        )
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds... read from /proc at scrape time.
+        ProcessCollector(registry=r)
         self._frames = Counter("kdsignal_frames", "WebSocket frames received", registry=r)
         self._malformed = Counter("kdsignal_malformed_frames", "Frames counted and skipped as malformed", registry=r)
         self._reconnects = Counter("kdsignal_reconnects", "WebSocket reconnects", registry=r)
@@ -104,12 +113,18 @@ class Metrics:
         # can be copied in at scrape time instead of costing a call per frame.
         self.on_scrape: Callable[[], None] | None = None
         self._synced: dict[object, int] = {}
+        # More /healthz parts, by key: each returns (problems, details); the sinks register one.
+        self.health_parts: dict[str, Callable[[], tuple[list[str], dict]]] = {}
 
     # --- updates from the daemon (hot path: keep them trivial) -------------------------------------------
 
     def observe_inference_us(self, inference_us: float) -> None:
         """Record one inference time in microseconds."""
         self._inference.observe(inference_us * 1e-6)
+
+    def observe_tick_to_signal_ns(self, ns: int) -> None:
+        """Record one frame-to-line latency in nanoseconds."""
+        self._tick_to_signal.observe(ns * 1e-9)
 
     def candle_closed(self, symbol: str, start_ms: int) -> None:
         """Note that ``symbol`` closed the candle starting at ``start_ms`` (ages count from its end)."""
@@ -150,6 +165,10 @@ class Metrics:
             problems.append("no model loaded")
         if staleness > self.max_candle_age_s:
             problems.append(f"no closed candle for {staleness:.0f} s (limit {self.max_candle_age_s:.0f} s)")
+        parts = {}
+        for key, part in self.health_parts.items():
+            more, parts[key] = part()
+            problems += more
         body = {
             "status": "ok" if not problems else "unhealthy",
             "feed_connected": self._connected,
@@ -159,6 +178,7 @@ class Metrics:
             "max_candle_age_s": self.max_candle_age_s,
             "candle_age_s": {s: None if a is None else round(a, 3) for s, a in sorted(ages.items())},
             "uptime_s": round(self._clock() - self.started_s, 3),
+            **parts,
             "problems": problems,
         }
         return not problems, body

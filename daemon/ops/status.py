@@ -52,5 +52,5 @@ class ServiceStatus:
 class SignalListener(Protocol):
     """Told about each signal after its line is written."""
 
-    def on_signal(self, sig: Signal) -> None:
-        """Take one written signal."""
+    def on_signal(self, sig: Signal, tick_to_signal_ns: int = 0) -> None:
+        """Take one written signal and, for a live one, its frame-to-line latency (0 otherwise)."""

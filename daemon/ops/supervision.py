@@ -51,10 +51,13 @@ class Supervision:
 
     # --- told by the service ------------------------------------------------------------------------------
 
-    def on_signal(self, sig: Signal) -> None:
-        """Take a written signal (after the line is out, so it costs the latency budget nothing)."""
+    def on_signal(self, sig: Signal, tick_to_signal_ns: int = 0) -> None:
+        """Take a written signal (after the line is out, so it costs the latency budget nothing) and, for a
+        live one, its frame-to-line latency."""
         self.last_inference_us = sig.inference_us
         self.metrics.observe_inference_us(sig.inference_us)
+        if tick_to_signal_ns:
+            self.metrics.observe_tick_to_signal_ns(tick_to_signal_ns)
         self.metrics.candle_closed(sig.symbol, sig.start_ms)
 
     def stopping(self) -> None:

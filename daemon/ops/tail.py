@@ -8,18 +8,21 @@ other log events (reconnects, gaps, latency summaries) are shown too, dimmed. Co
 (unless ``NO_COLOR`` is set) or when asked for with ``--color``.
 
 Without FILE the log named by ``[log].file`` in the configuration is used: ``--config`` if given, else
-``./config.toml``, else ``/etc/kdsignal/kdsignal.toml``.
+``./config.toml``, else ``/etc/kdsignal/kdsignal.toml``. FILE ``-`` reads standard input until it ends, a
+row as each line arrives, so ``kdsignal replay ... | kdsignal tail -`` and ``kdsignal run ... | kdsignal
+tail -`` work (with ``-n N``, only the last N rows, printed at the end of the input).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -247,7 +250,8 @@ def default_log_file(config: str | None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kdsignal tail``."""
-    parser.add_argument("file", nargs="?", metavar="FILE", help="signal log (default: [log].file of the config)")
+    parser.add_argument("file", nargs="?", metavar="FILE",
+                        help="signal log, or - for standard input (default: [log].file of the config)")
     parser.add_argument("--config", help="configuration whose [log].file to follow "
                         f"(default: the first of {', '.join(DEFAULT_CONFIGS)} that exists)")
     parser.add_argument("-n", "--lines", type=int, default=None,
@@ -277,11 +281,44 @@ def _render(line: str, color: bool, events: bool) -> str | None:
     return format_event(record, color) if events else None
 
 
+def _from_stream(lines: Iterable[str], out: TextIO, color: bool, events: bool, n: int | None) -> None:
+    out.write(header(color) + "\n")
+    out.flush()
+    last: deque[str] | None = deque(maxlen=n) if n is not None and n >= 0 else None
+    for line in lines:
+        row = _render(line.rstrip("\r\n"), color, events)
+        if row is None:
+            continue
+        if last is not None:
+            last.append(row)
+        else:
+            out.write(row + "\n")
+            out.flush()  # a row per line as it arrives, even through a pipe
+    if last:
+        out.write("\n".join(last) + "\n")
+
+
+def _closed_pipe() -> int:
+    # The reader went away (| head); point stdout at /dev/null so the exit flush does not complain.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Print the table; follow the file unless ``--no-follow``. Returns 0 (Ctrl-C and closed pipes included)."""
-    path = args.file or default_log_file(args.config)
     out = sys.stdout
     color = _use_color(args.color, out)
+    if args.file == "-":
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        try:
+            _from_stream(stdin, out, color, args.events, args.lines)
+            out.flush()
+        except KeyboardInterrupt:
+            return 0
+        except BrokenPipeError:
+            return _closed_pipe()
+        return 0
+    path = args.file or default_log_file(args.config)
     follow = not args.no_follow
     if not follow and not Path(path).exists():
         print(f"kdsignal tail: {path} does not exist", file=sys.stderr)
@@ -309,8 +346,6 @@ def run_cli(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
-        # The reader went away (| head); point stdout at /dev/null so the exit flush does not complain.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return _closed_pipe()
     finally:
         follower.close()

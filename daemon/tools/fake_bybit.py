@@ -26,6 +26,7 @@ import itertools
 import json
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,6 +584,22 @@ def load_dir(data_dir: str | Path, interval: str) -> dict[str, list[CsvRow]]:
     return out
 
 
+def shift_to_now(rows: dict[str, list[CsvRow]], interval: str, start_index: int,
+                 now_ms: int | None = None) -> dict[str, list[CsvRow]]:
+    """Move every bar by one offset so that the bar at ``start_index`` is the one open at ``now_ms`` (default: now).
+
+    Played in real time (``--bar-s`` = the interval in seconds) the fake's candles then close when Bybit's would,
+    so a daemon's ``/healthz`` sees fresh candles; faster, the bars run ahead of the clock (ages stay 0).
+    """
+    step = INTERVAL_MS[interval]
+    starts = sorted({r.start_ms for rs in rows.values() for r in rs})
+    if len(starts) <= start_index:
+        raise ValueError(f"start_index {start_index} is beyond the {len(starts)} bars in the data")
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    offset = now_ms // step * step - starts[start_index]
+    return {sym: [r._replace(start_ms=r.start_ms + offset) for r in rs] for sym, rs in rows.items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the fake-bybit options."""
     parser.add_argument("--data", required=True, help="directory of SYMBOL-{interval}m.csv or SYMBOL.csv files")
@@ -595,6 +612,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-index", type=int, default=100,
                         help="bars before this index are history, served by REST only (default 100)")
     parser.add_argument("--updates-per-bar", type=int, default=3, help="confirm:false pushes per bar")
+    parser.add_argument("--now", action="store_true",
+                        help="shift the recorded bars so the first live one is open now (a rehearsal's /healthz "
+                             "sees fresh candles)")
     g = parser.add_argument_group("faults")
     g.add_argument("--garbage-per-bar", type=int, default=0)
     g.add_argument("--duplicate-close", action="store_true")
@@ -641,7 +661,10 @@ async def _serve(args: argparse.Namespace) -> None:
                     stall_every=args.stall_every, refused_symbols=set(args.refuse_symbol),
                     rest_errors=([("huge", args.huge_body, True)] if args.huge_body else []) + args.rest_errors,
                     far_future_every=args.far_future_every, off_grid_every=args.off_grid_every)
-    fake = FakeBybit(load_dir(args.data, args.interval), args.interval, category=args.category,
+    rows = load_dir(args.data, args.interval)
+    if args.now:
+        rows = shift_to_now(rows, args.interval, args.start_index)
+    fake = FakeBybit(rows, args.interval, category=args.category,
                      start_index=args.start_index, updates_per_bar=args.updates_per_bar, faults=faults,
                      host=args.host, ws_port=args.port, rest_port=args.rest_port)
     stop = asyncio.Event()
@@ -658,11 +681,18 @@ async def _serve(args: argparse.Namespace) -> None:
             await player
 
 
+EX_UNAVAILABLE = 69  # sysexits.h: a port it must listen on is taken
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT/SIGTERM. Exit 2 for bad data or options, 69 when a port cannot be bound."""
     try:
         asyncio.run(_serve(args))
     except (FileNotFoundError, ValueError) as exc:
         print(f"kdsignal fake-bybit: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # bind failed: address in use, not allowed, unknown host
+        ports = f"--port {args.port} / --rest-port {args.rest_port}"
+        print(f"kdsignal fake-bybit: cannot listen on {args.host} ({ports}): {exc.strerror or exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
     return 0

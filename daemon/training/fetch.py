@@ -6,7 +6,14 @@ still-open candle and retries 429, 5xx, network errors and retryable ``retCode``
 appended and flushed before the next is asked for, so an interrupted download resumes where it stopped:
 rerunning the same command reads the last ``start_ms`` of the existing file and continues after it.
 
-Output schema: ``start_ms,open,high,low,close,volume``, the schema ``kdsignal train`` reads.
+Several symbols in one call (``--symbol BTCUSDT ETHUSDT`` or ``--symbol BTCUSDT,ETHUSDT``) go one after the
+other into ``--out``: a directory (``SYMBOL-{interval}m.csv`` each, the layout of ``data/``) or a path with
+``{symbol}`` in it; one symbol may also go to a plain ``.csv`` path. A range in which Bybit has no closed
+candle for a symbol (before its listing, in the future, a wrong category) is said so, by name, and leaves no
+file behind; the command then exits 1.
+
+Output schema: ``start_ms,open,high,low,close,volume``, the schema ``kdsignal train`` reads. Runs on a service
+install: the progress bar uses tqdm when it is installed (the ``train`` extra) and a plain counter otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +32,46 @@ HEADER = "start_ms,open,high,low,close,volume"
 
 class FetchError(RuntimeError):
     """The output file cannot be resumed, or the arguments do not make sense."""
+
+
+class _PlainProgress:
+    """What tqdm would show, as one rewritten line on a terminal (nothing otherwise): tqdm is optional."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+        self._tty = sys.stderr.isatty()
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self._tty:
+            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total} bars")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, desc)
+    return tqdm(total=total, desc=desc, unit="bar", file=sys.stderr, dynamic_ncols=True)
+
+
+def output_path(out: str, symbol: str, interval: str, several: bool) -> Path:
+    """Where ``symbol`` goes: ``out`` with ``{symbol}`` filled in, ``out`` itself (one symbol, a .csv path),
+    or ``out/SYMBOL-{interval}m.csv``."""
+    if "{symbol}" in out:
+        return Path(out.replace("{symbol}", symbol))
+    path = Path(out)
+    if not several and path.suffix.lower() == ".csv":
+        return path
+    if path.suffix.lower() == ".csv":
+        raise FetchError(f"--out {out} is one file but several symbols were given; "
+                         "give a directory or a path with {symbol} in it")
+    return path / f"{symbol}-{interval}m.csv"
 
 
 def parse_time_ms(text: str) -> int:
@@ -86,6 +133,7 @@ async def fetch(*, base_url: str, symbol: str, interval: str, start_ms: int, end
         raise FetchError(f"end ({end_ms}) is before start ({start_ms})")
     out.parent.mkdir(parents=True, exist_ok=True)
     last = last_start_ms(out)
+    new_file = not out.exists() or out.stat().st_size == 0
     already = 0
     lo = start_ms
     if last is not None:
@@ -93,11 +141,7 @@ async def fetch(*, base_url: str, symbol: str, interval: str, start_ms: int, end
         already = 1
     total_bars = max(0, (end_ms - lo) // step + 1)
     written, missing, prev = 0, 0, last
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_bars, desc=f"{symbol} {interval}", unit="bar", file=sys.stderr, dynamic_ncols=True)
+    bar = _progress(total_bars, f"{symbol} {interval}") if progress else None
     kwargs = {"page_limit": page_limit, "max_attempts": max_attempts}
     if backoff is not None:
         kwargs["backoff"] = backoff
@@ -130,38 +174,59 @@ async def fetch(*, base_url: str, symbol: str, interval: str, start_ms: int, end
         requests, retries = client.requests, client.retries
     if bar is not None:
         bar.close()
+    if new_file and written == 0:
+        out.unlink(missing_ok=True)  # a header-only file would look like a download that worked
     return {"written": written, "resumed": bool(already), "requests": requests, "retries": retries,
             "missing_bars": int(missing), "last_start_ms": prev}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kdsignal fetch``."""
-    parser.add_argument("--symbol", required=True, help="e.g. BTCUSDT")
+    parser.add_argument("--symbol", "--symbols", dest="symbols", required=True, nargs="+", metavar="SYMBOL",
+                        help="one or more symbols, e.g. BTCUSDT ETHUSDT (or BTCUSDT,ETHUSDT)")
     parser.add_argument("--interval", required=True, help="Bybit interval code: 1, 3, 5, 15, 30, 60, ..., D")
     parser.add_argument("--start", required=True, help="first candle start: Unix ms or ISO date (UTC)")
     parser.add_argument("--end", default=None, help="last candle start: Unix ms or ISO date (default: now)")
-    parser.add_argument("--out", required=True, help="CSV to write; an existing file is resumed (appended to)")
+    parser.add_argument("--out", required=True,
+                        help="a directory (SYMBOL-{interval}m.csv each), a path with {symbol}, or for one symbol "
+                             "a .csv path; an existing file is resumed (appended to)")
     parser.add_argument("--category", default="linear", help="spot, linear or inverse (default linear)")
     parser.add_argument("--base-url", default="https://api.bybit.com", help="REST base URL")
     parser.add_argument("--page-limit", type=int, default=1000, help="rows per request (Bybit maximum 1000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """Entry point of ``kdsignal fetch``."""
+    """Entry point of ``kdsignal fetch``: 0 when every symbol got data, 1 when a range held none, 2 on errors."""
     from daemon.aio.rest import RestError
 
+    symbols = [s.strip().upper() for arg in args.symbols for s in arg.split(",") if s.strip()]
+    empty = []
     try:
+        if not symbols or any(not s.isalnum() for s in symbols):
+            raise FetchError(f"--symbol {' '.join(args.symbols)!r}: expected symbols like BTCUSDT")
         start = parse_time_ms(args.start)
         end = parse_time_ms(args.end) if args.end else None
         if not 1 <= args.page_limit <= 1000:
             raise FetchError(f"--page-limit {args.page_limit} is outside 1..1000")
-        res = asyncio.run(fetch(base_url=args.base_url, symbol=args.symbol.upper(), interval=args.interval,
-                                start_ms=start, end_ms=end, out=Path(args.out), category=args.category,
-                                page_limit=args.page_limit, progress=not args.no_progress))
+        outs = {s: output_path(args.out, s, args.interval, len(symbols) > 1) for s in symbols}
+        for symbol, out in outs.items():
+            res = asyncio.run(fetch(base_url=args.base_url, symbol=symbol, interval=args.interval,
+                                    start_ms=start, end_ms=end, out=out, category=args.category,
+                                    page_limit=args.page_limit, progress=not args.no_progress))
+            if res["written"] == 0 and not res["resumed"]:
+                empty.append(symbol)
+                print(f"kdsignal fetch: {symbol}: no closed candles (interval {args.interval}, {args.category}) on Bybit from "
+                      f"{_when(start)} to {_when(end) if end else 'now'}; nothing written (not listed yet in "
+                      f"that range, a range in the future, or another category?)", file=sys.stderr)
+                continue
+            print(f"{out}: {res['written']} rows written ({'resumed' if res['resumed'] else 'new file'}), "
+                  f"{res['requests']} requests, {res['retries']} retries, {res['missing_bars']} missing bars")
     except (FetchError, RestError) as e:
         print(f"kdsignal fetch: {e}", file=sys.stderr)
         return 2
-    print(f"{args.out}: {res['written']} rows written ({'resumed' if res['resumed'] else 'new file'}), "
-          f"{res['requests']} requests, {res['retries']} retries, {res['missing_bars']} missing bars")
-    return 0
+    return 1 if empty else 0

@@ -1,4 +1,7 @@
-"""Write ``report.json``, a readable ``report.md`` and small PNG plots next to the artifact."""
+"""Write ``report.json``, a readable ``report.md`` and small PNG plots next to the artifact.
+
+Every number in ``report.md`` is read from the report document ``train.train`` builds; nothing is typed in.
+"""
 
 from __future__ import annotations
 
@@ -9,76 +12,71 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.layout import FEATURE_NAMES
-
 from .config import TrainConfig
 
 PLOT_DPI = 72
-# log-loss differences smaller than this are not called an effect (seed-to-seed spread is ~0.0002-0.0004)
-NOISE_LL = 5e-4
+NAMES = {
+    "baseline": "class prior (training rows)",
+    "volatility": "volatility-only (class shares per rvol_20 decile)",
+    "teacher": "teacher ensemble",
+    "student": "**distilled student**",
+    "control": "control: hard labels, same rows",
+    "control_all_rows": "control: hard labels, every usable row",
+    "label_smoothing": "control: label smoothing (distilled loss, class-share teacher)",
+    "control_tuned": "control: own tuned lr / weight decay",
+    "logistic": "logistic regression (student's features)",
+}
+TRADERS = ("student", "student_argmax", "teacher", "control", "mean_reversion", "buy_and_hold", "always_flat")
 
 
-def _iso(ms: int) -> str:
+def _iso(ms) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+def _day(ms) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+
+
 def _clean(x):
-    """Make a value JSON-safe (NaN -> null, numpy -> Python)."""
+    """Make a value JSON-safe (NaN/inf -> null, numpy -> Python)."""
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else round(float(x), 6)
+        return None if not math.isfinite(float(x)) else round(float(x), 7)
     if isinstance(x, np.integer):
         return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
     if isinstance(x, np.ndarray):
         return _clean(x.tolist())
     return x
 
 
-def write_all(out_dir: Path, doc: dict, reliability: dict, cfg: TrainConfig) -> dict[str, Path]:
+def write_all(out_dir: Path, doc: dict, reliability: dict, curves: dict, cfg: TrainConfig) -> dict[str, Path]:
     """Write every report file into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in ("folds.png",):  # plots earlier versions wrote and this one does not
+        (out_dir / old).unlink(missing_ok=True)
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md"}
-    plots = write_plots(out_dir, doc, reliability)
+    plots = write_plots(out_dir, doc, reliability, curves)
     doc["plots"] = [p.name for p in plots.values()]
-    paths["json"].write_text(json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
-    paths["md"].write_text(markdown(doc, cfg))
+    clean = _clean(doc)
+    paths["json"].write_text(json.dumps(clean, indent=1) + "\n")
+    paths["md"].write_text(markdown(clean, cfg))
     return {**paths, **plots}
 
 
-def write_plots(out_dir: Path, doc: dict, reliability: dict) -> dict[str, Path]:
-    """Per-fold log-loss gain, reliability diagram and (when run) the temperature x alpha sweep."""
+def write_plots(out_dir: Path, doc: dict, reliability: dict, curves: dict) -> dict[str, Path]:
+    """Lockbox reliability diagram, lockbox equity curves per symbol, intervals plot, and the T x alpha sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out: dict[str, Path] = {}
-    folds = doc["folds"]
-    x = np.arange(len(folds))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    width = 0.27
-    for i, (kind, color) in enumerate((("teacher", "tab:blue"), ("student", "tab:green"), ("control", "tab:gray"))):
-        gain = [100 * (f["baseline"]["log_loss"] - f[kind]["log_loss"]) / f["baseline"]["log_loss"] for f in folds]
-        axes[0].bar(x + (i - 1) * width, gain, width, label="distilled" if kind == "student" else kind, color=color)
-        acc = [100 * (f[kind]["accuracy"] - f["baseline"]["accuracy"]) for f in folds]
-        axes[1].bar(x + (i - 1) * width, acc, width, label="distilled" if kind == "student" else kind, color=color)
-    for ax, title in ((axes[0], "log-loss gain over class prior (%)"),
-                      (axes[1], "accuracy minus majority-class accuracy (pp)")):
-        ax.set_xticks(x, [f"fold {f['fold']}" for f in folds], fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.tick_params(labelsize=8)
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    out["folds"] = out_dir / "folds.png"
-    fig.savefig(out["folds"], dpi=PLOT_DPI)
-    plt.close(fig)
-
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     for kind, color in (("teacher", "tab:blue"), ("student", "tab:green"), ("control", "tab:gray")):
@@ -88,7 +86,7 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict) -> dict[str, Path]:
                 label="distilled" if kind == "student" else kind)
     ax.set_xlabel("top-class confidence", fontsize=8)
     ax.set_ylabel("accuracy", fontsize=8)
-    ax.set_title("reliability (bins with >= 50 rows)", fontsize=9)
+    ax.set_title("lockbox reliability (bins with >= 50 rows)", fontsize=9)
     ax.set_xlim(0.3, 1)
     ax.set_ylim(0.3, 1)
     ax.tick_params(labelsize=8)
@@ -98,23 +96,66 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict) -> dict[str, Path]:
     fig.savefig(out["reliability"], dpi=PLOT_DPI)
     plt.close(fig)
 
-    if doc.get("sweep"):
-        grid = doc["sweep"]["grid"]
-        temps = sorted({g["temperature"] for g in grid})
-        alphas = sorted({g["alpha"] for g in grid})
-        kept = np.full((len(temps), len(alphas)), np.nan)
-        for g in grid:
-            kept[temps.index(g["temperature"]), alphas.index(g["alpha"])] = 100 * (g["gain_kept"] if g["gain_kept"] is not None else np.nan)
+    taker = curves.get("taker", {})
+    syms = sorted({s for m in taker.values() for s in m})
+    if syms:
+        fig, axes = plt.subplots(len(syms), 1, figsize=(7, 1.9 * len(syms)), sharex=True, squeeze=False)
+        colors = {"student": "tab:green", "student_argmax": "tab:olive", "teacher": "tab:blue", "control": "tab:gray", "mean_reversion": "tab:orange",
+                  "buy_and_hold": "tab:red", "always_flat": "k"}
+        for ax, sym in zip(axes[:, 0], syms):
+            for model in TRADERS:
+                if sym in taker.get(model, {}):
+                    t, eq = taker[model][sym]
+                    days = (np.asarray(t) - t[0]) / 86_400_000
+                    ax.plot(days, 100 * eq, lw=0.9, color=colors[model],
+                            label=model.replace("student_argmax", "distilled, argmax").replace("student", "distilled policy"))
+            ax.set_title(f"{sym}: cumulative net log return (%), lockbox, taker fee + half-spread", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.axhline(0, color="k", lw=0.4)
+        axes[0, 0].legend(fontsize=6, ncol=3)
+        axes[-1, 0].set_xlabel("days into the lockbox", fontsize=8)
+        fig.tight_layout()
+        out["equity"] = out_dir / "equity.png"
+        fig.savefig(out["equity"], dpi=PLOT_DPI)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    rows = []
+    for part in ("development", "lockbox"):
+        d = doc["summary"][part]["deltas_vs_student"]
+        for name in ("control", "control_all_rows", "label_smoothing", "control_tuned", "logistic", "teacher"):
+            if name in d:
+                rows.append((f"{'lockbox' if part == 'lockbox' else 'dev'}: {name}", d[name]))
+    for i, (label, d) in enumerate(rows):
+        lo, hi = d["ci95"]
+        ax.plot([1000 * lo, 1000 * hi], [i, i], color="tab:green" if "lock" in label else "tab:gray")
+        ax.plot([1000 * d["mean"]], [i], "o", ms=3, color="k")
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel("log loss(model) - log loss(distilled), millinats (95% block-bootstrap interval)", fontsize=7)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    out["intervals"] = out_dir / "intervals.png"
+    fig.savefig(out["intervals"], dpi=PLOT_DPI)
+    plt.close(fig)
+
+    sw = doc["choices"]["sweep"]
+    if len(sw) > 1:
+        temps = sorted({g["temperature"] for g in sw})
+        alphas = sorted({g["alpha"] for g in sw})
+        ll = np.full((len(temps), len(alphas)), np.nan)
+        for g in sw:
+            ll[temps.index(g["temperature"]), alphas.index(g["alpha"])] = g["log_loss"]
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        im = ax.imshow(kept, cmap="viridis", aspect="auto")
+        im = ax.imshow(ll, cmap="viridis_r", aspect="auto")
         for i in range(len(temps)):
             for j in range(len(alphas)):
-                ax.text(j, i, f"{kept[i, j]:.0f}", ha="center", va="center", color="w", fontsize=8)
+                ax.text(j, i, f"{ll[i, j]:.4f}", ha="center", va="center", color="w", fontsize=7)
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas], fontsize=8)
         ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps], fontsize=8)
         ax.set_xlabel("alpha (weight of hard labels)", fontsize=8)
         ax.set_ylabel("temperature", fontsize=8)
-        ax.set_title(f"% of teacher's gain kept (seed {doc['sweep']['seed']})", fontsize=9)
+        ax.set_title(f"development log loss (seed {doc['choices']['sweep_seed']})", fontsize=9)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         out["sweep"] = out_dir / "sweep.png"
@@ -131,206 +172,249 @@ def _pct(x, nd=1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{nd}f}%"
 
 
-def _headline_row(name: str, m: dict, base: dict, vs_teacher: dict | None) -> str:
-    gain = (base["log_loss"] - m["log_loss"]) / base["log_loss"]
-    cells = [name, _f(m["log_loss"]), _pct(gain, 2), _pct(m["accuracy"]), _f(m["macro_f1"], 3), _f(m["ece"], 3)]
-    if vs_teacher is None:
-        cells += ["-", "-", "100%"]
-    else:
-        cells += [_pct(vs_teacher["agreement"]), _f(vs_teacher["kl_from_teacher"], 4), _pct(vs_teacher["gain_kept"], 0)]
-    return "| " + " | ".join(cells) + " |"
+def _ci(d: dict | None, scale: float = 1000.0, nd: int = 2) -> str:
+    if not d or d.get("mean") is None:
+        return "n/a"
+    lo, hi = d["ci95"]
+    return f"{scale * d['mean']:+.{nd}f} [{_f(None if lo is None else scale * lo, nd)}, {_f(None if hi is None else scale * hi, nd)}]"
 
 
-def findings(doc: dict) -> list[str]:
-    """Plain sentences comparing each measured option with the default (all from this run's numbers)."""
-    out = []
-    abl = doc.get("ablations") or []
-    base = next((a for a in abl if a["name"] == "default"), None)
-    if base is not None:
-        for a in abl:
-            if a is base:
-                continue
-            if abs(a["baseline_log_loss"] - base["baseline_log_loss"]) > 1e-9:
-                # other labels: log losses are not comparable, gains over each variant's own prior are
-                def g(x, b_=a["baseline_log_loss"]):
-                    return (b_ - x) / b_
+def _excludes_zero(d: dict) -> bool:
+    lo, hi = d["ci95"]
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
 
-                out.append(
-                    f"- **{a['name']}** ({a['description']}): a different task, so compare gains over its own prior "
-                    f"({_f(a['baseline_log_loss'])}): teacher {_pct(g(a['teacher_log_loss']), 2)}, distilled "
-                    f"{_pct(g(a['student_log_loss']), 2)}, control {_pct(g(a['control_log_loss']), 2)} (default labels: teacher "
-                    f"{_pct((base['baseline_log_loss'] - base['teacher_log_loss']) / base['baseline_log_loss'], 2)}, distilled "
-                    f"{_pct((base['baseline_log_loss'] - base['student_log_loss']) / base['baseline_log_loss'], 2)}, control "
-                    f"{_pct((base['baseline_log_loss'] - base['control_log_loss']) / base['baseline_log_loss'], 2)}); share of the "
-                    f"teacher's gain kept {_pct(a['gain_kept'], 0)} (default {_pct(base['gain_kept'], 0)}), agreement {_pct(a['agreement'])}."
-                )
-                continue
-            dt_ = a["teacher_log_loss"] - base["teacher_log_loss"]
-            ds = a["student_log_loss"] - base["student_log_loss"]
-            dc = a["control_log_loss"] - base["control_log_loss"]
-            verdict = ("helps the distilled student" if ds < -NOISE_LL else "hurts the distilled student" if ds > NOISE_LL
-                       else "makes no material difference to the distilled student")
-            out.append(
-                f"- **{a['name']}** ({a['description']}): teacher log loss {_f(a['teacher_log_loss'])} ({dt_:+.4f} vs default), "
-                f"distilled {_f(a['student_log_loss'])} ({ds:+.4f}), control {_f(a['control_log_loss'])} ({dc:+.4f}); "
-                f"share of the teacher's gain kept {_pct(a['gain_kept'], 0)} (default {_pct(base['gain_kept'], 0)}), "
-                f"agreement {_pct(a['agreement'])}; it {verdict} (differences under {NOISE_LL:g} count as seed noise)."
-            )
-    tr = doc.get("transferable")
-    if tr:
-        st = doc["summary"]["student"]
-        out.append(
-            f"- **What limits the share kept.** The same ensemble given only the student's {len(FEATURE_NAMES)} inputs reaches log loss "
-            f"{_f(tr['student_features_teacher_log_loss'])}: {_pct(tr['reachable_share_of_teacher_gain'], 0)} of the full teacher's gain "
-            f"is reachable from those inputs at all; the rest comes from what the student never sees (time of day, longer "
-            f"windows, other symbols). The distilled student keeps {_pct(st['gain_kept'], 0)} of the teacher's gain, i.e. "
-            f"{_pct(tr['student_share_of_reachable'], 0)} of the reachable part (control: {_pct(tr['control_share_of_reachable'], 0)})."
+
+PLAIN = {"control_all_rows": "the control trained on every usable row", "label_smoothing": "label smoothing",
+         "control_tuned": "the control with its own tuned learning rate and weight decay",
+         "logistic": "logistic regression"}
+
+
+def verdict_paragraph(doc: dict, cfg: TrainConfig) -> str:
+    """One paragraph: what distillation buys on the lockbox, how sure, and whether it pays at each cost."""
+    lk = doc["summary"]["lockbox"]
+    sp = doc["split"]["lockbox"]
+    d = lk["delta_vs_control"]
+    dl = lk["deltas_vs_student"]
+    s, c, t = lk["student"]["log_loss"], lk["control"]["log_loss"], lk["teacher"]["log_loss"]
+    sure = ("the interval excludes zero" if _excludes_zero(d) else "the interval includes zero, so this is no detectable difference")
+    better = "lower (better)" if d["mean"] > 0 else "higher (worse)"
+    others = [n for n in PLAIN if n in dl]
+    beaten = [PLAIN[n] for n in others if dl[n]["ci95"][0] is not None and dl[n]["ci95"][0] > 0]
+    worse = [PLAIN[n] for n in others if dl[n]["ci95"][1] is not None and dl[n]["ci95"][1] < 0]
+    tied = [PLAIN[n] for n in others if PLAIN[n] not in beaten and PLAIN[n] not in worse]
+    gap = lk.get("gap_recovered")
+    gci = lk.get("gap_recovered_ci95") or [None, None]
+    trade = lk["trading"]
+    parts = [
+        f"On the lockbox ({_day(sp['lo_ms'])} to {_day(sp['hi_ms'])}, {sp['days']:g} days, {lk['rows']} rows, "
+        f"touched once after every choice), the distilled student's log loss is {_f(s)} against {_f(c)} for the same "
+        f"student trained on hard labels (teacher {_f(t)}, class prior {_f(lk['baseline']['log_loss'])}). Distillation "
+        f"makes it {better} by {1000 * abs(d['mean']):.2f} millinats, 95% interval [{1000 * d['ci95'][0]:+.2f}, "
+        f"{1000 * d['ci95'][1]:+.2f}] (control minus distilled, paired bootstrap over {d['blocks']} one-day blocks): {sure}.",
+        f"It closes {_pct(gap, 0)} of the gap between that control and the teacher (interval {_pct(gci[0], 0)} to {_pct(gci[1], 0)}).",
+    ]
+    if beaten:
+        parts.append(f"It is better than {', '.join(beaten)} (intervals exclude zero).")
+    if tied:
+        parts.append(f"It cannot be told apart from {', '.join(tied)}.")
+    if worse:
+        parts.append(f"It is worse than {', '.join(worse)}.")
+    for case in ("taker", "maker"):
+        st = trade["student"][case]
+        fee = (cfg.taker_fee_per_side if case == "taker" else cfg.maker_fee_per_side) / 1e-4
+        parts.append(
+            f"At {case} cost ({fee:g} bp per side plus half a tick), the decision policy chosen on development data "
+            + (f"trades {st['trades']} times and nets {_pct(st['net_return'], 2)} per symbol (log return, Sharpe "
+               f"{_f(st['sharpe'], 2)})." if st["trades"] > 0 else
+               "never trades: no threshold paid on the development blocks, so it stays flat.")
         )
-    sw = doc.get("sweep")
-    if sw:
-        best = min(sw["grid"], key=lambda g: g["log_loss"])
-        worst = max(sw["grid"], key=lambda g: g["log_loss"])
-        out.append(
-            f"- **Temperature x alpha** (seed {sw['seed']}): distilled log loss ranges {_f(best['log_loss'])} (T={best['temperature']:g}, "
-            f"alpha={best['alpha']:g}) to {_f(worst['log_loss'])} (T={worst['temperature']:g}, alpha={worst['alpha']:g}); "
-            f"the control scores {_f(sw['control_log_loss'])}."
+    am = trade.get("student_argmax", {}).get("taker")
+    if am:
+        parts.append(
+            f"Traded on its argmax every bar, it would lose {_pct(-am['net_return'], 2)} per symbol at taker cost "
+            f"({_pct(-trade['student_argmax']['maker']['net_return'], 2)} at maker); its break-even fee is "
+            f"{_f(am['break_even_fee_bp'], 2)} bp per side" + (", i.e. it loses before any fee." if (am["break_even_fee_bp"] or 0) < 0 else ".")
         )
-    return out
+    bh = trade["buy_and_hold"]["taker"]
+    parts.append(f"For scale: buy-and-hold nets {_pct(bh['net_return'], 2)} per symbol over the lockbox, always-flat 0.")
+    return " ".join(parts)
+
+
+def _model_table(part: dict, teacher_first: bool = True) -> list[str]:
+    lines = ["| model | log loss | vs distilled, millinats [95% CI] | kappa vs teacher | agreement where teacher acts "
+             "| hold-vs-move AUC | direction AUC | rank IC | ECE |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = ["baseline", "volatility", "teacher", "student", "control", "control_all_rows", "label_smoothing",
+             "control_tuned", "logistic"]
+    for name in order:
+        if name not in part:
+            continue
+        m = part[name]
+        delta = "-" if name == "student" else _ci(part["deltas_vs_student"].get(name))
+        lines.append(f"| {NAMES[name]} | {_f(m['log_loss'])} | {delta} | {_f(m.get('kappa_vs_teacher'), 3)} | "
+                     f"{_pct(m.get('agreement_teacher_acts'))} | {_f(m['move_auc'], 3)} | {_f(m['direction_auc'], 3)} | "
+                     f"{_f(m['ic'], 4)} | {_f(m['ece'], 3)} |")
+    return lines
+
+
+def _trading_table(trade: dict) -> list[str]:
+    lines = ["| model | cost | policy (threshold / hold bars) | net return (log, per symbol) | Sharpe | Sortino "
+             "| max drawdown | trades | hit rate | turnover / bar | break-even fee (bp/side) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model in TRADERS:
+        if model not in trade:
+            continue
+        for case in ("taker", "maker"):
+            m = trade[model][case]
+            thr = m.get("threshold")
+            pol = "-" if thr is None and "hold_bars" not in m else (
+                "never acts" if thr is None or thr >= 1.0 and model != "mean_reversion" else f"{thr:.3g} / {m['hold_bars']}")
+            lines.append(f"| {model.replace('student_argmax', 'distilled, argmax every bar').replace('student', 'distilled')} | {case} | {pol} | {_pct(m['net_return'], 2)} | "
+                         f"{_f(m['sharpe'], 2)} | {_f(m['sortino'], 2)} | {_pct(m['max_drawdown'], 2)} | {m['trades']} | "
+                         f"{_pct(m['hit_rate'])} | {_f(m['turnover'], 4)} | {_f(m['break_even_fee_bp'], 2)} |")
+    return lines
 
 
 def markdown(doc: dict, cfg: TrainConfig) -> str:
-    """The human-readable report: results first, then method, data and per-fold detail."""
-    s = doc["summary"]
-    t, st, c, b = s["teacher"], s["student"], s["control"], s["baseline"]
-    w = st["wins_over_control"]
-    d = doc["data"]
+    """The human-readable report: the verdict on the lockbox first, then how it was reached."""
+    lk, dv = doc["summary"]["lockbox"], doc["summary"]["development"]
+    ch = doc["choices"]
+    sp = doc["split"]
+    cmd = doc.get("command") or "kdsignal train --data ../shared/data/bybit-linear-5m --out models/default.npz"
     lines = [
         f"# Distillation report: model `{doc['model_id']}`",
         "",
-        f"Interval {d['interval']}, symbols {', '.join(f['symbol'] for f in d['files'])}, "
-        f"{_iso(d['files'][0]['first_start_ms'])} to {_iso(d['files'][0]['last_start_ms'])} UTC; "
-        f"{doc['timings_s']['total_s']:.0f} s wall time. All numbers are out of sample (purged walk-forward, "
-        f"{len(doc['folds'])} test folds, pooled), students averaged over seeds {list(cfg.seeds)}.",
+        "## Verdict (lockbox)",
         "",
-        "## Headline",
+        verdict_paragraph(doc, cfg),
         "",
-        "| model | log loss | gain over prior | accuracy | macro-F1 | ECE | agreement with teacher | KL(teacher, model) "
-        "| share of teacher's gain kept |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| class prior (baseline) | {_f(b['log_loss'])} | - | {_pct(b['accuracy'])} (majority) | - | - | - | - | - |",
-        _headline_row("teacher ensemble", t, b, None),
-        _headline_row(f"distilled student {'-'.join(map(str, cfg.student_hidden))} (T={cfg.temperature:g}, "
-                      f"alpha={cfg.alpha:g})", st, b, st),
-        _headline_row("control (same student, hard labels)", c, b, c),
+        f"Reproduce every figure here: `{cmd}` (writes this file, `report.json` and the plots; "
+        f"{doc['timings_s']['total_s']:.0f} s on this 2-core machine).",
         "",
-        f"Distilled beats control on log loss in **{w['wins']} of {w['pairs']}** (symbol, fold) pairs. "
-        f"Seed spread of log loss (sd): distilled {_f(st['log_loss_seed_sd'], 5)}, control {_f(c['log_loss_seed_sd'], 5)}.",
+        f"## Lockbox: {_day(sp['lockbox']['lo_ms'])} to {_day(sp['lockbox']['hi_ms'])} ({sp['lockbox']['rows']} rows, "
+        f"{lk['blocks']} one-day blocks)",
         "",
-        "Targets set by the issue: distilled beats control in most pairs "
-        f"({'met' if w['wins'] * 2 > w['pairs'] else 'NOT met'}); keeps >= 90% of the teacher's gain "
-        f"({'met' if (st['gain_kept'] or 0) >= 0.9 else 'NOT met'}: {_pct(st['gain_kept'], 0)}); agrees with the teacher on >= 90% "
-        f"of bars ({'met' if st['agreement'] >= 0.9 else 'NOT met'}: {_pct(st['agreement'])}).",
+        f"Students and trained controls: mean over seeds {list(cfg.seeds)} (logistic regression: first seed), each fitted "
+        "on all development rows. Differences are log loss(model) - log loss(distilled) per row, averaged; positive "
+        "= the distilled student is better; interval: paired bootstrap over one-day blocks (all symbols together), "
+        f"{cfg.bootstrap_samples} resamples.",
+        "",
+        *_model_table(lk),
+        "",
+        f"Distilled vs teacher: {_ci(lk['student_vs_teacher'])} millinats (distilled minus teacher). Gap recovered "
+        f"(control - distilled) / (control - teacher): {_pct(lk['gap_recovered'], 0)}, interval "
+        f"{_pct((lk.get('gap_recovered_ci95') or [None])[0], 0)} to {_pct((lk.get('gap_recovered_ci95') or [None, None])[1], 0)}. "
+        f"The teacher says hold on {_pct(None if lk['student'].get('teacher_act_share') is None else 1 - lk['student']['teacher_act_share'])} of lockbox bars, "
+        "which is why plain agreement is not shown: kappa and agreement where the teacher acts are.",
+        "",
+        "Per-class precision / recall (sell, hold, buy) of the argmax: distilled "
+        + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["student"]["precision"], lk["student"]["recall"]))
+        + "; control " + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["control"]["precision"], lk["control"]["recall"]))
+        + "; teacher " + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["teacher"]["precision"], lk["teacher"]["recall"]))
+        + ".",
+        "",
+        "### Trading on the lockbox",
+        "",
+        f"Decided at a bar's close, filled at the next open; costs per side: fee ({cfg.taker_fee_per_side * 1e4:g} bp taker, "
+        f"{cfg.maker_fee_per_side * 1e4:g} bp maker) plus half a tick of spread (ticks inferred from the prices: "
+        + ", ".join(f"{k} {v:g}" for k, v in doc["data"]["ticks"].items())
+        + "). Policy: act when p_buy - p_sell clears a threshold; the threshold and whether to re-decide every bar "
+        f"or hold {cfg.horizon_bars} bars (the label horizon) were chosen on the development blocks for each model and "
+        "cost, then applied unchanged. Mean reversion: long below -z, short above +z on zclose_20 (z chosen the same way). "
+        "Net return: each symbol's summed net log return over the lockbox, averaged over symbols; Sharpe, Sortino "
+        "(annualised) and max drawdown: of the equal-weight portfolio of the symbols; break-even: the fee per side "
+        "at which the net return would be zero.",
+        "",
+        *_trading_table(lk["trading"]),
+        "",
+        "Per symbol, distilled student (net log return taker / maker, trades taker): "
+        + "; ".join(f"{sym} {_pct(v['net_return'], 2)} / {_pct(lk['trading']['student']['maker']['per_symbol'][sym]['net_return'], 2)}, "
+                    f"{v['trades']}" for sym, v in lk["trading"]["student"]["taker"]["per_symbol"].items())
+        + ". Buy-and-hold: "
+        + "; ".join(f"{sym} {_pct(v['net_return'], 2)}" for sym, v in lk["trading"]["buy_and_hold"]["taker"]["per_symbol"].items())
+        + ". Equity curves: [equity.png](equity.png).",
+        "",
+        f"## Development: walk-forward test blocks {', '.join(str(b['block']) for b in sp['development']['test_blocks'])} "
+        f"({_day(sp['development']['test_blocks'][0]['lo_ms'])} to {_day(sp['development']['hi_ms'])}, {dv['rows']} rows, "
+        f"{dv['blocks']} one-day blocks)",
+        "",
+        "Every choice below was made here; these figures are therefore optimistic for the chosen settings (the "
+        "lockbox above is not).",
+        "",
+        *_model_table(dv),
+        "",
+        f"Gap recovered: {_pct(dv.get('gap_recovered'), 0)} (interval {_pct((dv.get('gap_recovered_ci95') or [None])[0], 0)} "
+        f"to {_pct((dv.get('gap_recovered_ci95') or [None, None])[1], 0)}).",
+        "",
+        "### Choices",
+        "",
+        f"- Temperature x alpha (seed {ch['sweep_seed']}, pooled development log loss): chosen T={ch['temperature']:g}, "
+        f"alpha={ch['alpha']:g}. Grid: "
+        + ", ".join(f"T={g['temperature']:g}/a={g['alpha']:g} {_f(g['log_loss'])}" for g in ch["sweep"]) + ".",
+        f"- Tuned control (lr x weight decay): chosen lr={ch['control_lr']:g}, weight decay={ch['control_weight_decay']:g}. "
+        "Grid: " + ", ".join(f"{g['lr']:g}/{g['weight_decay']:g} {_f(g['log_loss'])}" for g in ch["control_grid"])
+        + ". Epochs: early stopping on each fit's own newest development rows.",
+        f"- Label smoothing control: the distilled loss with the same T={ch['temperature']:g} and alpha={ch['alpha']:g}, its "
+        "soft target being the training rows' class shares on every bar instead of the teacher: the same pull away "
+        "from one-hot labels without the teacher's per-bar knowledge (is the gain just regularisation?).",
+        "- Decision policy of the shipped student (stored in the artifact manifest as `policy`): "
+        + "; ".join(f"{case}: threshold {min(v['threshold'], 1.0):.3g}" + (" (never acts)" if v["threshold"] >= 1.0 else "")
+                    + f", hold {v['hold_bars']} bar(s), development net {_pct(v['development_net_return_per_symbol'], 2)} per symbol"
+                    for case, v in doc["policy"]["cases"].items()) + ".",
+        "",
+        "### Trading on the development blocks (policies chosen on these same bars: in-sample for the policy)",
+        "",
+        *_trading_table(dv["trading"]),
         "",
     ]
-    found = findings(doc)
-    if found:
-        lines += ["## What was tried and what it did", "", *found, ""]
-    lines += [
-        "## Trading read-out (after fees)",
-        "",
-        f"Long on buy, short on sell, flat on hold; decided at a bar's close, filled at the next bar's open, "
-        f"re-decided every bar; {cfg.fee_per_side * 100:.3f}% taker fee per side on every position change. "
-        "Returns are summed log returns per symbol over all test folds (mean over symbols); Sharpe is annualised "
-        "from per-bar net returns; max drawdown is the worst peak-to-trough fall of one symbol's cumulative net log return.",
-        "",
-        "| model | hit rate | in market | gross return | net return | Sharpe (net) | turnover / bar | max drawdown (log) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in (("teacher", t), ("distilled", st), ("control", c)):
-        tr = m["trading"]
-        lines.append(f"| {name} | {_pct(tr['hit_rate'])} | {_pct(tr['in_market'])} | {_pct(tr['gross_return'])} | "
-                     f"{_pct(tr['net_return'])} | {_f(tr['sharpe'], 2)} | {_f(tr['turnover'], 3)} | {_pct(tr['max_drawdown'])} |")
-    lines += [
-        "",
-        "A 3-bar direction forecast re-traded every bar at taker fees pays the round trip far more often than "
-        "its edge covers; a negative net return here says the signal is not a stand-alone strategy at these costs.",
-        "",
-        "## Per fold",
-        "",
-        "| fold | test range (UTC) | rows | prior LL | teacher LL | distilled LL | control LL | distilled kept | control kept | agreement |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for f in doc["folds"]:
-        lines.append(
-            f"| {f['fold']} | {_iso(f['test_start_ms'])} to {_iso(f['test_end_ms'])} | {f['test_rows']} | {_f(f['baseline']['log_loss'])} | "
-            f"{_f(f['teacher']['log_loss'])} | {_f(f['student']['log_loss'])} | {_f(f['control']['log_loss'])} | "
-            f"{_pct(f['student']['gain_kept'], 0)} | {_pct(f['control']['gain_kept'], 0)} | {_pct(f['student']['agreement'])} |")
-    lines += ["", "Per (symbol, fold): log loss of distilled vs control (mean over seeds); `*` = distilled better.", ""]
-    syms = list(doc["folds"][0]["symbols"]) if doc["folds"] else []
-    lines += ["| fold | " + " | ".join(syms) + " |", "|---" * (len(syms) + 1) + "|"]
-    for f in doc["folds"]:
-        cells = []
-        for sym in syms:
-            e = f["symbols"].get(sym)
-            cells.append("-" if e is None else f"{_f(e['student'])} / {_f(e['control'])}{' *' if e['distilled_beats_control'] else ''}")
-        lines.append(f"| {f['fold']} | " + " | ".join(cells) + " |")
     if doc.get("ablations"):
-        lines += ["", "## Options measured (first seed only, pooled folds)", "",
-                  "| variant | teacher LL | distilled LL | control LL | distilled kept | control kept | agreement | distilled wins |",
-                  "|---|---|---|---|---|---|---|---|"]
-        base_ll = doc["ablations"][0]["baseline_log_loss"]
+        lines += ["### Ablations (development folds, every seed, judged by the paired interval)", "",
+                  "| option | teacher LL | distilled LL | default minus option, millinats [95% CI] | verdict | seconds |",
+                  "|---|---|---|---|---|---|"]
         for a in doc["ablations"]:
-            w = a["wins_over_control"]
-            other = " (other labels: prior LL " + _f(a["baseline_log_loss"]) + ", log losses not comparable)" if abs(a["baseline_log_loss"] - base_ll) > 1e-9 else ""
-            lines.append(f"| {a['name']}: {a['description']}{other} | {_f(a['teacher_log_loss'])} | {_f(a['student_log_loss'])} | "
-                         f"{_f(a['control_log_loss'])} | {_pct(a['gain_kept'], 0)} | {_pct(a['control_gain_kept'], 0)} | "
-                         f"{_pct(a['agreement'])} | {w['wins']}/{w['pairs']} |")
-    if doc.get("sweep"):
-        sw = doc["sweep"]
-        lines += ["", f"## Temperature x alpha sweep (seed {sw['seed']}, pooled folds; control log loss {_f(sw['control_log_loss'])})", "",
-                  "| T | alpha | log loss | accuracy | agreement | gain kept |", "|---|---|---|---|---|---|"]
-        for g in sorted(sw["grid"], key=lambda g: (g["temperature"], g["alpha"])):
-            lines.append(f"| {g['temperature']:g} | {g['alpha']:g} | {_f(g['log_loss'])} | {_pct(g['accuracy'])} | {_pct(g['agreement'])} | {_pct(g['gain_kept'], 0)} |")
-    lines += ["", "## Teacher members (pooled out-of-sample log loss)", "",
-              "| member | log loss |", "|---|---|"]
-    for k, v in t["members_log_loss"].items():
-        lines.append(f"| {k} | {_f(v)} |")
-    lines.append(f"| ensemble | {_f(t['log_loss'])} |")
+            lines.append(f"| {a['name']}: {a['description']} | {_f(a['teacher_log_loss'])} | {_f(a['student_log_loss'])} | "
+                         f"{_ci(a.get('delta_vs_default'))} | {a['verdict']} | {a['seconds']} |")
+        lines += ["", f"Default distilled LL on the same rows: {_f(dv['student']['log_loss'])}. "
+                  "Positive: the option lowers the log loss. None of these is adopted automatically; the config is as shipped.", ""]
     fs = doc["final_student"]
+    ti = doc["teacher_inputs"]
     lines += [
-        "",
         "## Method",
         "",
         f"- Labels: forward log return over h={cfg.horizon_bars} bars; hold band = max({cfg.band_k:g} x RMS of the last "
-        f"{cfg.vol_window} one-bar returns x sqrt(h), round trip {cfg.round_trip_cost * 100:.3f}%). Class shares over all rows: "
-        + ", ".join(f"{n} {_pct(v)}" for n, v in zip(doc["classes"], d["class_share"])) + ".",
-        f"- Folds: time cut into {cfg.n_folds + 2} equal blocks shared by all symbols. The teacher for block j trains on "
-        f"blocks < j (purged: label window + {cfg.embargo_bars}-bar embargo before the block) and labels block j, so every soft "
-        "target is out of fold. Fold k tests on block k; its students train on blocks 1..k-1 (the ones with soft targets), "
-        f"early-stopping on the newest {cfg.val_frac:.0%} of them (purged again). The baseline is the class prior of each fold's training rows.",
-        f"- Teacher: MLPs {', '.join('-'.join(map(str, h)) for h in cfg.teacher_hidden)} (ReLU, Adam, early stopping)"
-        + (f" and LightGBM (weight {cfg.lgbm_weight:g} in the probability average)" if cfg.teacher_lgbm else "")
-        + f"; inputs: the student's {len(doc['teacher_inputs']['student'])} features"
-        + (f" plus {len(doc['teacher_inputs']['extra'])} teacher-only ones ({', '.join(doc['teacher_inputs']['extra'])})" if doc['teacher_inputs']['extra'] else "")
-        + (f"; finer targets: return buckets with edges at +-{', +-'.join(f'{e:g}' for e in cfg.teacher_buckets)} bands, collapsed to sell/hold/buy" if cfg.teacher_buckets else "")
-        + ".",
-        f"- Student: {'-'.join(map(str, cfg.student_hidden))} {cfg.student_activation} MLP on the daemon's own features "
-        f"(kernels.features.features_batch), loss alpha*CE + (1-alpha)*T^2*KL from kernels.mlp.kd_loss_grad, Adam "
-        f"(lr {cfg.student_lr:g}, batch {cfg.student_batch}), <= {cfg.student_epochs} epochs, patience {cfg.student_patience}"
-        + (f", recency half-life {cfg.recency_half_life_days:g} days" if cfg.recency_half_life_days > 0 else "")
-        + ". Predictions are scored through kernels.student.student_batch, the code the daemon serves with. The control is the same "
-        "call with alpha=1 (same rows, seeds, initial weights, batches, epochs).",
-        f"- Shipped artifact: the distilled student (seed {cfg.seeds[0]}) trained on all blocks with soft targets "
-        f"({fs['fit_rows']} rows, validated on the newest {fs['val_rows']}: log loss {_f(fs['val_log_loss'])} vs teacher "
-        f"{_f(fs['val_teacher_log_loss'])}, agreement {_pct(fs['val_agreement'])}).",
+        f"{cfg.vol_window} one-bar returns x sqrt(h), round trip {2 * cfg.fee_per_side * 100:.3f}%). Class shares over all rows: "
+        + ", ".join(f"{n} {_pct(v)}" for n, v in zip(doc["classes"], doc["data"]["class_share"])) + ".",
+        f"- Split: lockbox = the newest {sp['lockbox']['days']:g} days ({_iso(sp['lockbox']['lo_ms'])} to "
+        f"{_iso(sp['lockbox']['hi_ms'])} UTC). Development = rows whose label window plus a {cfg.embargo_bars}-bar embargo ends "
+        f"before it ({sp['purge_bars']} bars purged), cut into {cfg.n_folds + 2} equal blocks. The teacher for block j fits "
+        "on blocks < j (purged) and labels block j; a teacher fitted on all development rows labels the lockbox. "
+        f"Students of block k fit on blocks 1..k-1 (those with soft targets), early-stopping on their newest {cfg.val_frac:.0%}.",
+        f"- Teacher: MLPs {', '.join('-'.join(map(str, h)) for h in cfg.teacher_hidden)}"
+        + (f" and LightGBM (weight {cfg.lgbm_weight:g})" if cfg.teacher_lgbm else "")
+        + f"; {ti['columns']} input columns: the student's {len(ti['student'])} features, {len(ti['extra'])} teacher-only ones ("
+        + ", ".join(ti["extra"]) + ")"
+        + (f", {len(ti['duplicates_of_student_features'])} recomputations of student features ("
+           + ", ".join(ti["duplicates_of_student_features"]) + ")" if ti["duplicates_of_student_features"] else "")
+        + f" and {ti['symbol_indicators']} symbol indicators.",
+        f"- Student: {'-'.join(map(str, cfg.student_hidden))} {cfg.student_activation} MLP on the daemon's features, loss "
+        "alpha*CE + (1-alpha)*T^2*KL (kernels.mlp.kd_loss_grad), Adam "
+        f"(lr {cfg.student_lr:g}, batch {cfg.student_batch}), <= {cfg.student_epochs} epochs, patience {cfg.student_patience}; "
+        "scored through kernels.student.student_batch, the code the daemon serves with.",
+        f"- Shipped artifact: the distilled student (seed {fs['seed']}, T={ch['temperature']:g}, alpha={ch['alpha']:g}) refitted "
+        f"on {fs['fit_rows']} rows, {_iso(fs['fit_lo_ms'])} to {_iso(fs['fit_hi_ms'])} UTC (development blocks >= 1 and the lockbox, "
+        f"soft targets out of fold), for {fs['epochs']} epochs: the epoch the lockbox model early-stopped at on "
+        f"{_iso(fs['early_stopping']['lo_ms'])} to {_iso(fs['early_stopping']['hi_ms'])}. It has no held-out score; the "
+        "lockbox figures are those of the same configuration fitted without the lockbox.",
         "",
-        "## Data",
+        "## Data and cost",
         "",
         "| file | rows | range (UTC) | gaps (missing bars) |",
         "|---|---|---|---|",
     ]
-    for f in d["files"]:
+    for f in doc["data"]["files"]:
         lines.append(f"| {f['file']} | {f['rows']} | {_iso(f['first_start_ms'])} to {_iso(f['last_start_ms'])} | {f['gaps']} ({f['missing_bars']}) |")
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in doc["timings_s"].items()), ""]
-    lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in doc.get("plots", [])), ""]
+    lines += ["", "Wall time per part (s): " + ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in doc["timings_s"].items()), "",
+              "Teacher members, development log loss: "
+              + ", ".join(f"{k} {_f(v)}" for k, v in doc["teacher_members_development_log_loss"].items()) + ".", "",
+              "Plots: " + ", ".join(f"[{p}]({p})" for p in doc.get("plots", [])), ""]
     return "\n".join(lines)

@@ -1,10 +1,20 @@
-"""``kdsignal train``: teacher ensemble, distilled student and control over purged walk-forward folds.
+"""``kdsignal train``: teacher ensemble, distilled student and fair controls, judged on a lockbox.
 
-Flow: read and check the CSVs, pool features and labels (``dataset``), fit one teacher per walk-forward
-block so every soft target is out of fold (``folds``), train the distilled student and the hard-label
-control for every fold and seed, score everything out of sample (``evaluate``), then train the shipped
-student on all blocks with soft targets and write the artifact, ``report.json``, ``report.md`` and plots
-next to it (``report``).
+The protocol, in order (``report.md`` states it with this run's dates):
+
+1. **Split** (``folds.lockbox_split``): the newest ``lockbox_days`` (default 15% of the span) are the
+   lockbox; development is every row whose label window plus embargo ends before it.
+2. **Teachers**: one per development block, each fitted on the blocks before it, so every soft target is
+   out of fold; one more fitted on all development rows labels the lockbox.
+3. **Choices on development folds only** (``develop``, ``choose_policies``): temperature x alpha for the
+   distilled student, learning rate x weight decay for the tuned control, and the decision policy's
+   thresholds (``trading.choose_policy``). Then every model over every
+   seed on the development folds, and each ablation judged by its paired interval there.
+4. **Lockbox, touched once**: each model refitted on all development rows (early stopping on their
+   newest ``val_frac``) and scored on the lockbox.
+5. **Shipped model**: the distilled student (first seed) refitted on every row with a soft target
+   (development blocks >= 1 and the lockbox) for the number of epochs step 4 early-stopped at; it has no
+   held-out score of its own, and its manifest says so.
 """
 
 from __future__ import annotations
@@ -14,23 +24,35 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import evaluate as ev
-from .config import ABLATIONS, TrainConfig, load_train_config
+from . import trading as tr
+from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
+from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
 from .dataset import Pooled, build, label_params
-from .folds import split_validation, walk_forward
+from .distil import recency_weights, train_student
+from .folds import lockbox_fold, lockbox_split, split_validation, walk_forward
+from .inputs import STUDENT_FEATURES
 from .labels import CLASSES
-from .distil import Student, recency_weights, train_student
 from .teacher import fit_teacher
-
 
 # overrides that change the labels or the teacher: the table is rebuilt and the teachers refitted
 _TEACHER_KEYS = ("teacher_extra_features", "teacher_buckets", "teacher_hidden", "teacher_lgbm", "lgbm_weight",
                  "teacher_input_transform", "horizon_bars", "band_k", "vol_window", "fee_per_side")
+# the models compared with the distilled student, in table order (name, one-line description)
+CONTROLS = (
+    ("control", "hard labels, same rows, seeds, initial weights and budget"),
+    ("control_all_rows", "hard labels on every usable row (also the first block, which has no soft targets)"),
+    ("label_smoothing", "the distilled loss (same T, alpha) towards the training class shares instead of the teacher"),
+    ("control_tuned", "hard labels with its own learning rate and weight decay, chosen on development folds"),
+    ("logistic", "multinomial logistic regression on the student's features"),
+    ("volatility", "class frequencies of the training rows in each rvol_20 decile"),
+)
 
 
 def _bar(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
@@ -84,13 +106,16 @@ def _worker_cfg(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(num_threads=1) if cfg.num_threads > 1 else cfg
 
 
+def _reach_ms(P: Pooled, cfg: TrainConfig) -> int:
+    return (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
+
+
 def _teacher_job(job: tuple[int, int]) -> tuple[int, np.ndarray, dict, dict]:
     k, seed = job
     P, cfg, folds = _SHARED["P"], _worker_cfg(_SHARED["cfg"]), _SHARED["folds"]
     f = folds[k]
     t0 = time.perf_counter()
-    reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
-    fit, val = split_validation(P.start_ms, f.train, cfg.val_frac, reach_ms)
+    fit, val = split_validation(P.start_ms, f.train, cfg.val_frac, _reach_ms(P, cfg))
     teacher = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val],
                           P.to_class, cfg, seed=seed)
     p, mem = teacher.predict(P.x_teacher[f.test])
@@ -100,10 +125,10 @@ def _teacher_job(job: tuple[int, int]) -> tuple[int, np.ndarray, dict, dict]:
 
 
 def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
-    """Fit one teacher per block on everything before it (purged) and predict that block.
+    """Fit one teacher per fold on its (purged) training rows and predict its test rows.
 
-    Returns the out-of-fold ensemble probabilities (NaN on rows no teacher labelled), each member's
-    probabilities, and per-block fit info. Blocks are fitted in parallel, largest first.
+    Returns the ensemble probabilities (NaN on rows no teacher labelled), each member's probabilities, and
+    per-fold fit info. Folds are fitted in parallel, largest first.
     """
     p_t = np.full((len(P), 3), np.nan)
     members: dict[str, np.ndarray] = {}
@@ -119,283 +144,471 @@ def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int) -> tuple[np.ndar
     return p_t, members, [info[k] for k in sorted(info)]
 
 
-def student_rows(P: Pooled, train_mask: np.ndarray, p_teacher: np.ndarray, cfg: TrainConfig):
-    """Fit/validation masks and weights for a student trained on ``train_mask`` rows with soft targets."""
-    reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
-    rows = train_mask if cfg.student_first_block else train_mask & np.all(np.isfinite(p_teacher), axis=1)
-    fit, val = split_validation(P.start_ms, rows, cfg.val_frac, reach_ms)
-    w = recency_weights(P.start_ms[fit], cfg.recency_half_life_days)
-    return fit, val, w
+@dataclass(frozen=True)
+class Variant:
+    """One way of training the student: its rows, loss, optimiser settings and config overrides."""
+
+    temperature: float
+    alpha: float
+    lr: float
+    weight_decay: float
+    rows: str = "soft"  # "soft": rows with out-of-fold soft targets; "all": every usable row before the test
+    prior_teacher: bool = False  # the distillation loss with a "teacher" that only knows the class shares
+    hidden: tuple[int, ...] | None = None  # () is logistic regression
+    overrides: tuple[tuple[str, object], ...] = field(default=())
 
 
-def _train(P: Pooled, p_t: np.ndarray, fit, val, w, cfg: TrainConfig, seed: int, **kw) -> Student:
-    return train_student(P.x_student[fit], P.y[fit], p_t[fit], w, P.x_student[val], P.y[val], cfg, seed, **kw)
+def distilled(cfg: TrainConfig, temperature: float, alpha: float, **kw) -> Variant:
+    """The distilled student at (T, alpha) with the config's optimiser settings."""
+    return Variant(float(temperature), float(alpha), cfg.student_lr, cfg.student_weight_decay, **kw)
 
 
-def _student_job(job: tuple[int, int, bool]) -> tuple[int, int, dict]:
-    k, seed, sweep = job
-    P, cfg, folds, p_t = _SHARED["P"], _worker_cfg(_SHARED["cfg"]), _SHARED["folds"], _SHARED["p_t"]
+def control(cfg: TrainConfig, lr: float | None = None, weight_decay: float | None = None, **kw) -> Variant:
+    """A hard-label student (alpha = 1; the temperature is then irrelevant and fixed to 1)."""
+    return Variant(1.0, 1.0, cfg.student_lr if lr is None else float(lr),
+                   cfg.student_weight_decay if weight_decay is None else float(weight_decay), **kw)
+
+
+def _student_job(job: tuple[int, int, Variant]) -> tuple[tuple, np.ndarray, dict]:
+    k, seed, v = job
+    P, folds, p_t = _SHARED["P"], _SHARED["folds"], _SHARED["p_t"]
+    cfg = _worker_cfg(_SHARED["cfg"]).replace(**dict(v.overrides))
     f = folds[k]
-    lo_ms = int(folds[0].test_lo_ms)  # soft targets start at block 1
-    train = f.train if cfg.student_first_block else f.train & (P.start_ms >= lo_ms)
-    fit, val, w = student_rows(P, train, p_t, cfg)
-    xt = P.x_student[f.test]
-    s = _train(P, p_t, fit, val, w, cfg, seed)
-    c = _train(P, p_t, fit, val, w, cfg, seed, alpha=1.0)
-    out = {"fit_rows": int(fit.sum()), "val_rows": int(val.sum()), "student": s.predict_proba(xt),
-           "control": c.predict_proba(xt), "epochs": {"student": s.best_epoch, "control": c.best_epoch}, "sweep": {}}
-    if sweep:
-        for temp in cfg.sweep_temperatures:
-            for a in cfg.sweep_alphas:
-                if (temp, a) == (cfg.temperature, cfg.alpha):
-                    out["sweep"][(temp, a)] = out["student"]
-                    continue
-                out["sweep"][(temp, a)] = _train(P, p_t, fit, val, w, cfg, seed, temperature=temp,
-                                                 alpha=a).predict_proba(xt)
-    return k, seed, out
+    first_soft_ms = int(folds[0].test_lo_ms)
+    every = v.rows == "all" or cfg.student_first_block
+    train = f.train if every else f.train & (P.start_ms >= first_soft_ms)
+    rows = train if every else train & np.all(np.isfinite(p_t), axis=1)
+    fit, val = split_validation(P.start_ms, rows, cfg.val_frac, _reach_ms(P, cfg))
+    w = recency_weights(P.start_ms[fit], cfg.recency_half_life_days)
+    pf = p_t[fit]
+    if v.prior_teacher:
+        pf = np.tile(_prior(P.y[fit]), (len(pf), 1))
+    s = train_student(P.x_student[fit], P.y[fit], pf, w, P.x_student[val], P.y[val], cfg, seed,
+                      temperature=v.temperature, alpha=v.alpha, hidden=v.hidden, lr=v.lr, weight_decay=v.weight_decay)
+    info = {"best_epoch": s.best_epoch, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
+            "val_lo_ms": int(P.start_ms[val].min()) if val.any() else None,
+            "val_hi_ms": int(P.start_ms[val].max()) if val.any() else None}
+    return job, s.predict_proba(P.x_student[f.test]), info
 
 
-def run_folds(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, sweep: bool) -> list[dict]:
-    """Train distilled students and controls per fold and seed (in parallel); return out-of-sample predictions."""
-    jobs = [(k, s, sweep and s == cfg.seeds[0]) for k in range(1, len(folds)) for s in cfg.seeds]
-    jobs.sort(key=lambda j: (-j[2], -int(folds[j[0]].train.sum())))
-    results: dict[int, dict] = {}
-    pool = _pool(cfg, P=P, cfg=cfg, folds=folds, p_t=p_t)
-    for k, seed, out in _map(pool, _student_job, jobs, cfg, "students"):
-        f = folds[k]
-        r = results.setdefault(f.index, {"fold": f, "fit_rows": out["fit_rows"], "val_rows": out["val_rows"],
-                                         "prior": _prior(P.y[f.train]), "student": {}, "control": {},
-                                         "epochs": {}, "sweep": {}})
-        r["student"][seed] = out["student"]
-        r["control"][seed] = out["control"]
-        r["epochs"][seed] = out["epochs"]
-        r["sweep"].update(out["sweep"])
-    # seeds in config order, whatever order the workers finished in
-    ordered = []
-    for f in folds[1:]:
-        r = results[f.index]
-        for kind in ("student", "control", "epochs"):
-            r[kind] = {s: r[kind][s] for s in cfg.seeds}
-        ordered.append(r)
-    return ordered
+def run_jobs(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, jobs: list, cache: dict, desc: str) -> dict:
+    """Train every (fold, seed, variant) job not yet in ``cache`` (in parallel); return the cache."""
+    todo = sorted({j for j in jobs if j not in cache}, key=lambda j: -int(folds[j[0]].train.sum()))
+    if todo:
+        pool = _pool(cfg, P=P, cfg=cfg, folds=folds, p_t=p_t)
+        for job, p, info in _map(pool, _student_job, todo, cfg, desc):
+            cache[job] = (p, info)
+    return cache
 
 
-def summarise(P: Pooled, cfg: TrainConfig, fold_results: list[dict], p_t: np.ndarray,
-              members: dict[str, np.ndarray]) -> dict:
-    """Pooled and per-fold, per-symbol metrics of teacher, students, controls and the prior."""
-    bars_per_year = 365.25 * 86_400_000 / P.interval_ms
-    fee = cfg.fee_per_side
-    test = np.concatenate([np.flatnonzero(r["fold"].test) for r in fold_results])
-    y = P.y[test]
-    prior = np.concatenate([np.tile(r["prior"], (int(r["fold"].test.sum()), 1)) for r in fold_results])
-    groups = np.concatenate([P.sym[r["fold"].test] * 1000 + r["fold"].index for r in fold_results])
-    nr = P.next_ret[test]
-    pt = p_t[test]
-    base_ll = ev.log_loss(prior, y)
+def _dev_probs(cache: dict, ks: list[int], seed: int, v: Variant) -> np.ndarray:
+    return np.concatenate([cache[(k, seed, v)][0] for k in ks])
 
-    def pooled(kind: str) -> np.ndarray:
-        return np.stack([np.concatenate([r[kind][s] for r in fold_results]) for s in cfg.seeds])
 
-    teacher = ev.classification(pt, y, prior.mean(axis=0), cfg.ece_bins)
-    teacher["log_loss"] = ev.log_loss(pt, y)
-    teacher["gain_over_baseline"] = base_ll - teacher["log_loss"]
-    teacher["trading"] = ev.trading(pt, nr, groups, fee, bars_per_year)
-    teacher["members_log_loss"] = {k: ev.log_loss(v[test], y) for k, v in members.items()}
-    summary = {"teacher": teacher,
-               "baseline": {"log_loss": base_ll, "majority_accuracy": float(np.mean(y == np.argmax(prior, axis=1))),
-                            "accuracy": float(np.mean(y == np.argmax(prior, axis=1))), "kind": "class prior of each fold's training rows"}}
-    for kind in ("student", "control"):
-        ps = pooled(kind)
-        per_seed = []
-        for p in ps:
-            m = ev.classification(p, y, prior.mean(axis=0), cfg.ece_bins)
-            m["log_loss"] = ev.log_loss(p, y)
-            m["agreement"] = ev.agreement(pt, p)
-            m["kl_from_teacher"] = ev.kl(pt, p)
-            m["gain_kept"] = ev.gain_kept(base_ll, teacher["log_loss"], m["log_loss"])
-            m["trading"] = ev.trading(p, nr, groups, fee, bars_per_year)
-            per_seed.append(m)
-        keys = ("log_loss", "accuracy", "macro_f1", "ece", "agreement", "kl_from_teacher", "gain_kept")
-        agg = {k: float(np.mean([m[k] for m in per_seed])) for k in keys}
-        agg["log_loss_seed_sd"] = float(np.std([m["log_loss"] for m in per_seed]))
-        agg["trading"] = {k: float(np.mean([m["trading"][k] for m in per_seed])) for k in per_seed[0]["trading"]}
-        agg["per_seed"] = [{"seed": s, **{k: m[k] for k in keys}} for s, m in zip(cfg.seeds, per_seed)]
-        summary[kind] = agg
+def volatility_baseline(P: Pooled, train: np.ndarray, test: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Class frequencies of the training rows in each ``rvol_20`` decile (deciles of the training rows)."""
+    j = list(STUDENT_FEATURES).index("rvol_20")
+    xt, xs = P.x_student[train, j], P.x_student[test, j]
+    edges = np.quantile(xt, np.linspace(0, 1, bins + 1)[1:-1])
+    bt, bs = np.searchsorted(edges, xt), np.searchsorted(edges, xs)
+    table = np.ones((bins, 3))
+    np.add.at(table, (bt, P.y[train]), 1.0)
+    table /= table.sum(axis=1, keepdims=True)
+    return table[bs]
 
-    # per fold, per symbol
-    per_fold = []
-    wins, pairs = 0, 0
-    for r in fold_results:
-        f = r["fold"]
-        idx = np.flatnonzero(f.test)
-        yf = P.y[idx]
-        ptf = p_t[idx]
-        entry = {"fold": f.index, "test_start_ms": f.test_lo_ms, "test_end_ms": f.test_hi_ms,
-                 "fit_rows": r["fit_rows"], "val_rows": r["val_rows"], "test_rows": int(len(idx)),
-                 "prior": r["prior"].tolist(), "epochs": {str(k): v for k, v in r["epochs"].items()}}
-        bl = ev.log_loss(np.tile(r["prior"], (len(yf), 1)), yf)
-        entry["baseline"] = {"log_loss": bl, "accuracy": float(np.mean(yf == np.argmax(r["prior"])))}
-        entry["teacher"] = {"log_loss": ev.log_loss(ptf, yf), "accuracy": ev.accuracy(ptf, yf)}
-        for kind in ("student", "control"):
-            lls = [ev.log_loss(r[kind][s], yf) for s in cfg.seeds]
-            accs = [ev.accuracy(r[kind][s], yf) for s in cfg.seeds]
-            agr = [ev.agreement(ptf, r[kind][s]) for s in cfg.seeds]
-            entry[kind] = {"log_loss": float(np.mean(lls)), "accuracy": float(np.mean(accs)),
-                           "agreement": float(np.mean(agr)),
-                           "gain_kept": ev.gain_kept(bl, entry["teacher"]["log_loss"], float(np.mean(lls)))}
-        entry["symbols"] = {}
-        for j, sym in enumerate(P.symbols):
-            m = P.sym[idx] == j
-            if not m.any():
-                continue
-            ys = yf[m]
-            d = {"baseline": ev.log_loss(np.tile(r["prior"], (len(ys), 1)), ys), "teacher": ev.log_loss(ptf[m], ys)}
-            for kind in ("student", "control"):
-                d[kind] = float(np.mean([ev.log_loss(r[kind][s][m], ys) for s in cfg.seeds]))
-            d["distilled_beats_control"] = bool(d["student"] < d["control"])
-            wins += int(d["distilled_beats_control"])
-            pairs += 1
-            entry["symbols"][sym] = d
-        per_fold.append(entry)
-    summary["student"]["wins_over_control"] = {"wins": wins, "pairs": pairs}
-    out = {"summary": summary, "folds": per_fold}
 
-    if fold_results and fold_results[0]["sweep"]:
-        grid = []
-        y0 = np.concatenate([P.y[r["fold"].test] for r in fold_results])
-        ctrl0 = np.concatenate([r["control"][cfg.seeds[0]] for r in fold_results])
-        for key in fold_results[0]["sweep"]:
-            p = np.concatenate([r["sweep"][key] for r in fold_results])
-            ll = ev.log_loss(p, y0)
-            grid.append({"temperature": key[0], "alpha": key[1], "log_loss": ll, "accuracy": ev.accuracy(p, y0),
-                         "agreement": ev.agreement(pt, p),
-                         "gain_kept": ev.gain_kept(base_ll, teacher["log_loss"], ll)})
-        out["sweep"] = {"seed": cfg.seeds[0], "control_log_loss": ev.log_loss(ctrl0, y0), "grid": grid}
-    out["_reliability"] = {
-        "teacher": ev.reliability(pt, y, cfg.ece_bins),
-        "student": ev.reliability(pooled("student")[0], y, cfg.ece_bins),
-        "control": ev.reliability(pooled("control")[0], y, cfg.ece_bins),
-    }
+def _nanmean_cols(rows: list[list[float]]) -> list[float]:
+    a = np.array(rows, dtype=float)
+    n = np.isfinite(a).sum(axis=0)
+    return np.where(n > 0, np.nansum(a, axis=0) / np.maximum(n, 1), np.nan).tolist()
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+def assess(P: Pooled, idx: np.ndarray, models: dict[str, list[np.ndarray]], p_teacher: np.ndarray,
+           cfg: TrainConfig) -> dict:
+    """Every model's measures on rows ``idx`` (mean over its seeds), and paired intervals against the student.
+
+    ``models`` maps a name to its per-seed probabilities on ``idx``; it must hold "student", "teacher",
+    "baseline". Each comparison is the row mean of ``log loss(other) - log loss(student)`` (positive:
+    the distilled student is better), with a one-day block bootstrap interval.
+    """
+    y, fwd = P.y[idx], P.fwd[idx]
+    blocks = blocks_of(P.start_ms[idx])
+    out: dict = {}
+    row_ll: dict[str, np.ndarray] = {}
+    for name, per_seed in models.items():
+        ms = [ev.signal_measures(p, y, fwd, None if name == "teacher" else p_teacher, cfg.ece_bins) for p in per_seed]
+        agg = {}
+        for key in ms[0]:
+            vals = [m[key] for m in ms]
+            agg[key] = _nanmean_cols(vals) if isinstance(vals[0], list) else float(np.mean(vals))
+        if len(ms) > 1:
+            agg["log_loss_seed_sd"] = float(np.std([m["log_loss"] for m in ms]))
+        agg["seeds"] = len(ms)
+        out[name] = agg
+        row_ll[name] = np.mean([ev.row_log_loss(p, y) for p in per_seed], axis=0)
+    n_boot = cfg.bootstrap_samples
+    s = row_ll["student"]
+    deltas = {name: paired_mean(row_ll[name] - s, blocks, n_boot) for name in row_ll
+              if name not in ("student",)}
+    out["deltas_vs_student"] = deltas
+    if "control" in row_ll:
+        out["delta_vs_control"] = deltas["control"]
+        gap = paired_ratio(row_ll["control"] - s, row_ll["control"] - row_ll["teacher"], blocks, n_boot)
+        out["gap_recovered"] = gap["mean"]
+        out["gap_recovered_ci95"] = gap["ci95"]
+    out["student_vs_teacher"] = paired_mean(s - row_ll["teacher"], blocks, n_boot)
+    out["rows"] = int(len(idx))
+    out["blocks"] = int(blocks.max()) + 1 if len(blocks) else 0
+    out["_row_ll"] = row_ll
     return out
 
 
-def _short(P: Pooled, cfg: TrainConfig, fold_results: list[dict], p_t: np.ndarray) -> dict:
-    s = summarise(P, cfg, fold_results, p_t, {})["summary"]
-    return {"teacher_log_loss": s["teacher"]["log_loss"], "baseline_log_loss": s["baseline"]["log_loss"],
-            "student_log_loss": s["student"]["log_loss"], "control_log_loss": s["control"]["log_loss"],
-            "gain_kept": s["student"]["gain_kept"], "control_gain_kept": s["control"]["gain_kept"],
-            "agreement": s["student"]["agreement"], "wins_over_control": s["student"]["wins_over_control"]}
+def _markets(P: Pooled, region: np.ndarray, ticks: dict[str, float], cfg: TrainConfig) -> list[tr.Market]:
+    out = []
+    for j, sym in enumerate(P.symbols):
+        m = region & (P.sym == j)
+        if m.any():
+            out.append(tr.Market(sym, P.start_ms[m], P.open[m], tick=ticks[sym],
+                                 spread_bp=None if cfg.half_spread_bp < 0 else cfg.half_spread_bp))
+    return out
 
 
-def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, fold_results: list[dict]) -> list[dict]:
-    """Re-run the distillation with each option in ``cfg.ablations`` toggled, first seed only."""
-    seed = cfg.seeds[0]
-    one = cfg.replace(seeds=(seed,))
-    first = [{**r, "student": {seed: r["student"][seed]}, "control": {seed: r["control"][seed]}} for r in fold_results]
-    rows = [{"name": "default", "description": "the configuration above", **_short(P, one, first, p_t)}]
-    for name in _bar(cfg.ablations, cfg, "ablations"):
+def _edges(P: Pooled, region: np.ndarray, edge_full: np.ndarray) -> dict[str, np.ndarray]:
+    return {sym: edge_full[region & (P.sym == j)] for j, sym in enumerate(P.symbols) if (region & (P.sym == j)).any()}
+
+
+def fee_cases(cfg: TrainConfig) -> dict[str, float]:
+    """Fee per side of each cost case."""
+    return {"taker": cfg.taker_fee_per_side, "maker": cfg.maker_fee_per_side}
+
+
+def choose_policies(P: Pooled, dev_region: np.ndarray, edges: dict[str, np.ndarray], ticks: dict, cfg: TrainConfig,
+                    bars_per_year: float) -> dict:
+    """Per model and fee case, the threshold for each holding rule and the better rule, on development bars only."""
+    markets = _markets(P, dev_region, ticks, cfg)
+    out: dict = {}
+    for model, e_full in edges.items():
+        e = _edges(P, dev_region, e_full)
+        if model == "mean_reversion":
+            cands = list(cfg.mean_reversion_z)
+        else:
+            a = np.abs(np.concatenate(list(e.values())))
+            a = a[np.isfinite(a)]
+            cands = [float(np.quantile(a, q)) for q in cfg.policy_quantiles] if len(a) else []
+        out[model] = {}
+        for case, fee in fee_cases(cfg).items():
+            modes = {}
+            for hold in (1, cfg.horizon_bars):
+                modes[str(hold)] = tr.choose_policy(markets, e, fee, cands, (hold,), bars_per_year)
+            best = max(modes.values(), key=lambda m: m["net_return_per_symbol"])
+            out[model][case] = {**best, "by_hold_bars": modes}
+    return out
+
+
+def trading_readout(P: Pooled, region: np.ndarray, edges: dict[str, np.ndarray], policies: dict, ticks: dict,
+                    cfg: TrainConfig, bars_per_year: float, argmax_full: np.ndarray) -> tuple[dict, dict]:
+    """Every model's read-out on ``region`` with its development-chosen policy; returns (read-out, equity curves).
+
+    ``student_argmax`` is the student traded without a threshold (long on buy, short on sell, flat on hold,
+    re-decided every bar), for its break-even fee; ``argmax_full`` holds its -1/0/+1 (NaN off the test rows).
+    """
+    markets = _markets(P, region, ticks, cfg)
+    out: dict = {}
+    curves: dict = {}
+    for model in [*edges, "student_argmax", "always_flat", "buy_and_hold"]:
+        out[model] = {}
+        for case, fee in fee_cases(cfg).items():
+            if model == "always_flat":
+                pos = {m.symbol: np.zeros(len(m.open), dtype=np.int64) for m in markets}
+                extra = {}
+            elif model == "student_argmax":
+                e = _edges(P, region, argmax_full)
+                pos = {s: np.nan_to_num(x, nan=0.0).astype(np.int64) for s, x in e.items()}
+                extra = {}
+            elif model == "buy_and_hold":
+                pos = {m.symbol: np.ones(len(m.open), dtype=np.int64) for m in markets}
+                extra = {}
+            else:
+                pol = policies[model][case]
+                e = _edges(P, region, edges[model])
+                pos = {s: tr.positions(x, pol["threshold"], pol["hold_bars"]) for s, x in e.items()}
+                extra = {"threshold": pol["threshold"], "hold_bars": pol["hold_bars"], "by_hold_bars": {}}
+                for hold, mp in pol["by_hold_bars"].items():
+                    p2 = {s: tr.positions(x, mp["threshold"], mp["hold_bars"]) for s, x in e.items()}
+                    extra["by_hold_bars"][hold] = {"threshold": mp["threshold"],
+                                                   **tr.backtest(markets, p2, fee, bars_per_year)[0]}
+            stats, per, runs = tr.backtest(markets, pos, fee, bars_per_year)
+            out[model][case] = {**stats, **extra, "per_symbol": per}
+            curves.setdefault(case, {})[model] = {m.symbol: (r_.start_ms, np.cumsum(r_.net)) for m, r_ in zip(markets, runs)}
+    return out, curves
+
+
+def layout(P: Pooled, cfg: TrainConfig):
+    """The lockbox split, the development block edges, and the folds: development folds, then the lockbox."""
+    split = lockbox_split(P.start_ms, P.valid, cfg.lockbox_days, P.interval_ms, cfg.horizon_bars, cfg.embargo_bars)
+    edges, dev_folds = walk_forward(P.start_ms, split.dev, cfg.n_folds, P.interval_ms, cfg.horizon_bars,
+                                    cfg.embargo_bars, end_ms=split.dev_end_ms)
+    return split, edges, dev_folds + [lockbox_fold(split, P.start_ms, dev_folds[-1].index + 1)]
+
+
+def development_ticks(P: Pooled, split) -> dict[str, float]:
+    """Each symbol's price grid, from development bars only: nothing about the lockbox informs a choice."""
+    return {sym: tr.tick_size(P.open[(P.sym == j) & (P.start_ms < split.dev_end_ms)]) for j, sym in enumerate(P.symbols)}
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+def develop(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, timings: dict) -> dict:
+    """Every choice, made on the development folds (``folds[1:-1]``; the last fold is the lockbox, unread here)."""
+    seed0 = cfg.seeds[0]
+    ks = list(range(1, len(folds) - 1))
+    idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    y = P.y[idx]
+    t0 = time.perf_counter()
+    grid = [(t, a) for t in cfg.sweep_temperatures for a in cfg.sweep_alphas] if cfg.sweep else \
+        [(cfg.temperature, cfg.alpha)]
+    ctl_grid = [(lr, wd) for lr in cfg.control_lrs for wd in cfg.control_weight_decays]
+    jobs = [(k, seed0, distilled(cfg, t, a)) for k in ks for t, a in grid]
+    jobs += [(k, seed0, control(cfg, lr, wd)) for k in ks for lr, wd in ctl_grid]
+    run_jobs(P, cfg, folds, p_t, jobs, cache, "choices")
+    sweep = [{"temperature": t, "alpha": a, "log_loss": ev.log_loss(_dev_probs(cache, ks, seed0, distilled(cfg, t, a)), y)}
+             for t, a in grid]
+    best = min(sweep, key=lambda g: g["log_loss"])
+    ctl = [{"lr": lr, "weight_decay": wd, "log_loss": ev.log_loss(_dev_probs(cache, ks, seed0, control(cfg, lr, wd)), y)}
+           for lr, wd in ctl_grid]
+    best_ctl = min(ctl, key=lambda g: g["log_loss"])
+    timings["choices_s"] = time.perf_counter() - t0
+    return {"temperature": best["temperature"], "alpha": best["alpha"], "sweep": sweep, "sweep_seed": seed0,
+            "control_lr": best_ctl["lr"], "control_weight_decay": best_ctl["weight_decay"], "control_grid": ctl,
+            "on": "development folds " + ", ".join(str(folds[k].index) for k in ks)}
+
+
+def model_variants(cfg: TrainConfig, ch: dict) -> dict[str, Variant]:
+    """The student and the trained controls, as chosen on development folds."""
+    return {
+        "student": distilled(cfg, ch["temperature"], ch["alpha"]),
+        "control": control(cfg),
+        "control_all_rows": control(cfg, rows="all"),
+        "label_smoothing": distilled(cfg, ch["temperature"], ch["alpha"], prior_teacher=True),
+        "control_tuned": control(cfg, ch["control_lr"], ch["control_weight_decay"]),
+        "logistic": control(cfg, hidden=()),
+    }
+
+
+def _seeds_for(name: str, cfg: TrainConfig) -> tuple[int, ...]:
+    return cfg.seeds[:1] if name == "logistic" else cfg.seeds  # convex: one seed
+
+
+def models_on(P: Pooled, cfg: TrainConfig, folds, ks: list[int], p_t: np.ndarray, cache: dict,
+              variants: dict[str, Variant]) -> dict[str, list[np.ndarray]]:
+    """Per-seed predictions of every model on folds ``ks`` (concatenated), with teacher and baselines."""
+    jobs = [(k, s, v) for name, v in variants.items() for s in _seeds_for(name, cfg) for k in ks]
+    run_jobs(P, cfg, folds, p_t, jobs, cache, "models")
+    out = {name: [_dev_probs(cache, ks, s, v) for s in _seeds_for(name, cfg)] for name, v in variants.items()}
+    idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    out["teacher"] = [p_t[idx]]
+    out["baseline"] = [np.concatenate([np.tile(_prior(P.y[folds[k].train]), (int(folds[k].test.sum()), 1)) for k in ks])]
+    out["volatility"] = [np.concatenate([volatility_baseline(P, folds[k].train, folds[k].test) for k in ks])]
+    return out
+
+
+def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, ch: dict,
+                  dev_models: dict, split) -> list[dict]:
+    """Each option in ``cfg.ablations`` over every seed on the development folds, judged by its paired interval."""
+    ks = list(range(1, len(folds) - 1))
+    idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    blocks = blocks_of(P.start_ms[idx])
+    base_ll = np.mean([ev.row_log_loss(p, P.y[idx]) for p in dev_models["student"]], axis=0)
+    rows = []
+    for name in cfg.ablations:
         over, desc = ABLATIONS[name]
         if all(getattr(cfg, k) == v for k, v in over.items()):
             continue  # already the default
         t0 = time.perf_counter()
-        acfg = one.replace(**over)
-        aP, ap_t, afolds = P, p_t, folds
+        acfg = cfg.replace(**over)
+        v = distilled(cfg, ch["temperature"], ch["alpha"], overrides=tuple(sorted(over.items())))
         if any(k in over for k in _TEACHER_KEYS):
             aP = build(series, acfg)
-            # the same time blocks; rows with a label differ when the label definition does
-            _, afolds = walk_forward(aP.start_ms, aP.valid, acfg.n_folds, aP.interval_ms, acfg.horizon_bars,
-                                     acfg.embargo_bars)
-            ap_t, _, _ = fit_teachers(aP, acfg, afolds, seed=seed)
-        res = run_folds(aP, acfg, afolds, ap_t, False)
-        rows.append({"name": name, "description": desc, **_short(aP, acfg, res, ap_t),
-                     "seconds": round(time.perf_counter() - t0, 1)})
+            asplit = lockbox_split(aP.start_ms, aP.valid, cfg.lockbox_days, aP.interval_ms, acfg.horizon_bars,
+                                   acfg.embargo_bars)
+            _, afolds = walk_forward(aP.start_ms, asplit.dev, acfg.n_folds, aP.interval_ms, acfg.horizon_bars,
+                                     acfg.embargo_bars, end_ms=asplit.dev_end_ms)
+            afolds = afolds + [lockbox_fold(asplit, aP.start_ms, afolds[-1].index + 1)]
+            ap_t, _, _ = fit_teachers(aP, acfg, afolds[:-1], seed=cfg.seeds[0])
+            acache: dict = {}
+            v = distilled(cfg, ch["temperature"], ch["alpha"])
+            run_jobs(aP, acfg, afolds, ap_t, [(k, s, v) for k in ks for s in cfg.seeds], acache, name)
+            preds = [_dev_probs(acache, ks, s, v) for s in cfg.seeds]
+            aidx = np.concatenate([np.flatnonzero(afolds[k].test) for k in ks])
+            teacher_ll = ev.log_loss(ap_t[aidx], aP.y[aidx])
+        else:
+            aP, aidx = P, idx
+            run_jobs(P, cfg, folds, p_t, [(k, s, v) for k in ks for s in cfg.seeds], cache, name)
+            preds = [_dev_probs(cache, ks, s, v) for s in cfg.seeds]
+            teacher_ll = ev.log_loss(p_t[idx], P.y[idx])
+        row = {"name": name, "description": desc, "seeds": len(cfg.seeds), "teacher_log_loss": teacher_ll,
+               "student_log_loss": float(np.mean([ev.log_loss(p, aP.y[aidx]) for p in preds])),
+               "seconds": round(time.perf_counter() - t0, 1)}
+        if name in LABEL_ABLATIONS or len(aidx) != len(idx) or not np.array_equal(aP.y[aidx], P.y[idx]):
+            row["baseline_log_loss"] = ev.log_loss(
+                np.concatenate([np.tile(_prior(aP.y[afolds[k].train]), (int(afolds[k].test.sum()), 1)) for k in ks]),
+                aP.y[aidx]) if aP is not P else None
+            row["verdict"] = "other labels: log losses not comparable row for row"
+        else:
+            a_ll = np.mean([ev.row_log_loss(p, P.y[idx]) for p in preds], axis=0)
+            d = paired_mean(base_ll - a_ll, blocks, cfg.bootstrap_samples)  # positive: the option helps
+            row["delta_vs_default"] = d
+            row["verdict"] = verdict(d["ci95"])
+        rows.append(row)
     return rows
-
-
-def transferable_gain(result: dict) -> dict | None:
-    """How much of the teacher's gain a model restricted to the student's inputs reached, and the student's share of that.
-
-    Uses the ``teacher_without_extras`` ablation (same ensemble, only the student's features): its gain over
-    the prior bounds what any student can learn from these inputs here; the rest of the teacher's gain comes
-    from information the student never sees.
-    """
-    abl = {a["name"]: a for a in result.get("ablations", [])}
-    if "teacher_without_extras" not in abl or "default" not in abl:
-        return None
-    s = result["summary"]
-    base, teacher = s["baseline"]["log_loss"], s["teacher"]["log_loss"]
-    plain = abl["teacher_without_extras"]["teacher_log_loss"]
-    reach = ev.gain_kept(base, teacher, plain)
-    return {"student_features_teacher_log_loss": plain, "reachable_share_of_teacher_gain": reach,
-            "student_share_of_reachable": s["student"]["gain_kept"] / reach if reach and reach > 0 else None,
-            "control_share_of_reachable": s["control"]["gain_kept"] / reach if reach and reach > 0 else None}
 
 
 def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
           sweep: bool | None = None, config_path: str | None = None) -> dict:
-    """Run the whole distillation and write the artifact, report.json, report.md and plots; return the report."""
+    """Run the whole protocol and write the artifact, report.json, report.md and plots; return the report."""
     from daemon.core.artifact import save_artifact
 
     from . import report
 
+    if sweep is not None:
+        cfg = cfg.replace(sweep=sweep)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out_path = Path(out_path)
     series = load_dataset(inputs, interval=interval)
     P = build(series, cfg)
+    bars_per_year = 365.25 * 86_400_000 / P.interval_ms
+    split, edges, folds = layout(P, cfg)
+    L = len(folds) - 1
+    ks = list(range(1, L))
     timings["data_s"] = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    edges, folds = walk_forward(P.start_ms, P.valid, cfg.n_folds, P.interval_ms, cfg.horizon_bars, cfg.embargo_bars)
     p_t, members, teacher_info = fit_teachers(P, cfg, folds, seed=cfg.seeds[0])
     timings["teachers_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    fold_results = run_folds(P, cfg, folds, p_t, cfg.sweep if sweep is None else sweep)
-    timings["students_s"] = time.perf_counter() - t0
+    cache: dict = {}
+    ch = develop(P, cfg, folds, p_t, cache, timings)
+    variants = model_variants(cfg, ch)
 
     t0 = time.perf_counter()
-    result = summarise(P, cfg, fold_results, p_t, members)
-    timings["evaluate_s"] = time.perf_counter() - t0
+    dev_models = models_on(P, cfg, folds, ks, p_t, cache, variants)
+    dev_idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    dev = assess(P, dev_idx, dev_models, p_t[dev_idx], cfg)
+    timings["development_models_s"] = time.perf_counter() - t0
 
-    if cfg.ablations:
-        t0 = time.perf_counter()
-        result["ablations"] = run_ablations(series, P, cfg, folds, p_t, fold_results)
-        result["transferable"] = transferable_gain(result)
-        timings["ablations_s"] = time.perf_counter() - t0
-
-    # the shipped student: every block that has out-of-fold soft targets, the newest tail validating
     t0 = time.perf_counter()
-    all_rows = P.valid if cfg.student_first_block else P.valid & (P.start_ms >= int(folds[0].test_lo_ms))
-    fit, val, w = student_rows(P, all_rows, p_t, cfg)
-    final = _train(P, p_t, fit, val, w, cfg, cfg.seeds[0])
-    p_val = final.predict_proba(P.x_student[val])
-    final_info = {"fit_rows": int(fit.sum()), "val_rows": int(val.sum()), "best_epoch": final.best_epoch,
-                  "val_log_loss": ev.log_loss(p_val, P.y[val]), "val_agreement": ev.agreement(p_t[val], p_val),
-                  "val_teacher_log_loss": ev.log_loss(p_t[val], P.y[val])}
+    ablations = run_ablations(series, P, cfg, folds, p_t, cache, ch, dev_models, split) if cfg.ablations else []
+    timings["ablations_s"] = time.perf_counter() - t0
+
+    # decision policies: chosen on the development test blocks (first seed), before the lockbox is read
+    t0 = time.perf_counter()
+    ticks = development_ticks(P, split)
+    zj = list(STUDENT_FEATURES).index("zclose_20")
+
+    def edge_full(p_rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        e = np.full(len(P), np.nan)
+        e[idx] = p_rows[:, 2] - p_rows[:, 0]
+        return e
+
+    def argmax_full(p_rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        a = np.full(len(P), np.nan)
+        a[idx] = np.argmax(p_rows, axis=1) - 1
+        return a
+
+    s0 = cfg.seeds[0]
+    dev_region = np.zeros(len(P), dtype=bool)
+    dev_region[np.flatnonzero((P.start_ms >= folds[1].test_lo_ms) & (P.start_ms < split.dev_end_ms))] = True
+    dev_edges = {"student": edge_full(dev_models["student"][0], dev_idx),
+                 "teacher": edge_full(p_t[dev_idx], dev_idx),
+                 "control": edge_full(dev_models["control"][0], dev_idx),
+                 "mean_reversion": -P.x_student[:, zj]}
+    policies = choose_policies(P, dev_region, dev_edges, ticks, cfg, bars_per_year)
+    dev["trading"], _ = trading_readout(P, dev_region, dev_edges, policies, ticks, cfg, bars_per_year,
+                                        argmax_full(dev_models["student"][0], dev_idx))
+    timings["policy_s"] = time.perf_counter() - t0
+
+    # the lockbox, read once: every choice above is fixed
+    t0 = time.perf_counter()
+    lock_models = models_on(P, cfg, folds, [L], p_t, cache, variants)
+    lock_idx = np.flatnonzero(folds[L].test)
+    lock = assess(P, lock_idx, lock_models, p_t[lock_idx], cfg)
+    lock_region = P.start_ms >= split.lockbox_lo_ms
+    lock_edges = {"student": edge_full(lock_models["student"][0], lock_idx),
+                  "teacher": edge_full(p_t[lock_idx], lock_idx),
+                  "control": edge_full(lock_models["control"][0], lock_idx),
+                  "mean_reversion": -P.x_student[:, zj]}
+    lock["trading"], curves = trading_readout(P, lock_region, lock_edges, policies, ticks, cfg, bars_per_year,
+                                              argmax_full(lock_models["student"][0], lock_idx))
+    timings["lockbox_s"] = time.perf_counter() - t0
+
+    # the shipped student: every row with a soft target, for the epochs the lockbox model early-stopped at
+    t0 = time.perf_counter()
+    lock_info = cache[(L, s0, variants["student"])][1]
+    epochs = max(1, int(lock_info["best_epoch"]))
+    rows = P.valid & (P.start_ms >= int(folds[0].test_lo_ms)) & np.all(np.isfinite(p_t), axis=1)
+    final = train_student(P.x_student[rows], P.y[rows], p_t[rows], np.ones(int(rows.sum())), P.x_student[:0],
+                          P.y[:0], cfg, s0, temperature=ch["temperature"], alpha=ch["alpha"], fixed_epochs=epochs)
     timings["final_s"] = time.perf_counter() - t0
+    final_info = {"fit_rows": int(rows.sum()), "fit_lo_ms": int(P.start_ms[rows].min()),
+                  "fit_hi_ms": int(P.start_ms[rows].max()), "epochs": epochs, "seed": s0,
+                  "early_stopping": {"lo_ms": lock_info["val_lo_ms"], "hi_ms": lock_info["val_hi_ms"],
+                                     "rows": lock_info["val_rows"],
+                                     "what": "newest val_frac of the development rows; the lockbox model stopped here"}}
 
-    s = result["summary"]
+    pol = policies["student"]
+    policy = {
+        "kind": "threshold", "edge": "p_buy - p_sell", "default_case": "taker",
+        "rule": "buy when edge > threshold, sell when edge < -threshold, else hold; keep a position hold_bars bars; "
+                "a threshold of 1.0 never acts",
+        "cases": {case: {"threshold": min(float(pol[case]["threshold"]), 1.0), "hold_bars": int(pol[case]["hold_bars"]),
+                         "fee_per_side": fee,
+                         "development_net_return_per_symbol": pol[case]["net_return_per_symbol"]}
+                  for case, fee in fee_cases(cfg).items()},
+        "chosen_on": f"development test blocks {folds[1].index}..{folds[L - 1].index}, first seed's walk-forward predictions",
+    }
+
+    def brief(a: dict) -> dict:
+        return {k: {m: a[k][m] for m in ("log_loss", "accuracy", "direction_auc", "move_auc", "ic")}
+                for k in ("teacher", "student", "control", "baseline")}
+
     manifest = {
         "normalisation": {"clip": cfg.feature_clip},
-        "distillation": {"temperature": cfg.temperature, "alpha": cfg.alpha,
+        "distillation": {"temperature": ch["temperature"], "alpha": ch["alpha"],
                          "teacher": {"mlps": [list(h) for h in cfg.teacher_hidden], "lgbm": cfg.teacher_lgbm,
                                      "lgbm_weight": cfg.lgbm_weight, "extra_features": cfg.teacher_extra_features,
                                      "buckets": list(cfg.teacher_buckets)}},
         "labels": {**label_params(cfg).to_dict(), "fee_per_side": cfg.fee_per_side},
-        "data": {"symbols": P.symbols, "interval": series[0].interval, "start_ms": int(P.start_ms.min()),
-                 "end_ms": int(P.start_ms.max()), "files": [Path(x.path).name for x in series]},
+        "data": {"symbols": P.symbols, "interval": series[0].interval, "start_ms": final_info["fit_lo_ms"],
+                 "end_ms": final_info["fit_hi_ms"], "files": [Path(x.path).name for x in series],
+                 "what": "start_ms..end_ms: the rows this artifact was fitted on (bar starts)",
+                 "fit": {"lo_ms": final_info["fit_lo_ms"], "hi_ms": final_info["fit_hi_ms"], "rows": final_info["fit_rows"],
+                         "epochs": epochs},
+                 "early_stopping": final_info["early_stopping"],
+                 "lockbox": {"lo_ms": split.lockbox_lo_ms, "hi_ms": split.lockbox_hi_ms, "days": split.lockbox_days},
+                 "development": {"lo_ms": split.dev_lo_ms, "hi_ms": split.dev_end_ms}},
         "metrics": {
-            "out_of_sample": {k: {m: s[k][m] for m in ("log_loss", "accuracy")} for k in ("teacher", "student", "control", "baseline")},
-            "agreement": s["student"]["agreement"], "gain_kept": s["student"]["gain_kept"],
-            "final_validation": final_info,
+            "lockbox": {"what": "the same configuration fitted on development rows only, mean over seeds "
+                                f"{list(cfg.seeds)}, scored once on the lockbox; this artifact is that model refitted "
+                                "with the lockbox included, so it has no held-out score of its own", **brief(lock),
+                        "delta_vs_control": lock.get("delta_vs_control"), "gap_recovered": lock.get("gap_recovered")},
+            "development": {"what": "walk-forward test blocks of the development span, mean over seeds", **brief(dev)},
         },
-        "training": {"config": cfg.to_dict(), "seed": cfg.seeds[0]},
+        "policy": policy,
+        "training": {"config": cfg.to_dict(), "seed": s0, "choices": {k: ch[k] for k in (
+            "temperature", "alpha", "control_lr", "control_weight_decay")}},
     }
     model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
                              activations=final.mlp.activations, feature_mean=final.feature_mean,
                              feature_std=final.feature_std, manifest=manifest)
-    timings["total_s"] = time.perf_counter() - t_start
+
+    reliability = {k: ev.reliability(lock_models[k][0], P.y[lock_idx], cfg.ece_bins) for k in ("teacher", "student", "control")}
+    n_extra = P.x_teacher.shape[1] - P.x_student.shape[1]
+    # extras that recompute a student feature (rvol_100, hl_mean_20) are teacher columns, not teacher-only inputs
+    cols = [n for n in P.teacher_names[P.x_student.shape[1]:] if not n.startswith("is_")]
+    extras = [n for n in cols if n not in STUDENT_FEATURES]
     doc = {
         "model_id": model_id,
         "artifact": out_path.name,
@@ -403,20 +616,36 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "config_file": config_path,
         "config": cfg.to_dict(),
         "data": {"files": gap_report(series), "interval": series[0].interval, "pooled_rows": int(len(P)),
-                 "valid_rows": int(P.valid.sum()), "class_share": (np.bincount(P.y[P.valid], minlength=3) / P.valid.sum()).tolist(),
-                 "block_edges_ms": [int(e) for e in edges]},
+                 "valid_rows": int(P.valid.sum()),
+                 "class_share": (np.bincount(P.y[P.valid], minlength=3) / P.valid.sum()).tolist(),
+                 "ticks": ticks},
+        "split": {"development": {"lo_ms": split.dev_lo_ms, "hi_ms": split.dev_end_ms, "rows": int(split.dev.sum()),
+                                  "block_edges_ms": [int(e) for e in edges],
+                                  "test_blocks": [{"block": folds[k].index, "lo_ms": folds[k].test_lo_ms,
+                                                   "hi_ms": folds[k].test_hi_ms, "rows": int(folds[k].test.sum())}
+                                                  for k in ks]},
+                  "lockbox": {"lo_ms": split.lockbox_lo_ms, "hi_ms": split.lockbox_hi_ms, "days": split.lockbox_days,
+                              "rows": int(split.lockbox.sum())},
+                  "purge_bars": cfg.horizon_bars + cfg.embargo_bars},
         "classes": list(CLASSES),
-        "teacher_inputs": {"student": list(P.teacher_names[: P.x_student.shape[1]]),
-                           # extras that duplicate a student feature (hl_mean_20, rvol_100 since the kernels
-                           # grew them) are still teacher columns but not teacher-only information
-                           "extra": [n for n in P.teacher_names[P.x_student.shape[1]:]
-                                     if not n.startswith("is_") and n not in P.teacher_names[: P.x_student.shape[1]]]},
+        "teacher_inputs": {"student": list(STUDENT_FEATURES), "extra": extras,
+                           "duplicates_of_student_features": [n for n in cols if n in STUDENT_FEATURES],
+                           "symbol_indicators": n_extra - len(cols), "columns": int(P.x_teacher.shape[1])},
         "teacher_fits": teacher_info,
+        "choices": ch,
+        "policy": policy,
+        "summary": {"lockbox": {k: v for k, v in lock.items() if not k.startswith("_")},
+                    "development": {k: v for k, v in dev.items() if not k.startswith("_")}},
+        "teacher_members_development_log_loss": {k: ev.log_loss(v[dev_idx], P.y[dev_idx]) for k, v in members.items()},
+        "ablations": ablations,
         "final_student": final_info,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        **{k: v for k, v in result.items() if not k.startswith("_")},
+        "timings_s": {},
     }
-    report.write_all(out_path.parent, doc, result["_reliability"], cfg)
+    timings["total_s"] = time.perf_counter() - t_start
+    t0 = time.perf_counter()
+    doc["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    report.write_all(out_path.parent, doc, reliability, curves, cfg)
+    doc["timings_s"]["report_s"] = round(time.perf_counter() - t0, 1)
     return doc
 
 
@@ -432,10 +661,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="TOML file whose [train] table sets the knobs")
     parser.add_argument("--interval", default=None, help="only use files of this bar length (Bybit code, e.g. 5)")
     parser.add_argument("--sweep", action="store_true", default=None,
-                        help="train the temperature x alpha grid (first seed) even if [train] sweep = false")
-    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the temperature x alpha grid")
+                        help="choose temperature x alpha on the development folds even if [train] sweep = false")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false",
+                        help="use [train] temperature and alpha as they are")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one [train] knob (TOML value syntax), e.g. --set alpha=0.3")
+                        help="override one [train] knob (TOML value syntax), e.g. --set lockbox_days=30")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -485,17 +715,19 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     try:
         doc = train(args.data, args.out, cfg, interval=args.interval, sweep=args.sweep, config_path=args.config)
-    except DataError as e:
+    except (DataError, ValueError) as e:
         print(f"kdsignal train: {e}", file=sys.stderr)
         return 2
     kernel = _build_kernel(args.out)
-    s = doc["summary"]
+    lk = doc["summary"]["lockbox"]
     print(json.dumps({
         "model_id": doc["model_id"], "artifact": str(args.out), "kernel": kernel, "seconds": doc["timings_s"]["total_s"],
-        **{k: {m: round(s[k][m], 4) for m in ("log_loss", "accuracy")} for k in ("teacher", "student", "control")},
-        "baseline_log_loss": round(s["baseline"]["log_loss"], 4),
-        "agreement": round(s["student"]["agreement"], 4), "gain_kept": round(s["student"]["gain_kept"], 3),
-        "wins_over_control": s["student"]["wins_over_control"],
+        "lockbox": {k: round(lk[k]["log_loss"], 4) for k in ("baseline", "teacher", "student", "control")},
+        "delta_vs_control": {"mean": round(lk["delta_vs_control"]["mean"], 5),
+                             "ci95": [round(x, 5) for x in lk["delta_vs_control"]["ci95"]],
+                             "blocks": lk["delta_vs_control"]["blocks"]},
+        "gap_recovered": None if lk["gap_recovered"] is None or not np.isfinite(lk["gap_recovered"])
+        else round(lk["gap_recovered"], 3),
     }, indent=1))
     return 0
 

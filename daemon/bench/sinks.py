@@ -1,0 +1,447 @@
+"""Sinks on loopback: what a Redis and a NATS sink cost the hot path, and how soon a consumer sees each line.
+
+At the issue's level (500 symbols, 10 pushes a second each: ``loopback.ISSUE_LEVEL``) the daemon runs under
+the fake Bybit four times in one bench run, each a fresh daemon process: without sinks; with a Redis
+Streams sink and a core-NATS sink on a real ``redis-server`` and ``nats-server`` started here on loopback;
+with both sinks pointing at ports nobody listens on (a dead sink: every line queued until the queue is
+full, then dropped and counted); and without sinks once more, so the run-to-run spread of the figure is on
+the table beside the differences. Live sinks run again at smaller bursts of closes (``SMALL_BURSTS``), and
+the floor of the machine is measured too: another process sending stamped lines straight to the same
+servers, one at a time, timed by the same consumers.
+
+Why a consumer sees a line milliseconds after stdout at 500 symbols: the daemon handles the frames of a
+burst of closes back to back (the WebSocket client hands over frames already received without returning to
+the event loop), and the sink workers run in the same event loop, so they send once the burst's lines are
+written; the first line of a burst waits for the last. The hot path is what this design protects.
+
+Tick-to-signal is the daemon's own measurement, as in ``daemon.bench.loopback`` (frame handed over by the
+WebSocket client to its line written and flushed). Consumer latency: the driver (this module run as
+``python -m daemon.bench.sinks driver ...``) stamps each stdout line with ``perf_counter_ns`` right after
+its flush, and consumers in the bench process (``XREAD BLOCK`` on the stream, a NATS subscription) stamp
+each line on arrival with the same clock (``CLOCK_MONOTONIC``, shared by every process of the machine); the
+difference, per line, is how long after stdout the line reached a consumer. All of it shares the
+machine's cores with the fake exchange and the servers, as a colocated deployment would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Consumers", "ServerProcess", "find_binary", "free_port", "nats_argv", "redis_argv", "render", "run"]
+
+DURATION_S = 6.0
+# (symbols, bar_s) levels run once more with live sinks, for consumer latency at smaller bursts of closes.
+SMALL_BURSTS = ((10, 0.2), (100, 0.2))
+# Searched besides $PATH: Debian puts nats-server in /usr/sbin, which is not on every user's PATH.
+_SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/bin"])
+STREAM, SUBJECT = "kdsignal:signals", "kdsignal.signals"
+
+
+# ---------------------------------------------------------------------- servers (the tests use these too)
+def find_binary(name: str) -> str | None:
+    """The path of a server binary, or None."""
+    return shutil.which(name, path=_SEARCH)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_argv(exe: str, port: int, workdir: Path) -> list[str]:
+    """redis-server on 127.0.0.1:port, keeping nothing on disk."""
+    return [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]
+
+
+def nats_argv(exe: str, port: int, workdir: Path, jetstream: bool = True) -> list[str]:
+    """nats-server on 127.0.0.1:port, with JetStream storing under ``workdir`` when asked."""
+    argv = [exe, "-a", "127.0.0.1", "-p", str(port)]
+    return argv + ["-js", "-sd", str(workdir / "jetstream")] if jetstream else argv
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class ServerProcess:
+    """A server binary on a fixed loopback port; :meth:`kill` then :meth:`start` again keeps the port."""
+
+    def __init__(self, argv: list[str], port: int, workdir: Path, name: str) -> None:
+        self.argv, self.port, self.workdir, self.name = argv, port, Path(workdir), name
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def _log(self) -> Path:
+        return self.workdir / f"{self.name}-{self.starts}.log"
+
+    def start(self, timeout_s: float = 15.0) -> ServerProcess:
+        """Start the server and wait until it accepts connections."""
+        self.starts += 1
+        with open(self._log(), "wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        deadline = time.monotonic() + timeout_s
+        while not _port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self._log().read_text(errors="replace")[-400:]
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start on port {self.port}: {tail}")
+            time.sleep(0.01)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL (no shutdown, like a crash) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+
+# ---------------------------------------------------------------------- the daemon side (a child process)
+class StampedOut:
+    """stdout stand-in for the driver: writes to a file and, while ``recording``, keeps (flush time, line)."""
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "wb")  # noqa: SIM115 - closed by the driver
+        self.recording = False
+        self.stamps: list[tuple[int, bytes]] = []
+        self._last = b""
+
+    def write(self, data: bytes) -> int:
+        self._last = data
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+        if self.recording:
+            self.stamps.append((time.perf_counter_ns(), self._last))
+
+
+async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s: float, duration_s: float) -> dict:
+    from daemon.aio.output import configure_logging
+    from daemon.aio.service import Service
+    from daemon.core.config import load_config
+    from daemon.core.model import Model
+    from daemon.core.pipeline import Stage
+
+    from .loopback_driver import KeepAll, _cpu_s, _status_mb, latency_split
+
+    cfg = load_config(config_path)
+    model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
+    log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
+    out = StampedOut(signals_path)
+    service = Service(cfg, model, out=out, log_file=log_file)
+    recorder = KeepAll()
+    service.writer.latency = recorder
+    task = asyncio.create_task(service.run())
+    try:
+        deadline = time.perf_counter() + 180.0
+        while not (service.feed.stats.subscribed and all(p.stage is Stage.SERVING and p.fetch is None
+                                                          for p in service.pipelines.values())):
+            if task.done() or time.perf_counter() > deadline:
+                raise RuntimeError("the daemon did not get subscribed and warm within 180 s")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(settle_s)
+        written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
+        recorder.recording = out.recording = True
+        print(json.dumps({"event": "recording"}), flush=True)
+        await asyncio.sleep(duration_s)
+        recorder.recording = out.recording = False
+        written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        sinks = {s.name: {"sent": s.sent, "dropped": s.dropped, "errors": s.errors, "up": s.up}
+                 for s in service.sinks.sinks}
+        result = {"signals": written1 - written0, "live_samples": len(recorder.ns),
+                  "signals_per_s": round((written1 - written0) / (t1 - t0), 1),
+                  **latency_split(recorder.ns, recorder.done_ns),
+                  "cpu_percent": round(100.0 * (cpu1 - cpu0) / (t1 - t0), 1),
+                  "rss_mb": round(_status_mb("VmRSS"), 1), "sinks": sinks}
+    finally:
+        service.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 30.0)
+        except TimeoutError:
+            # A stop that does not finish: show where every task waits, then give up on it.
+            for t in asyncio.all_tasks():
+                t.print_stack(file=sys.stderr)
+            raise
+        out.f.close()
+        if log_file is not None:
+            log_file.close()
+    with open(stamps_path, "w", encoding="utf-8") as f:
+        for ns, line in out.stamps:
+            f.write(f"{ns}\t{line.decode().rstrip()}\n")
+    return result
+
+
+# ---------------------------------------------------------------------- consumers (a thread of the bench process)
+class Consumers:
+    """Read the Redis stream and the NATS subject in a thread; keep (arrival ns, line) per sink."""
+
+    def __init__(self, redis_port: int | None, nats_port: int | None) -> None:
+        self.redis_port, self.nats_port = redis_port, nats_port
+        self.got: dict[str, list[tuple[int, bytes]]] = {"redis": [], "nats": []}
+        self.errors: list[str] = []
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="sink-consumers", daemon=True)
+
+    def __enter__(self) -> Consumers:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the consumers did not connect within 30 s")
+        if self.errors:
+            raise RuntimeError(f"consumer failed: {self.errors[0]}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        import nats
+        from redis.asyncio import Redis
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        rc = nc = None
+        try:
+            rc = Redis(host="127.0.0.1", port=self.redis_port)
+            await rc.ping()
+            nc = await nats.connect(f"nats://127.0.0.1:{self.nats_port}")
+            nats_got = self.got["nats"]
+
+            async def on_msg(msg) -> None:
+                nats_got.append((time.perf_counter_ns(), msg.data))
+
+            await nc.subscribe(SUBJECT, cb=on_msg)
+            await nc.flush()
+            reader = asyncio.create_task(self._read_redis(rc))
+            self._ready.set()
+            await self._stop.wait()
+            reader.cancel()
+        except Exception as exc:  # noqa: BLE001 - reported by __enter__ or in the part's skipped list
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._ready.set()
+        finally:
+            if nc is not None:
+                await nc.close()
+            if rc is not None:
+                await rc.aclose()
+
+    async def _read_redis(self, rc) -> None:
+        last = "$"  # only what arrives from now on (an earlier variant left its lines in the stream)
+        got = self.got["redis"]
+        while True:
+            reply = await rc.xread({STREAM: last}, block=1000, count=1000)
+            now = time.perf_counter_ns()
+            for _, entries in reply or ():
+                for entry_id, fields in entries:
+                    got.append((now, fields[b"line"]))
+                    last = entry_id
+
+
+def consumer_latency(stamps: dict[bytes, int], got: list[tuple[int, bytes]]) -> dict:
+    """Per line the consumer saw: its arrival minus its stdout flush, in µs (p50, p99, max), and coverage."""
+    deltas = np.array([ns - stamps[line] for ns, line in got if line in stamps], dtype=np.float64) / 1000.0
+    if not deltas.size:
+        return {"n": 0, "p50_us": None, "p99_us": None, "max_us": None, "seen_fraction": 0.0}
+    return {"n": int(deltas.size), "p50_us": round(float(np.percentile(deltas, 50)), 1),
+            "p99_us": round(float(np.percentile(deltas, 99)), 1), "max_us": round(float(deltas.max()), 1),
+            "seen_fraction": round(deltas.size / max(1, len(stamps)), 4)}
+
+
+_FLOOR_PRODUCER = """
+import asyncio, sys, time
+import nats
+from redis.asyncio import Redis
+
+async def main(redis_port, nats_port, n, gap_s):
+    rc = Redis(host="127.0.0.1", port=redis_port)
+    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+    for _ in range(n):
+        await rc.xadd(STREAM, {"line": str(time.perf_counter_ns()).encode()})
+        await nc.publish(SUBJECT, str(time.perf_counter_ns()).encode())
+        await nc.flush()
+        await asyncio.sleep(gap_s)
+    await nc.close()
+    await rc.aclose()
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+def floor(redis_port: int, nats_port: int, n: int = 300, gap_s: float = 0.01) -> dict:
+    """The machine's own floor: another process sends ``n`` stamped lines straight to Redis and NATS (one at a
+    time, like the sinks' smallest batch) and the same consumers time them; no daemon in between."""
+    code = f"STREAM, SUBJECT = {STREAM!r}, {SUBJECT!r}\n" + _FLOOR_PRODUCER
+    with Consumers(redis_port, nats_port) as consumers:
+        subprocess.run([sys.executable, "-c", code, str(redis_port), str(nats_port), str(n), str(gap_s)],
+                       check=True, timeout=120, capture_output=True)
+        time.sleep(0.5)
+    out = {}
+    for sink, got in consumers.got.items():
+        stamps = {line: int(line) for _, line in got}
+        out[sink] = consumer_latency(stamps, list(got))
+    return out
+
+
+# ---------------------------------------------------------------------- orchestration (the bench process)
+def sink_tables(redis_port: int, nats_port: int) -> str:
+    return (f'\n[[sink]]\nkind = "redis"\nurl = "redis://127.0.0.1:{redis_port}/0"\nstream = "{STREAM}"\n'
+            f'\n[[sink]]\nkind = "nats"\nurl = "nats://127.0.0.1:{nats_port}"\nsubject = "{SUBJECT}"\n')
+
+
+def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbols: int, bar_s: float,
+                duration_s: float, consumers: Consumers | None = None) -> dict:
+    """One fresh daemon at (symbols, bar_s) with ``sinks_toml`` appended to its configuration."""
+    from .loopback import START_INDEX, SETTLE_S, FakeServer, _readline, _spawn, _stop, make_symbols, write_config
+
+    level_dir = Path(tempfile.mkdtemp(prefix=f"sinks-{name}-", dir=workdir))
+    data_dir = level_dir / "data"
+    data_dir.mkdir()
+    rows = min(4032, START_INDEX + int((40.0 + SETTLE_S + duration_s) / bar_s))
+    names = make_symbols(data_dir, symbols, rows)
+    fake = FakeServer(data_dir, bar_s)
+    driver = None
+    try:
+        cfg = level_dir / "config.toml"
+        write_config(cfg, fake.ws_url, fake.rest_url, names, artifact, level_dir / "daemon.log")
+        with open(cfg, "a", encoding="utf-8") as f:
+            f.write(sinks_toml)
+        stamps_path = level_dir / "stamps.tsv"
+        driver = _spawn([sys.executable, "-m", "daemon.bench.sinks", "driver", str(cfg),
+                         str(level_dir / "signals.jsonl"), str(stamps_path), str(SETTLE_S), str(duration_s)],
+                        level_dir / "driver.err")
+        _readline(driver, 300.0)
+        out = json.loads(_readline(driver, duration_s + 120.0))
+        driver.wait(timeout=60)
+    finally:
+        _stop(driver)
+        fake.close()
+    out.update({"variant": name, "symbols": symbols, "bar_s": bar_s})
+    if consumers is not None:
+        time.sleep(1.0)  # lines written at the end of the window are still on their way to the consumers
+        stamps = {}
+        for row in stamps_path.read_text(encoding="utf-8").splitlines():
+            ns, line = row.split("\t", 1)
+            stamps[line.encode()] = int(ns)
+        out["consumer"] = {k: consumer_latency(stamps, list(v)) for k, v in consumers.got.items()}
+    return out
+
+
+def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
+    """The sinks part: no sinks, Redis + NATS, dead sinks, no sinks again, at the issue's level."""
+    from .loopback import ISSUE_LEVEL, missing
+
+    why = missing()
+    redis_exe, nats_exe = find_binary("redis-server"), find_binary("nats-server")
+    if why is None and artifact_path is None:
+        why = "no artifact file"
+    if why is None and (redis_exe is None or nats_exe is None):
+        why = "redis-server or nats-server is not installed (Debian packages of the same names)"
+    if why is not None:
+        return {"variants": [], "skipped": [{"name": "sinks", "reason": why}]}
+    rows, skipped, floor_row = [], [], None
+    with tempfile.TemporaryDirectory(prefix="kdsignal-bench-sinks-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        redis = ServerProcess(redis_argv(redis_exe, port, workdir), port, workdir, "redis")
+        port = free_port()
+        nats_ = ServerProcess(nats_argv(nats_exe, port, workdir, jetstream=False), port, workdir, "nats")
+        dead = sink_tables(free_port(), free_port())
+        try:
+            redis.start()
+            nats_.start()
+            try:
+                floor_row = floor(redis.port, nats_.port)
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                floor_row = None
+                skipped.append({"name": "sinks_floor", "reason": str(e)[:300]})
+            live = sink_tables(redis.port, nats_.port)
+            plan = [("none", "", False, ISSUE_LEVEL), ("redis+nats", live, True, ISSUE_LEVEL),
+                    ("dead sinks", dead, False, ISSUE_LEVEL), ("none again", "", False, ISSUE_LEVEL)]
+            # Smaller bursts: how soon a consumer sees a line depends on how many lines a burst holds.
+            plan += [(f"redis+nats, {n} symbols", live, True, (n, b)) for n, b in SMALL_BURSTS]
+            for name, tables, consume, (symbols, bar_s) in plan:
+                try:
+                    if consume:
+                        with Consumers(redis.port, nats_.port) as consumers:
+                            rows.append(run_variant(workdir, Path(artifact_path), name, tables, symbols, bar_s,
+                                                    duration_s, consumers))
+                    else:
+                        rows.append(run_variant(workdir, Path(artifact_path), name, tables, symbols, bar_s,
+                                                duration_s))
+                except (RuntimeError, TimeoutError, ValueError, OSError) as e:
+                    skipped.append({"name": f"sinks_{name}", "reason": str(e)[:300]})
+        finally:
+            redis.stop()
+            nats_.stop()
+    results = []
+    for r in rows:
+        key = r["variant"].replace("+", "_").replace(", ", "_").replace(" ", "_")
+        results.append({"name": f"sinks_tick_to_signal_{key}", "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+                        "n": r["live_samples"], "signals_per_s": r["signals_per_s"]})
+        for sink, c in (r.get("consumer") or {}).items():
+            results.append({"name": f"sinks_consumer_after_stdout_{sink}", "p50_us": c["p50_us"],
+                            "p99_us": c["p99_us"], "n": c["n"]})
+    base = next((r for r in rows if r["variant"] == "none"), None)
+    ratios = []
+    if base and base["p99_us"]:
+        for r in rows[1:]:
+            if r["p99_us"] and r["symbols"] == base["symbols"]:
+                ratios.append({"name": f"sinks p99 {r['variant']} / none", "ratio": round(r["p99_us"] / base["p99_us"], 3)})
+    for sink, c in (floor_row or {}).items():
+        results.append({"name": f"sinks_floor_{sink}", "p50_us": c["p50_us"], "p99_us": c["p99_us"], "n": c["n"]})
+    return {"variants": rows, "floor": floor_row, "results": results, "ratios": ratios, "skipped": skipped,
+            "settings": {"issue_level": list(ISSUE_LEVEL), "small_bursts": [list(x) for x in SMALL_BURSTS],
+                         "duration_s": duration_s}}
+
+
+
+def main(argv: list[str]) -> int:
+    """``python -m daemon.bench.sinks driver CONFIG SIGNALS STAMPS SETTLE_S DURATION_S``: the daemon side."""
+    if argv[:1] != ["driver"] or len(argv) != 6:
+        print("usage: python -m daemon.bench.sinks driver CONFIG SIGNALS STAMPS SETTLE_S DURATION_S", file=sys.stderr)
+        return 2
+    _, config, signals_path, stamps, settle_s, duration_s = argv
+    # A daemon that stops answering leaves the stacks of its threads in driver.err before the bench gives up.
+    faulthandler.dump_traceback_later(float(duration_s) + 90.0, exit=False, file=sys.stderr)
+    result = asyncio.run(_drive(config, signals_path, stamps, float(settle_s), float(duration_s)))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
