@@ -55,6 +55,7 @@ from .distil import Student
 from .folds import lockbox_fold, lockbox_split, split_validation, walk_forward
 from .labels import BUY, HOLD
 from .teacher import QuantileNormal, Standardizer
+from .train import _edges, _markets, choose_policies, development_ticks, fee_cases
 
 FORMS = ("huber", "gaussian")
 N_OUTPUTS = {"huber": 1, "gaussian": 2}
@@ -292,49 +293,14 @@ def _row_loss(pred: Prediction, rows, y, form, delta) -> np.ndarray:
 
 # --- trading ------------------------------------------------------------------------------------------------
 
-def _markets(P: Pooled, region: np.ndarray, ticks: dict[str, float], cfg: TrainConfig) -> list[tr.Market]:
-    out = []
-    for j, sym in enumerate(P.symbols):
-        m = region & (P.sym == j)
-        if m.any():
-            out.append(tr.Market(sym, P.start_ms[m], P.open[m], tick=ticks[sym],
-                                 spread_bp=None if cfg.half_spread_bp < 0 else cfg.half_spread_bp))
-    return out
-
-
-def _by_symbol(P: Pooled, region: np.ndarray, full: np.ndarray) -> dict[str, np.ndarray]:
-    return {sym: full[region & (P.sym == j)] for j, sym in enumerate(P.symbols) if (region & (P.sym == j)).any()}
-
-
-def _fee_cases(cfg: TrainConfig) -> dict[str, float]:
-    return {"taker": cfg.taker_fee_per_side, "maker": cfg.maker_fee_per_side}
-
-
-def choose_policies(P, region, edges: dict[str, np.ndarray], ticks, cfg, bars_per_year) -> dict:
-    """Per model and fee case: the threshold on alpha_bp (and holding rule) with the best development net return."""
-    markets = _markets(P, region, ticks, cfg)
-    out: dict = {}
-    for name, full in edges.items():
-        e = _by_symbol(P, region, full)
-        a = np.abs(np.concatenate(list(e.values())))
-        a = a[np.isfinite(a)]
-        cands = sorted({float(np.quantile(a, q)) for q in cfg.policy_quantiles}) if len(a) else []
-        out[name] = {}
-        for case, fee in _fee_cases(cfg).items():
-            modes = {str(h): tr.choose_policy(markets, e, fee, cands, (h,), bars_per_year)
-                     for h in (1, cfg.horizon_bars)}
-            best = max(modes.values(), key=lambda m: m["net_return_per_symbol"])
-            out[name][case] = {**best, "by_hold_bars": modes}
-    return out
-
-
 def trading_readout(P, region, edges: dict[str, np.ndarray], policies: dict, ticks, cfg, bars_per_year) -> dict:
-    """Every model traded on ``region`` with its development policy, plus always-flat and buy-and-hold."""
+    """Every model traded on ``region`` with its development policy (``train.choose_policies``: thresholds on
+    alpha_bp from quantiles of its development values), plus always-flat and buy-and-hold."""
     markets = _markets(P, region, ticks, cfg)
     out: dict = {}
     for name in [*edges, "always_flat", "buy_and_hold"]:
         out[name] = {}
-        for case, fee in _fee_cases(cfg).items():
+        for case, fee in fee_cases(cfg).items():
             extra = {}
             if name == "always_flat":
                 pos = {m.symbol: np.zeros(len(m.open), dtype=np.int64) for m in markets}
@@ -343,7 +309,7 @@ def trading_readout(P, region, edges: dict[str, np.ndarray], policies: dict, tic
             else:
                 pol = policies[name][case]
                 pos = {s: tr.positions(x, pol["threshold"], pol["hold_bars"])
-                       for s, x in _by_symbol(P, region, edges[name]).items()}
+                       for s, x in _edges(P, region, edges[name]).items()}
                 extra = {"threshold_bp": pol["threshold"], "hold_bars": pol["hold_bars"]}
             stats, per, _ = tr.backtest(markets, pos, fee, bars_per_year)
             out[name][case] = {**stats, **extra, "per_symbol": per}
@@ -386,7 +352,7 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
     timings["data_s"] = time.perf_counter() - t_start
     seed0 = cfg.seeds[0]
     bars_per_year = 365.25 * 86_400_000 / P.interval_ms
-    ticks = {sym: tr.tick_size(P.open[(P.sym == j) & (P.start_ms < split.dev_end_ms)]) for j, sym in enumerate(P.symbols)}
+    ticks = development_ticks(P, split)
     delta = cfg.alpha_huber_delta
 
     # 2. teacher, out of fold (development blocks >= 1 and the lockbox)
