@@ -278,6 +278,10 @@ def measures(pred: Prediction, rows: np.ndarray, P: Pooled, y: np.ndarray, form:
         "mse": float(np.mean((z[:, 0] - y[rows]) ** 2)),
         "huber": float(huber(z[:, 0] - y[rows], delta).mean()),
     }
+    if np.std(pred.alpha_bp[rows]) == 0:
+        # A student early-stopped at its constant start (it never beat it on validation) ranks nothing: IC 0.
+        out["ic"] = out["ic_units"] = 0.0
+        out["constant"] = True
     moves = rows & (P.y != HOLD)
     out["direction_auc"] = ev.auc(pred.mu[moves], P.y[moves] == BUY)
     if pred.lv is not None:
@@ -413,19 +417,22 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
         dist, ctrl = lock_preds[(form, "distilled")], lock_preds[(form, "control")]
         per_seed = {"distilled": [measures(p, lock_rows, P, y, form, delta) for p in dist],
                     "control": [measures(p, lock_rows, P, y, form, delta) for p in ctrl]}
-        mean = {k: {m: float(np.nanmean([d[m] for d in v])) for m in v[0]} for k, v in per_seed.items()}
+        mean = {k: {m: float(np.nanmean([d[m] for d in v])) for m in v[0] if m != "constant"}
+                for k, v in per_seed.items()}
         intervals = [_paired(c, d, lock_rows, y, form, delta, blocks, cfg) for c, d in zip(ctrl, dist)]
-        # gap recovered (Hinton's measure) on the teacher's own loss of this form, first seed
+        # the headline pairs each row's loss averaged over the seeds, so one seed's luck does not decide it
+        c_loss = np.mean([_row_loss(c, lock_rows, y, form, delta) for c in ctrl], axis=0)
+        d_loss = np.mean([_row_loss(d, lock_rows, y, form, delta) for d in dist], axis=0)
+        delta_seeds = bs.paired_mean(c_loss - d_loss, blocks, cfg.bootstrap_samples)
+        # gap recovered (Hinton's measure) against the teacher's own loss of this form
         t_loss = _row_loss(Prediction(mu_t, lv_t if form == "gaussian" else None, teacher.alpha_bp), lock_rows, y,
                            form, delta)
-        c_loss = _row_loss(ctrl[0], lock_rows, y, form, delta)
-        d_loss = _row_loss(dist[0], lock_rows, y, form, delta)
         gap = bs.paired_ratio(c_loss - d_loss, c_loss - t_loss, blocks, cfg.bootstrap_samples)
-        ic_delta = bs.paired_mean(_ic_rows(dist[0], lock_rows, P) - _ic_rows(ctrl[0], lock_rows, P), blocks,
-                                  cfg.bootstrap_samples)
+        ic_rows = np.mean([_ic_rows(d, lock_rows, P) - _ic_rows(c, lock_rows, P) for c, d in zip(ctrl, dist)], axis=0)
+        ic_delta = bs.paired_mean(ic_rows, blocks, cfg.bootstrap_samples)
         lockbox["forms"][form] = {
             "alpha": best_alpha[form], "distilled": mean["distilled"], "control": mean["control"],
-            "per_seed": per_seed, "delta_vs_control": intervals[0], "delta_vs_control_by_seed": intervals,
+            "per_seed": per_seed, "delta_vs_control": delta_seeds, "delta_vs_control_by_seed": intervals,
             "gap_recovered": gap, "ic_contribution_delta": ic_delta,
         }
         lock_edges[f"{form}_distilled"] = dist[0].alpha_bp
@@ -491,6 +498,8 @@ def _ic_rows(pred: Prediction, rows: np.ndarray, P: Pooled) -> np.ndarray:
     from scipy.stats import rankdata
 
     a, b = rankdata(pred.alpha_bp[rows]), rankdata(P.fwd[rows])
+    if a.std() == 0:  # a constant prediction ranks nothing: no contribution (IC 0, see ``measures``)
+        return np.zeros(len(a))
     return (a - a.mean()) / a.std() * (b - b.mean()) / b.std()
 
 
@@ -550,8 +559,10 @@ def render_markdown(doc: dict) -> str:
               "blocks for that fee case (`trading`); a model whose development blocks found no profitable threshold "
               "stays flat (net 0, break-even n/a). Break-even fee: fee per side at which that policy's net is zero. "
               "Gap recovered: (control - distilled) / (control - teacher) of the realised loss, meaningless when the "
-              "teacher's own loss barely beats the control's. IC difference: per-row contributions to the rank IC, "
-              "paired by day block.", ""]
+              "teacher's own loss barely beats the control's. Loss, IC and the intervals: mean over the lockbox seeds "
+              "(each row's loss averaged over seeds, then paired by day block; IC difference from per-row "
+              "contributions to the rank IC). A student that never beat its constant start on validation keeps it "
+              "and scores IC 0.", ""]
     lines += ["## Verdict", "", verdict(doc), ""]
     return "\n".join(lines)
 
