@@ -39,7 +39,8 @@ def version() -> str:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kdsignal", description="Knowledge-distilled trading signals from Bybit v5 klines (python -m daemon works too)."
+        prog="kdsignal",
+        description="Knowledge-distilled trading signals from Bybit v5 klines (python -m daemon works too)."
     )
     parser.add_argument("--version", action="version", version=f"kdsignal {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -3,7 +3,7 @@
 numba's on-disk cache checks only the source file that defines a function, not the files whose functions it
 inlined: after ``features.py`` changed, a cached ``student.student_step`` would still run the old feature
 code. So the cache lives in a directory named after a hash of every kernel source file: any change to any
-kernel starts a fresh cache (``tests/test_kernel_cache.py`` guards this). The base directory is numba's own
+kernel starts a fresh cache (``tests/test_jit.py`` guards this). The base directory is numba's own
 ``CACHE_DIR`` setting (``$NUMBA_CACHE_DIR``, as the systemd unit sets it), else ``~/.cache/kdsignal/numba``.
 It is set here, before any kernel is decorated, because numba fixes a function's cache location then.
 """

@@ -107,7 +107,7 @@ def pack_mlp(weights, biases, activations) -> np.ndarray:
             f"need one weight, bias and activation per layer; got {len(weights)}, {len(biases)}, {len(activations)}"
         )
     sizes = [int(np.shape(weights[0])[1])]
-    for k, (w, b) in enumerate(zip(weights, biases)):
+    for k, (w, b) in enumerate(zip(weights, biases, strict=True)):
         w = np.asarray(w)
         b = np.asarray(b)
         if w.ndim != 2 or w.shape[1] != sizes[-1]:
@@ -121,7 +121,7 @@ def pack_mlp(weights, biases, activations) -> np.ndarray:
             raise ValueError(f"layer {k}: unknown activation {a!r}; known: {sorted(ACTIVATIONS)}")
         codes.append(ACTIVATIONS[a])
     parts = [np.array([len(weights)], dtype=np.float64), np.array(sizes, np.float64), np.array(codes, np.float64)]
-    for w, b in zip(weights, biases):
+    for w, b in zip(weights, biases, strict=True):
         parts.append(np.asarray(w, dtype=np.float64).ravel())
         parts.append(np.asarray(b, dtype=np.float64).ravel())
     return np.ascontiguousarray(np.concatenate(parts))

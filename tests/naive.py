@@ -67,7 +67,7 @@ def features_reference(o, h, l, c, v) -> np.ndarray:
 def mlp_reference(weights, biases, activations, x) -> np.ndarray:
     """Logits of an MLP by matrix products."""
     a = np.asarray(x, dtype=np.float64)
-    for w, b, act in zip(weights, biases, activations):
+    for w, b, act in zip(weights, biases, activations, strict=True):
         a = a @ np.asarray(w).T + b
         if act == "relu":
             a = np.maximum(a, 0.0)

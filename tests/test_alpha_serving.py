@@ -31,10 +31,18 @@ from kernels.layout import (
 )
 from kernels.specialise import specialised_step
 from kernels.student import student_batch, student_step
-from tests.conftest import DATA, load_csv, needs_jit, random_student, write_random_artifact
-from tests.daemon_support import OPEN_INDEX, InProcessDaemon, LineSink
 from tests.naive import alpha_readout_reference, mlp_reference
-from tests.test_features import with_gaps
+from tests.support import (
+    DATA,
+    OPEN_INDEX,
+    InProcessDaemon,
+    LineSink,
+    load_csv,
+    needs_jit,
+    random_student,
+    with_gaps,
+    write_random_artifact,
+)
 
 H = 12
 ALPHA_ARCHS = [

@@ -12,8 +12,7 @@ import sys
 from daemon.aio.output import SignalWriter
 from daemon.core.model import Model
 from daemon.tools.replay import iter_kline_csv, replay
-from tests.daemon_support import ROOT
-from tests.test_daemon_process import ENV
+from tests.support import ROOT, child_env
 
 README = ROOT / "README.md"
 DATA = ROOT / "data" / "BTCUSDT-5m.csv"
@@ -40,7 +39,7 @@ def test_readme_example_prints_what_replay_signals():
     """The example, run from the checkout, prints one line per replayed signal with the same class and probs."""
     code = readme_example()
     assert '"models/default.npz"' in code and '"data/BTCUSDT-5m.csv"' in code  # what replay() reads below
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
     printed = []

@@ -12,7 +12,7 @@ import pytest
 from daemon.core.artifact import ArtifactError, load_artifact
 from daemon.core.model import Model
 from kernels.layout import WINDOW
-from tests.conftest import write_random_artifact
+from tests.support import write_random_artifact
 
 
 def rewrite(src, dst, *, arrays=None, manifest=None, keep_id=True):
@@ -305,7 +305,7 @@ def test_file_size_and_member_count_are_capped(tmp_path, good):
 
 def test_shipped_model_passes_the_output_check():
     """The shipped default model loads: its outputs are finite over the whole clipped input box."""
-    from tests.daemon_support import ROOT
+    from tests.support import ROOT
 
     assert load_artifact(ROOT / "models" / "default.npz").model_id
 

@@ -17,7 +17,7 @@ from daemon.bench.numpy_student import NumpyStudent
 from daemon.bench.teacher_standin import Teacher, member_mlps
 from daemon.core.model import Model
 from kernels.layout import M_CLIP, M_FEATURES, M_HEADER, WINDOW
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def _bars(btc_5m: np.ndarray) -> list[tuple[float, ...]]:
@@ -111,7 +111,8 @@ def test_write_markdown_replaces_blocks_and_keeps_prose(tmp_path):
     """Regenerating BENCHMARKS.md rewrites only the generated blocks of the parts that ran."""
     md = tmp_path / "BENCHMARKS.md"
     md.write_text(
-        "# Benchmarks\n\nHand-written prose.\n\n<!-- bench:size:begin -->\nold table\n<!-- bench:size:end -->\n\nMore prose.\n"
+        "# Benchmarks\n\nHand-written prose.\n\n<!-- bench:size:begin -->\nold table\n<!-- bench:size:end -->\n\n"
+        "More prose.\n"
     )
     doc = {
         "command": "kdsignal bench --parts size", "date": "2026-01-01T00:00:00Z",
@@ -197,7 +198,7 @@ def test_latency_split_sets_apart_the_first_sample_after_an_idle_gap():
     ms = 1_000_000
     arrived = [0, 1 * ms, 2 * ms, 1000 * ms, 1001 * ms, 1002 * ms]  # two bursts of three frames, 1 s apart
     lat = [100_000, 10_000, 12_000, 200_000, 11_000, 13_000]
-    out = latency_split(lat, [a + n for a, n in zip(arrived, lat)])
+    out = latency_split(lat, [a + n for a, n in zip(arrived, lat, strict=True)])
     # The window's first sample has no known gap before it and counts with the rest.
     assert out["after_idle"] == {"gap_ms": 50.0, "n": 1, "p50_us": 200.0, "max_us": 200.0}
     assert out["rest"]["n"] == 5 and out["rest"]["p50_us"] == 12.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.core.config import Config, ConfigError, load_config, parse_config
-from tests.daemon_support import ROOT
+from tests.support import ROOT
 
 
 def test_shipped_config_equals_the_defaults():
@@ -100,7 +100,7 @@ def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "none.toml")
     (tmp_path / "bad.toml").write_text("[feed\n")
-    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         load_config(tmp_path / "bad.toml")
 
 
@@ -117,7 +117,7 @@ def test_default_artifact_is_the_shipped_model_wherever_the_file_is(tmp_path):
 def test_non_utf8_huge_and_folder_files_are_refused(tmp_path):
     """A configuration that is not UTF-8, is over 1 MiB, or is a folder is a ConfigError naming the file."""
     (tmp_path / "latin1.toml").write_bytes('[feed]\nsymbols = ["BTCUSDT"] # caf\xe9\n'.encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin1.toml is not UTF-8"):
+    with pytest.raises(ConfigError, match=r"latin1\.toml is not UTF-8"):
         load_config(tmp_path / "latin1.toml")
     (tmp_path / "big.toml").write_bytes(b"#" * (2 << 20))
     with pytest.raises(ConfigError, match="larger than"):
@@ -125,7 +125,7 @@ def test_non_utf8_huge_and_folder_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path)
     (tmp_path / "deep.toml").write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
-    with pytest.raises(ConfigError, match="deep.toml"):
+    with pytest.raises(ConfigError, match=r"deep\.toml"):
         load_config(tmp_path / "deep.toml")
 
 

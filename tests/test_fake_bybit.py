@@ -16,9 +16,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
 from daemon.core.parser import FrameError, KlineFrame, parse_frame
-from tests.daemon_support import ROOT, sample_rows, wait_until
+from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
+from tests.support import ROOT, sample_rows, wait_until
 
 START = 30  # bars of REST-only history before the open bar
 
@@ -49,7 +49,8 @@ async def test_rest_pages_newest_first_with_the_open_candle(fake):
     _, _, body = await _rest(fake, limit=1000, end=fake.open_start_ms - 1)
     assert len(body["result"]["list"]) == START and int(body["result"]["list"][0][0]) < fake.open_start_ms
     _, _, body = await _rest(fake, start=fake.open_start_ms - 2 * 300_000 + 5, limit=1000)
-    assert [int(r[0]) for r in body["result"]["list"]][-1] == fake.open_start_ms - 2 * 300_000  # the candle holding start
+    # The candle holding start.
+    assert [int(r[0]) for r in body["result"]["list"]][-1] == fake.open_start_ms - 2 * 300_000
 
 
 async def test_rest_errors_and_scripted_faults(fake):
@@ -222,7 +223,7 @@ class _CostlySends(FakeBybit):
     cost_s = 0.005
 
     def _push(self, topic, data, ts):
-        time.sleep(self.cost_s)
+        time.sleep(self.cost_s)  # the scenario: each push blocks the loop for its cost
         return super()._push(topic, data, ts)
 
 
@@ -248,7 +249,7 @@ async def test_play_delivers_its_nominal_bar_rate_when_sends_take_time():
         player = asyncio.create_task(f.play(bar_s))
         await asyncio.sleep(0)  # the first round goes out now
         s0, t0 = f.open_start_ms, time.perf_counter()
-        await asyncio.sleep(window_s)
+        await asyncio.sleep(window_s)  # the scenario: the window the bar rate is observed over
         bars, elapsed = _bars_since(f, s0), time.perf_counter() - t0
         await _stop(player)
     nominal = elapsed / bar_s
@@ -262,11 +263,12 @@ async def test_play_gives_up_missed_rounds_instead_of_bursting():
     """
     bar_s = 0.02
     async with FakeBybit(sample_rows(("BTCUSDT",), 400), "5", start_index=5, updates_per_bar=1) as f:
+        start = f.open_start_ms
         player = asyncio.create_task(f.play(bar_s))
-        await asyncio.sleep(0.1)
-        time.sleep(0.3)  # nothing runs in the loop meanwhile: 15 bars fall due
+        await wait_until(lambda: _bars_since(f, start) >= 3, 10, "the fake playing bars")
+        time.sleep(0.3)  # the scenario: nothing runs in the loop meanwhile, 15 bars fall due
         s0 = f.open_start_ms
-        await asyncio.sleep(0.06)
+        await asyncio.sleep(0.06)  # the scenario: the window after the hold in which the bars are counted
         bars = _bars_since(f, s0)
         await _stop(player)
     assert f.pacer.slips >= 1

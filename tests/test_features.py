@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from kernels.features import features_batch, features_step
 from kernels.layout import N_FEATURES, S_FEATURES, WINDOW, new_feature_state
-from tests.conftest import DATA, load_csv
 from tests.naive import features_reference
+from tests.support import DATA, bar_lists, load_csv, to_bars, with_gaps
 
 
 def run_steps(bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -23,19 +22,6 @@ def run_steps(bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if status[t] == 1:
             out[t] = state[S_FEATURES : S_FEATURES + N_FEATURES]
     return out, status
-
-
-def with_gaps(bars: np.ndarray, seed: int) -> np.ndarray:
-    """Copy of bars with some zero-volume bars and some missing (NaN / zero / negative price) bars."""
-    rng = np.random.default_rng(seed)
-    out = bars.copy()
-    n = len(out)
-    out[rng.choice(n, n // 20, replace=False), 4] = 0.0
-    out[rng.choice(n, n // 50, replace=False), 3] = np.nan
-    out[rng.choice(n, n // 100, replace=False), 1] = 0.0
-    out[rng.choice(n, n // 100, replace=False), 2] = -1.0
-    out[rng.choice(n, n // 100, replace=False), 4] = np.inf
-    return out
 
 
 @pytest.mark.parametrize("symbol", ["BTCUSDT-5m", "ETHUSDT-5m", "SOLUSDT-5m", "BNBUSDT-5m", "ADAUSDT-5m", "BTCUSDT-1m"])
@@ -99,34 +85,6 @@ def test_features_depend_only_on_last_window(btc_5m):
     for start in (0, 7, 150, 333, 560):
         late, _ = run_steps(bars[start:])
         np.testing.assert_array_equal(late[WINDOW - 1 :], batch[start + WINDOW - 1 :])
-
-
-prices = st.floats(min_value=0.01, max_value=1e6, allow_nan=False)
-bar_lists = st.lists(
-    st.tuples(
-        prices,
-        st.floats(min_value=0.9, max_value=1.1),
-        st.floats(min_value=0.0, max_value=1e5),
-        st.sampled_from([None, None, None, None, "nan", "zero", "inf"]),
-    ),
-    min_size=1,
-    max_size=2 * 101,
-)
-
-
-def to_bars(spec) -> np.ndarray:
-    rows = []
-    for price, move, vol, fault in spec:
-        c = price * move
-        row = [price, max(price, c) * 1.001, min(price, c) * 0.999, c, vol]
-        if fault == "nan":
-            row[3] = np.nan
-        elif fault == "zero":
-            row[0] = 0.0
-        elif fault == "inf":
-            row[4] = np.inf
-        rows.append(row)
-    return np.array(rows)
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from daemon.aio.feed import Feed, default_retryable
 from daemon.core.config import BackoffConfig
 from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit
-from daemon.aio.feed import Feed, default_retryable
-from tests.daemon_support import sample_rows, wait_until
+from tests.support import sample_rows, wait_until
 
 FAST = BackoffConfig(initial_s=0.01, max_s=0.05, factor=2.0, jitter=0.5)
 TOPICS = ("kline.5.BTCUSDT", "kline.5.ETHUSDT")
@@ -121,9 +121,8 @@ async def test_cancel_leaves_no_task_behind(fake):
     """Cancelling the feed cancels its keepalive and subscribe tasks with the connection."""
     async with Running(fake.ws_url) as r:
         await wait_until(lambda: r.subscribed >= 1, what="subscription")
-    await asyncio.sleep(0)
-    names = {t.get_name() for t in asyncio.all_tasks()}
-    assert not names & {"feed-keepalive", "feed-subscribe"}
+    await wait_until(lambda: not {t.get_name() for t in asyncio.all_tasks()} & {"feed-keepalive", "feed-subscribe"},
+                     5, "the feed's tasks to end")
 
 
 async def test_bad_url_is_not_retried():
@@ -140,7 +139,7 @@ def test_backoff_is_capped_and_jittered():
     gen = cfg.delays(random.Random(3))
     delays = [next(gen) for _ in range(8)]
     nominal = [1, 2, 4, 8, 8, 8, 8, 8]
-    assert all(0.5 * d <= x <= d for x, d in zip(delays, nominal))
+    assert all(0.5 * d <= x <= d for x, d in zip(delays, nominal, strict=True))
     assert len(set(delays)) == len(delays)
 
 

@@ -12,7 +12,7 @@ import aiohttp
 
 from daemon.core.parser import INTERVAL_MS
 from daemon.tools.fake_bybit import EX_UNAVAILABLE, FakeBybit, shift_to_now
-from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
+from tests.support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
 
 ROWS = sample_rows(("BTCUSDT",), OPEN_INDEX + 20)
 

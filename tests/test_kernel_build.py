@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,21 +13,13 @@ from daemon.core import kernel_store
 from daemon.tools.kernel_build import BuildError, build_kernel
 from kernels.features import features_batch
 from kernels.layout import WINDOW
-from tests.conftest import DATA, ROOT, load_csv, needs_jit
 from tests.naive import student_reference
-from tests.test_features import with_gaps
-from tests.test_specialise import packed_student, run_both
+from tests.support import DATA, kdsignal, load_csv, needs_jit, packed_student, run_both, with_gaps
 
 pytestmark = needs_jit
 
 # An architecture no other test builds, so each test here compiles it into a directory of its own.
 OTHER = ((11, 9, 3), ("relu", "linear"))
-
-
-def kdsignal(*args, env=None, timeout=300):
-    """Run ``python -m daemon ARGS`` from the checkout; return the completed process."""
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env or dict(os.environ), timeout=timeout, check=False)
 
 
 @pytest.mark.parametrize("sizes,acts", [((11, 16, 8, 3), ("relu", "relu", "linear")),
@@ -104,7 +94,7 @@ def test_train_builds_the_kernel_of_the_artifact_it_wrote(tmp_path, monkeypatch)
     """``kdsignal train``'s last step builds the new artifact's step into the kernel directory, so it can be served."""
     from daemon.core.model import Model
     from daemon.training.train import _build_kernel
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     monkeypatch.setenv(kernel_store.KERNEL_DIR_ENV, str(tmp_path / "k"))
     artifact = tmp_path / "new.npz"

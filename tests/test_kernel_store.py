@@ -20,8 +20,7 @@ from daemon.core.model import Model, student_vector
 from daemon.tools.kernel_build import build_kernel
 from kernels.features import features_batch
 from kernels.student import student_batch
-from tests.conftest import DATA, ROOT, load_csv, needs_jit, write_random_artifact
-from tests.test_kernel_build import kdsignal
+from tests.support import DATA, ROOT, kdsignal, load_csv, needs_jit, write_random_artifact
 
 pytestmark = needs_jit
 
@@ -52,7 +51,7 @@ def own_dir(tmp_path, random_artifact, kernel_dir):
 
 def test_model_serves_the_built_step_equal_to_batch(random_artifact, own_dir):
     """A loaded model serves the module from its directory, and its probabilities equal the batch form's."""
-    directory, path = own_dir
+    directory, _path = own_dir
     model = Model.load(random_artifact, kernel_dir=directory)
     assert model.kernel_note == "aot"
     bars = load_csv(DATA / "ADAUSDT-5m.csv")[:, 1:6]
@@ -96,7 +95,7 @@ def test_writable_by_others_is_refused(random_artifact, own_dir, target):
 
 def test_record_for_another_build_is_refused(random_artifact, own_dir):
     """A record whose identity differs from what this installation would build (another numba, say) is refused."""
-    directory, path = own_dir
+    directory, _path = own_dir
     record_file = next(directory.glob("*.json"))
     record = json.loads(record_file.read_text())
     record["identity"]["numba"] = "0.0.1"

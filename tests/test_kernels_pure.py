@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # Modules whose import would let a kernel start processes, write files or load code at run time.
 FORBIDDEN = {"os", "subprocess", "shutil", "tempfile", "importlib", "ctypes", "multiprocessing", "numba.pycc"}

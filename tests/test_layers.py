@@ -14,6 +14,7 @@ lazy import cannot hide a dependency. The rules (README, "Layout"):
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -124,9 +125,9 @@ def test_no_import_circle():
         state[m] = 1
         for dep in sorted(graph[m]):
             if state.get(dep) == 1:
-                circles.append(path[path.index(dep):] + [dep])
+                circles.append([*path[path.index(dep):], dep])
             elif dep not in state:
-                visit(dep, path + [dep])
+                visit(dep, [*path, dep])
         state[m] = 2
 
     for m in sorted(graph):
@@ -141,3 +142,67 @@ def test_rule_checks_catch_a_back_import(tmp_path):
     node = ast.parse(src).body[1].body[0]
     assert _resolve("daemon.ops.supervision", node) == "daemon.aio.service"
     assert folder("daemon.aio.service") not in ALLOWED["daemon.ops"] | {"daemon.ops", "kernels"}
+
+
+# What a test module may import from tests/: the shared helpers and the NumPy reference, nothing else.
+TEST_HELPER_MODULES = {"tests.support", "tests.naive"}
+
+
+def imported_test_modules(path: Path) -> set[str]:
+    """The ``tests.*`` modules a file under tests/ imports (``import tests.x``, ``from tests.x import ..``,
+    ``from .x import ..``)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "tests")
+        elif isinstance(node, ast.ImportFrom):
+            name = ("tests." + (node.module or "")).rstrip(".") if node.level else (node.module or "")
+            if name.split(".")[0] == "tests":
+                out.update(f"{name}.{a.name}" if f"{name}.{a.name}" in _test_modules() else name for a in node.names)
+    return out
+
+
+@cache
+def _test_modules() -> frozenset[str]:
+    return frozenset(f"tests.{p.stem}" for p in (ROOT / "tests").glob("*.py"))
+
+
+def test_tests_import_helpers_only_from_support():
+    """No test module (nor conftest) imports from another test module: shared helpers live in tests/support.py."""
+    bad = {p.name: sorted(imported_test_modules(p) - TEST_HELPER_MODULES)
+           for p in sorted((ROOT / "tests").glob("*.py"))}
+    assert {name: v for name, v in bad.items() if v} == {}
+
+
+def test_tests_import_check_sees_a_cross_import(tmp_path):
+    """The check finds ``from tests.test_service import x``, ``from tests import conftest`` and a relative import."""
+    sample = tmp_path / "test_x.py"
+    sample.write_text("def f():\n    from tests.test_service import x\n"
+                      "from tests import conftest\nfrom .naive import y\n")
+    assert imported_test_modules(sample) == {"tests.test_service", "tests.conftest", "tests.naive"}
+
+
+def readme_map_rows() -> list[str]:
+    """The table rows of the README's "What is where" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## What is where"):]
+    section = section[: section.index("\n## ", 1)]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_readme_map_names_every_module():
+    """Each module of kernels/ and daemon/ is named in the README map's row for its folder (an ``__init__.py``
+    that defines nothing excepted), and each row's folder or file exists."""
+    rows = readme_map_rows()
+    missing = []
+    for path in sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        if path.name == "__init__.py" and all(isinstance(n, ast.Expr) for n in body):  # a docstring at most
+            continue
+        own = [r for r in rows if f"`{rel}`" in r.split("|")[1] or f"`{rel.parent}/`" in r.split("|")[1]]
+        if not any(f"`{rel}`" in r or f"`{path.name}`" in r for r in own):
+            missing.append(str(rel))
+    assert missing == []
+    named = [n for r in rows for n in re.findall(r"`([^`]+)`", r.split("|")[1])]
+    assert [n for n in named if not (ROOT / n).exists()] == []

@@ -81,7 +81,7 @@ async def test_metrics_counts_parse_with_prometheus_parser(served):
 
 async def test_histogram_buckets_are_microsecond_scale(served):
     """The latency histogram's finite buckets are exactly INFERENCE_BUCKETS_US expressed in seconds."""
-    m, _, session = served
+    _m, _, session = served
     async with session.get("/metrics") as resp:
         families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
     les = [s.labels["le"] for s in families["kdsignal_inference_seconds"].samples if s.name.endswith("_bucket")]

@@ -7,13 +7,14 @@ import pytest
 
 from kernels.layout import pack_mlp, unpack_mlp
 from kernels.mlp import kd_loss_grad, mlp_forward_batch, softmax_batch
-from tests.conftest import random_student
 from tests.naive import kd_loss_reference, mlp_reference, softmax_reference
+from tests.support import random_student
 
 
 @pytest.mark.parametrize(
     "sizes,acts",
-    [((9, 16, 8, 3), ("relu", "relu", "linear")), ((9, 128, 64, 32, 3), ("tanh", "relu", "tanh", "linear")), ((4, 3), ("linear",))],
+    [((9, 16, 8, 3), ("relu", "relu", "linear")), ((9, 128, 64, 32, 3), ("tanh", "relu", "tanh", "linear")),
+     ((4, 3), ("linear",))],
 )
 def test_forward_matches_matmul_reference(sizes, acts):
     """The packed forward pass equals a matrix-product MLP for student- and teacher-sized nets."""
@@ -29,7 +30,7 @@ def test_pack_unpack_round_trip():
     w, b, a = random_student(5)
     w2, b2, a2, end = unpack_mlp(pack_mlp(w, b, a))
     assert a2 == a and end == len(pack_mlp(w, b, a))
-    for x, y in zip(w + b, w2 + b2):
+    for x, y in zip(w + b, w2 + b2, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -78,7 +79,8 @@ def test_kd_gradient_matches_finite_differences(temperature, alpha):
         up, down = zs.copy(), zs.copy()
         up[idx] += eps
         down[idx] -= eps
-        numeric[idx] = (kd_loss_reference(up, zt, y, w, temperature, alpha) - kd_loss_reference(down, zt, y, w, temperature, alpha)) / (2 * eps)
+        numeric[idx] = (kd_loss_reference(up, zt, y, w, temperature, alpha)
+                        - kd_loss_reference(down, zt, y, w, temperature, alpha)) / (2 * eps)
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-9)
 
 

@@ -16,9 +16,16 @@ from structlog.testing import capture_logs
 from daemon.aio.output import LogSink, ReopenableFile, SignalWriter, configure_logging, log_sink
 from daemon.core.pipeline import Signal
 from daemon.tools.fake_bybit import FakeBybit
-from tests.conftest import write_random_artifact
-from tests.daemon_support import OPEN_INDEX, sample_rows, wait_until
-from tests.test_daemon_process import ENV, ROOT, Proc, write_config
+from tests.support import (
+    OPEN_INDEX,
+    ROOT,
+    Proc,
+    child_env,
+    sample_rows,
+    wait_until,
+    write_config,
+    write_random_artifact,
+)
 
 F_SETPIPE_SZ = 1031  # Linux: shrink a pipe so a few lines fill it
 
@@ -142,20 +149,20 @@ async def test_a_stuck_reader_never_blocks_the_loop_and_lines_stay_whole():
             nonlocal ticks
             while True:
                 ticks += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # the scenario: a task that runs whenever the loop is free
 
         task = asyncio.create_task(ticker())
         for i in range(2000):
             writer.write(_signal(start_ms=i))
             if i % 100 == 0:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # let the ticker run between batches of writes
         assert ticks > 0 and writer.dropped > 0 and writer.pending_bytes <= 8192
         assert writer.written + writer.dropped == 2000
         got = b""
         deadline = loop.time() + 10
         while len(got.splitlines()) < writer.written and loop.time() < deadline:
             got += _read_all(r)
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # polling the pipe, with the deadline above
         task.cancel()
         writer.detach()
         assert os.get_blocking(w)  # the flags are back as they were (a pipe made here: blocking)
@@ -222,7 +229,7 @@ async def test_daemon_with_its_log_on_dev_full_keeps_signalling_and_exits_cleanl
         for _ in range(3):
             await fake.step(1)
             starts.append((await proc.line())["start"])
-        rc, rest = await proc.stop()
+        rc, _rest = await proc.stop()
         stderr = (await proc.p.stderr.read()).decode()
     assert starts == [first, first + 300_000, first + 600_000] and rc == 0
     assert "cannot write the log /dev/full" in stderr and "ENOSPC" in stderr
@@ -236,8 +243,9 @@ async def test_daemon_whose_stdout_reader_stops_keeps_pinging_and_stops_on_sigte
     r, w = _pipe(4096)
     async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 1600), "5", start_index=OPEN_INDEX) as fake:
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "run", "--config", str(write_config(tmp_path / "c.toml", fake, log_file=log)),
-            stdout=w, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=ENV)
+            sys.executable, "-m", "daemon", "run", "--config",
+            str(write_config(tmp_path / "c.toml", fake, log_file=log)),
+            stdout=w, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=child_env())
         os.close(w)
         try:
             await wait_until(lambda: fake.subscribed("kline.5.BTCUSDT") and log.exists()
@@ -286,8 +294,8 @@ async def test_daemon_keeps_its_log_when_sighup_cannot_reopen_it_and_still_reloa
 
 def test_a_missing_log_folder_exits_78(tmp_path):
     """A log file in a folder that does not exist stops start-up with exit 78 naming the folder."""
-    from tests.test_daemon_process import _run
+    from tests.support import run_daemon
 
     write_random_artifact(tmp_path / "a.npz")
-    out = _run(write_config(tmp_path / "c.toml", log_file=tmp_path / "nowhere" / "d.log"))
+    out = run_daemon(write_config(tmp_path / "c.toml", log_file=tmp_path / "nowhere" / "d.log"))
     assert out.returncode == 78 and "nowhere does not exist" in out.stderr and "Traceback" not in out.stderr

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from daemon.tools.fake_bybit import FakeBybit
-from daemon.core.model import Model
 from daemon.aio.output import SignalWriter
+from daemon.core.model import Model
+from daemon.tools.fake_bybit import FakeBybit
 from daemon.tools.replay import ReplayError, iter_kline_csv, read_kline_csv, replay
 from kernels.layout import WINDOW
-from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, LineSink
+from tests.support import OPEN_INDEX, ROOT, InProcessDaemon, LineSink
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SESSION, ARTIFACT, SIGNALS = GOLDEN / "session.csv", GOLDEN / "artifact.npz", GOLDEN / "signals.jsonl"
@@ -32,7 +32,7 @@ GOLDEN_SLICE = slice(1000, 1000 + SESSION_BARS)  # rows of data/BTCUSDT-5m.csv r
 
 
 def _regenerate() -> None:
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     rows = read_kline_csv(ROOT / "data" / "BTCUSDT-5m.csv")[GOLDEN_SLICE]
     SESSION.write_text("start_ms,open,high,low,close,volume\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
@@ -154,13 +154,13 @@ def _cli(path, *extra) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("change", "words"), [
-    (lambda ls: ls[:50] + [_with_start(ls[50], int(ls[50].split(",")[0]) + 1)] + ls[51:],
+    (lambda ls: [*ls[:50], _with_start(ls[50], int(ls[50].split(",")[0]) + 1), *ls[51:]],
      r":52: start_ms \d+ is off the 300000 ms grid of interval 5 \(by 1 ms\)"),
-    (lambda ls: ls[:50] + [ls[51], ls[50]] + ls[52:], r":53: start_ms \d+ does not follow"),
-    (lambda ls: ls[:50] + [ls[50], ls[50]] + ls[51:], r":53: start_ms (\d+) does not follow \1"),
-    (lambda ls: ls[:50] + [_with_start(ls[50], 2**62)] + ls[51:], r":52: start_ms 4611686018427387904 is after"),
-    (lambda ls: ls[:50] + ["9" * 400 + ",1,1,1,1,1"] + ls[51:], r":52: start_ms is '9999"),
-    (lambda ls: ls[:50] + ["1" * 5000] + ls[51:], r":52: line longer than 4096 bytes"),
+    (lambda ls: [*ls[:50], ls[51], ls[50], *ls[52:]], r":53: start_ms \d+ does not follow"),
+    (lambda ls: [*ls[:50], ls[50], ls[50], *ls[51:]], r":53: start_ms (\d+) does not follow \1"),
+    (lambda ls: [*ls[:50], _with_start(ls[50], 2 ** 62), *ls[51:]], r":52: start_ms 4611686018427387904 is after"),
+    (lambda ls: [*ls[:50], "9" * 400 + ",1,1,1,1,1", *ls[51:]], r":52: start_ms is '9999"),
+    (lambda ls: [*ls[:50], "1" * 5000, *ls[51:]], r":52: line longer than 4096 bytes"),
 ])
 def test_off_grid_and_out_of_order_rows_stop_replay_naming_the_line(tmp_path, change, words):
     """Off-grid, out-of-order, repeated, absurd and overlong rows exit 2 with one line naming the line."""
@@ -188,7 +188,7 @@ def test_bad_prices_are_filled_forward_and_counted(tmp_path):
     at = WINDOW + 10
 
     def bad(line, **over):
-        fields = dict(zip(HEAD.split(","), line.split(",")))
+        fields = dict(zip(HEAD.split(","), line.split(","), strict=True))
         fields.update(over)
         return ",".join(fields[k] for k in HEAD.split(","))
 
@@ -242,7 +242,7 @@ def test_replay_streams_the_file(tmp_path):
             f.write(f"{src[0].start_ms + i * 300_000},{r.open},{r.high},{r.low},{r.close},{r.volume}\n")
         f.write("oops\n")
     model = Model.load(ARTIFACT)
-    null = open(os.devnull, "wb")
+    null = open(os.devnull, "wb")  # noqa: SIM115 - closed in the finally below, after tracemalloc stops
     tracemalloc.start()
     try:
         writer = SignalWriter(null)

@@ -4,49 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from daemon.ops.sdnotify import Activity, Notifier, Watchdog, parse_notify_address
-from tests.daemon_support import wait_until
-
-
-class NotifyReceiver:
-    """The systemd side of ``$NOTIFY_SOCKET``: a bound datagram socket collecting messages as field dicts."""
-
-    def __init__(self, abstract: bool = False) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if abstract:
-            name = f"kdsignal-test-{os.getpid()}-{id(self)}"
-            self.sock.bind("\0" + name)
-            self.env_value = "@" + name
-            self._dir = None
-        else:
-            # sun_path holds at most 107 bytes, and pytest's tmp_path can be longer than that.
-            self._dir = tempfile.TemporaryDirectory(prefix="sdn")
-            path = str(Path(self._dir.name) / "notify.sock")
-            self.sock.bind(path)
-            self.env_value = path
-        self.sock.setblocking(False)
-        self.messages: list[dict[str, str]] = []
-
-    def drain(self) -> list[dict[str, str]]:
-        """Read every queued datagram; return all messages received so far."""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                return self.messages
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
-
-    def close(self) -> None:
-        """Close the socket and remove its directory."""
-        self.sock.close()
-        if self._dir is not None:
-            self._dir.cleanup()
+from tests.support import NotifyReceiver, wait_until
 
 
 @pytest.fixture

@@ -14,16 +14,24 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.core.exitcodes import EXIT_CONFIG
-from daemon.tools.fake_bybit import FakeBybit
 from daemon.aio.service import run_cli
+from daemon.core.exitcodes import EXIT_CONFIG
 from daemon.ops.tail import LogFollower
-from tests.conftest import write_random_artifact
-from tests.daemon_support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
-from tests.test_daemon_process import Proc, log_events, write_config
-from tests.test_sdnotify import NotifyReceiver
+from daemon.tools.fake_bybit import FakeBybit
+from tests.support import (
+    BAR_MS,
+    OPEN_INDEX,
+    ROOT,
+    InProcessDaemon,
+    NotifyReceiver,
+    Proc,
+    log_events,
+    sample_rows,
+    wait_until,
+    write_config,
+    write_random_artifact,
+)
 
-BAR_MS = 300_000
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s keeps the test short
 
 
@@ -181,7 +189,7 @@ async def test_logrotate_with_sighup_loses_and_splits_no_line(tmp_path, receiver
 
         for round_no in range(1, 4):
             player = asyncio.create_task(stream(15))
-            await wait_until(lambda: len(stdout) >= 15 * round_no - 10, 30, "bars flowing")
+            await wait_until(lambda n=15 * round_no - 10: len(stdout) >= n, 30, "bars flowing")
             poll()
             await rotate(tmp_path, log, proc.p.pid)
             poll()
@@ -200,7 +208,7 @@ async def test_logrotate_with_sighup_loses_and_splits_no_line(tmp_path, receiver
     assert starts == list(range(starts[0], starts[0] + len(starts) * BAR_MS, BAR_MS))
     assert [e["start"] for e in logged] == starts
     assert [e["start"] for e in followed if e["event"] == "signal_emitted"] == starts
-    assert [e["event"] for e in log_events(log)][0] == "log_reopened"
+    assert next(e["event"] for e in log_events(log)) == "log_reopened"
 
 
 async def rotate(tmp_path, log, pid: int) -> None:
@@ -226,18 +234,18 @@ async def rotate(tmp_path, log, pid: int) -> None:
 
 async def test_in_process_supervision_counts_gaps_signals_and_status(random_artifact):
     """A lost close shows up as one gap of one bar in /metrics' counters, and the status line tracks signals."""
-    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 160), "5", start_index=OPEN_INDEX) as fake:
-        async with InProcessDaemon(fake, random_artifact) as d:
-            sup = d.service.supervision
-            assert sup.is_ready() and sup.frames_fresh()
-            first = fake.open_start_ms
-            await fake.step(1)
-            fake.lose_next_close()
-            await fake.step(2)
-            await d.wait_for_start("BTCUSDT", first + 2 * BAR_MS)
-            status = sup.status_text()
-            got = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for f in text_string_to_metric_families(sup.metrics.render().decode()) for s in f.samples}
+    async with (FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 160), "5", start_index=OPEN_INDEX) as fake,
+                InProcessDaemon(fake, random_artifact) as d):
+        sup = d.service.supervision
+        assert sup.is_ready() and sup.frames_fresh()
+        first = fake.open_start_ms
+        await fake.step(1)
+        fake.lose_next_close()
+        await fake.step(2)
+        await d.wait_for_start("BTCUSDT", first + 2 * BAR_MS)
+        status = sup.status_text()
+        got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(sup.metrics.render().decode()) for s in f.samples}
     assert got[("kdsignal_gaps_backfilled_total", ())] == 1 and got[("kdsignal_bars_backfilled_total", ())] == 1
     assert got[("kdsignal_bars_unfilled_total", ())] == 0
     assert sum(v for (name, _), v in got.items() if name == "kdsignal_signals_total") == 3

@@ -8,7 +8,7 @@ from daemon.aio.sinks import SinkSet
 from daemon.aio.sinks.base import Sink
 from daemon.core.config import BackoffConfig
 from daemon.core.sinks_config import RedisSinkConfig
-from tests.daemon_support import wait_until
+from tests.support import wait_until
 
 
 class StuckClose(Sink):

@@ -6,7 +6,7 @@ import pytest
 
 from daemon.bench import markdown
 from daemon.bench import sinks as bench
-from tests.sinks_support import nats_server, redis_server
+from tests.support import nats_server, redis_server
 
 
 def test_consumer_latency_joins_lines_by_content():

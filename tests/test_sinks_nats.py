@@ -7,8 +7,7 @@ import nats
 import pytest
 
 from daemon.tools.fake_bybit import FakeBybit
-from tests.daemon_support import OPEN_INDEX, sample_rows
-from tests.sinks_support import SinkDaemon, metric_value, nats_server, wait_for
+from tests.support import OPEN_INDEX, SinkDaemon, metric_value, nats_server, sample_rows, wait_for
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)

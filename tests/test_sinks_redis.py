@@ -8,8 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from daemon.tools.fake_bybit import FakeBybit
-from tests.daemon_support import OPEN_INDEX, sample_rows
-from tests.sinks_support import SinkDaemon, metric_value, redis_server, wait_for
+from tests.support import OPEN_INDEX, SinkDaemon, metric_value, redis_server, sample_rows, wait_for
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)
@@ -58,7 +57,7 @@ async def test_every_line_once_in_order(redis, fake, random_artifact):
         assert metric_value(text, "kdsignal_sink_dropped_total", sink="redis", kind="redis") == 0
         assert metric_value(text, "kdsignal_sink_up", sink="redis", kind="redis") == 1
         d.service.supervision.metrics.set_feed_connected(True)
-        ok, body = d.service.supervision.metrics.health()
+        _ok, body = d.service.supervision.metrics.health()
         assert body["sinks"]["redis"]["up"] is True and body["sinks"]["redis"]["sent"] == 12
         assert not [p for p in body["problems"] if "sink" in p]
 

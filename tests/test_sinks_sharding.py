@@ -10,8 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from daemon.tools.fake_bybit import FakeBybit
-from tests.daemon_support import OPEN_INDEX, sample_rows
-from tests.sinks_support import SinkDaemon, nats_server, redis_server, wait_for
+from tests.support import OPEN_INDEX, SinkDaemon, nats_server, redis_server, sample_rows, wait_for
 
 SHARDS = (("BTCUSDT", "ETHUSDT"), ("SOLUSDT", "ADAUSDT"))
 ROWS = sample_rows(SHARDS[0] + SHARDS[1], OPEN_INDEX + 40)

@@ -8,8 +8,7 @@ import hmac
 import pytest
 
 from daemon.tools.fake_bybit import FakeBybit
-from tests.daemon_support import OPEN_INDEX, sample_rows
-from tests.sinks_support import SinkDaemon, WebhookReceiver, free_port, metric_value, wait_for
+from tests.support import OPEN_INDEX, SinkDaemon, WebhookReceiver, free_port, metric_value, sample_rows, wait_for
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)
@@ -54,7 +53,7 @@ async def test_server_errors_are_retried_and_refusals_skipped(receiver, fake, ra
         await wait_for(lambda: sink.sent + sink.rejected == 6, "6 lines done")
         lines = d.raw_lines
         # Line 1 after two retried failures, line 2 refused for good, lines 3-6 as they come.
-        assert receiver.bodies == [lines[0]] + lines[2:]
+        assert receiver.bodies == [lines[0], *lines[2:]]
         assert (sink.sent, sink.rejected, sink.errors, receiver.requests) == (5, 1, 2, 8)
         text = d.service.supervision.metrics.render().decode()
         assert metric_value(text, "kdsignal_sink_rejected_total", sink="webhook", kind="webhook") == 1

@@ -7,41 +7,16 @@ import pytest
 
 from daemon.core.model import Model
 from kernels.features import features_batch
-from kernels.layout import WINDOW, architecture, pack_mlp, pack_student, probs_offset, student_state_size
+from kernels.layout import WINDOW, student_state_size
 from kernels.specialise import make_student_step, specialised_step
-from kernels.student import student_step
-from tests.conftest import DATA, load_csv, needs_jit, random_student
 from tests.naive import student_reference
-from tests.test_features import with_gaps
+from tests.support import DATA, load_csv, needs_jit, packed_student, run_both, with_gaps
 
 ARCHITECTURES = [
     ((11, 16, 8, 3), ("relu", "relu", "linear")),
     ((11, 32, 3), ("tanh", "linear")),
     ((11, 24, 12, 6, 3), ("relu", "tanh", "relu", "linear")),
 ]
-
-
-def packed_student(seed, sizes, acts, bars):
-    """(model vector, weights, biases, activations, mean, std) with the feature statistics of ``bars``."""
-    w, b, a = random_student(seed, sizes, acts)
-    feats = features_batch(*bars.T)
-    mean, std = np.nanmean(feats, 0), np.nanstd(feats, 0)
-    return pack_student(pack_mlp(w, b, a), mean, std, 6.0), w, b, a, mean, std
-
-
-def run_both(step, model, bars):
-    """Drive ``step`` and the generic kernel side by side, asserting equal states; return the probabilities."""
-    fast = np.zeros(student_state_size(model))
-    slow = np.zeros_like(fast)
-    at = probs_offset(model)
-    probs = np.full((len(bars), int(architecture(model)[1][-1])), np.nan)
-    for t, (o, h, l, c, v) in enumerate(bars):
-        status = step(fast, model, o, h, l, c, v)
-        assert status == student_step(slow, model, o, h, l, c, v)
-        np.testing.assert_array_equal(fast, slow)
-        if status >= 0:
-            probs[t] = fast[at : at + probs.shape[1]]
-    return probs
 
 
 @pytest.mark.parametrize("sizes,acts", ARCHITECTURES)

@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from daemon.core.model import Model
 from kernels.features import features_batch
 from kernels.layout import WINDOW
-from tests.conftest import DATA, ROOT, load_csv
 from tests.naive import student_reference
-from tests.test_features import bar_lists, to_bars, with_gaps
+from tests.support import DATA, ROOT, bar_lists, load_csv, needs_jit, to_bars, with_gaps
 
 
 def step_all(model: Model, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +27,7 @@ def step_all(model: Model, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs, cls
 
 
+@needs_jit
 def test_step_equals_batch_bitwise(random_artifact):
     """Live per-bar probabilities equal the batch (training) probabilities exactly on real candles."""
     model = Model.load(random_artifact)
@@ -60,7 +60,7 @@ def test_property_probabilities_always_finite(spec):
     """Whatever bars arrive (NaN, zero, inf volume), emitted probabilities are finite and sum to one."""
     import tempfile
 
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     global _MODEL
     if "_MODEL" not in globals():
@@ -89,7 +89,7 @@ def test_extreme_features_are_clipped(random_artifact, btc_5m):
 
 def test_rebind_keeps_rolling_features(random_artifact, tmp_path, btc_5m):
     """Rebinding a warm state to a reloaded model keeps it warm and matches a fresh run of that model."""
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     old = Model.load(random_artifact)
     write_random_artifact(tmp_path / "new.npz", seed=9)
@@ -106,6 +106,7 @@ def test_rebind_keeps_rolling_features(random_artifact, tmp_path, btc_5m):
         np.testing.assert_array_equal(s_re.probs, s_new.probs)
 
 
+@needs_jit
 def test_step_allocates_nothing(random_artifact):
     """A warm per-bar step makes no heap allocation (numba's NRT statistics, 10 bars vs 150 bars).
 
@@ -141,6 +142,7 @@ print(counts[1] - counts[0])
     assert out.stdout.split() == ["0"], out.stdout + out.stderr
 
 
+@needs_jit
 def test_unchecked_entry_equals_dispatcher(random_artifact, btc_5m):
     """The dispatcher-free entry point used by SymbolState gives the dispatcher's results exactly."""
     from kernels.student import student_step

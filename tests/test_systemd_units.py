@@ -117,8 +117,8 @@ def test_template_differs_only_in_instance_lines():
     templ = directives((SYSTEMD / "kdsignal@.service").read_text())
     assert [(s, k) for s, k, _ in plain] == [(s, k) for s, k, _ in templ]
     differing = {k for (_, k, a), (_, _, b) in zip(plain, templ, strict=True) if a != b}
-    assert differing == {"Description", "ExecStartPre", "ExecStart", "StateDirectory", "LogsDirectory", "CacheDirectory",
-                         "WorkingDirectory", "Environment", "SyslogIdentifier"}
+    assert differing == {"Description", "ExecStartPre", "ExecStart", "StateDirectory", "LogsDirectory",
+                         "CacheDirectory", "WorkingDirectory", "Environment", "SyslogIdentifier"}
     assert all("%i" in v for _, k, v in templ if k in differing - {"Environment"})
     assert "/etc/kdsignal/%i.toml" in dict((k, v) for _, k, v in templ)["ExecStart"]
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from daemon.ops.tail import LogFollower, format_event, format_signal, header, parse_line, start_offset
-from tests.daemon_support import ROOT, wait_until
+from tests.support import ROOT, wait_until
 
 START_MS = 1_719_667_500_000  # 2024-06-29 13:25 UTC
 

@@ -1,4 +1,4 @@
-"""The Bybit v5 kline WebSocket client (layer 3; the only module of the daemon that imports ``websockets``).
+"""The Bybit v5 kline WebSocket client (asyncio layer; the only module of the daemon that imports ``websockets``).
 
 ``Feed.run()`` connects forever: on each connection it subscribes every topic in chunks with a ``req_id`` and
 checks each ack ("already subscribed" counts as success; a refused topic is reported and the others are
@@ -148,7 +148,7 @@ class Feed:
             # would replace a CancelledError on its way out and leave the feed running after shutdown.
             for task in tasks:
                 task.cancel()
-            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+            for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
                 if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionClosed):
                     self.log.error("feed_task_failed", task=task.get_name(), error=repr(outcome))
 

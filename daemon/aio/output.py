@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -100,10 +101,8 @@ class LogSink:
         self._noticed_at, self._noticed_errors = now, self.write_errors
         notice = (f"{self.notice_prefix}kdsignal: cannot write the log {self.path} ({self.last_error}); {lost} "
                   f"line(s) lost since the last notice, {self.write_errors} in all; signals continue on stdout\n")
-        try:
+        with contextlib.suppress(OSError):  # stderr gone too: nowhere left to say it
             os.write(self._notices_fd, notice.encode())
-        except OSError:
-            pass
 
     def close(self) -> None:
         """Nothing owned here (the stderr sink); files override it."""
@@ -326,10 +325,8 @@ class SignalWriter:
         if self._pending:
             self._lose_pending("stdout still full at exit")
         self._fd = None
-        try:
+        with contextlib.suppress(OSError):  # the reader may have closed the descriptor already
             fcntl.fcntl(fd, fcntl.F_SETFL, self._flags)
-        except OSError:
-            pass
         self._loop = None
 
     @property
@@ -382,8 +379,8 @@ class SignalWriter:
         self.nonfinite += 1
         if self.log is not None:
             self.log.error("signal_nonfinite", symbol=sig.symbol, interval=sig.interval, start=sig.start_ms,
-                           signal=sig.signal, probs={k: repr(v) for k, v in zip(sig.classes, sig.probs)}, model=sig.model,
-                           nonfinite_total=self.nonfinite)
+                           signal=sig.signal, probs={k: repr(v) for k, v in zip(sig.classes, sig.probs, strict=True)},
+                           model=sig.model, nonfinite_total=self.nonfinite)
 
     def _enqueue(self, line: bytes, sent: int) -> None:
         # The tail of a line that went out in part must follow it, or stdout would carry half a line.

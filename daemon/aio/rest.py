@@ -1,4 +1,4 @@
-"""Closed klines from Bybit's REST ``GET /v5/market/kline`` (layer 3, aiohttp), for warm-up and gap backfill.
+"""Closed klines from Bybit's REST ``GET /v5/market/kline`` (asyncio layer, aiohttp), for warm-up and gap backfill.
 
 Pages come newest first; the client pages backwards (``end = earliest_start - 1``) until it has what it
 asked for or a page adds nothing new. The still-open candle is dropped by comparing ``start + interval`` with

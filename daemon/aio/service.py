@@ -34,14 +34,22 @@ import structlog
 from daemon.aio.feed import Feed
 from daemon.aio.output import ReopenableFile, SignalWriter, configure_logging
 from daemon.aio.rest import RestClient, RestError
+from daemon.aio.sinks import SinkSet
 from daemon.core.artifact import ArtifactError
 from daemon.core.config import Config, ConfigError, load_config
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.core.model import Model
 from daemon.core.parser import KlineFrame, kline_topic
-from daemon.core.pipeline import (CloseRejected, FeaturesReset, FetchHistory, GapBackfilled, GapUnfilled,
-                                  HistoryLoaded, Pipeline, Signal)
-from daemon.aio.sinks import SinkSet
+from daemon.core.pipeline import (
+    CloseRejected,
+    FeaturesReset,
+    FetchHistory,
+    GapBackfilled,
+    GapUnfilled,
+    HistoryLoaded,
+    Pipeline,
+    Signal,
+)
 from daemon.ops import early_signals
 from daemon.ops.early_signals import EarlySignals
 from daemon.ops.status import ServiceStatus
@@ -179,9 +187,8 @@ class Service:
         elif kind is FeaturesReset:
             log.warning("features_reset", first_missing_start_ms=event.first_missing_start_ms, bars=event.bars,
                         resets_total=p.resets)
-        elif kind is CloseRejected:
-            if p.rejected <= 20 or p.rejected % 1000 == 0:  # a storm of them must not flood the log
-                log.warning("close_rejected", start_ms=event.start_ms, reason=event.reason, rejected_total=p.rejected)
+        elif kind is CloseRejected and (p.rejected <= 20 or p.rejected % 1000 == 0):  # a storm must not flood the log
+            log.warning("close_rejected", start_ms=event.start_ms, reason=event.reason, rejected_total=p.rejected)
 
     # ------------------------------------------------------------------ fetches
     def _on_subscribed(self) -> None:

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kdsignal bench``."""
     parser.add_argument("--parts", type=_parts, default=list(PARTS), metavar="LIST",
                         help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
-    parser.add_argument("--n", type=_positive, default=20_000, help="timed calls per inference contender (default 20000)")
+    parser.add_argument("--n", type=_positive, default=20_000,
+                        help="timed calls per inference contender (default 20000)")
     parser.add_argument("--model", default=None, metavar="NPZ",
                         help="artifact to benchmark (default models/default.npz, else a random-weight stand-in)")
     parser.add_argument("--alpha-model", default=None, metavar="NPZ",

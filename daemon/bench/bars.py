@@ -1,8 +1,9 @@
 """What the benchmarks run on: real candles from ``data/`` (or ``../shared/data``) and the student to serve.
 
 The student is the shipped ``models/default.npz`` when it exists; otherwise an artifact of the shipped
-architecture (F-16-8-3, ReLU, F the kernels' feature count) with seeded random weights and the real normalisation statistics of the
-sample data, written to a temporary directory. Latency does not depend on the weight values (no branch in
+architecture (F-16-8-3, ReLU, F the kernels' feature count) with seeded random weights and the real
+normalisation statistics of the sample data, written to a temporary directory. Latency does not depend on the
+weight values (no branch in
 the forward pass depends on them except ReLU's, which costs the same either way), and the report says
 which one was used.
 """
@@ -14,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.core.artifact import save_artifact
-from daemon.core.artifact import load_artifact
+from daemon.core.artifact import load_artifact, save_artifact
 from daemon.core.model import Model
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES

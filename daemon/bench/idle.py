@@ -30,11 +30,11 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from daemon.tools.fake_bybit import FakeBybit
-from daemon.core.model import Model
 from daemon.aio.output import SignalWriter
+from daemon.core.model import Model
 from daemon.core.parser import kline_topic, parse_frame, topic_table
 from daemon.core.pipeline import Pipeline
+from daemon.tools.fake_bybit import FakeBybit
 from daemon.tools.replay import read_kline_csv
 
 from .bars import DATA

@@ -42,11 +42,12 @@ CONTENDERS: dict[str, str] = {
     "through numba's dispatcher",
     "student_step_alpha": "SymbolState.update of an alpha artifact (models/alpha.npz or --alpha-model): the same "
     "call, its alpha read-out and threshold decision in place of softmax and argmax",
-    "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, argmax",
-    "student_onnxruntime": "numba features_step (compiled entry point), then InferenceSession.run (float64 graph: standardise, clip, MLP, "
-    "softmax; 1 thread, sequential), argmax",
-    "student_onnxruntime_iobinding": "numba features_step (compiled entry point), then run_with_iobinding with the input bound in place to the "
-    "feature slice and the output to a preallocated array, argmax",
+    "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, "
+    "argmax",
+    "student_onnxruntime": "numba features_step (compiled entry point), then InferenceSession.run (float64 graph: "
+    "standardise, clip, MLP, softmax; 1 thread, sequential), argmax",
+    "student_onnxruntime_iobinding": "numba features_step (compiled entry point), then run_with_iobinding with the "
+    "input bound in place to the feature slice and the output to a preallocated array, argmax",
     "teacher_mlps_numba": "one numba call: feature step, standardise, every MLP member, softmax each, average",
     "teacher_mlps_numpy": "numba features_step (compiled entry point), then the MLP members in NumPy (matmuls, "
     "softmax, average)",
@@ -151,7 +152,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
                                     f"{CONTENDERS['student_step_alpha']} ({alpha.kernel_note} kernel, "
                                     f"sizes {alpha.manifest['student']['sizes']})"))
     else:
-        skipped.append({"name": "student_step_alpha", "reason": "no alpha artifact (models/alpha.npz or --alpha-model)"})
+        skipped.append({"name": "student_step_alpha",
+                        "reason": "no alpha artifact (models/alpha.npz or --alpha-model)"})
     missing_ort = onnxruntime_available()
     if missing_ort is None:
         ort_student = OnnxStudent(model)
@@ -176,7 +178,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
 
         contenders += [
             Contender("teacher_mlps_numba", base.mlps_numba, "bar", CONTENDERS["teacher_mlps_numba"], group="teacher"),
-            Contender("teacher_mlps_numpy", fresh().mlps_numpy, "bar", CONTENDERS["teacher_mlps_numpy"], group="teacher"),
+            Contender("teacher_mlps_numpy", fresh().mlps_numpy, "bar", CONTENDERS["teacher_mlps_numpy"],
+                      group="teacher"),
         ]
         if base.booster is not None:
             contenders += [
@@ -197,8 +200,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
     for c in contenders:
         entries[c.name]["group"] = c.group
     return {
-        "model": {"source": model_note, "id": model.id, "kernel": kernel_note, "sizes": model.manifest["student"]["sizes"],
-                  "activations": model.manifest["student"]["activations"]},
+        "model": {"source": model_note, "id": model.id, "kernel": kernel_note,
+                  "sizes": model.manifest["student"]["sizes"], "activations": model.manifest["student"]["activations"]},
         "bars": "data/BTCUSDT-5m.csv (4,032 real 5m bars, cycled), passed as Python floats",
         "results": list(entries.values()),
         "ratios": _ratios(entries, samples, ROUND_CALLS),

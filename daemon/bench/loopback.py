@@ -11,10 +11,11 @@ After the daemon is subscribed and warm it records for ``duration_s``, longer at
 level records at least ``MIN_SAMPLES`` signals (at most ``MAX_LEVEL_S``): a p99 of 60 samples is their
 maximum, of 1,000 their tenth largest. A level "kept up" when the daemon
 wrote at least 90% of the offered signals (the two windows are read in different processes, a bar or two
-apart), stayed below 95% of a core and kept its p99 under 100 ms. The daemon stamps a frame when the WebSocket client hands it over, so a backlog queued in the socket does not
-show in tick-to-signal; it shows as signals written falling behind signals offered, and as CPU at 100%.
-The levels stop at the first one that did not keep up, or at which the fake could not deliver 10% more
-than at the previous level (the fake, not the daemon, was then the limit). Both processes share the machine's cores, as a
+apart), stayed below 95% of a core and kept its p99 under 100 ms. The daemon stamps a frame when the
+WebSocket client hands it over, so a backlog queued in the socket does not show in tick-to-signal; it
+shows as signals written falling behind signals offered, and as CPU at 100%. The levels stop at the
+first one that did not keep up, or at which the fake could not deliver 10% more than at the previous
+level (the fake, not the daemon, was then the limit). Both processes share the machine's cores, as a
 colocated exchange gateway would; the fake's own CPU share is reported because at high rates it, a Python
 server, can be the bottleneck.
 
@@ -320,7 +321,8 @@ def issue_verdict(rows: list[dict]) -> dict | None:
         return None
     met = {k: row[k] is not None and row[k] <= v for k, v in ISSUE_TARGETS.items()}
     return {"symbols": row["symbols"], "bar_s": row["bar_s"], "pushes_per_symbol_per_s": row["pushes_per_symbol_per_s"],
-            "kept_up": row["kept_up"], "targets": ISSUE_TARGETS, "met": met, "all_met": all(met.values()) and row["kept_up"],
+            "kept_up": row["kept_up"], "targets": ISSUE_TARGETS, "met": met,
+            "all_met": all(met.values()) and row["kept_up"],
             **{k: row[k] for k in ISSUE_TARGETS}}
 
 
@@ -335,7 +337,8 @@ def run(artifact_path: Path | None, levels=LEVELS, duration_s: float = DURATION_
         workdir = Path(tmp)
         for symbols, bar_s in levels:
             try:
-                row = run_level(workdir, Path(artifact_path), symbols, bar_s, level_duration(symbols, bar_s, duration_s))
+                row = run_level(workdir, Path(artifact_path), symbols, bar_s,
+                                level_duration(symbols, bar_s, duration_s))
             except (RuntimeError, TimeoutError, ValueError, OSError) as e:
                 skipped.append({"name": f"tick_to_signal@{symbols}x{bar_s}", "reason": str(e)[:300]})
                 break

@@ -104,10 +104,10 @@ def _cpu_s() -> float:
 
 
 async def measure(config_path: str, signals_path: str, settle_s: float, duration_s: float) -> dict:
-    from daemon.core.config import load_config
-    from daemon.core.model import Model
     from daemon.aio.output import configure_logging
     from daemon.aio.service import Service
+    from daemon.core.config import load_config
+    from daemon.core.model import Model
     from daemon.core.pipeline import Stage
 
     t_start = time.perf_counter()

@@ -53,11 +53,12 @@ def _table(headers: list[str], rows: list[list], markdown: bool) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in cells]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "-" * len(line)]
     # Numbers right-aligned, text left-aligned.
-    out += ["  ".join(c.rjust(w) if isinstance(raw, (int, float)) else c.ljust(w) for raw, c, w in zip(rr, r, widths))
-            for rr, r in zip(rows, cells)]
+    out += ["  ".join(c.rjust(w) if isinstance(raw, (int, float)) else c.ljust(w)
+                      for raw, c, w in zip(rr, r, widths, strict=True))
+            for rr, r in zip(rows, cells, strict=True)]
     return "\n".join(out)
 
 
@@ -89,7 +90,8 @@ def section_inference(report: dict, markdown: bool) -> str:
             out.append("")
             out.append(f"Teacher: {part['teacher']['shape']}.")
         out.append("")
-    headers = ["name", "p50 us", "p99 us", "p99.9 us", "mean us", "n"] + (["what one call includes"] if markdown else [])
+    headers = ["name", "p50 us", "p99 us", "p99.9 us", "mean us", "n",
+               *(["what one call includes"] if markdown else [])]
     table_rows = [[r["name"], r["p50_us"], r["p99_us"], r.get("p999_us"), r["mean_us"], r["n"]]
                   + ([includes.get(r["name"], "")] if markdown else [])
                   for r in rows]
@@ -111,7 +113,8 @@ def section_inference(report: dict, markdown: bool) -> str:
     step = next((r for r in rows if r["name"] == "student_step"), None)
     if targets and step:
         verdict = ", ".join(
-            f"{k[:3]} {step[k]:.2f} us vs target {v:g} us: {'met' if step[k] <= v else 'NOT met'}" for k, v in targets.items()
+            f"{k[:3]} {step[k]:.2f} us vs target {v:g} us: {'met' if step[k] <= v else 'NOT met'}"
+            for k, v in targets.items()
         )
         out.append("")
         out.append(f"student_step against the foundation issue's targets: {verdict}.")
@@ -141,8 +144,9 @@ def _issue_line(v: dict) -> str:
 
     return (f"The issue's level, {v['symbols']:,} symbols at {v['pushes_per_symbol_per_s']:g} pushes/s each (bar "
             f"{v['bar_s']:g} s, {v['symbols'] * v['pushes_per_symbol_per_s']:,.0f} pushes/s nominal, "
-            f"{'kept up' if v['kept_up'] else 'did NOT keep up'}): tick-to-signal p50 {_fmt(v['p50_us'])} us (target <= {t['p50_us']:g}: "
-            f"{ok('p50_us')}), p99 {_fmt(v['p99_us'])} us (target <= {t['p99_us']:g}: {ok('p99_us')}), daemon CPU "
+            f"{'kept up' if v['kept_up'] else 'did NOT keep up'}): tick-to-signal p50 {_fmt(v['p50_us'])} us "
+            f"(target <= {t['p50_us']:g}: {ok('p50_us')}), p99 {_fmt(v['p99_us'])} us "
+            f"(target <= {t['p99_us']:g}: {ok('p99_us')}), daemon CPU "
             f"{_fmt(v['cpu_percent'])}% of one core (target <= {t['cpu_percent']:g}%: {ok('cpu_percent')}).")
 
 
@@ -186,8 +190,8 @@ def section_loopback(report: dict, markdown: bool) -> str:
         out += ["", f"The same samples split: those with no other signal in the {gap:g} ms before their frame "
                     f"(the first of a burst after an idle gap) and the rest.", ""] if markdown else [""]
         out.append(_table(
-            ["symbols", "signals/s written", f"first after >= {gap:g} ms without one: n", "p50 us", "max us", "the rest: n",
-             "p50 us", "p99 us"],
+            ["symbols", "signals/s written", f"first after >= {gap:g} ms without one: n", "p50 us", "max us",
+             "the rest: n", "p50 us", "p99 us"],
             [[r["symbols"], r["signals_per_s"], r["after_idle"]["n"], r["after_idle"]["p50_us"],
               r["after_idle"]["max_us"], r["rest"]["n"], r["rest"]["p50_us"], r["rest"]["p99_us"]] for r in split],
             markdown,
@@ -293,8 +297,8 @@ def section_summary(report: dict, markdown: bool) -> str:
     if entry and raw and jit and generic:
         w_raw, w_jit, w_gen = (r["p50_us"] - entry["p50_us"] for r in (raw, jit, generic))
         lines.append(f"- work inside the step (p50 minus the JIT entry-point floor): {w_raw:.2f} us served "
-                     f"({report['parts']['inference']['model']['kernel']} kernel), {w_jit:.2f} us with the specialised kernel "
-                     f"through numba's JIT, {w_gen:.2f} us with the generic one.")
+                     f"({report['parts']['inference']['model']['kernel']} kernel), {w_jit:.2f} us with the "
+                     f"specialised kernel through numba's JIT, {w_gen:.2f} us with the generic one.")
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ class NumpyStudent:
         self.clip = float(vec[M_CLIP])
         weights, biases, acts, _ = unpack_mlp(model.artifact.mlp)
         self.layers = [(np.ascontiguousarray(w), b.copy(), np.empty(len(b)), a == "relu")
-                       for w, b, a in zip(weights, biases, acts)]
+                       for w, b, a in zip(weights, biases, acts, strict=True)]
         # One ring of (close, volume, return, range) rows, each bar written twice so every window is one slice.
         self.ring = np.zeros((2 * WINDOW, 4))
         self.head = 0

@@ -58,7 +58,7 @@ def student_onnx(model: Model) -> bytes:
         helper.make_node("Clip", ["scaled", "clip_lo", "clip_hi"], ["h0"]),
     ]
     src = "h0"
-    for i, (w, b, act) in enumerate(zip(weights, biases, acts)):
+    for i, (w, b, act) in enumerate(zip(weights, biases, acts, strict=True)):
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         dst = f"z{i + 1}"
         nodes.append(helper.make_node("Gemm", [src, f"w{i}", f"b{i}"], [dst], transB=1))
@@ -77,7 +77,8 @@ def student_onnx(model: Model) -> bytes:
         [helper.make_tensor_value_info("probs", TensorProto.DOUBLE, [1, k])],
         inits,
     )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="kdsignal-bench")
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="kdsignal-bench")
     onnx_model.ir_version = 8  # old enough for any onnxruntime the bench extra allows
     onnx.checker.check_model(onnx_model)
     return onnx_model.SerializeToString()

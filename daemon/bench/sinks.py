@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Consumers", "ServerProcess", "find_binary", "free_port", "nats_argv", "redis_argv", "render", "run"]
+__all__ = ["Consumers", "ServerProcess", "find_binary", "free_port", "nats_argv", "redis_argv", "run"]
 
 DURATION_S = 6.0
 # (symbols, bar_s) levels run once more with live sinks, for consumer latency at smaller bursts of closes.
@@ -73,7 +73,7 @@ def redis_argv(exe: str, port: int, workdir: Path) -> list[str]:
 def nats_argv(exe: str, port: int, workdir: Path, jetstream: bool = True) -> list[str]:
     """nats-server on 127.0.0.1:port, with JetStream storing under ``workdir`` when asked."""
     argv = [exe, "-a", "127.0.0.1", "-p", str(port)]
-    return argv + ["-js", "-sd", str(workdir / "jetstream")] if jetstream else argv
+    return [*argv, "-js", "-sd", str(workdir / "jetstream")] if jetstream else argv
 
 
 def _port_open(port: int) -> bool:
@@ -326,7 +326,7 @@ def sink_tables(redis_port: int, nats_port: int) -> str:
 def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbols: int, bar_s: float,
                 duration_s: float, consumers: Consumers | None = None) -> dict:
     """One fresh daemon at (symbols, bar_s) with ``sinks_toml`` appended to its configuration."""
-    from .loopback import START_INDEX, SETTLE_S, FakeServer, _readline, _spawn, _stop, make_symbols, write_config
+    from .loopback import SETTLE_S, START_INDEX, FakeServer, _readline, _spawn, _stop, make_symbols, write_config
 
     level_dir = Path(tempfile.mkdtemp(prefix=f"sinks-{name}-", dir=workdir))
     data_dir = level_dir / "data"

@@ -11,7 +11,7 @@ from kernels.layout import unpack_mlp
 def student_size(model: Model, artifact_path: Path | None) -> list[dict]:
     """Entries for the student: weights and biases, the packed model vector, the artifact file."""
     weights, biases, _, _ = unpack_mlp(model.artifact.mlp)
-    params = int(sum(w.size + b.size for w, b in zip(weights, biases)))
+    params = int(sum(w.size + b.size for w, b in zip(weights, biases, strict=True)))
     sizes = "-".join(str(s) for s in model.manifest["student"]["sizes"])
     out = [
         {"name": "student", "params": params, "bytes": int(model.vector.nbytes),

@@ -234,7 +234,8 @@ class Teacher:
         self.x = self.state[S_FEATURES : S_FEATURES + f].reshape(1, f)
         self.fstate = new_feature_state()
         self.fx = self.fstate[S_FEATURES : S_FEATURES + f].reshape(1, f)
-        self.np_layers = [[(np.ascontiguousarray(w), b, a == "relu") for w, b, a in zip(*m)] for m in members]
+        self.np_layers = [[(np.ascontiguousarray(w), b, a == "relu") for w, b, a in zip(*m, strict=True)]
+                          for m in members]
         self.probs = np.zeros(k)
 
     @classmethod
@@ -302,7 +303,7 @@ class Teacher:
 
     def sizes(self) -> dict:
         """Parameters and bytes of each part: MLP float64 weights, LightGBM trees (nodes and model text)."""
-        mlp_params = sum(w.size + b.size for ws, bs, _ in self.members for w, b in zip(ws, bs))
+        mlp_params = sum(w.size + b.size for ws, bs, _ in self.members for w, b in zip(ws, bs, strict=True))
         out = {"mlp_members": len(self.members), "mlp_params": int(mlp_params), "mlp_bytes": int(mlp_params * 8),
                "shape": self.shape.describe()}
         if self.booster is not None:

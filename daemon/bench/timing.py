@@ -1,7 +1,7 @@
 """Per-call latency sampling: contenders interleaved in rounds, warm-up excluded, GC off while timing.
 
 Every sample is one call timed on its own with ``time.perf_counter_ns`` around it, so a sample includes
-one timer read (the ``timer_overhead`` entry measures an empty interval: about 40 ns here). Contenders take
+one timer read (the ``timer_overhead`` entry measures an empty interval). Contenders take
 turns in rounds of ``round_calls`` calls, in a fresh random order each round, so that drift on a shared
 machine (frequency, noisy neighbours) hits all of them alike and ratios from one run are fair.
 

@@ -28,7 +28,8 @@ def run(path: Path = REPORT) -> dict:
                                            "reason": f"pending: {path.name} has no timings_s"}]}
     stages = [{"stage": k.removesuffix("_s"), "seconds": float(v)} for k, v in timings.items()]
     results = [{"name": f"train_{s['stage']}", "seconds": s["seconds"]} for s in stages]
-    source = f"{path.relative_to(ROOT)} (model {doc.get('model_id')}, command `{doc.get('command') or 'kdsignal train'}`)"
+    command = doc.get("command") or "kdsignal train"
+    source = f"{path.relative_to(ROOT)} (model {doc.get('model_id')}, command `{command}`)"
     data = doc.get("data", {})
     if data.get("pooled_rows"):
         source += f", {data['pooled_rows']:,} pooled rows"

@@ -2,7 +2,7 @@
 
 Arrays (all float64, loaded with ``allow_pickle=False``):
 
-- ``mlp``: the student MLP packed as in ``kernels.mlp`` (sizes, activations, weights, biases);
+- ``mlp``: the student MLP packed as ``kernels.layout.pack_mlp`` does (sizes, activations, weights, biases);
 - ``feature_mean``, ``feature_std``: normalisation statistics of the training features (F,);
 - ``manifest``: UTF-8 JSON bytes (uint8), the manifest below.
 
@@ -11,8 +11,8 @@ Manifest (schema_version 1). Keys the loader requires and checks:
 ==================  ========================================================================
 schema_version      1
 model_id            content hash (sha256 of arrays + manifest without this key, 16 hex chars)
-features            ``{"names": [...], "params": {...}, "window": 21}``: must equal what
-                    ``kernels.features`` computes
+features            ``{"names": [...], "params": {...}, "window": int}``: must equal what
+                    ``kernels.features`` computes (``kernels.layout.WINDOW`` bars)
 warmup_bars         closed bars before the first signal (= features.window)
 normalisation       ``{"clip": float}``: ``|z|`` bound after standardising
 student             ``{"sizes": [F, ..., K], "activations": [...]}``: must match ``mlp``
@@ -218,7 +218,8 @@ def _check_values(a: np.ndarray, name: str) -> np.ndarray:
 def _zip_members(raw: bytes, path: Path) -> None:
     # The member count from the end-of-central-directory record, before zipfile builds an object per member.
     at = raw.rfind(b"PK\x05\x06", max(0, len(raw) - 65_557))
-    _require(at >= 0 and len(raw) >= at + 22, f"artifact {path}: not a readable .npz (truncated or corrupt: no zip directory)")
+    _require(at >= 0 and len(raw) >= at + 22,
+             f"artifact {path}: not a readable .npz (truncated or corrupt: no zip directory)")
     count = int.from_bytes(raw[at + 10 : at + 12], "little")
     _require(count <= MAX_MEMBERS, f"artifact {path}: {count} zip members, at most {MAX_MEMBERS} are read")
     # zipfile parses the whole central directory whatever the count says: its size is capped too.
@@ -297,15 +298,18 @@ def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
     _require(isinstance(names, list) and all(isinstance(n, str) for n in names),
              "features.names: missing or not a list of strings")
     unknown = [n for n in names if n not in FEATURE_NAMES]
-    _require(not unknown, f"features.names: {unknown[:20]} cannot be computed by this code (it computes {list(FEATURE_NAMES)})")
+    _require(not unknown,
+             f"features.names: {unknown[:20]} cannot be computed by this code (it computes {list(FEATURE_NAMES)})")
     _require(
         names == list(FEATURE_NAMES),
-        f"features.names: artifact lists {len(names)} features {names[:20]}, this code computes {list(FEATURE_NAMES)} in that order",
+        f"features.names: artifact lists {len(names)} features {names[:20]}, "
+        f"this code computes {list(FEATURE_NAMES)} in that order",
     )
     params = _table(feats, "params", "features.params")
     for name in names:
         got = params.get(name)
-        _require(got == FEATURE_PARAMS[name], f"features.params.{name}: {got!r:.80}, this code computes {FEATURE_PARAMS[name]!r}")
+        _require(got == FEATURE_PARAMS[name],
+                 f"features.params.{name}: {got!r:.80}, this code computes {FEATURE_PARAMS[name]!r}")
     _require(feats.get("window") == WINDOW, f"features.window: {feats.get('window')!r:.40}, this code needs {WINDOW}")
     warmup = manifest["warmup_bars"]
     _require(warmup == WINDOW and not isinstance(warmup, bool),
@@ -320,17 +324,20 @@ def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
         and all(type(s) is int and 0 < s <= MAX_MLP_VALUES for s in sizes),
         f"student.sizes: {sizes!r:.80}, expected 2 to {MAX_LAYERS + 1} positive integers",
     )
-    _require(sizes[0] == len(FEATURE_NAMES), f"student.sizes: takes {sizes[0]} inputs, the artifact has {len(FEATURE_NAMES)} features")
+    _require(sizes[0] == len(FEATURE_NAMES),
+             f"student.sizes: takes {sizes[0]} inputs, the artifact has {len(FEATURE_NAMES)} features")
     head = manifest.get("head", "classes")
     _require(head in HEADS, f"head: {head!r:.40}, expected one of {list(HEADS)}")
     if head == "classes":
-        _require(sizes[-1] == len(CLASSES), f"student.sizes: gives {sizes[-1]} outputs, expected {len(CLASSES)} classes")
+        _require(sizes[-1] == len(CLASSES),
+                 f"student.sizes: gives {sizes[-1]} outputs, expected {len(CLASSES)} classes")
     else:
         _check_alpha(_table(manifest, "alpha"), sizes[-1])
     _require(mlp_size(sizes) <= MAX_MLP_VALUES,
              f"student.sizes: {sizes} need {mlp_size(sizes)} packed values, at most {MAX_MLP_VALUES} are read")
     _require(
-        isinstance(acts, list) and len(acts) == len(sizes) - 1 and all(isinstance(a, str) and a in ACTIVATIONS for a in acts),
+        isinstance(acts, list) and len(acts) == len(sizes) - 1
+        and all(isinstance(a, str) and a in ACTIVATIONS for a in acts),
         f"student.activations: {acts!r:.80}, expected {len(sizes) - 1} of {sorted(ACTIVATIONS)}",
     )
 
@@ -368,7 +375,7 @@ def _check_alpha(alpha: dict, n_outputs: int) -> None:
 def _forward(weights, biases, acts, z: np.ndarray) -> np.ndarray:
     # The student's logits for standardised inputs z (n, F), in plain NumPy (the kernels' arithmetic).
     h = z
-    for w, b, act in zip(weights, biases, acts):
+    for w, b, act in zip(weights, biases, acts, strict=True):
         h = h @ w.T + b
         if act == "relu":
             h = np.maximum(h, 0.0)
@@ -399,7 +406,7 @@ def _check_outputs(mlp: np.ndarray, clip: float) -> None:
         # Interval bound over the whole box: |a_k+1| <= |W_k| |a_k| + |b_k|; tanh caps at 1. This also
         # bounds every partial sum the kernel forms, so no valid input can overflow a layer.
         bound = np.full(f, clip)
-        for w, b, act in zip(weights, biases, acts):
+        for w, b, act in zip(weights, biases, acts, strict=True):
             bound = np.abs(w) @ bound + np.abs(b)
             if act == "tanh":
                 bound = np.minimum(bound, 1.0)
@@ -442,14 +449,17 @@ def _load(path: Path) -> Artifact:
             std = _check_values(_npy(zf, "feature_std", f64, f, f), "feature_std")
     except ArtifactError:
         raise
+    # RuntimeError: an encrypted member; NotImplementedError: its compression.
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError,
-            NotImplementedError, RuntimeError) as e:  # RuntimeError: an encrypted member; NotImplementedError: its compression
+            NotImplementedError, RuntimeError) as e:
         raise ArtifactError(f"artifact {path}: not a readable .npz (truncated or corrupt: {str(e)[:160]})") from e
 
     packed_sizes = [int(s) for s in mlp[1 : len(sizes) + 1]]
-    _require(int(mlp[0]) == len(sizes) - 1 and packed_sizes == sizes, f"mlp: packed layer sizes {packed_sizes} differ from student.sizes {sizes}")
+    _require(int(mlp[0]) == len(sizes) - 1 and packed_sizes == sizes,
+             f"mlp: packed layer sizes {packed_sizes} differ from student.sizes {sizes}")
     codes = mlp[len(sizes) + 1 : 2 * len(sizes)]
-    _require(bool(np.all(np.isin(codes, list(ACTIVATIONS.values())))), f"mlp: packed activation codes {codes.tolist()} are not all known")
+    _require(bool(np.all(np.isin(codes, list(ACTIVATIONS.values())))),
+             f"mlp: packed activation codes {codes.tolist()} are not all known")
     _, _, packed_acts, _ = unpack_mlp(mlp)
     _require(packed_acts == acts, f"mlp: packed activations {packed_acts} differ from student.activations {acts}")
     _require(bool(np.all(std > 0)), f"feature_std: must be positive, got minimum {std.min()!r}")
@@ -459,7 +469,8 @@ def _load(path: Path) -> Artifact:
         _check_policy(manifest["policy"])
 
     expected_id = _content_hash(mlp, mean, std, manifest)
-    _require(manifest["model_id"] == expected_id, f"model_id: {manifest['model_id']!r:.40} does not match the content hash {expected_id!r} (file altered?)")
+    _require(manifest["model_id"] == expected_id,
+             f"model_id: {manifest['model_id']!r:.40} does not match the content hash {expected_id!r} (file altered?)")
     _check_outputs(mlp, clip)
     return Artifact(mlp=mlp, feature_mean=mean, feature_std=std, manifest=manifest, path=str(path))
 

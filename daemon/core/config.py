@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from daemon.core.parser import INTERVAL_MS
 from daemon.core.errors import ConfigError
+from daemon.core.parser import INTERVAL_MS
 from daemon.core.sinks_config import SinkConfig, parse_sinks
 
 __all__ = ["LOG_FORMATS", "BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",

@@ -1,4 +1,4 @@
-"""The loaded student and its per-symbol state: layer-2 objects (no I/O beyond reading the artifact and its kernel).
+"""The loaded student and its per-symbol state: core objects (no I/O beyond reading the artifact and its kernel).
 
 ``SymbolState.update`` is the whole per-bar computation, one compiled call: ``kernels.student.student_step``
 specialised to the artifact's layer sizes (``kernels.specialise``). With ``kernel="aot"`` (the default) it
@@ -109,9 +109,10 @@ class SymbolState:
     """Rolling features and student scratch for one (symbol, interval), in one preallocated vector.
 
     ``update(o, h, l, c, v) -> int`` advances by one closed bar and runs the student: it returns the
-    class index (probabilities, or an alpha head's alpha_bp [, sd_bp], in ``probs``), -1 while warming up, or -2 for an invalid bar before any
-    valid one (later invalid bars are filled forward, see ``kernels.features``). It is a ``partial`` of
-    the model's compiled step kernel over this state's own arrays: no Python frame, no dispatch.
+    class index (probabilities, or an alpha head's alpha_bp [, sd_bp], in ``probs``), -1 while warming up,
+    or -2 for an invalid bar before any valid one (later invalid bars are filled forward, see
+    ``kernels.features``). It is a ``partial`` of the model's compiled step kernel over this state's own
+    arrays: no Python frame, no dispatch.
     """
 
     __slots__ = ("model", "array", "probs", "update")

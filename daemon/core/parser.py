@@ -1,4 +1,4 @@
-"""Bybit v5 public kline messages, parsed without I/O (layer 2: this module must not import asyncio).
+"""Bybit v5 public kline messages, parsed without I/O (core: this module must not import asyncio).
 
 One parser serves the WebSocket stream and the REST ``/v5/market/kline`` pages, so a candle from either
 source is the same :class:`Candle` with the same float conversion (live and replay must agree bit for bit).
@@ -33,9 +33,9 @@ __all__ = [
     "KlineFrame",
     "KlinePage",
     "Pong",
+    "grid_offset_ms",
     "interval_ms",
     "kline_topic",
-    "grid_offset_ms",
     "parse_frame",
     "parse_kline_page",
     "topic_table",
@@ -328,8 +328,9 @@ def parse_kline_page(body: str | bytes | dict, symbol: str, interval: str,
         offset_ms = intervals.GRID_OFFSET_MS.get(interval, 0)
         for i, row in enumerate(rows):
             if type(row) is not list or len(row) < 6:
-                raise FrameError(f"result.list[{i}] is {row!r:.80}, expected [start, open, high, low, close, volume, ...]")
-            entry = dict(zip(_ROW_KEYS, row))
+                raise FrameError(f"result.list[{i}] is {row!r:.80}, "
+                                 "expected [start, open, high, low, close, volume, ...]")
+            entry = dict(zip(_ROW_KEYS, row, strict=False))  # Bybit may append fields (turnover)
             start_ms = _start(_row_start(entry["start"]), step_ms, offset_ms, clock_ms)
             candles.append(_candle(symbol, interval, start_ms, entry))
     except FrameError as exc:

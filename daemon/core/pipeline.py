@@ -1,4 +1,4 @@
-"""One (symbol, interval): closed candles in, events out (layer 2: no I/O, no asyncio).
+"""One (symbol, interval): closed candles in, events out (core: no I/O, no asyncio).
 
 The pipeline is a protocol object in the style of ``websockets``' Sans-I/O core: the I/O layer feeds it
 what happened and acts on what it asks for.
@@ -106,10 +106,10 @@ class Signal:
         """The event as a dict, in the order of the output line."""
         out = {"symbol": self.symbol, "interval": self.interval, "start": self.start_ms, "signal": self.signal}
         if self.readout is None:
-            out["probs"] = dict(zip(self.classes, self.probs))
+            out["probs"] = dict(zip(self.classes, self.probs, strict=True))
         else:
             out["position"] = _POSITION[self.signal]
-            out.update(zip(self.readout, self.probs))
+            out.update(zip(self.readout, self.probs, strict=True))
         out.update(inference_us=self.inference_us, model=self.model, backfill=self.backfill)
         if self.late_ms is not None:
             out["late_ms"] = self.late_ms
@@ -133,7 +133,7 @@ class Signal:
 
 
     def _alpha_line(self) -> str:
-        values = ", ".join(f'"{name}": {value!r}' for name, value in zip(self.readout, self.probs))
+        values = ", ".join(f'"{name}": {value!r}' for name, value in zip(self.readout, self.probs, strict=True))
         late = "" if self.late_ms is None else f', "late_ms": {self.late_ms}'
         return (f'{{"symbol": "{self.symbol}", "interval": "{self.interval}", "start": {self.start_ms}, '
                 f'"signal": "{self.signal}", "position": {_POSITION[self.signal]}, {values}, '

@@ -194,7 +194,7 @@ class Metrics:
         if self.on_scrape is not None:
             try:
                 self.on_scrape()
-            except Exception as exc:  # a scrape must still answer; the numbers are just older
+            except Exception as exc:  # noqa: BLE001 - a scrape must still answer; the numbers are just older
                 log.error("metrics_refresh_failed", error=repr(exc))
 
     def sync_totals(self, *, frames: int = 0, malformed: int = 0, reconnects: int = 0, gaps_backfilled: int = 0,

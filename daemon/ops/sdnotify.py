@@ -205,7 +205,7 @@ class Watchdog:
         else:
             try:
                 ok = bool(self.is_healthy())
-            except Exception as exc:  # a broken check must withhold pings, not kill the watchdog task
+            except Exception as exc:  # noqa: BLE001 - a broken check must withhold pings, not kill the watchdog task
                 log.error("watchdog_check_failed", error=repr(exc))
                 ok = False
             if not ok:
@@ -239,7 +239,7 @@ class Watchdog:
             return ""
         try:
             return self.status_text()
-        except Exception as exc:  # status is cosmetic; never let it stop the pings
+        except Exception as exc:  # noqa: BLE001 - status is cosmetic; never let it stop the pings
             log.error("watchdog_status_failed", error=repr(exc))
             return ""
 

@@ -38,8 +38,17 @@ from websockets.exceptions import ConnectionClosed
 from daemon.core.parser import INTERVAL_MS, kline_topic
 from daemon.tools.replay import CsvRow, read_kline_csv
 
-__all__ = ["BarClock", "DeadlinePacer", "FakeBybit", "Faults", "GARBAGE_FRAMES", "add_arguments", "far_future_start",
-           "parse_rest_faults", "run_cli"]
+__all__ = [
+    "GARBAGE_FRAMES",
+    "BarClock",
+    "DeadlinePacer",
+    "FakeBybit",
+    "Faults",
+    "add_arguments",
+    "far_future_start",
+    "parse_rest_faults",
+    "run_cli",
+]
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -629,7 +638,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "huge:BYTES (a streamed body with a Content-Length), huge-chunked:BYTES (without one), "
                         "off-grid, far-future (a page whose newest start is 1 ms off the grid / far ahead)")
     g.add_argument("--huge-body", type=int, default=0, metavar="BYTES",
-                   help="the first REST answer is a streamed body of this many bytes (same as --rest-errors huge:BYTES)")
+                   help="the first REST answer is a streamed body of this many bytes "
+                        "(same as --rest-errors huge:BYTES)")
     g.add_argument("--far-future-every", type=int, default=0, help="every Nth bar, an extra close far in the future")
     g.add_argument("--off-grid-every", type=int, default=0, help="every Nth bar, an extra close 1 ms off the grid")
 

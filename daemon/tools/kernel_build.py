@@ -69,7 +69,7 @@ def build_kernel(vector, directory: Path, *, force: bool = False) -> tuple[Path,
         os.chmod(built, 0o755)
         os.replace(built, final)
         record = {"module": name, "file": final.name, "sha256": digest, "identity": ident,
-                  "built_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                  "built_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         tmp_record = work / "record.json"
         tmp_record.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(tmp_record, 0o644)

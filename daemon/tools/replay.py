@@ -90,7 +90,7 @@ def iter_kline_csv(path: str | Path, interval: str | None = None) -> Iterator[Cs
             start = int(raw)
             if start > MAX_START_MS:
                 raise ReplayError(f"{path}:{lineno}: start_ms {start} is after the year 9999")
-            for name, value in zip(HEADER[1:], parts[1:]):
+            for name, value in zip(HEADER[1:], parts[1:], strict=True):
                 try:
                     float(value)
                 except ValueError:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # Builds the ahead-of-time step as `kdsignal build-kernel` does (skipped when up to date), serves it, and runs
 # the JIT-compiled specialised step beside it.
@@ -36,13 +36,15 @@ print(kernels.KERNELS_HASH, repr(float(s.probs[0])), m.kernel_note, repr(float(s
 def test_changed_feature_kernel_is_recompiled_everywhere(tmp_path, random_artifact):
     """After features.py changes, the ahead-of-time and the JIT steps run the new feature code, not a cached copy."""
     for name in ("kernels", "daemon"):
-        shutil.copytree(ROOT / name, tmp_path / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "training", "bench"))
+        shutil.copytree(ROOT / name, tmp_path / "src" / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "training", "bench"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "src"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("KDSIGNAL_KERNEL_DIR", None)  # so the kernel directory is $NUMBA_CACHE_DIR/kdsignal, fresh
     code = PROBE.format(artifact=str(random_artifact), csv=str(ROOT / "data" / "BTCUSDT-5m.csv"))
 
     def probe():
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             check=True)
         return out.stdout.split()
 
     first = probe()

@@ -7,12 +7,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit
-from daemon.core.model import Model
-from daemon.aio.output import SignalWriter
-from daemon.tools.replay import replay
-from tests.daemon_support import OPEN_INDEX, InProcessDaemon, LineSink, sample_rows, wait_until
+from tests.support import BAR_MS, OPEN_INDEX, InProcessDaemon, check_exactly_once, sample_rows, wait_until
 
-BAR_MS = 300_000
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 50)
 
@@ -22,29 +18,6 @@ async def fake():
     """A fake with real BTCUSDT and ETHUSDT bars, bar OPEN_INDEX open (OPEN_INDEX bars of REST history, 50 to play)."""
     async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:
         yield f
-
-
-def replay_lines(artifact, symbol: str) -> dict[int, dict]:
-    """Signal lines of `kdsignal replay` over the fake's whole data for ``symbol``, by start."""
-    sink = LineSink()
-    replay(ROWS[symbol], symbol, "5", Model.load(artifact), SignalWriter(sink))
-    return {x["start"]: x for x in sink.lines}
-
-
-async def check_exactly_once(daemon, artifact, first_ms: int, last_ms: int, symbols=SYMBOLS) -> dict:
-    """Wait for ``last_ms``; assert each bar first..last is signalled once, equal to replay; return backfills."""
-    backfilled = {}
-    for symbol in symbols:
-        await daemon.wait_for_start(symbol, last_ms)
-        lines = [x for x in daemon.lines if x["symbol"] == symbol]
-        assert [x["start"] for x in lines] == list(range(first_ms, last_ms + 1, BAR_MS))
-        reference = replay_lines(artifact, symbol)
-        for x in lines:
-            ref = reference[x["start"]]
-            assert (x["probs"], x["signal"], x["model"], x["interval"]) == (
-                ref["probs"], ref["signal"], ref["model"], ref["interval"])
-        backfilled[symbol] = [x["start"] for x in lines if x["backfill"]]
-    return backfilled
 
 
 async def test_clean_session_matches_replay(fake, random_artifact):
@@ -191,7 +164,7 @@ async def test_latency_summary_is_logged(fake, random_artifact):
 
 async def test_sighup_reload_keeps_old_model_on_bad_artifact(fake, random_artifact, tmp_path):
     """reload() with a broken artifact keeps serving the old model; a good one takes over from the next bar."""
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     async with InProcessDaemon(fake, random_artifact, ("BTCUSDT",)) as d:
         old_id = d.service.model.id
@@ -211,7 +184,7 @@ async def test_sighup_reload_keeps_old_model_on_bad_artifact(fake, random_artifa
 
 async def test_reload_of_an_unbuilt_architecture_keeps_the_old_model(fake, random_artifact):
     """Reloading an artifact whose step nobody built is refused with the command to run; the old model serves on."""
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     async with InProcessDaemon(fake, random_artifact, ("BTCUSDT",)) as d:
         old_id = d.service.model.id
@@ -237,3 +210,20 @@ async def test_refused_topic_is_not_caught_up_after_a_reconnect(fake, random_art
         await fake.step(1)
         await check_exactly_once(d, random_artifact, first, first + 2 * BAR_MS, ("BTCUSDT",))
     assert not [x for x in d.lines if x["symbol"] != "BTCUSDT"]
+
+
+@pytest.mark.parametrize("switch", ["far_future_every", "off_grid_every"])
+async def test_far_future_and_off_grid_closes_are_malformed_frames(fake, random_artifact, switch):
+    """An extra close far in the future or 1 ms off the grid, before every real close, is counted as malformed
+    and skipped: every real bar is signalled once, equal to replay, with no gap fill and no REST call."""
+    async with InProcessDaemon(fake, random_artifact, SYMBOLS) as d:
+        setattr(fake.faults, switch, 1)
+        rest_before = len(fake.rest_requests)
+        malformed_before = d.service.feed.stats.malformed
+        first = fake.open_start_ms
+        await fake.step(5)
+        assert await check_exactly_once(d, random_artifact, first, first + 4 * BAR_MS) == {s: [] for s in SYMBOLS}
+        assert fake.hostile_sent == 5 * len(SYMBOLS)
+        assert d.service.feed.stats.malformed - malformed_before == fake.hostile_sent
+        assert len(fake.rest_requests) == rest_before
+        assert all(p.fetch is None and p.duplicates == 0 for p in d.service.pipelines.values())

@@ -11,15 +11,11 @@ import threading
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.aio.output import SignalWriter
 from daemon.core.model import Model
 from daemon.core.pipeline import Stage
 from daemon.tools.fake_bybit import FakeBybit
-from daemon.tools.replay import replay
 from kernels.layout import WINDOW
-from tests.daemon_support import OPEN_INDEX, InProcessDaemon, LineSink, sample_rows, wait_until
-
-BAR_MS = 300_000
+from tests.support import BAR_MS, OPEN_INDEX, InProcessDaemon, replay_lines, sample_rows, wait_until
 
 ROWS = sample_rows(("BTCUSDT",), OPEN_INDEX + WINDOW + 60)
 
@@ -31,19 +27,12 @@ async def fake():
         yield f
 
 
-def replay_lines(artifact, symbol: str) -> dict[int, dict]:
-    """Signal lines of `kdsignal replay` over the fake's whole data for ``symbol``, by start."""
-    sink = LineSink()
-    replay(ROWS[symbol], symbol, "5", Model.load(artifact), SignalWriter(sink))
-    return {x["start"]: x for x in sink.lines}
-
-
 def same_as_replay(daemon, artifact, symbol="BTCUSDT") -> None:
     """Each line was written once and equals replay's line for its bar."""
     lines = [x for x in daemon.lines if x["symbol"] == symbol]
     starts = [x["start"] for x in lines]
     assert len(starts) == len(set(starts)) and starts == sorted(starts)
-    reference = replay_lines(artifact, symbol)
+    reference = replay_lines(artifact, symbol, ROWS[symbol])
     for x in lines:
         ref = reference[x["start"]]
         assert (x["probs"], x["signal"], x["model"]) == (ref["probs"], ref["signal"], ref["model"])

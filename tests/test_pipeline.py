@@ -8,15 +8,23 @@ import json
 import pytest
 
 from daemon.core.model import Model
-from daemon.core.pipeline import (CloseRejected, FeaturesReset, FetchHistory, GapBackfilled, GapUnfilled,
-                                  HistoryLoaded, Pipeline, Signal, Stage)
+from daemon.core.pipeline import (
+    CloseRejected,
+    FeaturesReset,
+    FetchHistory,
+    GapBackfilled,
+    GapUnfilled,
+    HistoryLoaded,
+    Pipeline,
+    Signal,
+    Stage,
+)
 from daemon.tools.replay import row_candle
 from kernels.layout import WINDOW
-from tests.daemon_support import sample_rows
+from tests.support import BAR_MS, sample_rows
 
 L = WINDOW + 19  # the first live bar: REST history before it is enough to warm the model
 ROWS = sample_rows(("BTCUSDT",), L + 2 * WINDOW + 60)["BTCUSDT"]
-BAR_MS = 300_000
 
 
 @pytest.fixture
@@ -304,7 +312,7 @@ def test_line_is_exact_json(model):
 
 def test_model_swap_keeps_the_window(model, tmp_path):
     """After set_model the next bar is signalled at once by the new model (features carried over)."""
-    from tests.conftest import write_random_artifact
+    from tests.support import write_random_artifact
 
     write_random_artifact(tmp_path / "b.npz", seed=9)
     other = Model.load(tmp_path / "b.npz")

@@ -19,9 +19,7 @@ import textwrap
 import pytest
 
 from daemon.core.config import ConfigError, parse_config
-from tests.conftest import write_random_artifact
-from tests.daemon_support import ROOT, wait_until
-from tests.test_daemon_process import ENV, write_config
+from tests.support import ROOT, child_env, wait_until, write_config, write_random_artifact
 
 # A child that configures logging as told (argv: file, format) and logs one event at each level.
 CHILD = textwrap.dedent("""
@@ -64,7 +62,7 @@ def run_child(fmt: str = "auto", file: str = "", *, tty: bool = False, journal: 
         reader, writer = pty.openpty()
     else:
         reader, writer = os.pipe()
-    env = {k: v for k, v in ENV.items() if k != "JOURNAL_STREAM"}
+    env = {k: v for k, v in child_env().items() if k != "JOURNAL_STREAM"}
     if journal is not None:
         env["JOURNAL_STREAM"] = _stream_id(writer) if journal == "match" else journal
     try:
@@ -192,7 +190,7 @@ def test_logging_never_raises_in_any_format_on_a_failing_stderr():
             os.write(out, f"{fmt} {log_sink().status()['write_errors']}\\n".encode())
         """)
     r, w = os.pipe()
-    env = {**ENV, "JOURNAL_STREAM": _stream_id(w)}
+    env = {**child_env(), "JOURNAL_STREAM": _stream_id(w)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=w, stderr=w, timeout=60)
     os.close(w)
     with os.fdopen(r) as f:
@@ -215,7 +213,7 @@ async def test_the_daemon_under_systemd_writes_priorities_journalctl_can_filter(
     write_random_artifact(tmp_path / "a.npz")
     config = write_config(tmp_path / "c.toml")  # closed local ports: connects fail, REST retries then fails
     r, w = os.pipe()
-    env = {**ENV, "JOURNAL_STREAM": _stream_id(w)}
+    env = {**child_env(), "JOURNAL_STREAM": _stream_id(w)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon", "run", "--config", str(config), cwd=ROOT, env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w)

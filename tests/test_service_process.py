@@ -8,69 +8,24 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
+import time
 
 import pytest
 
 from daemon.tools.fake_bybit import FakeBybit
-from tests.conftest import write_random_artifact
-from tests.daemon_support import OPEN_INDEX, ROOT, sample_rows, wait_until
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-BAR_MS = 300_000
-
-
-def write_config(path, fake=None, artifact="a.npz", log_file="", interval="5", extra=""):
-    """Write a TOML config for a daemon pointed at ``fake`` (or at closed local ports)."""
-    ws = fake.ws_url if fake else "ws://127.0.0.1:9/v5/public/linear"
-    rest = fake.rest_url if fake else "http://127.0.0.1:9"
-    path.write_text(textwrap.dedent(f"""
-        [feed]
-        ws_url = "{ws}"
-        rest_url = "{rest}"
-        symbols = ["BTCUSDT"]
-        interval = "{interval}"
-        ping_interval_s = 0.2
-        pong_timeout_s = 1
-        [backoff]
-        initial_s = 0.05
-        max_s = 0.2
-        [rest]
-        max_attempts = 2
-        [model]
-        artifact = "{artifact}"
-        [log]
-        file = "{log_file}"
-        latency_summary_s = 0.5
-        [train]
-        anything = "is left to the training code"
-        """) + extra)
-    return path
-
-
-class Proc:
-    """A `kdsignal run` subprocess with its stdout read line by line."""
-
-    async def start(self, config):
-        self.p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "run", "--config", str(config), cwd=ROOT, env=ENV,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        return self
-
-    async def line(self) -> dict:
-        raw = await asyncio.wait_for(self.p.stdout.readline(), 20)
-        assert raw.endswith(b"\n"), raw
-        return json.loads(raw)
-
-    async def stop(self, sig=signal.SIGTERM) -> tuple[int, bytes]:
-        self.p.send_signal(sig)
-        rest = await asyncio.wait_for(self.p.stdout.read(), 20)
-        return await asyncio.wait_for(self.p.wait(), 20), rest
-
-
-def log_events(path) -> list[dict]:
-    """Every line of a JSON log file, parsed (a split line would fail here)."""
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+from tests.support import (
+    BAR_MS,
+    OPEN_INDEX,
+    ROOT,
+    Proc,
+    child_env,
+    log_events,
+    run_daemon,
+    sample_rows,
+    wait_until,
+    write_config,
+    write_random_artifact,
+)
 
 
 async def _started(fake, log):
@@ -129,7 +84,7 @@ async def test_sighup_reopens_the_log_and_reloads_only_a_valid_artifact(tmp_path
     assert line["model"] == new_id != old_id and rc == 0
     rotated = log_events(tmp_path / "daemon.log.1")
     assert rotated[0]["event"] == "daemon_started" and "model_reload_failed" not in [e["event"] for e in rotated]
-    assert [e["event"] for e in log_events(log)][0] == "log_reopened"
+    assert next(e["event"] for e in log_events(log)) == "log_reopened"
     failed = next(e for e in log_events(log) if e["event"] == "model_reload_failed")
     assert failed["model"] == old_id and failed["level"] == "error"
 
@@ -152,11 +107,12 @@ async def test_sighup_from_the_first_moment_does_not_end_the_process(tmp_path):
         proc = await Proc().start(write_config(tmp_path / "c.toml", fake, log_file=log))
         pid = proc.p.pid
         await wait_until(lambda: catches(pid, signal.SIGHUP) or proc.p.returncode is not None, 20, "a SIGHUP handler")
-        sent = 0
+        sent, deadline = 0, time.monotonic() + 30
         while proc.p.returncode is None and not any(e["event"] == "feed_subscribed" for e in log_events(log)):
+            assert time.monotonic() < deadline, "the daemon never subscribed under a storm of SIGHUPs"
             proc.p.send_signal(signal.SIGHUP)
             sent += 1
-            await asyncio.sleep(0.005)  # pacing the signals themselves, not waiting for a result
+            await asyncio.sleep(0.005)  # the scenario: a storm of SIGHUPs, one every few ms
         assert proc.p.returncode is None and sent > 0
         await _started(fake, log)
         await fake.step(1)
@@ -183,7 +139,7 @@ print(json.dumps({"rc": rc, "caught_before_import": seen}), file=sys.stderr)
 def test_signals_are_caught_before_the_service_is_imported(tmp_path):
     """`kdsignal run` handles SIGHUP and SIGTERM before it imports the service (the slow part of start-up)."""
     out = subprocess.run([sys.executable, "-c", EARLY, str(tmp_path / "missing.toml")], capture_output=True,
-                         text=True, cwd=ROOT, env=ENV, timeout=60)
+                         text=True, cwd=ROOT, env=child_env(), timeout=60)
     report = json.loads(out.stderr.strip().splitlines()[-1])
     assert report == {"rc": 78, "caught_before_import": {"SIGHUP": True, "SIGTERM": True}}
 
@@ -198,15 +154,10 @@ async def test_sigterm_during_startup_exits_zero(tmp_path):
     assert rc == 0 and rest == b""
 
 
-def _run(config) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon", "run", "--config", str(config)], capture_output=True,
-                          text=True, cwd=ROOT, env=ENV, timeout=60)
-
-
 def test_interval_mismatch_stops_startup(tmp_path):
     """An artifact trained on 5-minute bars refuses a 1-minute feed: exit 78 naming both intervals."""
     write_random_artifact(tmp_path / "a.npz")
-    out = _run(write_config(tmp_path / "c.toml", interval="1"))
+    out = run_daemon(write_config(tmp_path / "c.toml", interval="1"))
     assert out.returncode == 78
     assert "interval '5'" in out.stderr and "[feed].interval is '1'" in out.stderr and out.stdout == ""
 
@@ -218,13 +169,13 @@ def test_interval_mismatch_stops_startup(tmp_path):
 def test_bad_config_stops_startup(tmp_path, extra, words):
     """A bad configuration exits 78 (do not restart) with a message naming the key."""
     write_random_artifact(tmp_path / "a.npz")
-    out = _run(write_config(tmp_path / "c.toml", extra=extra))
+    out = run_daemon(write_config(tmp_path / "c.toml", extra=extra))
     assert out.returncode == 78 and words in out.stderr
 
 
 def test_missing_artifact_stops_startup(tmp_path):
     """A missing artifact exits 78 naming the file."""
-    out = _run(write_config(tmp_path / "c.toml", artifact=str(tmp_path / "none.npz")))
+    out = run_daemon(write_config(tmp_path / "c.toml", artifact=str(tmp_path / "none.npz")))
     assert out.returncode == 78 and "none.npz" in out.stderr
 
 
@@ -238,7 +189,7 @@ def stop_when_running():
     while time.monotonic() < deadline:
         if os.path.exists(log) and "feed_disconnected" in open(log).read():
             break
-        time.sleep(0.01)
+        time.sleep(0.01)  # polling the log, with the deadline above
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=stop_when_running, daemon=True).start()
@@ -257,7 +208,7 @@ def test_run_and_replay_load_neither_training_code_nor_numba(tmp_path):
     config = write_config(tmp_path / "c.toml", log_file=log)
     golden = ROOT / "tests" / "golden"
     out = subprocess.run([sys.executable, "-c", LAYERING, str(log), str(config), str(golden / "session.csv"),
-                          str(golden / "artifact.npz")], capture_output=True, text=True, cwd=ROOT, env=ENV,
+                          str(golden / "artifact.npz")], capture_output=True, text=True, cwd=ROOT, env=child_env(),
                          timeout=120)
     report = json.loads(out.stderr.strip().splitlines()[-1])
     assert report == {"rc": [0, 0], "loaded": []}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 
 import aiohttp
-from structlog.testing import capture_logs
 import pytest
+from structlog.testing import capture_logs
 
+from daemon.aio.rest import RestClient, RestError
 from daemon.core.config import BackoffConfig
 from daemon.tools.fake_bybit import FakeBybit
 from daemon.tools.replay import row_candle
-from daemon.aio.rest import RestClient, RestError
-from tests.daemon_support import sample_rows
+from tests.support import sample_rows
 
 ROWS = sample_rows(("BTCUSDT",), 120)
 FAST = BackoffConfig(initial_s=0.01, max_s=0.5, factor=2.0, jitter=0.5)
