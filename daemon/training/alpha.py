@@ -55,7 +55,7 @@ from .distil import Student
 from .folds import lockbox_fold, lockbox_split, split_validation, walk_forward
 from .labels import BUY, HOLD
 from .teacher import QuantileNormal, Standardizer
-from .train import _edges, _markets, choose_policies, development_ticks, fee_cases
+from .policies import _edges, _markets, choose_policies, development_ticks, fee_cases
 
 FORMS = ("huber", "gaussian")
 N_OUTPUTS = {"huber": 1, "gaussian": 2}
@@ -298,7 +298,7 @@ def _row_loss(pred: Prediction, rows, y, form, delta) -> np.ndarray:
 # --- trading ------------------------------------------------------------------------------------------------
 
 def trading_readout(P, region, edges: dict[str, np.ndarray], policies: dict, ticks, cfg, bars_per_year) -> dict:
-    """Every model traded on ``region`` with its development policy (``train.choose_policies``: thresholds on
+    """Every model traded on ``region`` with its development policy (``policies.choose_policies``: thresholds on
     alpha_bp from quantiles of its development values), plus always-flat and buy-and-hold."""
     markets = _markets(P, region, ticks, cfg)
     out: dict = {}
