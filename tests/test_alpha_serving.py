@@ -52,9 +52,10 @@ ALPHA_ARCHS = [
 
 
 def alpha_manifest(n_outputs: int, buy=1.0, sell=-1.0) -> dict:
-    """The head and alpha entries of an alpha artifact's manifest."""
+    """The head, alpha and label entries of an alpha artifact's manifest."""
     return {"head": "alpha", "alpha": {"horizon_bars": H, "outputs": ["mean", "log_var"][:n_outputs],
-                                       "policy": {"buy_above_bp": buy, "sell_below_bp": sell}}}
+                                       "policy": {"buy_above_bp": buy, "sell_below_bp": sell}},
+            "labels": {"horizon_bars": H, "band_k": 0.5, "vol_window": 20, "round_trip_cost": 0.0011}}
 
 
 def write_alpha_artifact(path, n_outputs=2, seed=3, **policy) -> str:
@@ -213,15 +214,19 @@ def test_alpha_replay_has_alpha_bp_in_every_line(alpha_artifact):
 
 @needs_jit
 async def test_alpha_live_through_the_fake_equals_replay(alpha_artifact):
-    """The daemon serving an alpha artifact live (its compiled step) writes the lines replay writes."""
-    rows = read_kline_csv(DATA / "BTCUSDT-5m.csv")[:WINDOW + 40]
+    """The daemon serving an alpha artifact live (its compiled step) writes the lines replay writes; the
+    scorecard scores none of them."""
+    rows = read_kline_csv(DATA / "BTCUSDT-5m.csv")[:WINDOW + 100]  # long enough for the scorecard to decide bars
     expected = {x["start"]: x for x in _replay_lines(alpha_artifact, rows)}
     async with FakeBybit({"BTCUSDT": rows}, "5", start_index=OPEN_INDEX) as fake, \
             InProcessDaemon(fake, alpha_artifact, ("BTCUSDT",)) as d:
         await fake.step(len(rows) - OPEN_INDEX)
         await d.wait_for_start("BTCUSDT", rows[-1].start_ms)
+        scorecard = d.service.supervision.scorecard.report()
     live = d.lines
     assert len(live) == len(rows) - OPEN_INDEX
+    # the live scorecard follows the bars but scores no probabilities: an alpha line has none
+    assert scorecard["symbols"]["BTCUSDT"]["bars"] > 0 and scorecard["overall"]["n"] == 0
     for x in live:
         assert {k: v for k, v in x.items() if k != "inference_us"} == {
             k: v for k, v in expected[x["start"]].items() if k != "inference_us"}
