@@ -79,7 +79,8 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
             report["results"].append({**r, "part": part})
         for s in out.pop("skipped", []):
             report["skipped"].append({**s, "part": part})
-        report["ratios"] += out.pop("ratios", [])
+        if part == "inference":  # the student-vs-contender ratios; other parts keep theirs in their own entry
+            report["ratios"] += out.pop("ratios", [])
         report["parts"][part] = out
 
     if "inference" in parts:
