@@ -20,12 +20,21 @@ the ``N_FEATURES`` features of the newest bar.
 
     [0] n_features F     [1] clip (|z| bound after normalisation)
     [2] MLP offset       [3] widest layer W (sizes the scratch space)
-    [4 .. 4+F]           feature means
-    [4+F .. 4+2F]        feature 1/std
-    [MLP offset ..]      the packed MLP, logits = class scores
+    [4] head (HEAD_CLASSES or HEAD_ALPHA)
+    [5 .. 5+F]           feature means
+    [5+F .. 5+2F]        feature 1/std
+    [MLP offset ..]      the packed MLP: K outputs
+    then, alpha head only: bp per unit, buy above (bp), sell below (bp)   (``ALPHA_TAIL`` values)
 
-**Student state**: a feature state followed by ``2W`` scratch slots, then the K logits, then the K
-probabilities (``student_state_size``, ``probs_offset``).
+A ``classes`` head's K outputs are class logits, read out as softmax probabilities, the step returning
+the argmax. An ``alpha`` head's outputs are the predicted forward return over the label's horizon in
+units of recent volatility, ``mu = fwd / (rvol_20 * sqrt(h))``, and optionally its log-variance; the read-out
+is ``alpha_bp = mu * rvol_20 * bp_per_unit`` (``bp_per_unit = 1e4 * sqrt(h)``) and, with a variance,
+``sd_bp = exp(log_var / 2) * rvol_20 * bp_per_unit``; the step returns the decided class: buy when
+``alpha_bp > buy_above``, sell when ``alpha_bp < sell_below``, else hold (a NaN is hold).
+
+**Student state**: a feature state followed by ``2W`` scratch slots, then the K outputs, then the K
+read-out values: probabilities, or ``alpha_bp`` [, ``sd_bp``] (``student_state_size``, ``probs_offset``).
 """
 
 from __future__ import annotations
@@ -152,14 +161,32 @@ M_FEATURES = 0
 M_CLIP = 1
 M_MLP = 2
 M_WIDTH = 3
-M_HEADER = 4
+M_HEAD = 4
+M_HEADER = 5
+
+HEAD_CLASSES = 0
+HEAD_ALPHA = 1
+HEADS = {"classes": HEAD_CLASSES, "alpha": HEAD_ALPHA}
+ALPHA_TAIL = 3  # bp per unit, buy above (bp), sell below (bp): behind the MLP of an alpha head
+ALPHA_OUTPUTS = (("alpha_bp",), ("alpha_bp", "sd_bp"))  # read-out names for 1 or 2 alpha outputs
+ALPHA_VOL_FEATURE = FEATURE_NAMES.index("rvol_20")  # the volatility unit of an alpha head
+LOG_VAR_BOUND = 60.0  # |log-variance| is clamped here before exp(): no valid weight can overflow sd_bp
 
 STATUS_WARMING = -1
 STATUS_REJECTED = -2
 
 
-def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
-    """Pack normalisation statistics and a packed MLP into the model vector ``student_step`` reads."""
+def bp_per_unit(horizon_bars: int) -> float:
+    """Basis points per unit of an alpha head's output: its unit is ``rvol_20 * sqrt(h)`` of log return."""
+    return 1e4 * float(np.sqrt(horizon_bars))
+
+
+def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float, alpha=None) -> np.ndarray:
+    """Pack normalisation statistics and a packed MLP into the model vector ``student_step`` reads.
+
+    ``alpha``: None for a ``classes`` head, else ``(bp_per_unit, buy_above_bp, sell_below_bp)`` for an
+    ``alpha`` head (thresholds may be +-inf: never act).
+    """
     f = int(mlp[1])
     mean = np.asarray(mean, dtype=np.float64)
     std = np.asarray(std, dtype=np.float64)
@@ -167,12 +194,19 @@ def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float
         raise ValueError(f"normalisation has shapes {mean.shape}/{std.shape}; the MLP takes {f} features")
     if not np.all(std > 0):
         raise ValueError("feature_std must be positive")
-    head = np.array([f, clip, M_HEADER + 2 * f, mlp_max_width(mlp)], dtype=np.float64)
-    return np.ascontiguousarray(np.concatenate([head, mean, 1.0 / std, mlp]))
+    kind = HEAD_CLASSES if alpha is None else HEAD_ALPHA
+    head = np.array([f, clip, M_HEADER + 2 * f, mlp_max_width(mlp), kind], dtype=np.float64)
+    tail = np.zeros(0) if alpha is None else np.asarray(alpha, dtype=np.float64)
+    if tail.shape not in ((0,), (ALPHA_TAIL,)):
+        raise ValueError(f"alpha read-out has {tail.size} values, expected {ALPHA_TAIL}")
+    k = int(mlp[1 + int(mlp[0])])
+    if alpha is not None and k not in (1, 2):
+        raise ValueError(f"an alpha head has 1 or 2 outputs (mean, log-variance); this MLP has {k}")
+    return np.ascontiguousarray(np.concatenate([head, mean, 1.0 / std, mlp, tail]))
 
 
-def architecture(model: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """(features F, layer sizes d_0..d_L, activation codes) of a model vector: what a specialised step freezes."""
+def architecture(model: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    """(features F, layer sizes d_0..d_L, activation codes, head) of a model vector: what a specialised step freezes."""
     f = int(model[M_FEATURES])
     off = int(model[M_MLP])
     n_layers = int(model[off])
@@ -181,11 +215,20 @@ def architecture(model: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ..
     if off != M_HEADER + 2 * f or sizes[0] != f or int(model[M_WIDTH]) != max(sizes):
         raise ValueError(f"model vector header (F={f}, MLP at {off}, width {int(model[M_WIDTH])}) "
                          f"does not match its MLP sizes {list(sizes)}")
-    return f, sizes, acts
+    head = int(model[M_HEAD])
+    end = off + mlp_size(sizes) + (ALPHA_TAIL if head == HEAD_ALPHA else 0)
+    if head not in HEADS.values() or len(model) != end:
+        raise ValueError(f"model vector head {head} with {len(model)} values does not match its MLP (ends at {end})")
+    return f, sizes, acts, head
+
+
+def alpha_tail_offset(model: np.ndarray) -> int:
+    """Where an alpha head's read-out parameters (``ALPHA_TAIL`` values) start in its model vector."""
+    return len(model) - ALPHA_TAIL
 
 
 def n_classes(model: np.ndarray) -> int:
-    """Number of logits (classes) of a model vector."""
+    """Number of MLP outputs of a model vector (class logits, or an alpha head's mean [and log-variance])."""
     off = int(model[M_MLP])
     return int(model[off + 1 + int(model[off])])
 
@@ -196,5 +239,5 @@ def student_state_size(model: np.ndarray) -> int:
 
 
 def probs_offset(model: np.ndarray) -> int:
-    """Where the K probabilities sit in a student state."""
+    """Where the K read-out values (probabilities, or alpha_bp [, sd_bp]) sit in a student state."""
     return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + n_classes(model)

@@ -28,7 +28,9 @@ from kernels.jit import njit
 from kernels.layout import (
     ACT_RELU,
     ACT_TANH,
+    ALPHA_VOL_FEATURE,
     FEATURE_STATE_SIZE,
+    HEAD_ALPHA,
     M_CLIP,
     M_HEADER,
     S_FEATURES,
@@ -37,6 +39,7 @@ from kernels.layout import (
     architecture,
 )
 from kernels.mlp import _softmax
+from kernels.student import _alpha_readout
 
 SIGNATURE = "int64(float64[::1], float64[::1], float64, float64, float64, float64, float64)"
 
@@ -96,11 +99,11 @@ def make_student_step(model: np.ndarray):
     ``tests/naive.py::student_reference``); compile it to ``SIGNATURE``. Weights, statistics and clip are
     still read from ``model`` at run time: only the architecture is frozen.
     """
-    f, sizes, acts = architecture(model)
+    f, sizes, acts, head = architecture(model)
     n_layers = len(sizes) - 1
     width = max(sizes)
     k = sizes[-1]
-    # State tail, as kernels.student lays it out: scratch (2W) | logits (K) | probabilities (K).
+    # State tail, as kernels.student lays it out: scratch (2W) | outputs (K) | read-out (K).
     scratch = FEATURE_STATE_SIZE
     logits = scratch + 2 * width
     probs = logits + k
@@ -113,6 +116,18 @@ def make_student_step(model: np.ndarray):
         forward = _then(forward, _dense(n_in, n_out, acts[layer], pos, src, out))
         pos += n_out * n_in + n_out
         src, dst = dst, src
+    tail = pos  # an alpha head's read-out parameters follow the MLP
+    vol_at = S_FEATURES + ALPHA_VOL_FEATURE
+
+    if head == HEAD_ALPHA:
+        def student_step_alpha(state, model, o, h, l, c, v):
+            status = _push_bar(state, o, h, l, c, v)
+            if status <= 0:
+                return STATUS_WARMING if status == 0 else STATUS_REJECTED
+            forward(state, model)
+            return _alpha_readout(model, tail, state[vol_at], state, logits, k, state, probs)
+
+        return student_step_alpha
 
     def student_step_fixed(state, model, o, h, l, c, v):
         status = _push_bar(state, o, h, l, c, v)

@@ -2,7 +2,8 @@
 
 The model vector and the state it works in are laid out as ``kernels.layout`` describes.
 ``student_step`` (live) and ``student_batch`` (training, replay checks) share ``_infer`` so their
-probabilities are equal bit for bit on the same features.
+read-outs (probabilities of a ``classes`` head, ``alpha_bp`` [, ``sd_bp``] of an ``alpha`` head) are equal
+bit for bit on the same features.
 
 Normalisation policy: ``z = clip((x - mean) / std, -clip, clip)``, and a NaN ``z`` (which the feature
 kernels do not produce, see ``kernels.features``) becomes 0, the training mean, as a last guard.
@@ -15,9 +16,13 @@ import numpy as np
 from kernels.features import _push_bar
 from kernels.jit import njit
 from kernels.layout import (
+    ALPHA_VOL_FEATURE,
     FEATURE_STATE_SIZE,
+    HEAD_ALPHA,
+    LOG_VAR_BOUND,
     M_CLIP,
     M_FEATURES,
+    M_HEAD,
     M_HEADER,
     M_MLP,
     M_WIDTH,
@@ -29,11 +34,35 @@ from kernels.mlp import _mlp_forward, _softmax
 
 
 @njit(cache=True)
-def _infer(model, x, xi, s, si, k, out, oi):
-    """Normalise features ``x[xi:xi+F]``, forward the student, softmax; return the argmax class.
+def _alpha_readout(model, tail, vol, z, zi, k, out, oi):
+    """An alpha head's read-out of outputs ``z[zi:zi+k]`` into ``out[oi:oi+k]``; return the decided class.
 
-    ``s[si:si+2W]`` is scratch, ``s[si+2W:si+2W+k]`` receives the logits, ``out[oi:oi+k]`` the
-    probabilities.
+    ``vol`` is the bar's raw rvol_20; ``model[tail:tail+3]`` = bp per unit, buy above, sell below
+    (``kernels.layout``). Reference: ``tests/naive.py::alpha_readout_reference``.
+    """
+    scale = model[tail] * vol
+    a = z[zi] * scale
+    out[oi] = a
+    if k == 2:
+        lv = z[zi + 1]
+        if lv > LOG_VAR_BOUND:
+            lv = LOG_VAR_BOUND
+        elif lv < -LOG_VAR_BOUND:
+            lv = -LOG_VAR_BOUND
+        out[oi + 1] = np.exp(0.5 * lv) * scale
+    if a > model[tail + 1]:
+        return 2
+    if a < model[tail + 2]:
+        return 0
+    return 1
+
+
+@njit(cache=True)
+def _infer(model, x, xi, s, si, k, out, oi):
+    """Normalise features ``x[xi:xi+F]``, forward the student, read its head out; return the class.
+
+    ``s[si:si+2W]`` is scratch, ``s[si+2W:si+2W+k]`` receives the outputs, ``out[oi:oi+k]`` the
+    read-out: softmax probabilities and their argmax, or an alpha head's ``_alpha_readout``.
     """
     f = int(model[M_FEATURES])
     clip = model[M_CLIP]
@@ -47,7 +76,9 @@ def _infer(model, x, xi, s, si, k, out, oi):
             z = 0.0
         s[si + j] = z
     li = si + 2 * int(model[M_WIDTH])
-    _mlp_forward(model, int(model[M_MLP]), s, si, s, li)
+    end = _mlp_forward(model, int(model[M_MLP]), s, si, s, li)
+    if model[M_HEAD] == HEAD_ALPHA:
+        return _alpha_readout(model, end, x[xi + ALPHA_VOL_FEATURE], s, li, k, out, oi)
     _softmax(s, li, k, 1.0, out, oi)
     best = 0
     for i in range(1, k):
@@ -60,7 +91,8 @@ def _infer(model, x, xi, s, si, k, out, oi):
 def student_step(state, model, o, h, l, c, v):
     """Advance one symbol by one closed bar and run the student on it (no allocation).
 
-    Returns the argmax class index with probabilities left in the state (see ``probs_offset``),
+    Returns the class index (argmax, or an alpha head's decision) with the read-out left in the state
+    (see ``probs_offset``),
     ``STATUS_WARMING`` (-1) before WINDOW bars are known, or ``STATUS_REJECTED`` (-2) for an invalid
     bar before any valid one. Reference: ``tests/naive.py::student_reference``.
     """
@@ -70,13 +102,14 @@ def student_step(state, model, o, h, l, c, v):
     off = int(model[M_MLP])
     k = int(model[off + 1 + int(model[off])])
     w2 = 2 * int(model[M_WIDTH])
-    # State tail: scratch (2W) | logits (K) | probabilities (K).
+    # State tail: scratch (2W) | outputs (K) | read-out (K).
     return _infer(model, state, S_FEATURES, state, FEATURE_STATE_SIZE, k, state, FEATURE_STATE_SIZE + w2 + k)
 
 
 @njit("void(float64[::1], float64[:, ::1], float64[:, ::1])", cache=True)
 def student_batch(model, feats, out):
-    """Class probabilities (n, K) for a feature matrix (n, F); rows with a NaN feature (warm-up) get NaN."""
+    """Read-outs (n, K) for a feature matrix (n, F): class probabilities, or alpha_bp [, sd_bp] of an alpha
+    head; rows with a NaN feature (warm-up) get NaN."""
     f = int(model[M_FEATURES])
     k = out.shape[1]
     w2 = 2 * int(model[M_WIDTH])

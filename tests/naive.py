@@ -97,3 +97,20 @@ def kd_loss_reference(zs, zt, y, w, temperature, alpha) -> float:
     kl = (ptt * (np.log(ptt) - np.log(pst))).sum(axis=1)
     per_row = alpha * ce + (1 - alpha) * temperature**2 * kl
     return float((w * per_row).sum() / w.sum())
+
+
+def alpha_readout_reference(outputs, vol, bp_per_unit, buy_above_bp, sell_below_bp):
+    """An alpha head's read-out and decision, by the definitions in ``kernels.layout``.
+
+    ``outputs`` (n, 1 or 2): mean [and log-variance] in units of ``rvol_20 * sqrt(h)``; ``vol`` (n,): rvol_20.
+    Returns (read-out (n, k): alpha_bp [, sd_bp]; class (n,): 2 buy above, 0 sell below, else 1).
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    scale = np.asarray(vol, dtype=np.float64) * bp_per_unit
+    readout = np.empty_like(outputs)
+    readout[:, 0] = outputs[:, 0] * scale
+    if outputs.shape[1] == 2:
+        readout[:, 1] = np.exp(0.5 * np.clip(outputs[:, 1], -60.0, 60.0)) * scale
+    a = readout[:, 0]
+    cls = np.where(a > buy_above_bp, 2, np.where(a < sell_below_bp, 0, 1))
+    return readout, cls

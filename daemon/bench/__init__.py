@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed calls per inference contender (default 20000)")
     parser.add_argument("--model", default=None, metavar="NPZ",
                         help="artifact to benchmark (default models/default.npz, else a random-weight stand-in)")
+    parser.add_argument("--alpha-model", default=None, metavar="NPZ",
+                        help="alpha artifact timed beside the student (default models/alpha.npz when present)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--write-md", action="store_true",
                         help="regenerate the tables of BENCHMARKS.md (and the plot, at --plot or its default)")
@@ -59,12 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True, workdir=None,
-              command: str = "kdsignal bench") -> tuple[dict, dict]:
+              command: str = "kdsignal bench", alpha_path=None) -> tuple[dict, dict]:
     """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
     # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
     # these modules import numba, which the daemon itself does not (its resident memory is measured there).
     from . import hostile, inference, loopback, scorecard, sinks, sizes, throughput, training
-    from .bars import bench_model
+    from .bars import ROOT, bench_model, built_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
     report: dict = {"command": command, "date": utc_now(), "machine": machine_info(), "parts": {}, "results": [],
@@ -82,7 +84,9 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
         report["parts"][part] = out
 
     if "inference" in parts:
-        out = inference.run(model, model_note, n, teacher=teacher)
+        alpha_path = alpha_path or (ROOT / "models" / "alpha.npz")
+        alpha = built_model(alpha_path) if Path(alpha_path).exists() else None
+        out = inference.run(model, model_note, n, teacher=teacher, alpha=alpha)
         samples = out.pop("samples_ns")
         teacher_obj = out.pop("teacher_obj")
         add("inference", out)
@@ -111,7 +115,7 @@ def run_cli(args: argparse.Namespace) -> int:
     command = "kdsignal bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "kdsignal bench"
     with tempfile.TemporaryDirectory(prefix="kdsignal-bench-") as tmp:
         report, samples = run_bench(args.parts, args.n, model_path=args.model, teacher=not args.no_teacher,
-                                    workdir=tmp, command=command.strip())
+                                    workdir=tmp, command=command.strip(), alpha_path=args.alpha_model)
     plot = Path(args.plot) if args.plot else (rep.DEFAULT_PLOT if args.write_md else None)
     if plot is not None and samples:
         m = report["machine"]

@@ -40,6 +40,8 @@ CONTENDERS: dict[str, str] = {
     "(bench only: training and batch use the generic kernels, serving does not)",
     "student_step_dispatcher": "kernels.student.student_step(state, vector, o, h, l, c, v): the generic kernel "
     "through numba's dispatcher",
+    "student_step_alpha": "SymbolState.update of an alpha artifact (models/alpha.npz or --alpha-model): the same "
+    "call, its alpha read-out and threshold decision in place of softmax and argmax",
     "student_numpy": "the same student in plain NumPy: ring-buffer feature step, normalisation, matmuls, softmax, "
     "argmax",
     "student_onnxruntime": "numba features_step (compiled entry point), then InferenceSession.run (float64 graph: "
@@ -68,6 +70,7 @@ RATIOS = (
     ("student_step_jit", "student_step_raw", None),
     ("student_step_generic", "student_step_raw", None),
     ("student_step", "student_step_raw", None),
+    ("student_step_alpha", "student_step", None),
     ("student_step_dispatcher", "numba_floor_2_arrays_5_floats", None),
 )
 
@@ -103,8 +106,12 @@ def _ratios(entries: dict[str, dict], samples: dict[str, np.ndarray], round_call
     return out
 
 
-def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True, warmup: int = 500) -> dict:
-    """Time every available contender ``n`` times; return entries, ratios, samples and skip notes."""
+def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True, warmup: int = 500,
+        alpha: Model | None = None) -> dict:
+    """Time every available contender ``n`` times; return entries, ratios, samples and skip notes.
+
+    ``alpha``: an alpha-head model timed beside the classifier (``student_step_alpha``), or None to skip it.
+    """
     bars = sample_bars("BTCUSDT")
     skipped: list[dict] = []
 
@@ -140,6 +147,13 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
                   (disp_state.array, model.vector)),
         Contender("student_numpy", np_student.update, "bar", CONTENDERS["student_numpy"]),
     ]
+    if alpha is not None:
+        contenders.append(Contender("student_step_alpha", alpha.new_state().update, "bar",
+                                    f"{CONTENDERS['student_step_alpha']} ({alpha.kernel_note} kernel, "
+                                    f"sizes {alpha.manifest['student']['sizes']})"))
+    else:
+        skipped.append({"name": "student_step_alpha",
+                        "reason": "no alpha artifact (models/alpha.npz or --alpha-model)"})
     missing_ort = onnxruntime_available()
     if missing_ort is None:
         ort_student = OnnxStudent(model)

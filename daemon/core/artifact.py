@@ -26,6 +26,17 @@ metrics             evaluation summary (free-form)
 Optional and checked when present: ``policy``, the decision policy chosen on development data,
 ``{"cases": {name: {"threshold": number in [0, 1], "hold_bars": int >= 1, ...}}, ...}``.
 
+Optional: ``head``, ``"classes"`` (the default, what artifacts without the key carry: ``student.sizes``
+ends in the 3 classes) or ``"alpha"``: the student predicts the forward return, and the manifest then
+carries ``alpha``::
+
+    {"horizon_bars": h, "outputs": ["mean"] or ["mean", "log_var"],
+     "policy": {"buy_above_bp": number or null, "sell_below_bp": number or null, ...}, ...}
+
+``outputs`` names the MLP's outputs (in units of ``rvol_20 * sqrt(h)``, see ``kernels.layout``); the
+policy's thresholds decide the served class from ``alpha_bp`` (null: never on that side), the rest of
+the policy records how they were chosen.
+
 ``save_artifact`` fills ``schema_version``, ``features``, ``warmup_bars``, ``student`` and ``model_id``
 itself; ``load_artifact`` refuses a bad file with ``ArtifactError`` naming the field.
 
@@ -55,7 +66,17 @@ import numpy as np
 
 from daemon.core.intervals import INTERVAL_MS
 from kernels import CLASSES
-from kernels.layout import ACTIVATIONS, FEATURE_NAMES, FEATURE_PARAMS, WINDOW, mlp_size, pack_mlp, unpack_mlp
+from kernels.layout import (
+    ACTIVATIONS,
+    FEATURE_NAMES,
+    FEATURE_PARAMS,
+    HEADS,
+    WINDOW,
+    bp_per_unit,
+    mlp_size,
+    pack_mlp,
+    unpack_mlp,
+)
 
 SCHEMA_VERSION = 1
 # Caps for a hostile file, far above the shipped model's figures (a few kB, under 1,000 weights).
@@ -65,6 +86,8 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32
 MAX_MLP_VALUES = 1 << 20
 MAX_LAYERS = 16
+MAX_HORIZON_BARS = 10_000
+ALPHA_OUTPUTS = (["mean"], ["mean", "log_var"])
 _MAX_NPY_HEADER = 10_000
 _MAX_DIRECTORY_BYTES = 64 << 10
 # A logit bound beyond this is refused: well inside float64's range, so no rounding can overflow.
@@ -106,6 +129,20 @@ class Artifact:
     @property
     def interval(self) -> str:
         return self.manifest["data"]["interval"]
+
+    @property
+    def head(self) -> str:
+        """``"classes"`` or ``"alpha"`` (validated)."""
+        return self.manifest.get("head", "classes")
+
+    def alpha_readout(self) -> tuple[float, float, float] | None:
+        """An alpha head's (bp per unit, buy above bp, sell below bp) for ``kernels.layout.pack_student``."""
+        if self.head != "alpha":
+            return None
+        alpha = self.manifest["alpha"]
+        buy, sell = alpha["policy"]["buy_above_bp"], alpha["policy"]["sell_below_bp"]
+        return (bp_per_unit(alpha["horizon_bars"]), math.inf if buy is None else float(buy),
+                -math.inf if sell is None else float(sell))
 
 
 def _content_hash(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, manifest: dict) -> str:
@@ -290,7 +327,13 @@ def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
     )
     _require(sizes[0] == len(FEATURE_NAMES),
              f"student.sizes: takes {sizes[0]} inputs, the artifact has {len(FEATURE_NAMES)} features")
-    _require(sizes[-1] == len(CLASSES), f"student.sizes: gives {sizes[-1]} outputs, expected {len(CLASSES)} classes")
+    head = manifest.get("head", "classes")
+    _require(head in HEADS, f"head: {head!r:.40}, expected one of {list(HEADS)}")
+    if head == "classes":
+        _require(sizes[-1] == len(CLASSES),
+                 f"student.sizes: gives {sizes[-1]} outputs, expected {len(CLASSES)} classes")
+    else:
+        _check_alpha(_table(manifest, "alpha"), sizes[-1])
     _require(mlp_size(sizes) <= MAX_MLP_VALUES,
              f"student.sizes: {sizes} need {mlp_size(sizes)} packed values, at most {MAX_MLP_VALUES} are read")
     _require(
@@ -312,6 +355,22 @@ def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
              f"data.interval: {interval!r:.40}, expected one of {list(INTERVAL_MS)}")
     _require(isinstance(data.get("symbols"), list), f"data.symbols: {data.get('symbols')!r:.80}, expected a list")
     return sizes, acts, float(clip)
+
+
+def _check_alpha(alpha: dict, n_outputs: int) -> None:
+    h = alpha.get("horizon_bars")
+    _require(type(h) is int and 1 <= h <= MAX_HORIZON_BARS,
+             f"alpha.horizon_bars: {h!r:.40}, expected an integer in [1, {MAX_HORIZON_BARS}]")
+    outputs = alpha.get("outputs")
+    _require(outputs in ALPHA_OUTPUTS, f"alpha.outputs: {outputs!r:.80}, expected one of {list(ALPHA_OUTPUTS)}")
+    _require(n_outputs == len(outputs), f"student.sizes: gives {n_outputs} outputs, alpha.outputs names {len(outputs)}")
+    policy = _table(alpha, "policy", "alpha.policy")
+    for key in ("buy_above_bp", "sell_below_bp"):
+        _require(key in policy and (policy[key] is None or _number(policy[key])),
+                 f"alpha.policy.{key}: {policy.get(key)!r:.40}, expected a number or null (never)")
+    buy, sell = policy["buy_above_bp"], policy["sell_below_bp"]
+    _require(buy is None or sell is None or sell <= buy,
+             f"alpha.policy: sell_below_bp {sell!r} is above buy_above_bp {buy!r}")
 
 
 def _forward(weights, biases, acts, z: np.ndarray) -> np.ndarray:

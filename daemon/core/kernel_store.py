@@ -59,9 +59,9 @@ def kernel_dir(configured: str | os.PathLike | None = None) -> Path:
 
 def identity(vector: np.ndarray) -> dict:
     """What a compiled step for this model vector must have been built from (JSON-ready)."""
-    f, sizes, acts = architecture(vector)
+    f, sizes, acts, head = architecture(vector)
     return {
-        "architecture": {"features": f, "sizes": list(sizes), "activations": list(acts)},
+        "architecture": {"features": f, "sizes": list(sizes), "activations": list(acts), "head": head},
         "kernels_hash": KERNELS_HASH,
         **{p: importlib.metadata.version(p) for p in ("numba", "llvmlite", "numpy")},
         "extension_suffix": EXTENSION_SUFFIX,

@@ -18,7 +18,16 @@ import numpy as np
 from daemon.core import kernel_store
 from daemon.core.artifact import Artifact, load_artifact
 from daemon.core.kernel_store import KernelUnavailable
-from kernels.layout import FEATURE_STATE_SIZE, S_FILLED, S_SEEN, pack_student, probs_offset, student_state_size
+from kernels.layout import (
+    ALPHA_OUTPUTS,
+    FEATURE_STATE_SIZE,
+    S_FILLED,
+    S_SEEN,
+    n_classes,
+    pack_student,
+    probs_offset,
+    student_state_size,
+)
 
 
 class Model:
@@ -30,6 +39,8 @@ class Model:
         "id",
         "interval",
         "classes",
+        "head",
+        "readout",
         "warmup_bars",
         "manifest",
         "step_kernel",
@@ -47,6 +58,10 @@ class Model:
         self.id: str = artifact.model_id
         self.interval: str = artifact.interval
         self.classes: tuple[str, ...] = tuple(artifact.manifest["classes"])  # validated against kernels.CLASSES
+        self.head: str = artifact.head
+        # Names of the read-out values an alpha head serves (its line's fields); None for a classifier.
+        self.readout: tuple[str, ...] | None = (
+            ALPHA_OUTPUTS[n_classes(self.vector) - 1] if self.head == "alpha" else None)
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)
@@ -74,11 +89,12 @@ class Model:
         return SymbolState(self)
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, K) for a feature matrix (n, F), by the kernels the daemon runs."""
+        """Read-outs (n, K) for a feature matrix (n, F), by the kernels the daemon runs: class probabilities,
+        or an alpha head's alpha_bp [, sd_bp]."""
         from kernels.student import student_batch  # numba: training and checks, never the serving path
 
         feats = np.ascontiguousarray(features, dtype=np.float64)
-        out = np.empty((feats.shape[0], len(self.classes)), dtype=np.float64)
+        out = np.empty((feats.shape[0], n_classes(self.vector)), dtype=np.float64)
         student_batch(self.vector, feats, out)
         return out
 
@@ -86,16 +102,17 @@ class Model:
 def student_vector(artifact: Artifact) -> np.ndarray:
     """The packed model vector the step kernels read, from a validated artifact."""
     return pack_student(artifact.mlp, artifact.feature_mean, artifact.feature_std,
-                        float(artifact.manifest["normalisation"]["clip"]))
+                        float(artifact.manifest["normalisation"]["clip"]), artifact.alpha_readout())
 
 
 class SymbolState:
     """Rolling features and student scratch for one (symbol, interval), in one preallocated vector.
 
     ``update(o, h, l, c, v) -> int`` advances by one closed bar and runs the student: it returns the
-    class index (probabilities in ``probs``), -1 while warming up, or -2 for an invalid bar before any
-    valid one (later invalid bars are filled forward, see ``kernels.features``). It is a ``partial`` of
-    the model's compiled step kernel over this state's own arrays: no Python frame, no dispatch.
+    class index (probabilities, or an alpha head's alpha_bp [, sd_bp], in ``probs``), -1 while warming up,
+    or -2 for an invalid bar before any valid one (later invalid bars are filled forward, see
+    ``kernels.features``). It is a ``partial`` of the model's compiled step kernel over this state's own
+    arrays: no Python frame, no dispatch.
     """
 
     __slots__ = ("model", "array", "probs", "update")
@@ -104,7 +121,7 @@ class SymbolState:
         self.model = model
         # The kernel's entry point does not check its arguments: these arrays are ours, float64, contiguous.
         self.array = np.zeros(model._state_size, dtype=np.float64)
-        self.probs = self.array[model._probs_at : model._probs_at + len(model.classes)]
+        self.probs = self.array[model._probs_at : model._probs_at + n_classes(model.vector)]
         self.update = partial(model.step_kernel, self.array, model.vector)
 
     @property

@@ -66,21 +66,28 @@ def _probs_format(classes: tuple[str, ...]) -> str:
     return fmt
 
 
+# The position an alpha model's decided class stands for, written beside its alpha_bp.
+_POSITION = {"sell": -1, "hold": 0, "buy": 1}
+
+
 class Signal:
     """One signal: a closed bar, the student's class and probabilities, and how long inference took.
 
-    ``classes`` are the artifact's class names and ``probs`` the probabilities in that order. ``late_ms`` is
-    set only on a stream close that was held while a fetch ran: how long it waited in the daemon. ``signal``
-    is the decision policy's class (``daemon.core.policy``); ``emit`` False means the policy's ``emit`` mode
-    keeps the line from every output (the event still counts for health and metrics).
+    ``classes`` are the artifact's class names and ``probs`` the probabilities in that order. For an alpha
+    model ``readout`` names the values ``probs`` then holds instead (``alpha_bp`` [, ``sd_bp``]) and the line
+    carries ``position`` (-1, 0, 1) and those values in place of ``probs``. ``late_ms`` is set only on a
+    stream close that was held while a fetch ran: how long it waited in the daemon. ``signal`` is the decision
+    policy's class (``daemon.core.policy``); ``emit`` False means the policy's ``emit`` mode keeps the line from
+    every output (the event still counts for health and metrics).
     """
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "classes", "probs", "inference_ns", "model",
-                 "backfill", "recv_ns", "late_ms", "close", "emit")
+                 "backfill", "recv_ns", "late_ms", "close", "emit", "readout")
 
     def __init__(self, symbol: str, interval: str, start_ms: int, signal: str, classes: tuple[str, ...],
                  probs: tuple[float, ...], inference_ns: int, model: str, backfill: bool, recv_ns: int,
-                 late_ms: int | None = None, close: float = _NAN, emit: bool = True) -> None:
+                 late_ms: int | None = None, close: float = _NAN, emit: bool = True,
+                 readout: tuple[str, ...] | None = None) -> None:
         self.symbol = symbol
         self.interval = interval
         self.start_ms = start_ms
@@ -94,6 +101,7 @@ class Signal:
         self.late_ms = late_ms
         self.close = close  # the bar's close (not in the line): the live scorecard decides outcomes from it
         self.emit = emit
+        self.readout = readout
 
     @property
     def inference_us(self) -> float:
@@ -102,9 +110,13 @@ class Signal:
 
     def fields(self) -> dict:
         """The event as a dict, in the order of the output line."""
-        out = {"symbol": self.symbol, "interval": self.interval, "start": self.start_ms, "signal": self.signal,
-               "probs": dict(zip(self.classes, self.probs, strict=True)), "inference_us": self.inference_us,
-               "model": self.model, "backfill": self.backfill}
+        out = {"symbol": self.symbol, "interval": self.interval, "start": self.start_ms, "signal": self.signal}
+        if self.readout is None:
+            out["probs"] = dict(zip(self.classes, self.probs, strict=True))
+        else:
+            out["position"] = _POSITION[self.signal]
+            out.update(zip(self.readout, self.probs, strict=True))
+        out.update(inference_us=self.inference_us, model=self.model, backfill=self.backfill)
         if self.late_ms is not None:
             out["late_ms"] = self.late_ms
         return out
@@ -113,6 +125,8 @@ class Signal:
         """Render the JSON line (with the trailing newline). Floats use repr, so they round-trip exactly."""
         # Formatted by hand: symbols are validated alphanumerics, ids hex, class names the artifact's
         # validated names, and this runs per signal.
+        if self.readout is not None:
+            return self._alpha_line()
         try:
             fmt = _PROBS_FORMATS[self.classes]
         except KeyError:
@@ -122,6 +136,15 @@ class Signal:
         return (f'{{"symbol": "{self.symbol}", "interval": "{self.interval}", "start": {self.start_ms}, '
                 f'"signal": "{self.signal}", "probs": {{{probs}}}, "inference_us": {self.inference_us!r}, '
                 f'"model": "{self.model}", "backfill": {"true" if self.backfill else "false"}{late}}}\n')
+
+
+    def _alpha_line(self) -> str:
+        values = ", ".join(f'"{name}": {value!r}' for name, value in zip(self.readout, self.probs, strict=True))
+        late = "" if self.late_ms is None else f', "late_ms": {self.late_ms}'
+        return (f'{{"symbol": "{self.symbol}", "interval": "{self.interval}", "start": {self.start_ms}, '
+                f'"signal": "{self.signal}", "position": {_POSITION[self.signal]}, {values}, '
+                f'"inference_us": {self.inference_us!r}, "model": "{self.model}", '
+                f'"backfill": {"true" if self.backfill else "false"}{late}}}\n')
 
 
 class Stage(Enum):
@@ -214,6 +237,7 @@ class Pipeline:
         self._model_id = model.id
         self.policy = policy if policy is not None else argmax(self._classes)
         self._last_decision = -1  # the class index of the last signal, for emit = "changes"
+        self._readout = getattr(model, "readout", None)
         # Counters (this object is their one owner; the service sums them for logs and metrics).
         self.duplicates = 0        # closes for a bar already processed or already held
         self.gaps_backfilled = 0   # fetches that filled a gap with at least one bar
@@ -284,6 +308,7 @@ class Pipeline:
         self._model_id = model.id
         if policy is not None:
             self.policy = policy
+        self._readout = getattr(model, "readout", None)
 
     @property
     def held(self) -> int:
@@ -490,4 +515,4 @@ class Pipeline:
             emit = policy.emits(k, self._last_decision)
             self._last_decision = k
         return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, probs,
-                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, c.close, emit)
+                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, c.close, emit, self._readout)

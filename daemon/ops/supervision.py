@@ -94,7 +94,8 @@ class Supervision:
         self.metrics.candle_closed(sig.symbol, sig.start_ms)
         sc = self.scorecard
         if sc is not None:
-            sc.on_bar(sig.symbol, sig.start_ms, sig.close, sig.probs)  # probs in the artifact's sell, hold, buy order
+            # probs in the artifact's sell, hold, buy order; an alpha model's line has none to score
+            sc.on_bar(sig.symbol, sig.start_ms, sig.close, sig.probs if sig.readout is None else None)
             if sc.events:
                 for e in sc.take_events():
                     if e["degraded"]:

@@ -102,6 +102,17 @@ class TrainConfig:
     mean_reversion_z: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0)  # |zclose_20| thresholds tried
     num_threads: int = 2
     progress: bool = True
+    # --- method: "classes" (sell/hold/buy), "alpha" (the forward return, daemon/training/alpha.py) or "strategy"
+    method: str = "classes"
+    alpha_target_clip: float = 10.0  # |target| bound, in units of rvol_20 * sqrt(h)
+    alpha_huber_delta: float = 1.0  # Huber's quadratic zone, same units
+    alpha_student_epochs: int = 40
+    alpha_student_batch: int = 512
+    alpha_dev_folds: int = 0  # the newest development folds the alpha method's choices are made on (0: all)
+    alpha_lockbox_seeds: int = 3  # seeds of the lockbox models: the first this many of seeds
+    # --- method "strategy" (daemon/training/strategy.py)
+    oracle_tau_bp: float = 5.0  # softening of the oracle's action values into position probabilities
+    trend_vol_cap: float = 1.5  # the trend rule stays flat when rvol_20 / rvol_500 exceeds this
 
     def __post_init__(self) -> None:
         checks = [
@@ -110,6 +121,15 @@ class TrainConfig:
             ("vol_window", self.vol_window >= 2),
             ("fee_per_side", 0 <= self.fee_per_side < 0.01),
             ("n_folds", self.n_folds >= 1),
+            ("method", self.method in ("classes", "alpha", "strategy")),
+            ("oracle_tau_bp", self.oracle_tau_bp > 0),
+            ("trend_vol_cap", self.trend_vol_cap > 0),
+            ("alpha_target_clip", self.alpha_target_clip > 0),
+            ("alpha_huber_delta", self.alpha_huber_delta > 0),
+            ("alpha_student_epochs", self.alpha_student_epochs >= 1),
+            ("alpha_student_batch", self.alpha_student_batch >= 2),
+            ("alpha_dev_folds", 0 <= self.alpha_dev_folds < self.n_folds),
+            ("alpha_lockbox_seeds", self.alpha_lockbox_seeds >= 1),
             ("lockbox_days", self.lockbox_days >= 0),
             ("student_weight_decay", self.student_weight_decay >= 0),
             ("bootstrap_samples", self.bootstrap_samples >= 100),

@@ -40,6 +40,7 @@ from .distil import recency_weights, train_student
 from .folds import lockbox_fold, lockbox_split, split_validation, walk_forward
 from .inputs import STUDENT_FEATURES
 from .labels import CLASSES
+from .policies import _edges, _markets, choose_policies, development_ticks, fee_cases
 from .teacher import fit_teacher
 
 # overrides that change the labels or the teacher: the table is rebuilt and the teachers refitted
@@ -266,48 +267,6 @@ def assess(P: Pooled, idx: np.ndarray, models: dict[str, list[np.ndarray]], p_te
     return out
 
 
-def _markets(P: Pooled, region: np.ndarray, ticks: dict[str, float], cfg: TrainConfig) -> list[tr.Market]:
-    out = []
-    for j, sym in enumerate(P.symbols):
-        m = region & (P.sym == j)
-        if m.any():
-            out.append(tr.Market(sym, P.start_ms[m], P.open[m], tick=ticks[sym],
-                                 spread_bp=None if cfg.half_spread_bp < 0 else cfg.half_spread_bp))
-    return out
-
-
-def _edges(P: Pooled, region: np.ndarray, edge_full: np.ndarray) -> dict[str, np.ndarray]:
-    return {sym: edge_full[region & (P.sym == j)] for j, sym in enumerate(P.symbols) if (region & (P.sym == j)).any()}
-
-
-def fee_cases(cfg: TrainConfig) -> dict[str, float]:
-    """Fee per side of each cost case."""
-    return {"taker": cfg.taker_fee_per_side, "maker": cfg.maker_fee_per_side}
-
-
-def choose_policies(P: Pooled, dev_region: np.ndarray, edges: dict[str, np.ndarray], ticks: dict, cfg: TrainConfig,
-                    bars_per_year: float) -> dict:
-    """Per model and fee case, the threshold for each holding rule and the better rule, on development bars only."""
-    markets = _markets(P, dev_region, ticks, cfg)
-    out: dict = {}
-    for model, e_full in edges.items():
-        e = _edges(P, dev_region, e_full)
-        if model == "mean_reversion":
-            cands = list(cfg.mean_reversion_z)
-        else:
-            a = np.abs(np.concatenate(list(e.values())))
-            a = a[np.isfinite(a)]
-            cands = [float(np.quantile(a, q)) for q in cfg.policy_quantiles] if len(a) else []
-        out[model] = {}
-        for case, fee in fee_cases(cfg).items():
-            modes = {}
-            for hold in (1, cfg.horizon_bars):
-                modes[str(hold)] = tr.choose_policy(markets, e, fee, cands, (hold,), bars_per_year)
-            best = max(modes.values(), key=lambda m: m["net_return_per_symbol"])
-            out[model][case] = {**best, "by_hold_bars": modes}
-    return out
-
-
 def trading_readout(P: Pooled, region: np.ndarray, edges: dict[str, np.ndarray], policies: dict, ticks: dict,
                     cfg: TrainConfig, bars_per_year: float, argmax_full: np.ndarray) -> tuple[dict, dict]:
     """Every model's read-out on ``region`` with its development-chosen policy; returns (read-out, equity curves).
@@ -352,11 +311,6 @@ def layout(P: Pooled, cfg: TrainConfig):
     edges, dev_folds = walk_forward(P.start_ms, split.dev, cfg.n_folds, P.interval_ms, cfg.horizon_bars,
                                     cfg.embargo_bars, end_ms=split.dev_end_ms)
     return split, edges, dev_folds + [lockbox_fold(split, P.start_ms, dev_folds[-1].index + 1)]
-
-
-def development_ticks(P: Pooled, split) -> dict[str, float]:
-    """Each symbol's price grid, from development bars only: nothing about the lockbox informs a choice."""
-    return {sym: tr.tick_size(P.open[(P.sym == j) & (P.start_ms < split.dev_end_ms)]) for j, sym in enumerate(P.symbols)}
 
 
 # --- the run ----------------------------------------------------------------------------------------------
@@ -654,7 +608,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kdsignal train``."""
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE",
                         help="kline CSVs (start_ms,open,high,low,close,volume) or folders of them")
-    parser.add_argument("--out", default="models/default.npz", help="artifact path; report and plots go next to it")
+    parser.add_argument("--out", default=None,
+                        help="artifact path; report and plots go next to it (default models/default.npz, "
+                             "models/alpha.npz with --method alpha)")
+    parser.add_argument("--method", choices=("classes", "alpha", "strategy"), default=None,
+                        help="what is distilled: sell/hold/buy classes, the forward return, or a trading strategy's "
+                             "positions (default [train] method)")
     parser.add_argument("--config", default=None, help="TOML file whose [train] table sets the knobs")
     parser.add_argument("--interval", default=None, help="only use files of this bar length (Bybit code, e.g. 5)")
     parser.add_argument("--sweep", action="store_true", default=None,
@@ -681,6 +640,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_mapping(table)
     if args.no_progress:
         cfg = cfg.replace(progress=False)
+    if args.method:
+        cfg = cfg.replace(method=args.method)
     return cfg
 
 
@@ -696,6 +657,29 @@ def run_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .data import DataError
 
+    if args.out is None:
+        args.out = {"alpha": "models/alpha.npz", "strategy": "models/strategy.npz"}.get(cfg.method, "models/default.npz")
+    if cfg.method == "alpha":
+        from .alpha import run_cli_summary, train_alpha
+
+        try:
+            doc = train_alpha(args.data, args.out, cfg, interval=args.interval, config_path=args.config)
+        except DataError as e:
+            print(f"kdsignal train: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps({**run_cli_summary(doc), "kernel": _build_kernel(args.out)}, indent=1))
+        return 0
+    if cfg.method == "strategy":
+        from .strategy import train_strategy
+
+        try:
+            doc = train_strategy(args.data, args.out, cfg, interval=args.interval, config_path=args.config)
+        except DataError as e:
+            print(f"kdsignal train: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps({"model_id": doc["model_id"], "artifact": doc["artifact"], "seconds": doc["seconds"],
+                          "kernel": _build_kernel(args.out)}, indent=1))
+        return 0
     try:
         doc = train(args.data, args.out, cfg, interval=args.interval, sweep=args.sweep, config_path=args.config)
     except (DataError, ValueError) as e:
