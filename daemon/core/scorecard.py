@@ -189,8 +189,9 @@ class Scorecard:
         self._band_k, self._cost = rule.band_k, rule.round_trip_cost
         self._scoring = rule.horizon_bars + rule.vol_window  # present bars in a row before one that scores
         # a lag reaches back at most max(h, vw) slots; one more keeps the slot being written apart
-        self._size = max(rule.horizon_bars, rule.vol_window) + 1
-        self.symbols = {s: _Symbol(s, self._size, window_bars) for s in symbols}
+        size = max(rule.horizon_bars, rule.vol_window) + 1
+        self._last = size - 1
+        self.symbols = {s: _Symbol(s, size, window_bars) for s in symbols}
         # the pooled window's log loss, kept per bar for the overall degradation rule; the rest of the
         # overall figures are summed from the symbols' windows when read
         self._o_ll = 0.0
@@ -219,8 +220,8 @@ class Scorecard:
     # ------------------------------------------------------------------ per bar
     def on_bar(self, symbol: str, start_ms: int, close: float, probs=None) -> None:
         """Take one closed bar of ``symbol`` and the (sell, hold, buy) probabilities predicted at it (or None)."""
-        # One straight pass with the state in locals: this runs for every bar, so no helper calls on the
-        # common path (a bar right after the previous one, everything warm).
+        # One straight pass, state in locals, no helper call on the common path (the bar after the previous
+        # one, everything warm): this runs for every bar.
         try:
             st = self.symbols[symbol]
         except KeyError:
@@ -232,44 +233,47 @@ class Scorecard:
             st.run = 0
             return
         run = st.run
-        j = st.head
-        if run:
-            r = _log(close / st.prev)
-            r2 = r * r
-            vw = self._vw
-            r2s = st.r2
-            # roll the band's window of squared returns r[t-vw+1..t]: drop r[t-vw] once it is in, add r[t]
-            s = st.r2_sum - r2s[j - vw] + r2 if run > vw else st.r2_sum + r2
-            st.r2_sum = s
-            r2s[j] = r2
-            if run >= vw:
-                band = self._band_k * _sqrt((s if s > 0.0 else 0.0) / vw) * self._sqrt_h
-                if band < self._cost:
-                    band = self._cost
-                bars = st.bars
-                bars[j] = (close, band, probs)
-                if run >= self._scoring:  # the prediction made h bars ago is decided by this close
-                    c0, b, p = bars[j - self._h]
-                    if p is not None:
-                        fwd = _log(close / c0)
-                        y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
-                        q = p[y]
-                        if not _EPS <= q <= 1.0:  # clipped as daemon.training.evaluate.log_loss does
-                            q = min(max(q, _EPS), 1.0)
-                        self._push(st, p, y, -_log(q))
-        else:
-            st.r2_sum = 0.0
+        prev = st.prev
         st.prev = close
         st.run = run + 1
-        j += 1
-        st.head = 0 if j == self._size else j
-
-    def _push(self, st: _Symbol, p, y: int, ll: float) -> None:
+        j = st.head
+        st.head = j + 1 if j < self._last else 0
+        if not run:
+            st.r2_sum = 0.0
+            return
+        r = _log(close / prev)
+        r2 = r * r
+        vw = self._vw
+        r2s = st.r2
+        # roll the band's window of squared returns r[t-vw+1..t]: drop r[t-vw] once it is in, add r[t]
+        s = st.r2_sum - r2s[j - vw] + r2 if run > vw else st.r2_sum + r2
+        st.r2_sum = s
+        r2s[j] = r2
+        if run < vw:
+            return
+        band = self._band_k * _sqrt((s if s > 0.0 else 0.0) / vw) * self._sqrt_h
+        if band < self._cost:
+            band = self._cost
+        bars = st.bars
+        bars[j] = (close, band, probs)
+        if run < self._scoring:
+            return
+        # the prediction made h bars ago is decided by this close
+        c0, b, p = bars[j - self._h]
+        if p is None:
+            return
+        fwd = _log(close / c0)
+        y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
+        q = p[y]
+        if not _EPS <= q <= 1.0:  # clipped as daemon.training.evaluate.log_loss does
+            q = min(max(q, _EPS), 1.0)
+        ll = -_log(q)
+        # into the scored window; the oldest scored bar leaves it once it is full
         tot = st.total
         window = self.window_bars
         k = tot % window
         w_ll = st.w_ll
-        if tot >= window:  # the oldest scored bar leaves the window
+        if tot >= window:
             old = w_ll[k]
             n = window
             lsum = st.ll = st.ll - old + ll
@@ -286,7 +290,8 @@ class Scorecard:
         limit = self._limit
         if limit is None:
             return
-        # model_degraded: symbol first, then the pooled window (both O(1)); degraded implies outside > 0
+        # model_degraded, O(1): the symbol's window, then the pooled one; degraded implies outside > 0, so
+        # the end of a run needs only that looked at
         need = self._need
         if n >= need:
             if lsum / n > limit:
@@ -359,15 +364,21 @@ class Scorecard:
                 cal_n[o_b] -= 1
                 cal_conf[o_b] -= a_conf[k]
                 cal_hit[o_b] -= o_hit
-            p, y = w_p[k], w_y[k]
+            p0, p1, p2 = w_p[k]
             w_p[k] = None
-            e0 = p[0] - (y == SELL)
-            e1 = p[1] - (y == HOLD)
-            e2 = p[2] - (y == BUY)
+            y = w_y[k]
+            # Brier over the three classes (the label's term is p - 1)
+            e0 = p0 - (y == SELL)
+            e1 = p1 - (y == HOLD)
+            e2 = p2 - (y == BUY)
             brier = e0 * e0 + e1 * e1 + e2 * e2
             # argmax with ties to the lower index, like numpy.argmax
-            dec = 0 if (p[0] >= p[1] and p[0] >= p[2]) else (1 if p[1] >= p[2] else 2)
-            conf = p[dec]
+            if p0 >= p1 and p0 >= p2:
+                dec, conf = SELL, p0
+            elif p1 >= p2:
+                dec, conf = HOLD, p1
+            else:
+                dec, conf = BUY, p2
             hit = 1 if dec == y else 0
             b = int(conf * CALIBRATION_BINS)
             if b >= CALIBRATION_BINS:
