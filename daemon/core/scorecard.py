@@ -398,6 +398,14 @@ class Scorecard:
         sums.ll = st.ll
         return sums
 
+    def settle(self) -> int:
+        """Bring every symbol's read-time figures up to date (``report`` does it first); returns how many
+        scored predictions that took in."""
+        before = sum(st.applied for st in self.symbols.values())
+        for st in self.symbols.values():
+            self._settle(st)
+        return sum(st.applied for st in self.symbols.values()) - before
+
     @property
     def degraded(self) -> bool:
         """True while the overall or any symbol's live log loss has stayed above the band long enough."""
