@@ -140,7 +140,7 @@ class _Symbol:
         self.skew_ms = 0  # off-grid milliseconds of bars that arrived late, so bars counts whole intervals
         self.duplicates = 0
         # Bar ring, indexed by `head` (one slot per present bar; Python's negative indices wrap it):
-        # `run` present bars in a row end at the previous one, so a lag below `run` reads a present bar
+        # `run` present bars in a row end at the previous one, so a lag up to `run` reads a bar of that run
         # and a missing bar needs no slot, it just sets `run` to 0.
         self.run = 0
         self.head = 0
@@ -148,7 +148,8 @@ class _Symbol:
         self.r2_sum = 0.0  # squared one-bar log returns of the last min(run - 1, vol_window) bars
         self.r2 = [0.0] * size  # squared one-bar log return per bar
         self.bars: list[tuple | None] = [None] * size  # (close, hold band, prediction or None) per bar
-        # Scored window, slot `total % window_bars`: log loss, prediction and label per scored bar
+        # Scored window, slot `total % window_bars`: log loss, prediction and label per scored bar (with the
+        # read-time side below about 60 bytes a slot, plus each prediction until it is settled)
         self.total = 0  # predictions ever scored
         self.w_ll = [0.0] * window_bars
         self.w_p: list[tuple | None] = [None] * window_bars  # released once settled
@@ -183,7 +184,6 @@ class Scorecard:
         self.band = band
         self.degraded_after_bars = degraded_after_bars
         self.expected = expected
-        self._limit = None if expected is None else expected + band
         self._sqrt_h = math.sqrt(rule.horizon_bars)
         self._h, self._vw = rule.horizon_bars, rule.vol_window
         self._band_k, self._cost = rule.band_k, rule.round_trip_cost
@@ -210,7 +210,6 @@ class Scorecard:
         """Judge against a newly served model; returns True if its label rule differs and the windows restarted."""
         rule = LabelRule.from_manifest(manifest)
         self.expected = expected_log_loss(manifest)
-        self._limit = None if self.expected is None else self.expected + self.band
         if rule == self.rule:
             return False
         self.__init__(list(self.symbols), rule, self.interval_ms, window_bars=self.window_bars, band=self.band,
@@ -287,9 +286,10 @@ class Scorecard:
         st.w_p[k] = p
         st.w_y[k] = y
         st.total = tot + 1
-        limit = self._limit
+        limit = self.expected
         if limit is None:
             return
+        limit += self.band
         # model_degraded, O(1): the symbol's window, then the pooled one; degraded implies outside > 0, so
         # the end of a run needs only that looked at
         need = self._need
