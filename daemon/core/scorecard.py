@@ -240,7 +240,12 @@ class Scorecard:
         if not run:
             st.r2_sum = 0.0
             return
-        r = _log(close / prev)
+        x = close / prev
+        if not 0.0 < x < _INF:  # a return beyond float range (hostile prices): start a new run here
+            st.run = 1
+            st.r2_sum = 0.0
+            return
+        r = _log(x)
         r2 = r * r
         vw = self._vw
         r2s = st.r2
@@ -261,7 +266,8 @@ class Scorecard:
         c0, b, p = bars[j - self._h]
         if p is None:
             return
-        fwd = _log(close / c0)
+        x = close / c0
+        fwd = _log(x) if x > 0.0 else -_INF  # -inf as numpy.log gives, where math.log raises
         y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
         q = p[y]
         if not _EPS <= q <= 1.0:  # clipped as daemon.training.evaluate.log_loss does
