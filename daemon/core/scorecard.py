@@ -10,7 +10,10 @@ missing bar is not scored, as there).
 Per symbol, over the last ``window_bars`` scored predictions, and overall (the symbols' windows pooled):
 log loss, Brier score (sum over the three classes), hit rate of buy and of sell decisions (a decision is a
 hit when the label turns out to be that class), and calibration buckets of the decided class's probability.
-Each bar costs O(1): fixed-size rings (Python lists, allocated once) and running sums.
+Each bar costs O(1) and does only what cannot wait: the label of the prediction made ``h`` bars ago, its log
+loss, and the running log loss the degradation rule reads (rings allocated once, running sums). The other
+figures are settled when read (``report``: a scrape or the periodic ``scorecard`` event) from the predictions
+and labels the window keeps, so a read costs O(predictions scored since the last read), bounded by the window.
 
 ``model_degraded``: the live log loss is above the artifact's own held-out log loss plus ``band`` for
 ``degraded_after_bars`` consecutive scored bars (judged once the window holds that many). Only the worse
@@ -30,7 +33,11 @@ SELL, HOLD, BUY = 0, 1, 2
 CALIBRATION_BINS = 10
 _NAN = math.nan
 _INF = math.inf
-_log = math.log
+# Per-bar logs are log2(x) * ln 2: math.log parses an argument tuple (for its optional base) on every call,
+# log2 takes its one argument directly. The two differ by an ulp or two, far inside what the offline check
+# (tests/test_scorecard.py) allows and far below the rounding of the running sums.
+_log2 = math.log2
+_LN2 = math.log(2.0)
 _sqrt = math.sqrt
 _EPS = 1e-15  # log loss clips probabilities here, as daemon.training.evaluate.log_loss does
 # Paths in the manifest's metrics where a held-out student log loss may be found, best first.
@@ -83,7 +90,7 @@ def expected_log_loss(manifest: dict) -> float | None:
 
 
 class _Sums:
-    """Running sums of one rolling window (a symbol's, or all symbols' pooled)."""
+    """What a rolling window adds up to: the read-time figures (a symbol's window, or all symbols' pooled)."""
 
     __slots__ = ("n", "ll", "brier", "dec_n", "dec_hit", "cal_n", "cal_conf", "cal_hit")
 
@@ -124,35 +131,52 @@ class _Sums:
 
 
 class _Symbol:
-    """One symbol's rings: recent closes and squared returns, pending predictions, the scored window."""
+    """One symbol's state: the bar ring for labels, the scored window, and the running log loss."""
 
-    def __init__(self, name: str, rule: LabelRule, window_bars: int) -> None:
+    __slots__ = ("name", "next_ms", "first_ms", "skew_ms", "duplicates", "run", "head", "prev", "r2_sum", "r2",
+                 "bars", "total", "w_ll", "w_p", "w_y", "ll", "outside", "degraded", "applied", "sums",
+                 "a_brier", "a_conf", "a_code")
+
+    def __init__(self, name: str, size: int, window_bars: int) -> None:
         self.name = name
-        h, vw = rule.horizon_bars, rule.vol_window
-        self.size = max(h, vw) + 2  # ring of bars: reaches back to t - h and to the oldest return in the band
-        # per bar: (close, squared one-bar log return, hold band, prediction made at it or None)
-        self.slots: list[tuple] = [(math.nan, math.nan, math.nan, None)] * self.size
-        self.window = window_bars
-        # the scored window, one column each (about 26 bytes per slot, so a week per symbol stays small):
-        # log loss, Brier, confidence of the decided class, and decided class | hit << 2 | bin << 3
-        self.w_ll = array("d", bytes(8 * window_bars))
-        self.w_brier = array("d", bytes(8 * window_bars))
-        self.w_conf = array("d", bytes(8 * window_bars))
-        self.w_code = array("h", bytes(2 * window_bars))
-        self.w_head = 0
-        self.sums = _Sums()
-        self.bars = 0  # bars seen (including missing ones stepped over)
-        self.last_missing = -(1 << 62)  # bar index of the latest missing bar
-        self.r2_sum = 0.0  # squared one-bar log returns over the last vol_window bars
-        self.r2_bad = 0  # returns in that window that are not finite
-        self.next_start_ms: int | None = None
+        self.next_ms: int | None = None  # start of the bar expected next; None before the first
+        self.first_ms = 0
+        self.skew_ms = 0  # off-grid milliseconds of bars that arrived late, so bars counts whole intervals
+        self.duplicates = 0
+        # Bar ring, indexed by `head` (one slot per present bar; Python's negative indices wrap it):
+        # `run` present bars in a row end at the previous one, so a lag up to `run` reads a bar of that run
+        # and a missing bar needs no slot, it just sets `run` to 0.
+        self.run = 0
+        self.head = 0
+        self.prev = _NAN  # the previous close
+        self.r2_sum = 0.0  # squared one-bar log returns of the last min(run - 1, vol_window) bars
+        self.r2 = [0.0] * size  # squared one-bar log return per bar
+        self.bars: list[tuple | None] = [None] * size  # (close, hold band, prediction or None) per bar
+        # Scored window, slot `total % window_bars`: log loss, prediction and label per scored bar (with the
+        # read-time side below about 60 bytes a slot, plus each prediction until it is settled)
+        self.total = 0  # predictions ever scored
+        self.w_ll = [0.0] * window_bars
+        self.w_p: list[tuple | None] = [None] * window_bars  # released once settled
+        self.w_y = bytearray(window_bars)
+        self.ll = 0.0  # log loss over the window, kept per bar for the degradation rule
         self.outside = 0  # consecutive scored bars above the band
         self.degraded = False
-        self.duplicates = 0
+        # Read-time side: the first `applied` scored predictions are in `sums`, each slot's share kept
+        # (Brier, decided class's probability, decided class | hit << 2 | bin << 3) so it can leave again.
+        self.applied = 0
+        self.sums = _Sums()
+        self.a_brier = array("d", bytes(8 * window_bars))
+        self.a_conf = array("d", bytes(8 * window_bars))
+        self.a_code = array("h", bytes(2 * window_bars))
 
 
 class Scorecard:
-    """Rolling live scores per symbol and overall; feed it every closed bar with its prediction, if any."""
+    """Rolling live scores per symbol and overall; feed it every closed bar with its prediction, if any.
+
+    Per bar (:meth:`on_bar`) only what the degradation rule needs is computed: the label of the prediction
+    made ``h`` bars ago and its log loss. Brier score, decisions, hit rates and calibration buckets are
+    settled when read (:meth:`report`), from the predictions and labels the window keeps.
+    """
 
     def __init__(self, symbols, rule: LabelRule, interval_ms: int, *, window_bars: int = 2016, band: float = 0.05,
                  degraded_after_bars: int = 288, expected: float | None = None) -> None:
@@ -167,7 +191,11 @@ class Scorecard:
         self._sqrt_h = math.sqrt(rule.horizon_bars)
         self._h, self._vw = rule.horizon_bars, rule.vol_window
         self._band_k, self._cost = rule.band_k, rule.round_trip_cost
-        self.symbols = {s: _Symbol(s, rule, window_bars) for s in symbols}
+        self._scoring = rule.horizon_bars + rule.vol_window  # present bars in a row before one that scores
+        # a lag reaches back at most max(h, vw) slots; one more keeps the slot being written apart
+        size = max(rule.horizon_bars, rule.vol_window) + 1
+        self._last = size - 1
+        self.symbols = {s: _Symbol(s, size, window_bars) for s in symbols}
         # the pooled window's log loss, kept per bar for the overall degradation rule; the rest of the
         # overall figures are summed from the symbols' windows when read
         self._o_ll = 0.0
@@ -195,137 +223,199 @@ class Scorecard:
     # ------------------------------------------------------------------ per bar
     def on_bar(self, symbol: str, start_ms: int, close: float, probs=None) -> None:
         """Take one closed bar of ``symbol`` and the (sell, hold, buy) probabilities predicted at it (or None)."""
-        st = self.symbols.get(symbol)
-        if st is None:
+        # One straight pass, state in locals, no helper call on the common path (the bar after the previous
+        # one, everything warm): this runs for every bar.
+        try:
+            st = self.symbols[symbol]
+        except KeyError:
             return
-        nxt = st.next_start_ms
-        if nxt is not None:
-            if start_ms < nxt:
-                st.duplicates += 1
-                return
-            missing = (start_ms - nxt) // self.interval_ms
-            if missing > 0:
-                for _ in range(min(missing, st.size)):  # beyond the ring every slot is stale anyway
-                    self._step(st, math.nan, None)
-                st.bars += missing - min(missing, st.size)
-        st.next_start_ms = start_ms + self.interval_ms
-        self._step(st, close, probs)
-
-    def _step(self, st: _Symbol, close: float, probs) -> None:
-        t = st.bars
-        size = st.size
-        slots = st.slots
-        if not (0.0 < close < _INF):
-            close = _NAN
-            st.last_missing = t
-        prev = slots[(t - 1) % size][0]
-        if close == close and prev == prev:
-            r = _log(close / prev)
-            r2 = r * r
-        else:
-            r2 = _NAN
-        # roll the band's window of squared returns r[t-vw+1..t]: add r[t], drop r[t-vw]
+        if start_ms != st.next_ms and not self._off_grid(st, start_ms):
+            return
+        st.next_ms = start_ms + self.interval_ms
+        if not 0.0 < close < _INF:  # no close: no label whose window holds this bar is scored
+            st.run = 0
+            return
+        run = st.run
+        prev = st.prev
+        st.prev = close
+        st.run = run + 1
+        j = st.head
+        st.head = j + 1 if j < self._last else 0
+        if not run:
+            st.r2_sum = 0.0
+            return
+        x = close / prev
+        if not 0.0 < x < _INF:  # a return beyond float range (hostile prices): start a new run here
+            st.run = 1
+            st.r2_sum = 0.0
+            return
+        r = _log2(x) * _LN2
+        r2 = r * r
         vw = self._vw
-        if t >= vw:
-            old = slots[(t - vw) % size][1]
-            if old == old:
-                st.r2_sum -= old
-            else:
-                st.r2_bad -= 1
-        if r2 == r2:
-            st.r2_sum += r2
-        else:
-            st.r2_bad += 1
-        if t >= vw and st.r2_bad == 0:
-            band = self._band_k * _sqrt(max(st.r2_sum, 0.0) / vw) * self._sqrt_h
-            if band < self._cost:
-                band = self._cost
-        else:
-            band = _NAN
-        slots[t % size] = (close, r2, band, probs)
-        st.bars = t + 1
-        # the prediction made h bars ago is decided by this close
-        h = self._h
-        if t >= h and st.last_missing < t - h - vw:
-            c0, _, b, p = slots[(t - h) % size]
-            if p is not None and b == b:
-                fwd = _log(close / c0)
-                self._score(st, p, BUY if fwd > b else (SELL if fwd < -b else HOLD))
-
-    def _score(self, st: _Symbol, p, y: int) -> None:
-        ll = -_log(min(max(p[y], _EPS), 1.0))
-        e0 = p[0] - (y == SELL)
-        e1 = p[1] - (y == HOLD)
-        e2 = p[2] - (y == BUY)
-        brier = e0 * e0 + e1 * e1 + e2 * e2
-        # argmax with ties to the lower index, like numpy.argmax
-        dec = 0 if (p[0] >= p[1] and p[0] >= p[2]) else (1 if p[1] >= p[2] else 2)
-        conf = p[dec]
-        hit = 1 if dec == y else 0
-        b = int(conf * CALIBRATION_BINS)
-        if b >= CALIBRATION_BINS:
-            b = CALIBRATION_BINS - 1
-        sums = st.sums
-        k = st.w_head
-        d_ll = ll
-        if sums.n == st.window:  # the oldest scored bar leaves the window
-            o_ll = st.w_ll[k]
-            o_conf = st.w_conf[k]
-            code = st.w_code[k]
-            o_dec = code & 3
-            o_hit = (code >> 2) & 1
-            o_b = code >> 3
-            d_ll -= o_ll
-            sums.ll -= o_ll
-            sums.brier -= st.w_brier[k]
-            sums.dec_n[o_dec] -= 1
-            sums.dec_hit[o_dec] -= o_hit
-            sums.cal_n[o_b] -= 1
-            sums.cal_conf[o_b] -= o_conf
-            sums.cal_hit[o_b] -= o_hit
-        else:
-            sums.n += 1
-            self._o_n += 1
-        st.w_ll[k] = ll
-        st.w_brier[k] = brier
-        st.w_conf[k] = conf
-        st.w_code[k] = dec | hit << 2 | b << 3
-        k += 1
-        st.w_head = k if k < st.window else 0
-        sums.ll += ll
-        sums.brier += brier
-        sums.dec_n[dec] += 1
-        sums.dec_hit[dec] += hit
-        sums.cal_n[b] += 1
-        sums.cal_conf[b] += conf
-        sums.cal_hit[b] += hit
-        self._o_ll += d_ll
-        expected = self.expected
-        if expected is None:
+        r2s = st.r2
+        # roll the band's window of squared returns r[t-vw+1..t]: drop r[t-vw] once it is in, add r[t]
+        s = st.r2_sum - r2s[j - vw] + r2 if run > vw else st.r2_sum + r2
+        st.r2_sum = s
+        r2s[j] = r2
+        if run < vw:
             return
-        # model_degraded: symbol first, then the pooled window (both O(1))
-        limit = expected + self.band
+        band = self._band_k * _sqrt((s if s > 0.0 else 0.0) / vw) * self._sqrt_h
+        if band < self._cost:
+            band = self._cost
+        bars = st.bars
+        bars[j] = (close, band, probs)
+        if run < self._scoring:
+            return
+        # the prediction made h bars ago is decided by this close
+        c0, b, p = bars[j - self._h]
+        if p is None:
+            return
+        x = close / c0
+        fwd = _log2(x) * _LN2 if x > 0.0 else -_INF  # -inf as numpy.log gives, where math.log raises
+        y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
+        q = p[y]
+        if not _EPS <= q <= 1.0:  # clipped as daemon.training.evaluate.log_loss does
+            q = min(max(q, _EPS), 1.0)
+        ll = _log2(q) * -_LN2
+        # into the scored window; the oldest scored bar leaves it once it is full
+        tot = st.total
+        window = self.window_bars
+        k = tot % window
+        w_ll = st.w_ll
+        if tot >= window:
+            old = w_ll[k]
+            n = window
+            lsum = st.ll = st.ll - old + ll
+            self._o_ll += ll - old
+        else:
+            n = tot + 1
+            lsum = st.ll = st.ll + ll
+            self._o_ll += ll
+            self._o_n += 1
+        w_ll[k] = ll
+        st.w_p[k] = p
+        st.w_y[k] = y
+        st.total = tot + 1
+        limit = self.expected
+        if limit is None:
+            return
+        limit += self.band
+        # model_degraded, O(1): the symbol's window, then the pooled one; degraded implies outside > 0, so
+        # the end of a run needs only that looked at
         need = self._need
-        n = sums.n
         if n >= need:
-            st.outside = st.outside + 1 if sums.ll / n > limit else 0
-            bad = st.outside >= self.degraded_after_bars
-            if bad != st.degraded:
-                st.degraded = bad
-                self._event(st.name, bad, sums.ll / n)
+            if lsum / n > limit:
+                st.outside += 1
+                if st.outside >= self.degraded_after_bars and not st.degraded:
+                    st.degraded = True
+                    self._event(st.name, True, lsum / n)
+            elif st.outside:
+                st.outside = 0
+                if st.degraded:
+                    st.degraded = False
+                    self._event(st.name, False, lsum / n)
         n = self._o_n
         if n >= need:
-            self.overall_outside = self.overall_outside + 1 if self._o_ll / n > limit else 0
-            bad = self.overall_outside >= self.degraded_after_bars
-            if bad != self.overall_degraded:
-                self.overall_degraded = bad
-                self._event("*", bad, self._o_ll / n)
+            mean = self._o_ll / n
+            if mean > limit:
+                self.overall_outside += 1
+                if self.overall_outside >= self.degraded_after_bars and not self.overall_degraded:
+                    self.overall_degraded = True
+                    self._event("*", True, mean)
+            elif self.overall_outside:
+                self.overall_outside = 0
+                if self.overall_degraded:
+                    self.overall_degraded = False
+                    self._event("*", False, mean)
+
+    def _off_grid(self, st: _Symbol, start_ms: int) -> bool:
+        """A bar other than the one expected: the first (True), a repeat (counted, False) or one after a gap."""
+        nxt = st.next_ms
+        if nxt is None:
+            st.first_ms = start_ms
+            return True
+        if start_ms < nxt:
+            st.duplicates += 1
+            return False
+        missing, skew = divmod(start_ms - nxt, self.interval_ms)
+        if missing:
+            st.run = 0
+        st.skew_ms += skew
+        return True
 
     def _event(self, symbol: str, degraded: bool, live_log_loss: float) -> None:
         self.events.append({"symbol": symbol, "degraded": degraded, "live_log_loss": live_log_loss,
                             "expected_log_loss": self.expected, "band": self.band, "bars": self.degraded_after_bars})
 
     # ------------------------------------------------------------------ reading
+    def _settle(self, st: _Symbol) -> _Sums:
+        """Bring a symbol's read-time sums up to its scored window: O(predictions scored since the last read)."""
+        tot, window = st.total, self.window_bars
+        start = st.applied
+        sums = st.sums
+        if tot - start >= window:  # the whole window is new: start over rather than add and take away
+            start = tot - window
+            sums = st.sums = _Sums()
+            leaving = False
+        else:
+            leaving = True
+        w_p, w_y = st.w_p, st.w_y
+        a_brier, a_conf, a_code = st.a_brier, st.a_conf, st.a_code
+        dec_n, dec_hit, cal_n, cal_conf, cal_hit = sums.dec_n, sums.dec_hit, sums.cal_n, sums.cal_conf, sums.cal_hit
+        brier_sum = sums.brier
+        for s in range(start, tot):
+            k = s % window
+            if leaving and s >= window:  # the slot's previous prediction leaves the window
+                code = a_code[k]
+                o_dec, o_hit, o_b = code & 3, (code >> 2) & 1, code >> 3
+                brier_sum -= a_brier[k]
+                dec_n[o_dec] -= 1
+                dec_hit[o_dec] -= o_hit
+                cal_n[o_b] -= 1
+                cal_conf[o_b] -= a_conf[k]
+                cal_hit[o_b] -= o_hit
+            p0, p1, p2 = w_p[k]
+            w_p[k] = None
+            y = w_y[k]
+            # Brier over the three classes (the label's term is p - 1)
+            e0 = p0 - (y == SELL)
+            e1 = p1 - (y == HOLD)
+            e2 = p2 - (y == BUY)
+            brier = e0 * e0 + e1 * e1 + e2 * e2
+            # argmax with ties to the lower index, like numpy.argmax
+            if p0 >= p1 and p0 >= p2:
+                dec, conf = SELL, p0
+            elif p1 >= p2:
+                dec, conf = HOLD, p1
+            else:
+                dec, conf = BUY, p2
+            hit = 1 if dec == y else 0
+            b = int(conf * CALIBRATION_BINS)
+            if b >= CALIBRATION_BINS:
+                b = CALIBRATION_BINS - 1
+            brier_sum += brier
+            dec_n[dec] += 1
+            dec_hit[dec] += hit
+            cal_n[b] += 1
+            cal_conf[b] += conf
+            cal_hit[b] += hit
+            a_brier[k] = brier
+            a_conf[k] = conf
+            a_code[k] = dec | hit << 2 | b << 3
+        sums.brier = brier_sum
+        st.applied = tot
+        sums.n = min(tot, window)
+        sums.ll = st.ll
+        return sums
+
+    def settle(self) -> int:
+        """Bring every symbol's read-time figures up to date (``report`` does it first); returns how many
+        scored predictions that took in."""
+        before = sum(st.applied for st in self.symbols.values())
+        for st in self.symbols.values():
+            self._settle(st)
+        return sum(st.applied for st in self.symbols.values()) - before
+
     @property
     def degraded(self) -> bool:
         """True while the overall or any symbol's live log loss has stayed above the band long enough."""
@@ -338,13 +428,15 @@ class Scorecard:
 
     def report(self) -> dict:
         """Everything, per symbol and overall: the ``scorecard`` log event's body and the metrics' source."""
+        per = {name: self._settle(st) for name, st in self.symbols.items()}
         overall = _Sums()
-        for st in self.symbols.values():
-            overall.merge(st.sums)
+        for sums in per.values():
+            overall.merge(sums)
         out = {"expected_log_loss": self.expected, "band": self.band, "window_bars": self.window_bars,
                "degraded": self.degraded, "overall": {**overall.report(), "degraded": self.overall_degraded},
                "symbols": {}}
         for name, st in self.symbols.items():
-            out["symbols"][name] = {**st.sums.report(), "degraded": st.degraded, "bars": st.bars,
+            bars = 0 if st.next_ms is None else (st.next_ms - st.first_ms - st.skew_ms) // self.interval_ms
+            out["symbols"][name] = {**per[name].report(), "degraded": st.degraded, "bars": bars,
                                     "duplicates": st.duplicates}
         return out
