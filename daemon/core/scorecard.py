@@ -33,11 +33,7 @@ SELL, HOLD, BUY = 0, 1, 2
 CALIBRATION_BINS = 10
 _NAN = math.nan
 _INF = math.inf
-# Per-bar logs are log2(x) * ln 2: math.log parses an argument tuple (for its optional base) on every call,
-# log2 takes its one argument directly. The two differ by an ulp or two, far inside what the offline check
-# (tests/test_scorecard.py) allows and far below the rounding of the running sums.
-_log2 = math.log2
-_LN2 = math.log(2.0)
+_log = math.log
 _sqrt = math.sqrt
 _EPS = 1e-15  # log loss clips probabilities here, as daemon.training.evaluate.log_loss does
 # Paths in the manifest's metrics where a held-out student log loss may be found, best first.
@@ -249,7 +245,7 @@ class Scorecard:
             st.run = 1
             st.r2_sum = 0.0
             return
-        r = _log2(x) * _LN2
+        r = _log(x)
         r2 = r * r
         vw = self._vw
         r2s = st.r2
@@ -271,12 +267,12 @@ class Scorecard:
         if p is None:
             return
         x = close / c0
-        fwd = _log2(x) * _LN2 if x > 0.0 else -_INF  # -inf as numpy.log gives, where math.log raises
+        fwd = _log(x) if x > 0.0 else -_INF  # -inf as numpy.log gives, where math.log raises
         y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
         q = p[y]
         if not _EPS <= q <= 1.0:  # clipped as daemon.training.evaluate.log_loss does
             q = min(max(q, _EPS), 1.0)
-        ll = _log2(q) * -_LN2
+        ll = -_log(q)
         # into the scored window; the oldest scored bar leaves it once it is full
         tot = st.total
         window = self.window_bars
