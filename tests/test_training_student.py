@@ -13,9 +13,9 @@ from daemon.core.model import Model
 from daemon.training import nn
 from daemon.training.config import TrainConfig
 from daemon.training.data import read_csv
+from daemon.training.distil import Student, kd_loss_fn, teacher_logits, train_student
 from daemon.training.inputs import student_features
 from daemon.training.labels import LabelParams, make_labels
-from daemon.training.distil import Student, kd_loss_fn, teacher_logits, train_student
 from kernels.layout import pack_mlp
 from kernels.mlp import mlp_forward_batch
 

@@ -136,7 +136,7 @@ class TrainConfig:
         """Cost of entering and leaving a position with taker orders (a fraction of notional)."""
         return 2.0 * self.fee_per_side
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with ``changes`` applied (validated like the original)."""
         return dataclasses.replace(self, **changes)
 
@@ -149,7 +149,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_mapping(cls, table: dict[str, Any]) -> "TrainConfig":
+    def from_mapping(cls, table: dict[str, Any]) -> TrainConfig:
         """Build from a ``[train]`` table; unknown keys and wrong types raise ``ValueError`` naming the key."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}

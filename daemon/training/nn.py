@@ -7,8 +7,8 @@ packs straight into the serving kernels. The training forward pass here is check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class MLP:
     activations: list[str]
 
     @classmethod
-    def init(cls, sizes: list[int], activation: str, rng: np.random.Generator, dtype=np.float64) -> "MLP":
+    def init(cls, sizes: list[int], activation: str, rng: np.random.Generator, dtype=np.float64) -> MLP:
         """He-initialised (ReLU) or Glorot-initialised (tanh) MLP with layer widths ``sizes``."""
         ws, bs = [], []
         for k in range(len(sizes) - 1):
@@ -44,7 +44,7 @@ class MLP:
             out += [w, b]
         return out
 
-    def copy(self) -> "MLP":
+    def copy(self) -> MLP:
         """Deep copy."""
         return MLP([w.copy() for w in self.weights], [b.copy() for b in self.biases], list(self.activations))
 

@@ -30,11 +30,11 @@ TRADERS = ("student", "student_argmax", "teacher", "control", "mean_reversion", 
 
 
 def _iso(ms) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _day(ms) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
 
 
 def _clean(x):
@@ -268,7 +268,7 @@ def _trading_table(trade: dict) -> list[str]:
             m = trade[model][case]
             thr = m.get("threshold")
             pol = "-" if thr is None and "hold_bars" not in m else (
-                "never acts" if thr is None or thr >= 1.0 and model != "mean_reversion" else f"{thr:.3g} / {m['hold_bars']}")
+                "never acts" if thr is None or (thr >= 1.0 and model != "mean_reversion") else f"{thr:.3g} / {m['hold_bars']}")
             lines.append(f"| {model.replace('student_argmax', 'distilled, argmax every bar').replace('student', 'distilled')} | {case} | {pol} | {_pct(m['net_return'], 2)} | "
                          f"{_f(m['sharpe'], 2)} | {_f(m['sortino'], 2)} | {_pct(m['max_drawdown'], 2)} | {m['trades']} | "
                          f"{_pct(m['hit_rate'])} | {_f(m['turnover'], 4)} | {_f(m['break_even_fee_bp'], 2)} |")

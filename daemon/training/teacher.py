@@ -38,7 +38,7 @@ class Standardizer:
     clip: float = 8.0
 
     @classmethod
-    def fit(cls, x: np.ndarray, clip: float = 8.0) -> "Standardizer":
+    def fit(cls, x: np.ndarray, clip: float = 8.0) -> Standardizer:
         """Fit on the finite values of each column."""
         ok = np.isfinite(x)
         cnt = np.maximum(ok.sum(axis=0), 1)
@@ -67,7 +67,7 @@ class QuantileNormal:
     scores: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, n_knots: int = 257) -> "QuantileNormal":
+    def fit(cls, x: np.ndarray, n_knots: int = 257) -> QuantileNormal:
         """Fit on the finite values of each column."""
         from scipy.special import ndtri
 

@@ -259,7 +259,7 @@ def assess(P: Pooled, idx: np.ndarray, models: dict[str, list[np.ndarray]], p_te
         out["gap_recovered"] = gap["mean"]
         out["gap_recovered_ci95"] = gap["ci95"]
     out["student_vs_teacher"] = paired_mean(s - row_ll["teacher"], blocks, n_boot)
-    out["rows"] = int(len(idx))
+    out["rows"] = len(idx)
     out["blocks"] = int(blocks.max()) + 1 if len(blocks) else 0
     out["_row_ll"] = row_ll
     return out
@@ -615,7 +615,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "command": "kdsignal train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None,
         "config_file": config_path,
         "config": cfg.to_dict(),
-        "data": {"files": gap_report(series), "interval": series[0].interval, "pooled_rows": int(len(P)),
+        "data": {"files": gap_report(series), "interval": series[0].interval, "pooled_rows": len(P),
                  "valid_rows": int(P.valid.sum()),
                  "class_share": (np.bincount(P.y[P.valid], minlength=3) / P.valid.sum()).tolist(),
                  "ticks": ticks},
