@@ -15,7 +15,8 @@ from daemon.training import train as pipeline
 from daemon.training.config import TrainConfig, load_train_config
 from daemon.training.data import load_dataset
 from daemon.training.dataset import build
-from daemon.training.folds import walk_forward
+from daemon.training.folds import lockbox_split, walk_forward
+from tests.support import TINY_TRAIN, pooled_samples
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TINY = TrainConfig(
@@ -154,3 +155,43 @@ def test_parallel_workers_give_the_sequential_results(pooled):
     r2 = pipeline.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
     for job in jobs:
         np.testing.assert_allclose(r1[job][0], r2[job][0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def lockbox_pooled():
+    """The five 5m samples pooled with the lockbox tests' tiny config."""
+    return pooled_samples()
+
+
+def _choices(P):
+    s, _, folds = pipeline.layout(P, TINY_TRAIN)
+    p_t, _, _ = pipeline.fit_teachers(P, TINY_TRAIN, folds, seed=0)
+    cache: dict = {}
+    ch = pipeline.develop(P, TINY_TRAIN, folds, p_t, cache, {})
+    ks = list(range(1, len(folds) - 1))
+    models = pipeline.models_on(P, TINY_TRAIN, folds, ks, p_t, cache, pipeline.model_variants(TINY_TRAIN, ch))
+    idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    e = np.full(len(P), np.nan)
+    e[idx] = models["student"][0][:, 2] - models["student"][0][:, 0]
+    region = (P.start_ms >= folds[1].test_lo_ms) & (P.start_ms < s.dev_end_ms)
+    pol = pipeline.choose_policies(P, region, {"student": e}, pipeline.development_ticks(P, s), TINY_TRAIN, 105_192.0)
+    return ch, pol, p_t[s.dev]
+
+
+def test_perturbing_the_lockbox_changes_no_choice(lockbox_pooled):
+    """Scrambled lockbox labels, targets and prices leave T, alpha, the control's lr/wd, the policy and every development soft target unchanged."""
+    P = lockbox_pooled
+    ch1, pol1, pt1 = _choices(P)
+    s = lockbox_split(P.start_ms, P.valid, TINY_TRAIN.lockbox_days, P.interval_ms, TINY_TRAIN.horizon_bars,
+                      TINY_TRAIN.embargo_bars)
+    lock = P.start_ms >= s.lockbox_lo_ms
+    rng = np.random.default_rng(9)
+    P2 = build(load_dataset([DATA], interval="5"), TINY_TRAIN)
+    P2.y[lock & P2.valid] = rng.integers(0, 3, int((lock & P2.valid).sum()))
+    P2.target[:] = P2.y
+    P2.fwd[lock] = rng.normal(0, 1, int(lock.sum()))
+    P2.open[lock] = P2.open[lock] * np.exp(rng.normal(0, 0.01, int(lock.sum())))
+    ch2, pol2, pt2 = _choices(P2)
+    assert ch1 == ch2
+    assert pol1 == pol2
+    np.testing.assert_array_equal(pt1, pt2)

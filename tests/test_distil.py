@@ -16,8 +16,9 @@ from daemon.training.data import read_csv
 from daemon.training.distil import Student, kd_loss_fn, teacher_logits, train_student
 from daemon.training.inputs import student_features
 from daemon.training.labels import LabelParams, make_labels
-from kernels.layout import pack_mlp
+from kernels.layout import FEATURE_NAMES, pack_mlp
 from kernels.mlp import mlp_forward_batch
+from tests.support import TINY_TRAIN
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SMALL = TrainConfig(student_epochs=3, student_batch=256, seeds=(0,), progress=False)
@@ -140,3 +141,12 @@ def test_trained_student_round_trips_through_the_artifact(rows, tmp_path):
     # the logits route (mlp_forward_batch) agrees with the served probabilities
     np.testing.assert_allclose(nn.softmax(s.logits(x[n:])), s.predict_proba(x[n:]), rtol=1e-12, atol=1e-14)
     assert isinstance(s, Student)
+
+
+def test_fixed_epochs_keeps_the_last_epoch_without_validation():
+    """The shipped refit runs exactly the given epochs and needs no validation rows."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, len(FEATURE_NAMES)))
+    y = rng.integers(0, 3, 600)
+    s = train_student(x, y, np.full((600, 3), 1 / 3), np.ones(600), x[:0], y[:0], TINY_TRAIN, 0, fixed_epochs=2)
+    assert s.epochs_run == 2 and s.best_epoch == 2
