@@ -69,7 +69,7 @@ def test_parameter_gradients_match_finite_differences(rows, alpha, temperature, 
     _, g = fn(z, idx)
     grads = m.backward(cache, g)
     eps = 1e-6
-    for param, grad in zip(m.params(), grads):
+    for param, grad in zip(m.params(), grads, strict=True):
         flat, gflat = param.reshape(-1), grad.reshape(-1)
         for j in rng.choice(flat.size, min(6, flat.size), replace=False):
             old = flat[j]
@@ -98,9 +98,9 @@ def test_control_ignores_the_teacher(rows):
     a = train_student(x[:n], y[:n], p[:n], w, x[n:], y[n:], SMALL, 0, alpha=1.0)
     b = train_student(x[:n], y[:n], p[::-1][:n], w, x[n:], y[n:], SMALL, 0, alpha=1.0)
     c = train_student(x[:n], y[:n], p[:n], w, x[n:], y[n:], SMALL, 0, alpha=0.5)
-    for wa, wb in zip(a.mlp.params(), b.mlp.params()):
+    for wa, wb in zip(a.mlp.params(), b.mlp.params(), strict=True):
         assert np.array_equal(wa, wb)
-    assert not all(np.array_equal(wa, wc) for wa, wc in zip(a.mlp.params(), c.mlp.params()))
+    assert not all(np.array_equal(wa, wc) for wa, wc in zip(a.mlp.params(), c.mlp.params(), strict=True))
 
 
 def test_distillation_moves_the_student_towards_the_teacher(rows):
@@ -128,12 +128,13 @@ def test_trained_student_round_trips_through_the_artifact(rows, tmp_path):
     path = tmp_path / "m.npz"
     model_id = save_artifact(path, weights=s.mlp.weights, biases=s.mlp.biases, activations=s.mlp.activations,
                              feature_mean=s.feature_mean, feature_std=s.feature_std,
-                             manifest={"normalisation": {"clip": s.clip}, "distillation": {"temperature": 2.0, "alpha": 0.5},
+                             manifest={"normalisation": {"clip": s.clip},
+                                       "distillation": {"temperature": 2.0, "alpha": 0.5},
                                        "labels": {"horizon_bars": 3}, "data": {"symbols": ["BTCUSDT"], "interval": "5"},
                                        "metrics": {}})
     art = load_artifact(path)
     assert art.model_id == model_id
-    for a, b in zip(art.mlp, s.packed()):
+    for a, b in zip(art.mlp, s.packed(), strict=True):
         assert a == b
     model = Model.load(path)
     assert model.interval == "5"

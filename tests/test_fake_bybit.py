@@ -318,15 +318,15 @@ def test_shift_to_now_opens_the_current_bar():
 
 async def healthz(rows, artifact) -> tuple[int, dict]:
     """Run the daemon with /healthz against a fake serving ``rows``; its answer after two closes."""
-    async with FakeBybit(rows, "5", start_index=OPEN_INDEX) as fake:
-        async with InProcessDaemon(fake, artifact, ("BTCUSDT",), metrics={"enabled": True, "port": 0}) as d:
-            await fake.step(2)
-            await d.wait_for_start("BTCUSDT", fake.open_start_ms - INTERVAL_MS["5"])
-            metrics = d.service.supervision.metrics
-            await wait_until(lambda: metrics.port is not None, what="the metrics endpoint")
-            async with aiohttp.ClientSession() as http, \
-                    http.get(f"http://127.0.0.1:{metrics.port}/healthz") as resp:
-                return resp.status, await resp.json()
+    async with FakeBybit(rows, "5", start_index=OPEN_INDEX) as fake, \
+            InProcessDaemon(fake, artifact, ("BTCUSDT",), metrics={"enabled": True, "port": 0}) as d:
+        await fake.step(2)
+        await d.wait_for_start("BTCUSDT", fake.open_start_ms - INTERVAL_MS["5"])
+        metrics = d.service.supervision.metrics
+        await wait_until(lambda: metrics.port is not None, what="the metrics endpoint")
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{metrics.port}/healthz") as resp:
+            return resp.status, await resp.json()
 
 
 async def test_rehearsal_with_now_is_healthy(random_artifact):

@@ -86,7 +86,7 @@ def test_lockbox_split_purges_development(pooled):
     auto = lockbox_split(P.start_ms, P.valid, 0, P.interval_ms, TINY_TRAIN.horizon_bars, TINY_TRAIN.embargo_bars)
     span_days = (P.start_ms.max() + P.interval_ms - P.start_ms.min()) / DAY_MS
     assert auto.lockbox_days == round(0.15 * span_days)
-    _, folds = walk_forward(P.start_ms, s.dev, TINY_TRAIN.n_folds, P.interval_ms, TINY_TRAIN.horizon_bars, TINY_TRAIN.embargo_bars,
-                            end_ms=s.dev_end_ms)
+    _, folds = walk_forward(P.start_ms, s.dev, TINY_TRAIN.n_folds, P.interval_ms, TINY_TRAIN.horizon_bars,
+                            TINY_TRAIN.embargo_bars, end_ms=s.dev_end_ms)
     for f in folds:
         assert not np.any(f.test & s.lockbox) and not np.any(f.train & s.lockbox)

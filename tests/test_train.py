@@ -52,7 +52,7 @@ def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
     reach = (TINY.horizon_bars + TINY.embargo_bars) * P.interval_ms
     assert len(seen) == len(folds)
     # blocks are fitted largest training set first
-    for used, f in zip(seen, sorted(folds, key=lambda f: -int(f.train.sum()))):
+    for used, f in zip(seen, sorted(folds, key=lambda f: -int(f.train.sum())), strict=True):
         labelled = np.flatnonzero(f.test)
         assert not np.intersect1d(used, labelled).size
         assert P.start_ms[used].max() + reach < P.start_ms[labelled].min()
@@ -66,7 +66,8 @@ def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
 def test_train_table_parses_and_rejects_unknown_keys(tmp_path):
     """A [train] table sets knobs, the daemon's parser accepts the same file, and a typo is named."""
     p = tmp_path / "config.toml"
-    p.write_text('[feed]\nsymbols = ["BTCUSDT"]\n\n[train]\ntemperature = 3\nalpha = 0.25\nteacher_hidden = [[64, 32]]\nseeds = [4, 5]\n')
+    p.write_text('[feed]\nsymbols = ["BTCUSDT"]\n\n[train]\ntemperature = 3\nalpha = 0.25\n'
+                 'teacher_hidden = [[64, 32]]\nseeds = [4, 5]\n')
     cfg = load_train_config(p)
     assert (cfg.temperature, cfg.alpha, cfg.teacher_hidden, cfg.seeds) == (3.0, 0.25, ((64, 32),), (4, 5))
     import tomllib
@@ -81,7 +82,8 @@ def test_train_table_parses_and_rejects_unknown_keys(tmp_path):
 
 
 def test_repo_config_train_table_is_the_default():
-    """config.toml's [train] table spells out every knob, with exactly the defaults the shipped model was trained with."""
+    """config.toml's [train] table spells out every knob, with exactly the defaults the shipped model was trained
+    with."""
     import tomllib
 
     table = tomllib.loads((DATA.parent / "config.toml").read_text())["train"]
@@ -91,7 +93,8 @@ def test_repo_config_train_table_is_the_default():
 
 @pytest.mark.slow
 def test_train_end_to_end_on_samples(tmp_path, capsys):
-    """``kdsignal train`` on the samples writes a loadable artifact with its policy and ranges, the report's contract keys, and plots."""
+    """``kdsignal train`` on the samples writes a loadable artifact with its policy and ranges, the report's
+    contract keys, and plots."""
     cfgfile = tmp_path / "config.toml"
     table = TINY.to_dict()
     lines = ["[train]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
@@ -147,10 +150,11 @@ def test_parallel_workers_give_the_sequential_results(pooled):
     _, _, folds = pipeline.layout(P, TINY)
     cfg1 = TINY.replace(seeds=(0,))
     cfg2 = cfg1.replace(num_threads=2)
-    p1, m1, _ = pipeline.fit_teachers(P, cfg1, folds, seed=0)
-    p2, m2, _ = pipeline.fit_teachers(P, cfg2, folds, seed=0)
+    p1, _, _ = pipeline.fit_teachers(P, cfg1, folds, seed=0)
+    p2, _, _ = pipeline.fit_teachers(P, cfg2, folds, seed=0)
     np.testing.assert_allclose(p1, p2, rtol=1e-9, atol=1e-12)
-    jobs = [(k, 0, v) for k in range(1, len(folds)) for v in (pipeline.distilled(cfg1, 2.0, 0.5), pipeline.control(cfg1))]
+    variants = (pipeline.distilled(cfg1, 2.0, 0.5), pipeline.control(cfg1))
+    jobs = [(k, 0, v) for k in range(1, len(folds)) for v in variants]
     r1 = pipeline.run_jobs(P, cfg1, folds, p1, jobs, {}, "students")
     r2 = pipeline.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
     for job in jobs:
@@ -179,7 +183,8 @@ def _choices(P):
 
 
 def test_perturbing_the_lockbox_changes_no_choice(lockbox_pooled):
-    """Scrambled lockbox labels, targets and prices leave T, alpha, the control's lr/wd, the policy and every development soft target unchanged."""
+    """Scrambled lockbox labels, targets and prices leave T, alpha, the control's lr/wd, the policy and every
+    development soft target unchanged."""
     P = lockbox_pooled
     ch1, pol1, pt1 = _choices(P)
     s = lockbox_split(P.start_ms, P.valid, TINY_TRAIN.lockbox_days, P.interval_ms, TINY_TRAIN.horizon_bars,

@@ -237,7 +237,8 @@ def _check_policy(policy) -> None:
     _require(isinstance(policy, dict) and isinstance(policy.get("cases"), dict) and policy["cases"],
              "policy: expected an object with a non-empty \"cases\" object")
     for name, case in policy["cases"].items():
-        _require(isinstance(name, str) and len(name) <= 64, f"policy.cases: a case name {name!r:.40}, expected a short string")
+        _require(isinstance(name, str) and len(name) <= 64,
+                 f"policy.cases: a case name {name!r:.40}, expected a short string")
         thr = case.get("threshold") if isinstance(case, dict) else None
         hold = case.get("hold_bars") if isinstance(case, dict) else None
         _require(isinstance(thr, (int, float)) and not isinstance(thr, bool) and math.isfinite(thr) and 0 <= thr <= 1,

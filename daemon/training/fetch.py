@@ -220,9 +220,9 @@ def run_cli(args: argparse.Namespace) -> int:
                                     page_limit=args.page_limit, progress=not args.no_progress))
             if res["written"] == 0 and not res["resumed"]:
                 empty.append(symbol)
-                print(f"kdsignal fetch: {symbol}: no closed candles (interval {args.interval}, {args.category}) on Bybit from "
-                      f"{_when(start)} to {_when(end) if end else 'now'}; nothing written (not listed yet in "
-                      f"that range, a range in the future, or another category?)", file=sys.stderr)
+                print(f"kdsignal fetch: {symbol}: no closed candles (interval {args.interval}, {args.category}) "
+                      f"on Bybit from {_when(start)} to {_when(end) if end else 'now'}; nothing written (not listed "
+                      f"yet in that range, a range in the future, or another category?)", file=sys.stderr)
                 continue
             print(f"{out}: {res['written']} rows written ({'resumed' if res['resumed'] else 'new file'}), "
                   f"{res['requests']} requests, {res['retries']} retries, {res['missing_bars']} missing bars")

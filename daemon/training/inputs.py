@@ -113,7 +113,7 @@ def market_extras(series: list[Series]) -> tuple[list[np.ndarray], list[str]]:
         mkt = np.where(cnt > 0, np.nansum(grid, axis=1) / np.maximum(cnt, 1), np.nan)
     btc = next((j for j, s in enumerate(series) if s.symbol.startswith("BTC")), None)
     out = []
-    for j, s in enumerate(series):
+    for j in range(len(series)):
         p = pos[j]
         own5, own20 = grid[1, j, p], grid[2, j, p]
         b1 = grid[0, btc, p] if btc is not None else np.zeros(len(p))

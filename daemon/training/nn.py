@@ -40,7 +40,7 @@ class MLP:
     def params(self) -> list[np.ndarray]:
         """Weights and biases in a flat list (w0, b0, w1, b1, ...)."""
         out = []
-        for w, b in zip(self.weights, self.biases):
+        for w, b in zip(self.weights, self.biases, strict=True):
             out += [w, b]
         return out
 
@@ -52,7 +52,7 @@ class MLP:
         """Return logits (and, with ``keep``, the layer inputs/pre-activations for ``backward``)."""
         a = x
         cache = []
-        for w, b, act in zip(self.weights, self.biases, self.activations):
+        for w, b, act in zip(self.weights, self.biases, self.activations, strict=True):
             z = a @ w.T + b
             cache.append((a, z))
             if act == "relu":
@@ -160,7 +160,7 @@ def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: C
             step += 1
             c1 = 1.0 - beta1**step
             c2 = 1.0 - beta2**step
-            for p, gp, mp, vp in zip(params, grads, m, v):
+            for p, gp, mp, vp in zip(params, grads, m, v, strict=True):
                 mp *= beta1
                 mp += (1.0 - beta1) * gp
                 vp *= beta2

@@ -10,8 +10,8 @@ closed at the last fill. Positions are -1, 0 or +1 of one unit of notional per s
 returns, so a symbol's returns add up over bars and the report's "net return" is their sum.
 
 Decision policy: ``edge = p_buy - p_sell``; long when ``edge > threshold``, short when
-``edge < -threshold``, flat otherwise (``threshold >= 1`` never acts on probabilities). With ``hold_bars = 1`` the decision
-is re-made every bar; with ``hold_bars = h`` a position, once taken, is kept for h bars before the next
+``edge < -threshold``, flat otherwise (``threshold >= 1`` never acts on probabilities). With ``hold_bars = 1`` the
+decision is re-made every bar; with ``hold_bars = h`` a position, once taken, is kept for h bars before the next
 decision (the label's horizon), and renewed without cost if that decision is the same.
 """
 
