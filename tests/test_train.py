@@ -11,7 +11,7 @@ import pytest
 from daemon.cli import main as cli_main
 from daemon.core.config import parse_config
 from daemon.core.model import Model
-from daemon.training import train as pipeline
+from daemon.training import train
 from daemon.training.config import TrainConfig, load_train_config
 from daemon.training.data import load_dataset
 from daemon.training.dataset import build
@@ -40,15 +40,15 @@ def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
     keys = {P.x_teacher[i].tobytes(): i for i in range(len(P))}
     assert len(keys) == len(P)
     seen: list[np.ndarray] = []
-    real = pipeline.fit_teacher
+    real = train.fit_teacher
 
     def spy(x_fit, t_fit, x_val, *args, **kwargs):
         seen.append(np.array([keys[r.tobytes()] for r in np.concatenate([x_fit, x_val])]))
         return real(x_fit, t_fit, x_val, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit_teacher", spy)
+    monkeypatch.setattr(train, "fit_teacher", spy)
     _, folds = walk_forward(P.start_ms, P.valid, TINY.n_folds, P.interval_ms, TINY.horizon_bars, TINY.embargo_bars)
-    p_t, members, _ = pipeline.fit_teachers(P, TINY, folds, seed=0)
+    p_t, members, _ = train.fit_teachers(P, TINY, folds, seed=0)
     reach = (TINY.horizon_bars + TINY.embargo_bars) * P.interval_ms
     assert len(seen) == len(folds)
     # blocks are fitted largest training set first
@@ -147,16 +147,16 @@ def test_train_reports_missing_data_clearly(tmp_path, capsys):
 def test_parallel_workers_give_the_sequential_results(pooled):
     """Teachers and students fitted in two forked workers equal the in-process results."""
     P = pooled
-    _, _, folds = pipeline.layout(P, TINY)
+    _, _, folds = train.layout(P, TINY)
     cfg1 = TINY.replace(seeds=(0,))
     cfg2 = cfg1.replace(num_threads=2)
-    p1, _, _ = pipeline.fit_teachers(P, cfg1, folds, seed=0)
-    p2, _, _ = pipeline.fit_teachers(P, cfg2, folds, seed=0)
+    p1, _, _ = train.fit_teachers(P, cfg1, folds, seed=0)
+    p2, _, _ = train.fit_teachers(P, cfg2, folds, seed=0)
     np.testing.assert_allclose(p1, p2, rtol=1e-9, atol=1e-12)
-    variants = (pipeline.distilled(cfg1, 2.0, 0.5), pipeline.control(cfg1))
+    variants = (train.distilled(cfg1, 2.0, 0.5), train.control(cfg1))
     jobs = [(k, 0, v) for k in range(1, len(folds)) for v in variants]
-    r1 = pipeline.run_jobs(P, cfg1, folds, p1, jobs, {}, "students")
-    r2 = pipeline.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
+    r1 = train.run_jobs(P, cfg1, folds, p1, jobs, {}, "students")
+    r2 = train.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
     for job in jobs:
         np.testing.assert_allclose(r1[job][0], r2[job][0], rtol=1e-9, atol=1e-12)
 
@@ -168,17 +168,17 @@ def lockbox_pooled():
 
 
 def _choices(P):
-    s, _, folds = pipeline.layout(P, TINY_TRAIN)
-    p_t, _, _ = pipeline.fit_teachers(P, TINY_TRAIN, folds, seed=0)
+    s, _, folds = train.layout(P, TINY_TRAIN)
+    p_t, _, _ = train.fit_teachers(P, TINY_TRAIN, folds, seed=0)
     cache: dict = {}
-    ch = pipeline.develop(P, TINY_TRAIN, folds, p_t, cache, {})
+    ch = train.develop(P, TINY_TRAIN, folds, p_t, cache, {})
     ks = list(range(1, len(folds) - 1))
-    models = pipeline.models_on(P, TINY_TRAIN, folds, ks, p_t, cache, pipeline.model_variants(TINY_TRAIN, ch))
+    models = train.models_on(P, TINY_TRAIN, folds, ks, p_t, cache, train.model_variants(TINY_TRAIN, ch))
     idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
     e = np.full(len(P), np.nan)
     e[idx] = models["student"][0][:, 2] - models["student"][0][:, 0]
     region = (P.start_ms >= folds[1].test_lo_ms) & (P.start_ms < s.dev_end_ms)
-    pol = pipeline.choose_policies(P, region, {"student": e}, pipeline.development_ticks(P, s), TINY_TRAIN, 105_192.0)
+    pol = train.choose_policies(P, region, {"student": e}, train.development_ticks(P, s), TINY_TRAIN, 105_192.0)
     return ch, pol, p_t[s.dev]
 
 

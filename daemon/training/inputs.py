@@ -3,7 +3,7 @@
 The student sees exactly ``kernels.features.features_batch``, the batch form the daemon's step kernel is
 proven equal to. The teacher may also see what the student cannot afford live: longer windows, time of
 day, lagged returns and the other symbols' recent moves. Every extra is a function of bars ``<= t`` only
-(``tests/test_training_labels.py::test_no_lookahead_in_features``).
+(``tests/test_labels.py::test_no_lookahead_in_features_or_labels``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Weights are kept as ``(out, in)`` matrices, the layout ``kernels.mlp.pack_mlp`` takes, so a trained student
 packs straight into the serving kernels. The training forward pass here is checked against
-``kernels.mlp.mlp_forward_batch`` (``tests/test_training_student.py::test_numpy_forward_equals_kernel``).
+``kernels.mlp.mlp_forward_batch`` (``tests/test_distil.py::test_numpy_forward_equals_kernel``).
 """
 
 from __future__ import annotations
