@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("daemon.bench", "measure per-bar latency and throughput"),
     "fetch": ("daemon.training.fetch", "download closed klines from Bybit's REST API into a CSV"),
     "train": ("daemon.training.train", "train teacher and student, evaluate, write the artifact and report"),
+    "retrain": ("daemon.training.retrain", "fetch new bars, re-distil on a rolling window, promote through the gate"),
+    "models": ("daemon.tools.store:models", "list the model store: gate scores and which model is live"),
+    "rollback": ("daemon.tools.store", "make an earlier model of the store current and tell the daemon"),
+    "promote": ("daemon.tools.store:promote", "add an artifact to the model store and make it current (no gate)"),
 }
 
 
@@ -49,9 +53,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
+            # "module:suffix" names add_arguments_<suffix> / run_cli_<suffix> (several commands, one module)
+            module_name, _, suffix = module_name.partition(":")
             module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(_module=module)
+            tail = f"_{suffix}" if suffix else ""
+            getattr(module, f"add_arguments{tail}")(p)
+            p.set_defaults(_run=getattr(module, f"run_cli{tail}"))
     return parser
 
 
@@ -62,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
         early_signals.install()
     args = build_parser(argv).parse_args(argv)
-    return int(args._module.run_cli(args) or 0)
+    return int(args._run(args) or 0)

@@ -112,7 +112,7 @@ async def test_healthz_503_until_connected_loaded_and_fresh(served):
         body = await resp.json()
     assert body == {
         "status": "ok", "feed_connected": True, "model_loaded": True, "model_id": "abc123",
-        "last_candle_age_s": 2.0, "max_candle_age_s": 630.0,
+        "model_degraded": False, "last_candle_age_s": 2.0, "max_candle_age_s": 630.0,
         "candle_age_s": {"BTCUSDT": None, "ETHUSDT": 2.0}, "uptime_s": 302.0, "problems": [],
     }
 

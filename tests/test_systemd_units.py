@@ -152,3 +152,60 @@ def test_logrotate_rule_renames_and_runs_postrotate_once(tmp_path):
         assert not (d / "signals.log").exists()  # nocreate: the daemon reopens it on SIGHUP
         assert (d / "signals.log.1").read_text().startswith('{"n"')  # delaycompress: newest stays plain
     assert marker.read_text() == "x\n"  # sharedscripts: one reload for all files
+
+
+# ---------------------------------------------------------------------------------------------------- retrain
+RETRAIN = "kdsignal-retrain.service"
+RETRAIN_TIMER = "kdsignal-retrain.timer"
+MAX_RETRAIN_EXPOSURE = 2.0
+# Settings of kdsignal.service that describe the sandbox, which the retrain must copy exactly.
+HARDENING = ("NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectSystem", "ProtectHome",
+             "PrivateTmp", "PrivateDevices", "PrivateUsers", "PrivateIPC", "PrivateMounts", "ProtectHostname",
+             "ProtectClock", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+             "ProtectControlGroups", "ProtectProc", "RestrictAddressFamilies", "RestrictNamespaces",
+             "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality", "RemoveIPC", "SystemCallArchitectures",
+             "SystemCallFilter", "SystemCallErrorNumber", "DynamicUser", "StateDirectory", "CacheDirectory",
+             "UMask")
+
+
+@needs_analyze
+def test_retrain_units_pass_systemd_analyze_verify(tmp_path):
+    """systemd-analyze verify accepts the retrain service and its timer (side by side) without a warning."""
+    service = installed_copy(tmp_path, RETRAIN)
+    timer = tmp_path / RETRAIN_TIMER
+    timer.write_text((SYSTEMD / RETRAIN_TIMER).read_text())
+    res = subprocess.run(["systemd-analyze", "verify", str(service), str(timer)], capture_output=True, text=True,
+                         timeout=60)
+    ours = [line for line in (res.stdout + res.stderr).splitlines() if "kdsignal" in line]
+    assert res.returncode == 0 and not ours, res.stdout + res.stderr
+
+
+@needs_analyze
+def test_retrain_service_security_exposure():
+    """systemd-analyze security rates the retrain service at or below 2.0."""
+    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SYSTEMD / RETRAIN)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", res.stdout)
+    assert m and float(m.group(1)) <= MAX_RETRAIN_EXPOSURE, res.stdout
+
+
+def test_retrain_units_have_required_settings():
+    """Oneshot at low priority with the daemon's sandbox, user and directories; a daily persistent timer."""
+    text = (SYSTEMD / RETRAIN).read_text()
+    one = {k: v for s, k, v in directives(text) if s == "Service"}
+    assert one["Type"] == "oneshot"
+    assert int(one["Nice"]) >= 5 and one["IOSchedulingClass"] == "idle"
+    assert one["CPUQuota"].endswith("%") and 0 < int(one["CPUQuota"][:-1]) <= 100
+    assert re.search(r"kdsignal retrain --config /etc/kdsignal/\S+\.toml$", one["ExecStart"])
+    assert "reload" in one["ExecStartPost"] and "kdsignal.service" in one["ExecStartPost"]
+    # the daemon's dynamic user is named after its unit; sharing it lets the daemon read the store
+    assert one["User"] == "kdsignal"
+    daemon = (SYSTEMD / "kdsignal.service").read_text()
+    for key in HARDENING:
+        assert values(text, key) == values(daemon, key), key
+    env = dict(v.split("=", 1) for v in values(text, "Environment"))
+    assert env["NUMBA_CACHE_DIR"] == dict(v.split("=", 1) for v in values(daemon, "Environment"))["NUMBA_CACHE_DIR"]
+    timer = (SYSTEMD / RETRAIN_TIMER).read_text()
+    assert values(timer, "Persistent", "Timer") == ["true"]
+    assert values(timer, "OnCalendar", "Timer") and values(timer, "WantedBy", "Install") == ["timers.target"]

@@ -52,6 +52,7 @@ from daemon.core.pipeline import (
 )
 from daemon.ops import early_signals
 from daemon.ops.early_signals import EarlySignals
+from daemon.ops.files import remove_pid_file, write_pid_file
 from daemon.ops.status import ServiceStatus
 from daemon.ops.supervision import Supervision
 
@@ -138,7 +139,7 @@ class Service:
         stale_after_s = 2 * (feed_cfg.ping_interval_s + feed_cfg.pong_timeout_s) + cfg.backoff.max_s
         self.supervision = Supervision(self.status, symbols=feed_cfg.symbols, interval_ms=feed_cfg.interval_ms,
                                        classes=model.classes, metrics_cfg=cfg.metrics, stale_after_s=stale_after_s,
-                                       environ=environ)
+                                       environ=environ, scorecard_cfg=cfg.scorecard, model=model)
         self._listener = self.supervision
         if self.sinks:  # per-sink counters in /metrics, per-sink state in /healthz
             self.supervision.metrics.registry.register(self.sinks.collector())
@@ -260,6 +261,7 @@ class Service:
             old, self.model = self.model, model
             for pipeline in self.pipelines.values():
                 pipeline.set_model(model)
+            self.supervision.on_model(model)
             self.reloads += 1
             self.log.info("model_reloaded", artifact=path, old_model=old.id, model=model.id,
                           kernel=model.kernel_note)
@@ -389,10 +391,14 @@ def _run(args: argparse.Namespace, early: EarlySignals) -> int:
             with contextlib.suppress(OSError):
                 log_file.close()
         return EXIT_OK
+    if cfg.model.pid_file:  # lets `kdsignal retrain`/`rollback` SIGHUP us after switching models
+        write_pid_file(cfg.model.pid_file)
     try:
         service = Service(cfg, model, log_file=log_file, sinks=sinks)
         asyncio.run(_main(service, early))
     finally:
+        if cfg.model.pid_file:
+            remove_pid_file(cfg.model.pid_file)
         if log_file is not None:
             with contextlib.suppress(OSError):
                 log_file.flush()

@@ -6,8 +6,9 @@ student in NumPy and ONNX Runtime and against the teacher ensemble, plus numba's
 Bybit), ``sinks`` (the same with Redis and NATS sinks, live and dead, and how soon a consumer sees a
 line), ``training`` (pipeline stage wall times from ``models/report.json``), ``size`` (parameters and
 bytes), ``hostile`` (memory through a million malformed frames and a 50 MB replay, the cost of a hostile
-frame). ``--json`` prints one JSON object; its ``results`` entries carry ``p50_us``/``p99_us`` (latencies) or
-``bars_per_s`` (throughputs). ``--write-md`` regenerates the tables of BENCHMARKS.md and the latency plot.
+frame), ``scorecard`` (what the live scorecard adds per bar). ``--json`` prints one JSON object; its
+``results`` entries carry ``p50_us``/``p99_us`` (latencies) or ``bars_per_s`` (throughputs). ``--write-md``
+regenerates the tables of BENCHMARKS.md and the latency plot.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .timing import machine_info, utc_now
 
-PARTS = ("inference", "throughput", "loopback", "sinks", "training", "size", "hostile")
+PARTS = ("inference", "throughput", "loopback", "sinks", "training", "size", "hostile", "scorecard")
 
 
 def _parts(text: str) -> list[str]:
@@ -62,7 +63,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
     # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
     # these modules import numba, which the daemon itself does not (its resident memory is measured there).
-    from . import hostile, inference, loopback, sinks, sizes, throughput, training
+    from . import hostile, inference, loopback, scorecard, sinks, sizes, throughput, training
     from .bars import bench_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
@@ -96,6 +97,8 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
         add("size", sizes.run(model, artifact_path, teacher_obj, teacher))
     if "hostile" in parts:
         add("hostile", hostile.run(artifact_path, workdir or tempfile.gettempdir()))
+    if "scorecard" in parts:
+        add("scorecard", scorecard.run())
     report["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
     return report, samples
 

@@ -326,6 +326,16 @@ def section_hostile(report: dict, markdown: bool) -> str:
     return "\n\n".join(out)
 
 
+def section_scorecard(report: dict, markdown: bool) -> str:
+    """What the live scorecard adds per bar (``daemon.bench.scorecard``)."""
+    rows = _results(report, "scorecard")
+    if not rows:
+        return "scorecard: not run"
+    return _table(["what", "p50 us", "p99 us", "batch mean us", "clock floor p50 us", "calls"],
+                  [[r["name"], r["p50_us"], r["p99_us"], r["batch_mean_us"], r["clock_floor_p50_us"], r["n"]]
+                   for r in rows], markdown)
+
+
 def section_sinks(report: dict, markdown: bool) -> str:
     """The sinks table (tick-to-signal by variant, then consumer latency behind stdout)."""
     part = report["parts"].get("sinks", {})
@@ -356,6 +366,7 @@ SECTIONS = {
     "training": ("Training stage wall times", section_training),
     "size": ("Model size", section_size),
     "hostile": ("Hostile input", section_hostile),
+    "scorecard": ("Live scorecard cost per bar", section_scorecard),
 }
 
 

@@ -10,7 +10,6 @@ same command on the file's first 30 bars, leaving the per-bar rate of a running 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -45,17 +44,6 @@ def replay_batch(model: Model, files: list[Path], repeats: int = 3) -> dict:
         "includes": f"features_batch + Model.predict_features over {len(files)} files, arrays in memory "
         f"(best of {repeats})",
     }
-
-
-def replay_cli_available() -> str | None:
-    """None when ``kdsignal replay`` can run; otherwise why not."""
-    if importlib.util.find_spec("daemon.tools.replay") is None:
-        return "daemon/tools/replay.py does not exist yet"
-    from daemon import replay
-
-    if not hasattr(replay, "run_cli") or not hasattr(replay, "add_arguments"):
-        return "daemon.tools.replay has no run_cli/add_arguments yet (being written)"
-    return None
 
 
 def _time_replay(model_path: Path, csv: Path, symbol: str) -> tuple[float, int]:
@@ -109,10 +97,7 @@ def run(model: Model, model_path: Path | None) -> dict:
     files, source = replay_files()
     results = [replay_batch(model, files)]
     skipped = []
-    missing = replay_cli_available()
-    if missing is not None:
-        skipped.append({"name": "replay_cli", "reason": missing})
-    elif model_path is None:
+    if model_path is None:
         skipped.append({"name": "replay_cli", "reason": "no artifact file to hand to the subprocess"})
     else:
         try:

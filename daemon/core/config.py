@@ -1,9 +1,10 @@
 """Daemon configuration: TOML in, frozen dataclasses out; every key has a default, unknown keys are refused.
 
 Sections: ``[feed]`` (Bybit endpoints, symbols, heartbeat), ``[backoff]`` (reconnect/retry delays),
-``[rest]`` (REST retries and paging), ``[model]`` (artifact path), ``[log]`` (log file, level, format,
-latency summary period) and ``[metrics]`` (parsed here, served by the health/metrics endpoint). A ``[train]`` table
-is accepted and left alone: it belongs to the offline training code (daemon/training/config.py).
+``[rest]`` (REST retries and paging), ``[model]`` (artifact path, kernel, pid file), ``[log]`` (log file,
+level, format, latency summary period), ``[metrics]`` (parsed here, served by the health/metrics endpoint) and
+``[scorecard]`` (the live scorecard). ``[train]`` and ``[retrain]`` tables are accepted and left alone: they
+belong to the offline code (daemon/training/config.py, daemon/training/retrain.py).
 
 Relative paths (artifact, log file) are resolved against the directory of the configuration file; an
 artifact the file does not name is the shipped ``models/default.npz`` of this checkout.
@@ -31,7 +32,7 @@ from daemon.core.parser import INTERVAL_MS
 from daemon.core.sinks_config import SinkConfig, parse_sinks
 
 __all__ = ["LOG_FORMATS", "BackoffConfig", "Config", "ConfigError", "FeedConfig", "LogConfig", "MetricsConfig",
-           "ModelConfig", "RestConfig", "load_config", "parse_config"]
+           "ModelConfig", "RestConfig", "ScorecardConfig", "load_config", "parse_config"]
 
 CATEGORIES = ("spot", "linear", "inverse")
 
@@ -99,6 +100,9 @@ class ModelConfig:
     # "aot": the module `kdsignal build-kernel` built (the daemon never compiles); "jit": numba in-process.
     kernel: str = "aot"
     kernel_dir: str = ""  # empty: kernel_store.kernel_dir()'s default
+    # Where the daemon writes its pid so `kdsignal retrain`/`rollback` can SIGHUP it after a switch
+    # (empty: none; under systemd `systemctl reload kdsignal` does that job).
+    pid_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ScorecardConfig:
+    """The live scorecard (daemon.core.scorecard): rolling window, expected band, degradation rule."""
+
+    enabled: bool = True
+    window_bars: int = 2016  # per symbol: a week of 5-minute bars
+    # live log loss may exceed the artifact's out-of-sample log loss by this much (nats) before it counts
+    band: float = 0.05
+    degraded_after_bars: int = 288  # consecutive scored bars outside the band before model_degraded
+    period_s: float = 300.0  # period of the `scorecard` log event
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -145,15 +161,17 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
     # Accepted untouched; validated by the training code, never by the daemon.
     train: dict = field(default_factory=dict)
+    retrain: dict = field(default_factory=dict)  # read by daemon/training/retrain.py
     # [[sink]] tables (daemon.core.sinks_config): where signal lines go besides stdout.
     sinks: tuple[SinkConfig, ...] = ()
     source: str = "<defaults>"
 
 
 _SECTIONS = {"feed": FeedConfig, "backoff": BackoffConfig, "rest": RestConfig, "model": ModelConfig,
-             "log": LogConfig, "metrics": MetricsConfig}
+             "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 
@@ -214,6 +232,10 @@ _RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("rest", "warmup_extra_bars"): (0, 10_000),
     ("log", "latency_summary_s"): (0.0, 86_400.0),
     ("metrics", "port"): (0, 65535),
+    ("scorecard", "window_bars"): (1, 1_000_000),
+    ("scorecard", "band"): (0.0, 10.0),
+    ("scorecard", "degraded_after_bars"): (1, 1_000_000),
+    ("scorecard", "period_s"): (0.0, 86_400.0),
 }
 _MAX_SYMBOLS = 10_000
 _MAX_FILE_BYTES = 1 << 20
@@ -267,8 +289,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[backoff].jitter is {cfg.backoff.jitter}, expected 0 <= jitter < 1")
     if not cfg.model.artifact:
         raise ConfigError("[model].artifact is empty, expected a path to an artifact")
-    if "\0" in cfg.model.artifact or "\0" in cfg.log.file:
-        raise ConfigError("[model].artifact or [log].file holds a NUL character")
+    if "\0" in cfg.model.artifact or "\0" in cfg.log.file or "\0" in cfg.model.pid_file:
+        raise ConfigError("[model].artifact, [model].pid_file or [log].file holds a NUL character")
     if cfg.model.kernel not in ("aot", "jit"):
         raise ConfigError(f"[model].kernel is {cfg.model.kernel!r}, expected \"aot\" or \"jit\"")
     if cfg.log.level not in _LOG_LEVELS:
@@ -282,14 +304,18 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 
 def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>") -> Config:
     """Build a validated :class:`Config` from a parsed TOML document; relative paths join ``base_dir``."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"train", "sink"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"train", "retrain", "sink"})
     if unknown:
         raise ConfigError(f"unknown table{'s' if len(unknown) > 1 else ''} in {source}: {', '.join(unknown)}")
     sections = {name: _section(name, cls, raw[name]) for name, cls in _SECTIONS.items() if name in raw}
     train = raw.get("train", {})
     if not isinstance(train, dict):
         raise ConfigError(f"[train] is {type(train).__name__}, expected a table")
-    cfg = Config(**sections, train=train, sinks=parse_sinks(raw.get("sink"), base_dir), source=source)
+    retrain = raw.get("retrain", {})
+    if not isinstance(retrain, dict):
+        raise ConfigError(f"[retrain] is {type(retrain).__name__}, expected a table")
+    cfg = Config(**sections, train=train, retrain=retrain, sinks=parse_sinks(raw.get("sink"), base_dir),
+                 source=source)
     if base_dir is not None:
         model = cfg.model
         if not Path(model.artifact).is_absolute():
@@ -298,6 +324,8 @@ def parse_config(raw: dict, base_dir: Path | None = None, source: str = "<dict>"
             model = dataclasses.replace(model, artifact=str((base_dir if named else _CHECKOUT) / model.artifact))
         if model.kernel_dir and not Path(model.kernel_dir).is_absolute():
             model = dataclasses.replace(model, kernel_dir=str(base_dir / model.kernel_dir))
+        if model.pid_file and not Path(model.pid_file).is_absolute():
+            model = dataclasses.replace(model, pid_file=str(base_dir / model.pid_file))
         log = cfg.log
         if log.file and not Path(log.file).is_absolute():
             log = dataclasses.replace(log, file=str(base_dir / log.file))

@@ -73,11 +73,11 @@ class Signal:
     """
 
     __slots__ = ("symbol", "interval", "start_ms", "signal", "classes", "probs", "inference_ns", "model",
-                 "backfill", "recv_ns", "late_ms")
+                 "backfill", "recv_ns", "late_ms", "close")
 
     def __init__(self, symbol: str, interval: str, start_ms: int, signal: str, classes: tuple[str, ...],
                  probs: tuple[float, ...], inference_ns: int, model: str, backfill: bool, recv_ns: int,
-                 late_ms: int | None = None) -> None:
+                 late_ms: int | None = None, close: float = _NAN) -> None:
         self.symbol = symbol
         self.interval = interval
         self.start_ms = start_ms
@@ -89,6 +89,7 @@ class Signal:
         self.backfill = backfill
         self.recv_ns = recv_ns  # perf_counter_ns when the frame carrying the close arrived (0: not live)
         self.late_ms = late_ms
+        self.close = close  # the bar's close (not in the line): the live scorecard decides outcomes from it
 
     @property
     def inference_us(self) -> float:
@@ -472,4 +473,4 @@ class Pipeline:
             return None
         classes = self._classes
         return Signal(self.symbol, self.interval, c.start_ms, classes[k], classes, tuple(state.probs.tolist()),
-                      t1 - t0, self._model_id, backfill, recv_ns, late_ms)
+                      t1 - t0, self._model_id, backfill, recv_ns, late_ms, c.close)

@@ -10,9 +10,10 @@ reload) never collide over metric names.
 Endpoints (``await metrics.start(host, port)``):
 
 ``GET /healthz``
-    JSON ``{"status", "feed_connected", "model_loaded", "model_id", "last_candle_age_s", ...}``; 200 when the
-    feed is connected, a model is loaded and some symbol closed a candle within ``max_candle_age_s``
-    (counted from start-up until the first close), 503 otherwise with ``problems`` saying why.
+    JSON ``{"status", "feed_connected", "model_loaded", "model_id", "model_degraded", "last_candle_age_s", ...}``;
+    200 when the feed is connected, a model is loaded and some symbol closed a candle within
+    ``max_candle_age_s`` (counted from start-up until the first close), 503 otherwise with ``problems`` saying
+    why. ``model_degraded`` (status ``"degraded"``, still 200) comes from the live scorecard.
 ``GET /metrics``
     Prometheus text format. Latency is in seconds, the Prometheus base unit, with buckets from 0.25 us up.
 """
@@ -56,6 +57,38 @@ class _CandleAgeCollector(Collector):
             if age_s is not None:
                 family.add_metric([symbol], age_s)
         yield family
+
+
+class _ScorecardCollector(Collector):
+    """The live scorecard's rolling figures, read at scrape time (symbol "all": every symbol's window pooled)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sc = self._metrics.scorecard
+        ll = GaugeMetricFamily("kdsignal_live_log_loss", "Rolling live log loss of the served predictions",
+                               labels=["symbol"])
+        brier = GaugeMetricFamily("kdsignal_live_brier", "Rolling live Brier score (sum over classes)",
+                                  labels=["symbol"])
+        hit = GaugeMetricFamily("kdsignal_live_hit_rate", "Share of buy/sell decisions whose outcome was that class",
+                                labels=["symbol", "signal"])
+        scored = GaugeMetricFamily("kdsignal_live_scored_bars", "Predictions in the rolling window", labels=["symbol"])
+        degraded = GaugeMetricFamily("kdsignal_model_degraded",
+                                     "1 while live log loss has stayed above the artifact's expected band")
+        if sc is not None:
+            rep = sc.report()
+            rows = [("all", rep["overall"]), *sorted(rep["symbols"].items())]
+            for symbol, r in rows:
+                scored.add_metric([symbol], r["n"])
+                if r["log_loss"] is not None:
+                    ll.add_metric([symbol], r["log_loss"])
+                    brier.add_metric([symbol], r["brier"])
+                for side in ("buy", "sell"):
+                    if r["hit_rate"][side] is not None:
+                        hit.add_metric([symbol, side], r["hit_rate"][side])
+            degraded.add_metric([], 1.0 if rep["degraded"] else 0.0)
+        yield from (ll, brier, hit, scored, degraded)
 
 
 class Metrics:
@@ -107,6 +140,8 @@ class Metrics:
         self._model_g = Gauge("kdsignal_model_loaded", "1 while a model is loaded", registry=r)
         self._model_info = Info("kdsignal_model", "The artifact being served", registry=r)
         r.register(_CandleAgeCollector(self))
+        self.scorecard = None  # a daemon.core.scorecard.Scorecard, set by supervision when one runs
+        r.register(_ScorecardCollector(self))
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         # Called before each /healthz or /metrics answer, so totals kept elsewhere (the feed's frame counters)
@@ -169,8 +204,11 @@ class Metrics:
         for key, part in self.health_parts.items():
             more, parts[key] = part()
             problems += more
+        # A drifting model is flagged but stays 200: a restart cannot fix it, a retrain or a rollback can.
+        degraded = bool(self.scorecard is not None and self.scorecard.degraded)
         body = {
-            "status": "ok" if not problems else "unhealthy",
+            "status": "unhealthy" if problems else ("degraded" if degraded else "ok"),
+            "model_degraded": degraded,
             "feed_connected": self._connected,
             "model_loaded": self.model_id is not None,
             "model_id": self.model_id,

@@ -11,6 +11,10 @@ stop was requested. :meth:`run` runs as a task of the service's task group.
   backoff, so a feed that stays down through several reconnect attempts gets the process restarted).
 - ``STATUS=`` lines: symbols, signals so far, last inference time, feed state.
 - ``/healthz`` and ``/metrics`` when ``[metrics] enabled = true``.
+- The live scorecard (:mod:`daemon.core.scorecard`, ``[scorecard]``): fed in :meth:`on_signal`, so after the
+  line is written; read by ``/metrics`` at scrape time; a ``scorecard`` log event every ``period_s``;
+  ``model_degraded`` / ``model_recovered`` logged when the live log loss leaves or re-enters its band.
+  :meth:`on_model` tells it a reload happened (the new artifact brings its own expectation and label rule).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-from daemon.core.config import MetricsConfig
+from daemon.core.config import MetricsConfig, ScorecardConfig
 from daemon.core.pipeline import Signal
+from daemon.core.scorecard import Scorecard, ScorecardUnavailable
 from daemon.ops.metrics import Metrics
 from daemon.ops.sdnotify import Activity, Notifier, Watchdog
 from daemon.ops.status import ServiceStatus
@@ -36,7 +41,8 @@ class Supervision:
 
     def __init__(self, status: Callable[[], ServiceStatus], *, symbols: Sequence[str], interval_ms: int,
                  classes: Sequence[str], metrics_cfg: MetricsConfig, stale_after_s: float,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, scorecard_cfg: ScorecardConfig | None = None,
+                 model=None) -> None:
         self.status = status
         self.metrics_cfg = metrics_cfg
         self.notifier = Notifier.from_env(environ)
@@ -48,6 +54,33 @@ class Supervision:
         self.watchdog = Watchdog(self.notifier, self.frames_fresh, status=self.status_text)
         self.ready_sent = False
         self.last_inference_us: float | None = None
+        self.scorecard_cfg = scorecard_cfg or ScorecardConfig()
+        self._symbols, self._interval_ms = tuple(symbols), interval_ms
+        self.scorecard: Scorecard | None = None
+        self.scorecard_note = "disabled by [scorecard] enabled = false"
+        if model is not None:
+            self.on_model(model, announce=False)  # run() says it, after daemon_started
+
+    def on_model(self, model, *, announce: bool = True) -> None:
+        """A model is being served (start-up or reload): score its predictions against its own expectation."""
+        scfg = self.scorecard_cfg
+        if not scfg.enabled:
+            return
+        try:
+            if self.scorecard is None:
+                self.scorecard = Scorecard.from_manifest(self._symbols, model.manifest, self._interval_ms,
+                                                         window_bars=scfg.window_bars, band=scfg.band,
+                                                         degraded_after_bars=scfg.degraded_after_bars)
+            elif self.scorecard.set_model(model.manifest):
+                log.info("scorecard_restarted", model=model.id, reason="the new model's label rule differs")
+            self.scorecard_note = ""
+        except ScorecardUnavailable as exc:
+            # predictions whose label rule is unknown cannot be scored; an older model's windows would mislead
+            self.scorecard = None
+            self.scorecard_note = f"artifact {model.id}: {exc}"
+            if announce:
+                log.warning("scorecard_unavailable", model=model.id, reason=str(exc))
+        self.metrics.scorecard = self.scorecard
 
     # --- told by the service ------------------------------------------------------------------------------
 
@@ -59,6 +92,15 @@ class Supervision:
         if tick_to_signal_ns:
             self.metrics.observe_tick_to_signal_ns(tick_to_signal_ns)
         self.metrics.candle_closed(sig.symbol, sig.start_ms)
+        sc = self.scorecard
+        if sc is not None:
+            sc.on_bar(sig.symbol, sig.start_ms, sig.close, sig.probs)  # probs in the artifact's sell, hold, buy order
+            if sc.events:
+                for e in sc.take_events():
+                    if e["degraded"]:
+                        log.warning("model_degraded", model=sig.model, **e)
+                    else:
+                        log.info("model_recovered", model=sig.model, **e)
 
     def stopping(self) -> None:
         """Tell systemd the daemon is shutting down."""
@@ -67,6 +109,9 @@ class Supervision:
     async def run(self) -> None:
         """Serve metrics if enabled, send READY when warm, then keep the watchdog and status going."""
         mcfg = self.metrics_cfg
+        if self.scorecard is None and self.scorecard_cfg.enabled:
+            log.warning("scorecard_unavailable", model=self.status().model_id, reason=self.scorecard_note)
+        period = asyncio.get_running_loop().create_task(self._scorecard_events(), name="scorecard-events")
         try:
             if mcfg.enabled:
                 try:
@@ -81,8 +126,26 @@ class Supervision:
                 await self.watchdog.run()
             await asyncio.Event().wait()  # keep the metrics endpoint up until the task group cancels us
         finally:
+            period.cancel()
             await self.metrics.stop()
             self.notifier.close()
+
+    async def _scorecard_events(self) -> None:
+        while True:
+            await asyncio.sleep(self.scorecard_cfg.period_s)
+            self.log_scorecard()
+
+    def log_scorecard(self) -> None:
+        """Log the ``scorecard`` event: rolling live scores overall and per symbol, against the expectation."""
+        sc = self.scorecard
+        if sc is None:
+            return
+        rep = sc.report()
+        per = {s: {k: r[k] for k in ("n", "log_loss", "brier", "hit_rate", "degraded")}
+               for s, r in rep["symbols"].items()}
+        log.info("scorecard", model=self.status().model_id, expected_log_loss=rep["expected_log_loss"],
+                 band=rep["band"], window_bars=rep["window_bars"], degraded=rep["degraded"],
+                 overall=rep["overall"], symbols=per)
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
