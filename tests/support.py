@@ -26,6 +26,9 @@ from hypothesis import strategies as st
 from daemon.bench.sinks import ServerProcess, find_binary, free_port, nats_argv, redis_argv
 from daemon.core.artifact import save_artifact
 from daemon.tools.replay import CsvRow, read_kline_csv
+from daemon.training.config import TrainConfig
+from daemon.training.data import load_dataset
+from daemon.training.dataset import build
 from kernels.features import features_batch
 from kernels.layout import FEATURE_NAMES, WINDOW, architecture, pack_mlp, pack_student, probs_offset, student_state_size
 
@@ -94,6 +97,19 @@ def to_bars(spec) -> np.ndarray:
             row[4] = np.inf
         rows.append(row)
     return np.array(rows)
+
+
+# A training config small enough for tests that fit teachers and students on data/ (the lockbox tests).
+TINY_TRAIN = TrainConfig(
+    n_folds=2, teacher_hidden=((16, 8),), teacher_epochs=2, lgbm_rounds=20, lgbm_min_leaf=50, student_epochs=3,
+    seeds=(0, 1), progress=False, num_threads=1, sweep_temperatures=(1.0, 2.0), sweep_alphas=(0.25, 0.5),
+    control_lrs=(0.005, 0.01), control_weight_decays=(0.0,), lockbox_days=3, ablations=(), bootstrap_samples=200,
+)
+
+
+def pooled_samples(cfg: TrainConfig = TINY_TRAIN):
+    """The five 5m samples in data/ pooled into one training dataset with ``cfg``."""
+    return build(load_dataset([DATA], interval="5"), cfg)
 
 
 STUDENT_SIZES = (len(FEATURE_NAMES), 16, 8, 3)

@@ -9,9 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from daemon.core.artifact import ArtifactError, load_artifact
+from daemon.core.artifact import ArtifactError, load_artifact, save_artifact
 from daemon.core.model import Model
-from kernels.layout import WINDOW
+from kernels.layout import FEATURE_NAMES, WINDOW
 from tests.support import write_random_artifact
 
 
@@ -324,3 +324,24 @@ def test_negative_shape_and_oversized_zip_directory_are_refused(tmp_path, good):
         zf.writestr("y" * 60_000, b"")
     with pytest.raises(ArtifactError, match="zip directory of"):
         load_artifact(tmp_path / "wide.npz")
+
+
+def test_artifact_policy_is_validated(tmp_path):
+    """A manifest policy with a threshold outside [0, 1] or a non-integer hold is refused, naming the field."""
+    from daemon.training import nn
+
+    mlp = nn.MLP.init([len(FEATURE_NAMES), 4, 3], "relu", np.random.default_rng(0))
+    f = len(FEATURE_NAMES)
+    base = {"normalisation": {"clip": 8.0}, "distillation": {"temperature": 2.0, "alpha": 0.5}, "labels": {},
+            "data": {"symbols": ["BTCUSDT"], "interval": "5"}, "metrics": {}}
+    good = {"cases": {"taker": {"threshold": 0.3, "hold_bars": 3}}}
+    p = tmp_path / "a.npz"
+    save_artifact(p, weights=mlp.weights, biases=mlp.biases, activations=mlp.activations,
+                  feature_mean=np.zeros(f), feature_std=np.ones(f), manifest={**base, "policy": good})
+    assert load_artifact(p).manifest["policy"] == good
+    for bad, field in (({"cases": {"taker": {"threshold": 1.5, "hold_bars": 1}}}, "threshold"),
+                       ({"cases": {"taker": {"threshold": 0.1, "hold_bars": 0}}}, "hold_bars"),
+                       ({"cases": {}}, "policy")):
+        with pytest.raises(ArtifactError, match=field):  # save_artifact reads its file back, so it refuses too
+            save_artifact(p, weights=mlp.weights, biases=mlp.biases, activations=mlp.activations,
+                          feature_mean=np.zeros(f), feature_std=np.ones(f), manifest={**base, "policy": bad})

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +17,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.core.parser import FrameError, KlineFrame, parse_frame
-from daemon.tools.fake_bybit import GARBAGE_FRAMES, FakeBybit, Faults
-from tests.support import ROOT, sample_rows, wait_until
+from daemon.core.parser import INTERVAL_MS, FrameError, KlineFrame, parse_frame
+from daemon.tools.fake_bybit import EX_UNAVAILABLE, GARBAGE_FRAMES, FakeBybit, Faults, shift_to_now
+from tests.support import OPEN_INDEX, ROOT, InProcessDaemon, sample_rows, wait_until
 
 START = 30  # bars of REST-only history before the open bar
 
@@ -285,3 +286,52 @@ def test_load_dir_reads_shared_data_layout(tmp_path):
     assert list(rows) == ["BTCUSDT"] and len(rows["BTCUSDT"]) == 49
     with pytest.raises(ValueError, match="300000 ms apart, interval 1 needs 60000"):
         load_dir(tmp_path, "1")
+
+
+# --- a rehearsal on recorded bars shifted to now (``fake-bybit --now``) ---------------------------------------
+
+ROWS = sample_rows(("BTCUSDT",), OPEN_INDEX + 20)
+
+
+def test_busy_port_is_one_line_and_exit_69():
+    """fake-bybit on a taken port says so in one line (no traceback) and exits 69 (EX_UNAVAILABLE)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "daemon", "fake-bybit", "--data", "data", "--port", str(port)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == EX_UNAVAILABLE == 69
+    assert res.stderr.count("\n") == 1 and "address already in use" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_shift_to_now_opens_the_current_bar():
+    """After the shift the bar at start_index contains now; spacing and prices are unchanged."""
+    now_ms = 1_790_000_123_456
+    shifted = shift_to_now(ROWS, "5", OPEN_INDEX, now_ms=now_ms)["BTCUSDT"]
+    step = INTERVAL_MS["5"]
+    assert shifted[OPEN_INDEX].start_ms <= now_ms < shifted[OPEN_INDEX].start_ms + step
+    assert [r.start_ms - s.start_ms for r, s in zip(shifted, ROWS["BTCUSDT"], strict=True)] == \
+        [shifted[0].start_ms - ROWS["BTCUSDT"][0].start_ms] * len(shifted)
+    assert [r[1:] for r in shifted] == [r[1:] for r in ROWS["BTCUSDT"]]
+
+
+async def healthz(rows, artifact) -> tuple[int, dict]:
+    """Run the daemon with /healthz against a fake serving ``rows``; its answer after two closes."""
+    async with FakeBybit(rows, "5", start_index=OPEN_INDEX) as fake, \
+            InProcessDaemon(fake, artifact, ("BTCUSDT",), metrics={"enabled": True, "port": 0}) as d:
+        await fake.step(2)
+        await d.wait_for_start("BTCUSDT", fake.open_start_ms - INTERVAL_MS["5"])
+        metrics = d.service.supervision.metrics
+        await wait_until(lambda: metrics.port is not None, what="the metrics endpoint")
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{metrics.port}/healthz") as resp:
+            return resp.status, await resp.json()
+
+
+async def test_rehearsal_with_now_is_healthy(random_artifact):
+    """Recorded bars shifted to now give a green /healthz; the same bars unshifted are stale (503)."""
+    status, body = await healthz(shift_to_now(ROWS, "5", OPEN_INDEX), random_artifact)
+    assert status == 200 and body["status"] == "ok", body
+    status, body = await healthz(ROWS, random_artifact)
+    assert status == 503 and any("no closed candle" in p for p in body["problems"])

@@ -8,7 +8,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.core.parser import INTERVAL_MS as INTERVAL_CODE_MS
 from daemon.ops.metrics import INFERENCE_BUCKETS_US, Metrics
+from daemon.tools.fake_bybit import FakeBybit
+from tests.support import OPEN_INDEX, InProcessDaemon, sample_rows
 
 START_MS = 1_719_667_500_000  # a real 5m candle start
 INTERVAL_MS = 300_000
@@ -188,3 +191,16 @@ async def test_on_scrape_syncs_external_totals(served):
     m.on_scrape = broken
     async with session.get("/metrics") as resp:
         assert resp.status == 200  # older numbers beat no answer
+
+
+async def test_metrics_has_process_and_tick_to_signal(random_artifact):
+    """/metrics carries the process's resident memory and CPU, and one tick-to-signal sample per live line."""
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 20), "5", start_index=OPEN_INDEX) as fake, \
+            InProcessDaemon(fake, random_artifact, ("BTCUSDT",)) as d:
+        await fake.step(3)
+        await d.wait_for_start("BTCUSDT", fake.open_start_ms - INTERVAL_CODE_MS["5"])
+        text = d.service.supervision.metrics.render().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert values["process_resident_memory_bytes"] > 10e6 and values["process_cpu_seconds_total"] > 0
+    assert values["kdsignal_tick_to_signal_seconds_count"] == 3
+    assert 0 < values["kdsignal_tick_to_signal_seconds_sum"] < 3.0

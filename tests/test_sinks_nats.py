@@ -107,7 +107,7 @@ async def test_server_killed_and_restarted(server, fake, random_artifact):
         sink = d.sink_named("nats")
         for n in (2, 4):
             await fake.step(1)
-            await wait_for(lambda: sink.sent == n, f"{n} lines acked")
+            await wait_for(lambda n=n: sink.sent == n, f"{n} lines acked")
         server.kill()
         await fake.step(5)
         await wait_for(lambda: len(d.raw_lines) == 14 and not sink.up, "stdout going on, the sink down")
@@ -116,7 +116,7 @@ async def test_server_killed_and_restarted(server, fake, random_artifact):
         await wait_for(lambda: sink.up and sink.queued == 0, "reconnect and the queued lines acked")
         for n in (9, 11, 13):
             await fake.step(1)
-            await wait_for(lambda: sink.sent == n, f"{n} lines acked after the restart")
+            await wait_for(lambda n=n: sink.sent == n, f"{n} lines acked after the restart")
         lines = d.raw_lines
         assert await stream_payloads(server.port) == lines[:4] + lines[4:7] + lines[14:]
 

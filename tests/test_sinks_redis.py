@@ -80,7 +80,7 @@ async def test_server_killed_and_restarted(redis, fake, random_artifact):
         sink = d.sink_named("redis")
         for n in (2, 4):  # a bar at a time: a burst of 2 lines must not meet a full queue of 3 yet
             await fake.step(1)
-            await wait_for(lambda: sink.sent == n, f"{n} lines sent before the crash")
+            await wait_for(lambda n=n: sink.sent == n, f"{n} lines sent before the crash")
         assert await stream_lines(redis.port) == d.raw_lines
         redis.kill()
         await fake.step(5)  # 10 lines while Redis is down: 3 queued, 7 dropped
@@ -94,7 +94,7 @@ async def test_server_killed_and_restarted(redis, fake, random_artifact):
         await wait_for(lambda: sink.up and sink.queued == 0, "reconnect and the queued lines sent")
         for n in (9, 11, 13):
             await fake.step(1)
-            await wait_for(lambda: sink.sent == n, f"{n} lines sent after the restart")
+            await wait_for(lambda n=n: sink.sent == n, f"{n} lines sent after the restart")
         assert len(d.raw_lines) == 20
         after = await stream_lines(redis.port)
         # The 3 queued during the outage (the first 3 of it), then every line after the restart, in order.
@@ -127,7 +127,8 @@ async def test_password_from_environment(tmp_path, fake, random_artifact):
 
 
 async def test_error_reply_keeps_the_lines(redis, fake, random_artifact):
-    """A stream key holding another type fails the batch with Redis's reason; once fixed, every line arrives in order."""
+    """A stream key holding another type fails the batch with Redis's reason; once fixed, every line arrives in
+    order."""
     client = Redis(host="127.0.0.1", port=redis.port)
     await client.set(STREAM, "not a stream")
     try:

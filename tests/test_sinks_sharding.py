@@ -49,36 +49,36 @@ async def test_two_shards_one_stream_one_group(servers, random_artifact):
     sinks = [{"kind": "redis", "url": f"redis://127.0.0.1:{redis.port}/0", "stream": STREAM},
              {"kind": "nats", "url": f"nats://127.0.0.1:{nats_srv.port}", "subject": SUBJECT, "jetstream": True}]
     try:
-        async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as fake:
-            async with SinkDaemon(fake, random_artifact, SHARDS[0], sinks=sinks) as a, \
-                       SinkDaemon(fake, random_artifact, SHARDS[1], sinks=sinks) as b:
-                await fake.step(BARS)
-                want = 2 * 2 * BARS
-                await wait_for(lambda: len(a.raw_lines) + len(b.raw_lines) == want, "both shards' lines")
-                await wait_for(lambda: all(s.sent == want // 2 for d in (a, b) for s in d.service.sinks.sinks),
-                               "every sink done")
-                # Redis: two workers of one consumer group share the stream.
-                redis_got: list[bytes] = []
-                for worker in ("w1", "w2", "w1", "w2"):
-                    reply = await rc.xreadgroup(GROUP, worker, {STREAM: ">"}, count=7)
-                    for _, entries in reply:
-                        for entry_id, fields in entries:
-                            redis_got.append(fields[b"line"])
-                            await rc.xack(STREAM, GROUP, entry_id)
-                # NATS: one durable pull consumer (JetStream's consumer group) on the subject.
-                sub = await js.pull_subscribe(SUBJECT, durable=GROUP)
-                nats_got: list[bytes] = []
-                while len(nats_got) < want:
-                    for msg in await sub.fetch(want - len(nats_got), timeout=5):
-                        nats_got.append(msg.data)
-                        await msg.ack()
-                stdout = a.raw_lines + b.raw_lines
-                for got in (redis_got, nats_got):
-                    assert sorted(got) == sorted(stdout) and len(set(got)) == want
-                    assert by_symbol(got) == by_symbol(stdout)  # per symbol, in the order it was written
-                assert {json.loads(x)["symbol"] for x in a.raw_lines} == set(SHARDS[0])
-                assert {json.loads(x)["symbol"] for x in b.raw_lines} == set(SHARDS[1])
-                assert (await rc.xpending(STREAM, GROUP))["pending"] == 0
+        async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as fake, \
+                SinkDaemon(fake, random_artifact, SHARDS[0], sinks=sinks) as a, \
+                SinkDaemon(fake, random_artifact, SHARDS[1], sinks=sinks) as b:
+            await fake.step(BARS)
+            want = 2 * 2 * BARS
+            await wait_for(lambda: len(a.raw_lines) + len(b.raw_lines) == want, "both shards' lines")
+            await wait_for(lambda: all(s.sent == want // 2 for d in (a, b) for s in d.service.sinks.sinks),
+                           "every sink done")
+            # Redis: two workers of one consumer group share the stream.
+            redis_got: list[bytes] = []
+            for worker in ("w1", "w2", "w1", "w2"):
+                reply = await rc.xreadgroup(GROUP, worker, {STREAM: ">"}, count=7)
+                for _, entries in reply:
+                    for entry_id, fields in entries:
+                        redis_got.append(fields[b"line"])
+                        await rc.xack(STREAM, GROUP, entry_id)
+            # NATS: one durable pull consumer (JetStream's consumer group) on the subject.
+            sub = await js.pull_subscribe(SUBJECT, durable=GROUP)
+            nats_got: list[bytes] = []
+            while len(nats_got) < want:
+                for msg in await sub.fetch(want - len(nats_got), timeout=5):
+                    nats_got.append(msg.data)
+                    await msg.ack()
+            stdout = a.raw_lines + b.raw_lines
+            for got in (redis_got, nats_got):
+                assert sorted(got) == sorted(stdout) and len(set(got)) == want
+                assert by_symbol(got) == by_symbol(stdout)  # per symbol, in the order it was written
+            assert {json.loads(x)["symbol"] for x in a.raw_lines} == set(SHARDS[0])
+            assert {json.loads(x)["symbol"] for x in b.raw_lines} == set(SHARDS[1])
+            assert (await rc.xpending(STREAM, GROUP))["pending"] == 0
     finally:
         await rc.aclose()
         await nc.close()

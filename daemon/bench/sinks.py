@@ -421,7 +421,8 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
     if base and base["p99_us"]:
         for r in rows[1:]:
             if r["p99_us"] and r["symbols"] == base["symbols"]:
-                ratios.append({"name": f"sinks p99 {r['variant']} / none", "ratio": round(r["p99_us"] / base["p99_us"], 3)})
+                ratios.append({"name": f"sinks p99 {r['variant']} / none",
+                               "ratio": round(r["p99_us"] / base["p99_us"], 3)})
     for sink, c in (floor_row or {}).items():
         results.append({"name": f"sinks_floor_{sink}", "p50_us": c["p50_us"], "p99_us": c["p99_us"], "n": c["n"]})
     return {"variants": rows, "floor": floor_row, "results": results, "ratios": ratios, "skipped": skipped,

@@ -1,7 +1,7 @@
 """Offline distillation: fetch candles, label them, train a teacher ensemble, distil a tiny student.
 
 Never imported by the running daemon (``kdsignal run`` / ``kdsignal replay``); it pulls in lightgbm,
-matplotlib and tqdm, which the service does not need (``tests/test_daemon_process.py`` checks).
+matplotlib and tqdm, which the service does not need (``tests/test_service_process.py`` checks).
 
 Typical use::
 

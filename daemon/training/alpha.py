@@ -17,8 +17,8 @@ volatility (clipped to ``+-alpha_target_clip``), the unit an alpha head serves i
    ``gaussian``: mean and log-variance, ``alpha * NLL(y) + (1 - alpha) * KL(teacher || student)``
    (``alpha_loss``). Each form's control is the same student with ``alpha = 1`` (realised returns alone):
    same rows, seeds, initial weights, batches and budget.
-4. **Development choices** (the last ``alpha_dev_folds`` development folds, all by default; first seed): the ``alpha`` of
-   each form from ``sweep_alphas`` (by the rank IC of the prediction with the realised return), the shipped
+4. **Development choices** (the last ``alpha_dev_folds`` development folds, all by default; first seed): the
+   ``alpha`` of each form from ``sweep_alphas`` (by the rank IC of the prediction with the realised return), the shipped
    form (the better distilled form by the same measure), and each model's trading policy per fee case
    (``trading.choose_policy``: thresholds on ``alpha_bp`` from quantiles of its development values).
 5. **Lockbox**, read once: every model fitted on all development rows (each seed), scored on the lockbox;
@@ -126,7 +126,8 @@ class RegressionTeacher:
 
 
 def fit_regression_teacher(x_fit, y_fit, x_val, y_val, cfg: TrainConfig, seed: int) -> RegressionTeacher:
-    """Fit the MLP members (Gaussian likelihood) and LightGBM (Huber) on ``(x_fit, y_fit)``, stopping on the validation rows."""
+    """Fit the MLP members (Gaussian likelihood) and LightGBM (Huber) on ``(x_fit, y_fit)``, stopping on the
+    validation rows."""
     scaler = QuantileNormal.fit(x_fit) if cfg.teacher_input_transform == "quantile" else Standardizer.fit(x_fit)
     xf, xv = scaler(x_fit), scaler(x_val)
     ones = np.ones(len(y_fit))
@@ -228,7 +229,8 @@ def train_alpha_student(x_fit, y_fit, mu_fit, lv_fit, x_val, y_val, cfg: TrainCo
 
 def served(s: Student, x: np.ndarray, horizon_bars: int) -> np.ndarray:
     """Read-out (n, K) the daemon would serve: alpha_bp [, sd_bp], through ``kernels.student.student_batch``."""
-    vec = pack_student(s.packed(), s.feature_mean, s.feature_std, s.clip, (bp_per_unit(horizon_bars), math.inf, -math.inf))
+    vec = pack_student(s.packed(), s.feature_mean, s.feature_std, s.clip,
+                       (bp_per_unit(horizon_bars), math.inf, -math.inf))
     out = np.empty((len(x), s.mlp.weights[-1].shape[0]))
     student_batch(vec, np.ascontiguousarray(x, dtype=np.float64), out)
     return out
@@ -243,7 +245,7 @@ class Prediction:
     alpha_bp: np.ndarray
 
     @classmethod
-    def empty(cls, n: int, gaussian: bool) -> "Prediction":
+    def empty(cls, n: int, gaussian: bool) -> Prediction:
         return cls(np.full(n, np.nan), np.full(n, np.nan) if gaussian else None, np.full(n, np.nan))
 
     def put(self, rows: np.ndarray, z: np.ndarray, alpha_bp: np.ndarray) -> None:
@@ -342,7 +344,8 @@ def _paired(pa: Prediction, pb: Prediction, rows, y, form, delta, blocks, cfg) -
 
 def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
                 config_path: str | None = None) -> dict:
-    """Run the whole alpha method; write the artifact, ``<stem>_report.json`` and ``<stem>_report.md``; return the report."""
+    """Run the whole alpha method; write the artifact, ``<stem>_report.json`` and ``<stem>_report.md``; return the
+    report."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out_path = Path(out_path)
@@ -419,7 +422,7 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
                     "control": [measures(p, lock_rows, P, y, form, delta) for p in ctrl]}
         mean = {k: {m: float(np.nanmean([d[m] for d in v])) for m in v[0] if m != "constant"}
                 for k, v in per_seed.items()}
-        intervals = [_paired(c, d, lock_rows, y, form, delta, blocks, cfg) for c, d in zip(ctrl, dist)]
+        intervals = [_paired(c, d, lock_rows, y, form, delta, blocks, cfg) for c, d in zip(ctrl, dist, strict=True)]
         # the headline pairs each row's loss averaged over the seeds, so one seed's luck does not decide it
         c_loss = np.mean([_row_loss(c, lock_rows, y, form, delta) for c in ctrl], axis=0)
         d_loss = np.mean([_row_loss(d, lock_rows, y, form, delta) for d in dist], axis=0)
@@ -428,7 +431,8 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
         t_loss = _row_loss(Prediction(mu_t, lv_t if form == "gaussian" else None, teacher.alpha_bp), lock_rows, y,
                            form, delta)
         gap = bs.paired_ratio(c_loss - d_loss, c_loss - t_loss, blocks, cfg.bootstrap_samples)
-        ic_rows = np.mean([_ic_rows(d, lock_rows, P) - _ic_rows(c, lock_rows, P) for c, d in zip(ctrl, dist)], axis=0)
+        ic_rows = np.mean([_ic_rows(d, lock_rows, P) - _ic_rows(c, lock_rows, P)
+                           for c, d in zip(ctrl, dist, strict=True)], axis=0)
         ic_delta = bs.paired_mean(ic_rows, blocks, cfg.bootstrap_samples)
         lockbox["forms"][form] = {
             "alpha": best_alpha[form], "distilled": mean["distilled"], "control": mean["control"],
@@ -538,13 +542,15 @@ def render_markdown(doc: dict) -> str:
     tt = tr_["teacher"]
     lines.append(f"| teacher | {_f(t['nll'])} (NLL) / {_f(t['huber'])} (Huber) | {_f(t['mse'])} | {_f(t['ic'])} | "
                  f"{_f(t['direction_auc'])} | | | | {_f(tt['taker']['net_return'])} | {_f(tt['taker']['sharpe'], 2)} | "
-                 f"{_f(tt['maker']['net_return'])} | {_f(tt['maker']['sharpe'], 2)} | {_f(tt['taker']['break_even_fee_bp'], 2)} |")
+                 f"{_f(tt['maker']['net_return'])} | {_f(tt['maker']['sharpe'], 2)} | "
+                 f"{_f(tt['taker']['break_even_fee_bp'], 2)} |")
     for form, d in lb["forms"].items():
         for name in ("distilled", "control"):
             m = d[name]
             r = tr_[f"{form}_{name}"]
             extra = (f"{_ci(d['delta_vs_control'])} ({d['delta_vs_control']['blocks']} blocks) | "
-                     f"{_ci(d['gap_recovered'], 2)} | {_ci(d['ic_contribution_delta'])}") if name == "distilled" else " | | "
+                     f"{_ci(d['gap_recovered'], 2)} | {_ci(d['ic_contribution_delta'])}"
+                     ) if name == "distilled" else " | | "
             label = f"{form} {name}" + (f" (alpha {d['alpha']})" if name == "distilled" else " (realised only)")
             lines.append(f"| {label} | {_f(m['loss'])} | {_f(m['mse'])} | {_f(m['ic'])} | {_f(m['direction_auc'])} | "
                          f"{extra} | {_f(r['taker']['net_return'])} | {_f(r['taker']['sharpe'], 2)} | "
@@ -553,7 +559,8 @@ def render_markdown(doc: dict) -> str:
     for base in ("always_flat", "buy_and_hold"):
         r = tr_[base]
         lines.append(f"| {base.replace('_', ' ')} | | | | | | | | {_f(r['taker']['net_return'])} | "
-                     f"{_f(r['taker']['sharpe'], 2)} | {_f(r['maker']['net_return'])} | {_f(r['maker']['sharpe'], 2)} | |")
+                     f"{_f(r['taker']['sharpe'], 2)} | {_f(r['maker']['net_return'])} | "
+                     f"{_f(r['maker']['sharpe'], 2)} | |")
     lines += ["", "Net return: mean over symbols of each symbol's summed log return over the lockbox, after fee per "
               "side and half a tick of spread, with the threshold on alpha_bp and holding rule chosen on development "
               "blocks for that fee case (`trading`); a model whose development blocks found no profitable threshold "
@@ -574,7 +581,8 @@ def verdict(doc: dict) -> str:
     for form, d in lb["forms"].items():
         ci = d["delta_vs_control"]["ci95"]
         word = bs.verdict([math.nan if v is None else v for v in ci])
-        parts.append(f"{form}: distilled (alpha {d['alpha']}) vs control on the realised loss: {_ci(d['delta_vs_control'])}"
+        parts.append(f"{form}: distilled (alpha {d['alpha']}) vs control on the realised loss: "
+                     f"{_ci(d['delta_vs_control'])}"
                      f" ({word}); IC {_f(d['distilled']['ic'])} vs {_f(d['control']['ic'])}")
     pay = []
     for name, r in lb["trading"].items():

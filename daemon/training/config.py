@@ -20,7 +20,8 @@ MAKER_FEE = 0.0002  # Bybit linear maker fee, one side
 # name -> (config overrides, one-line description); each is re-run with the first seed only
 ABLATIONS: dict[str, tuple[dict, str]] = {
     "teacher_without_extras": ({"teacher_extra_features": False},
-                               "teacher sees only the student's features (no longer windows, time of day, other symbols, symbol id)"),
+                               "teacher sees only the student's features (no longer windows, time of day, other "
+                               "symbols, symbol id)"),
     "teacher_finer_targets": ({"teacher_buckets": (2.0,)},
                               "teacher predicts 5 return buckets (edges at 1 and 2 bands), collapsed to 3 classes"),
     "recency_weighting": ({"recency_half_life_days": 60.0}, "student rows weighted by recency, half-life 60 days"),
@@ -156,7 +157,7 @@ class TrainConfig:
         """Cost of entering and leaving a position with taker orders (a fraction of notional)."""
         return 2.0 * self.fee_per_side
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with ``changes`` applied (validated like the original)."""
         return dataclasses.replace(self, **changes)
 
@@ -169,7 +170,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_mapping(cls, table: dict[str, Any]) -> "TrainConfig":
+    def from_mapping(cls, table: dict[str, Any]) -> TrainConfig:
         """Build from a ``[train]`` table; unknown keys and wrong types raise ``ValueError`` naming the key."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}

@@ -42,7 +42,7 @@ class Series:
         """Bybit's interval code ("1", "5", "60", "D"...) for this series' bar length."""
         return interval_code(self.interval_ms)
 
-    def slice(self, lo: int, hi: int) -> "Series":
+    def slice(self, lo: int, hi: int) -> Series:
         """Return rows ``lo:hi`` as a new series (gaps recomputed)."""
         s = Series(self.symbol, self.path, *(a[lo:hi].copy() for a in self.arrays()), self.interval_ms)
         s.gaps = find_gaps(s.start_ms, self.interval_ms)

@@ -48,14 +48,14 @@ def label_params(cfg: TrainConfig) -> LabelParams:
 def build(series: list[Series], cfg: TrainConfig) -> Pooled:
     """Compute features and labels per symbol on its full bar grid, then stack the symbols."""
     lp = label_params(cfg)
-    gridded, present = zip(*(regularize(s) for s in series))
+    gridded, present = zip(*(regularize(s) for s in series), strict=True)
     gridded, present = list(gridded), list(present)
     mkt, mkt_names = market_extras(gridded) if cfg.teacher_extra_features else ([None] * len(series), [])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("sym", "start", "xs", "xt", "y", "t", "fwd", "band", "nr", "valid", "open")}
     names: list[str] = []
     to_class = None
-    for j, (s, pres) in enumerate(zip(gridded, present)):
+    for j, (s, pres) in enumerate(zip(gridded, present, strict=True)):
         xs = student_features(s)
         lab = make_labels(s.close, lp, pres)
         tgt, to_class = bucket_labels(lab["fwd"], lab["band"], lab["y"], cfg.teacher_buckets)

@@ -87,7 +87,7 @@ def classification(p: np.ndarray, y: np.ndarray, prior: np.ndarray, bins: int = 
         "ece": ece(p, y, bins),
         "baseline_log_loss": log_loss(base, y),
         "majority_accuracy": float(np.mean(y == int(np.argmax(prior)))),
-        "n": int(len(y)),
+        "n": len(y),
     }
 
 
@@ -204,7 +204,7 @@ def signal_measures(p: np.ndarray, y: np.ndarray, fwd: np.ndarray, p_teacher: np
         "direction_auc": auc(edge[moved], y[moved] == 2),
         "ic": rank_ic(edge, fwd),
         **precision_recall(p, y),
-        "n": int(len(y)),
+        "n": len(y),
     }
     if p_teacher is not None:
         a, b = np.argmax(p_teacher, axis=1), np.argmax(p, axis=1)

@@ -84,7 +84,7 @@ def parse_time_ms(text: str) -> int:
     except ValueError:
         raise FetchError(f"time {text!r} is neither Unix ms nor an ISO date") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)
 
 
@@ -128,7 +128,7 @@ async def fetch(*, base_url: str, symbol: str, interval: str, start_ms: int, end
         raise FetchError(f"interval {interval!r} is not a Bybit kline interval ({', '.join(INTERVAL_MS)})")
     step = INTERVAL_MS[interval]
     if end_ms is None:
-        end_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+        end_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     if end_ms < start_ms:
         raise FetchError(f"end ({end_ms}) is before start ({start_ms})")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -220,9 +220,9 @@ def run_cli(args: argparse.Namespace) -> int:
                                     page_limit=args.page_limit, progress=not args.no_progress))
             if res["written"] == 0 and not res["resumed"]:
                 empty.append(symbol)
-                print(f"kdsignal fetch: {symbol}: no closed candles (interval {args.interval}, {args.category}) on Bybit from "
-                      f"{_when(start)} to {_when(end) if end else 'now'}; nothing written (not listed yet in "
-                      f"that range, a range in the future, or another category?)", file=sys.stderr)
+                print(f"kdsignal fetch: {symbol}: no closed candles (interval {args.interval}, {args.category}) "
+                      f"on Bybit from {_when(start)} to {_when(end) if end else 'now'}; nothing written (not listed "
+                      f"yet in that range, a range in the future, or another category?)", file=sys.stderr)
                 continue
             print(f"{out}: {res['written']} rows written ({'resumed' if res['resumed'] else 'new file'}), "
                   f"{res['requests']} requests, {res['retries']} retries, {res['missing_bars']} missing bars")

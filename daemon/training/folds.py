@@ -56,7 +56,7 @@ def lockbox_split(start_ms: np.ndarray, valid: np.ndarray, lockbox_days: float, 
     lo = int(start_ms.min())
     hi = int(start_ms.max()) + interval_ms
     days = lockbox_days if lockbox_days > 0 else max(1.0, round(DEFAULT_LOCKBOX_SHARE * (hi - lo) / DAY_MS))
-    cut = hi - int(round(days * DAY_MS / interval_ms)) * interval_ms
+    cut = hi - round(days * DAY_MS / interval_ms) * interval_ms
     if cut <= lo:
         raise ValueError(f"lockbox of {days:g} days is not shorter than the data ({(hi - lo) / DAY_MS:.1f} days)")
     reach_ms = (horizon_bars + embargo_bars) * interval_ms
@@ -89,7 +89,8 @@ def purge_around(start_ms: np.ndarray, test_lo_ms: int, test_hi_ms: int, h_ms: i
     return (start_ms + h_ms + embargo_ms < test_lo_ms) | (start_ms >= test_hi_ms + embargo_ms)
 
 
-def split_validation(start_ms: np.ndarray, mask: np.ndarray, val_frac: float, reach_ms: int) -> tuple[np.ndarray, np.ndarray]:
+def split_validation(start_ms: np.ndarray, mask: np.ndarray, val_frac: float,
+                     reach_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``mask`` rows by time: the last ``val_frac`` validates, earlier rows (purged) fit."""
     t = start_ms[mask]
     if len(t) == 0:

@@ -3,7 +3,7 @@
 The student sees exactly ``kernels.features.features_batch``, the batch form the daemon's step kernel is
 proven equal to. The teacher may also see what the student cannot afford live: longer windows, time of
 day, lagged returns and the other symbols' recent moves. Every extra is a function of bars ``<= t`` only
-(``tests/test_training_labels.py::test_no_lookahead_in_features``).
+(``tests/test_labels.py::test_no_lookahead_in_features_or_labels``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def market_extras(series: list[Series]) -> tuple[list[np.ndarray], list[str]]:
         mkt = np.where(cnt > 0, np.nansum(grid, axis=1) / np.maximum(cnt, 1), np.nan)
     btc = next((j for j, s in enumerate(series) if s.symbol.startswith("BTC")), None)
     out = []
-    for j, s in enumerate(series):
+    for j in range(len(series)):
         p = pos[j]
         own5, own20 = grid[1, j, p], grid[2, j, p]
         b1 = grid[0, btc, p] if btc is not None else np.zeros(len(p))

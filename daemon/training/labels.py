@@ -96,7 +96,8 @@ def make_labels(close: np.ndarray, p: LabelParams, present: np.ndarray | None = 
     return {"y": y, "fwd": fwd, "band": b}
 
 
-def bucket_labels(fwd: np.ndarray, b: np.ndarray, y: np.ndarray, edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+def bucket_labels(fwd: np.ndarray, b: np.ndarray, y: np.ndarray,
+                  edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Finer targets: return buckets in band units, and the map from bucket to sell/hold/buy.
 
     Edges ``e > 1`` split sell and buy further: with ``edges=(2.0,)`` the buckets are

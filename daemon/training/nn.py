@@ -2,13 +2,13 @@
 
 Weights are kept as ``(out, in)`` matrices, the layout ``kernels.mlp.pack_mlp`` takes, so a trained student
 packs straight into the serving kernels. The training forward pass here is checked against
-``kernels.mlp.mlp_forward_batch`` (``tests/test_training_student.py::test_numpy_forward_equals_kernel``).
+``kernels.mlp.mlp_forward_batch`` (``tests/test_distil.py::test_numpy_forward_equals_kernel``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class MLP:
     activations: list[str]
 
     @classmethod
-    def init(cls, sizes: list[int], activation: str, rng: np.random.Generator, dtype=np.float64) -> "MLP":
+    def init(cls, sizes: list[int], activation: str, rng: np.random.Generator, dtype=np.float64) -> MLP:
         """He-initialised (ReLU) or Glorot-initialised (tanh) MLP with layer widths ``sizes``."""
         ws, bs = [], []
         for k in range(len(sizes) - 1):
@@ -40,11 +40,11 @@ class MLP:
     def params(self) -> list[np.ndarray]:
         """Weights and biases in a flat list (w0, b0, w1, b1, ...)."""
         out = []
-        for w, b in zip(self.weights, self.biases):
+        for w, b in zip(self.weights, self.biases, strict=True):
             out += [w, b]
         return out
 
-    def copy(self) -> "MLP":
+    def copy(self) -> MLP:
         """Deep copy."""
         return MLP([w.copy() for w in self.weights], [b.copy() for b in self.biases], list(self.activations))
 
@@ -52,7 +52,7 @@ class MLP:
         """Return logits (and, with ``keep``, the layer inputs/pre-activations for ``backward``)."""
         a = x
         cache = []
-        for w, b, act in zip(self.weights, self.biases, self.activations):
+        for w, b, act in zip(self.weights, self.biases, self.activations, strict=True):
             z = a @ w.T + b
             cache.append((a, z))
             if act == "relu":
@@ -160,7 +160,7 @@ def fit(model: MLP, x: np.ndarray, loss_fn: LossFn, x_val: np.ndarray, val_fn: C
             step += 1
             c1 = 1.0 - beta1**step
             c2 = 1.0 - beta2**step
-            for p, gp, mp, vp in zip(params, grads, m, v):
+            for p, gp, mp, vp in zip(params, grads, m, v, strict=True):
                 mp *= beta1
                 mp += (1.0 - beta1) * gp
                 vp *= beta2

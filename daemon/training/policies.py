@@ -55,4 +55,5 @@ def choose_policies(P: Pooled, dev_region: np.ndarray, edges: dict[str, np.ndarr
 
 def development_ticks(P: Pooled, split) -> dict[str, float]:
     """Each symbol's price grid, from development bars only: nothing about the lockbox informs a choice."""
-    return {sym: tr.tick_size(P.open[(P.sym == j) & (P.start_ms < split.dev_end_ms)]) for j, sym in enumerate(P.symbols)}
+    return {sym: tr.tick_size(P.open[(P.sym == j) & (P.start_ms < split.dev_end_ms)])
+            for j, sym in enumerate(P.symbols)}

@@ -30,11 +30,11 @@ TRADERS = ("student", "student_argmax", "teacher", "control", "mean_reversion", 
 
 
 def _iso(ms) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _day(ms) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
 
 
 def _clean(x):
@@ -102,7 +102,7 @@ def write_plots(out_dir: Path, doc: dict, reliability: dict, curves: dict) -> di
         fig, axes = plt.subplots(len(syms), 1, figsize=(7, 1.9 * len(syms)), sharex=True, squeeze=False)
         colors = {"student": "tab:green", "student_argmax": "tab:olive", "teacher": "tab:blue", "control": "tab:gray", "mean_reversion": "tab:orange",
                   "buy_and_hold": "tab:red", "always_flat": "k"}
-        for ax, sym in zip(axes[:, 0], syms):
+        for ax, sym in zip(axes[:, 0], syms, strict=True):
             for model in TRADERS:
                 if sym in taker.get(model, {}):
                     t, eq = taker[model][sym]
@@ -268,7 +268,7 @@ def _trading_table(trade: dict) -> list[str]:
             m = trade[model][case]
             thr = m.get("threshold")
             pol = "-" if thr is None and "hold_bars" not in m else (
-                "never acts" if thr is None or thr >= 1.0 and model != "mean_reversion" else f"{thr:.3g} / {m['hold_bars']}")
+                "never acts" if thr is None or (thr >= 1.0 and model != "mean_reversion") else f"{thr:.3g} / {m['hold_bars']}")
             lines.append(f"| {model.replace('student_argmax', 'distilled, argmax every bar').replace('student', 'distilled')} | {case} | {pol} | {_pct(m['net_return'], 2)} | "
                          f"{_f(m['sharpe'], 2)} | {_f(m['sortino'], 2)} | {_pct(m['max_drawdown'], 2)} | {m['trades']} | "
                          f"{_pct(m['hit_rate'])} | {_f(m['turnover'], 4)} | {_f(m['break_even_fee_bp'], 2)} |")
@@ -308,9 +308,9 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         "which is why plain agreement is not shown: kappa and agreement where the teacher acts are.",
         "",
         "Per-class precision / recall (sell, hold, buy) of the argmax: distilled "
-        + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["student"]["precision"], lk["student"]["recall"]))
-        + "; control " + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["control"]["precision"], lk["control"]["recall"]))
-        + "; teacher " + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["teacher"]["precision"], lk["teacher"]["recall"]))
+        + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["student"]["precision"], lk["student"]["recall"], strict=True))
+        + "; control " + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["control"]["precision"], lk["control"]["recall"], strict=True))
+        + "; teacher " + ", ".join(f"{_pct(p, 0)}/{_pct(r, 0)}" for p, r in zip(lk["teacher"]["precision"], lk["teacher"]["recall"], strict=True))
         + ".",
         "",
         "### Trading on the lockbox",
@@ -383,7 +383,7 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         "",
         f"- Labels: forward log return over h={cfg.horizon_bars} bars; hold band = max({cfg.band_k:g} x RMS of the last "
         f"{cfg.vol_window} one-bar returns x sqrt(h), round trip {2 * cfg.fee_per_side * 100:.3f}%). Class shares over all rows: "
-        + ", ".join(f"{n} {_pct(v)}" for n, v in zip(doc["classes"], doc["data"]["class_share"])) + ".",
+        + ", ".join(f"{n} {_pct(v)}" for n, v in zip(doc["classes"], doc["data"]["class_share"], strict=True)) + ".",
         f"- Split: lockbox = the newest {sp['lockbox']['days']:g} days ({_iso(sp['lockbox']['lo_ms'])} to "
         f"{_iso(sp['lockbox']['hi_ms'])} UTC). Development = rows whose label window plus a {cfg.embargo_bars}-bar embargo ends "
         f"before it ({sp['purge_bars']} bars purged), cut into {cfg.n_folds + 2} equal blocks. The teacher for block j fits "

@@ -38,7 +38,7 @@ class Standardizer:
     clip: float = 8.0
 
     @classmethod
-    def fit(cls, x: np.ndarray, clip: float = 8.0) -> "Standardizer":
+    def fit(cls, x: np.ndarray, clip: float = 8.0) -> Standardizer:
         """Fit on the finite values of each column."""
         ok = np.isfinite(x)
         cnt = np.maximum(ok.sum(axis=0), 1)
@@ -67,7 +67,7 @@ class QuantileNormal:
     scores: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, n_knots: int = 257) -> "QuantileNormal":
+    def fit(cls, x: np.ndarray, n_knots: int = 257) -> QuantileNormal:
         """Fit on the finite values of each column."""
         from scipy.special import ndtri
 
@@ -160,7 +160,8 @@ def fit_teacher(x_fit: np.ndarray, t_fit: np.ndarray, x_val: np.ndarray, t_val: 
         booster = lgb.train(params, dfit, num_boost_round=cfg.lgbm_rounds, valid_sets=[dval],
                             callbacks=[lgb.early_stopping(30, verbose=False)])
         pv = collapse(booster.predict(x_val, num_threads=cfg.num_threads), to_class)
-        info.append({"member": "lgbm", "best_iteration": int(booster.best_iteration), "val_log_loss": log_loss(pv, y_val)})
+        info.append({"member": "lgbm", "best_iteration": int(booster.best_iteration),
+                     "val_log_loss": log_loss(pv, y_val)})
     t = Teacher(scaler, mlps, booster, to_class, cfg.lgbm_weight if mlps else 1.0, info)
     t._threads = cfg.num_threads
     return t

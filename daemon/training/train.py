@@ -261,7 +261,7 @@ def assess(P: Pooled, idx: np.ndarray, models: dict[str, list[np.ndarray]], p_te
         out["gap_recovered"] = gap["mean"]
         out["gap_recovered_ci95"] = gap["ci95"]
     out["student_vs_teacher"] = paired_mean(s - row_ll["teacher"], blocks, n_boot)
-    out["rows"] = int(len(idx))
+    out["rows"] = len(idx)
     out["blocks"] = int(blocks.max()) + 1 if len(blocks) else 0
     out["_row_ll"] = row_ll
     return out
@@ -301,7 +301,8 @@ def trading_readout(P: Pooled, region: np.ndarray, edges: dict[str, np.ndarray],
                                                    **tr.backtest(markets, p2, fee, bars_per_year)[0]}
             stats, per, runs = tr.backtest(markets, pos, fee, bars_per_year)
             out[model][case] = {**stats, **extra, "per_symbol": per}
-            curves.setdefault(case, {})[model] = {m.symbol: (r_.start_ms, np.cumsum(r_.net)) for m, r_ in zip(markets, runs)}
+            curves.setdefault(case, {})[model] = {m.symbol: (r_.start_ms, np.cumsum(r_.net))
+                                                  for m, r_ in zip(markets, runs, strict=True)}
     return out, curves
 
 
@@ -310,7 +311,7 @@ def layout(P: Pooled, cfg: TrainConfig):
     split = lockbox_split(P.start_ms, P.valid, cfg.lockbox_days, P.interval_ms, cfg.horizon_bars, cfg.embargo_bars)
     edges, dev_folds = walk_forward(P.start_ms, split.dev, cfg.n_folds, P.interval_ms, cfg.horizon_bars,
                                     cfg.embargo_bars, end_ms=split.dev_end_ms)
-    return split, edges, dev_folds + [lockbox_fold(split, P.start_ms, dev_folds[-1].index + 1)]
+    return split, edges, [*dev_folds, lockbox_fold(split, P.start_ms, dev_folds[-1].index + 1)]
 
 
 # --- the run ----------------------------------------------------------------------------------------------
@@ -328,10 +329,12 @@ def develop(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, ti
     jobs = [(k, seed0, distilled(cfg, t, a)) for k in ks for t, a in grid]
     jobs += [(k, seed0, control(cfg, lr, wd)) for k in ks for lr, wd in ctl_grid]
     run_jobs(P, cfg, folds, p_t, jobs, cache, "choices")
-    sweep = [{"temperature": t, "alpha": a, "log_loss": ev.log_loss(_dev_probs(cache, ks, seed0, distilled(cfg, t, a)), y)}
+    sweep = [{"temperature": t, "alpha": a,
+              "log_loss": ev.log_loss(_dev_probs(cache, ks, seed0, distilled(cfg, t, a)), y)}
              for t, a in grid]
     best = min(sweep, key=lambda g: g["log_loss"])
-    ctl = [{"lr": lr, "weight_decay": wd, "log_loss": ev.log_loss(_dev_probs(cache, ks, seed0, control(cfg, lr, wd)), y)}
+    ctl = [{"lr": lr, "weight_decay": wd,
+            "log_loss": ev.log_loss(_dev_probs(cache, ks, seed0, control(cfg, lr, wd)), y)}
            for lr, wd in ctl_grid]
     best_ctl = min(ctl, key=lambda g: g["log_loss"])
     timings["choices_s"] = time.perf_counter() - t0
@@ -364,7 +367,8 @@ def models_on(P: Pooled, cfg: TrainConfig, folds, ks: list[int], p_t: np.ndarray
     out = {name: [_dev_probs(cache, ks, s, v) for s in _seeds_for(name, cfg)] for name, v in variants.items()}
     idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
     out["teacher"] = [p_t[idx]]
-    out["baseline"] = [np.concatenate([np.tile(_prior(P.y[folds[k].train]), (int(folds[k].test.sum()), 1)) for k in ks])]
+    out["baseline"] = [np.concatenate([np.tile(_prior(P.y[folds[k].train]), (int(folds[k].test.sum()), 1))
+                                       for k in ks])]
     out["volatility"] = [np.concatenate([volatility_baseline(P, folds[k].train, folds[k].test) for k in ks])]
     return out
 
@@ -390,7 +394,7 @@ def run_ablations(series, P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, c
                                    acfg.embargo_bars)
             _, afolds = walk_forward(aP.start_ms, asplit.dev, acfg.n_folds, aP.interval_ms, acfg.horizon_bars,
                                      acfg.embargo_bars, end_ms=asplit.dev_end_ms)
-            afolds = afolds + [lockbox_fold(asplit, aP.start_ms, afolds[-1].index + 1)]
+            afolds = [*afolds, lockbox_fold(asplit, aP.start_ms, afolds[-1].index + 1)]
             ap_t, _, _ = fit_teachers(aP, acfg, afolds[:-1], seed=cfg.seeds[0])
             acache: dict = {}
             v = distilled(cfg, ch["temperature"], ch["alpha"])
@@ -522,7 +526,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                          "fee_per_side": fee,
                          "development_net_return_per_symbol": pol[case]["net_return_per_symbol"]}
                   for case, fee in fee_cases(cfg).items()},
-        "chosen_on": f"development test blocks {folds[1].index}..{folds[L - 1].index}, first seed's walk-forward predictions",
+        "chosen_on": f"development test blocks {folds[1].index}..{folds[L - 1].index}, "
+                     "first seed's walk-forward predictions",
     }
 
     def brief(a: dict) -> dict:
@@ -539,8 +544,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "data": {"symbols": P.symbols, "interval": series[0].interval, "start_ms": final_info["fit_lo_ms"],
                  "end_ms": final_info["fit_hi_ms"], "files": [Path(x.path).name for x in series],
                  "what": "start_ms..end_ms: the rows this artifact was fitted on (bar starts)",
-                 "fit": {"lo_ms": final_info["fit_lo_ms"], "hi_ms": final_info["fit_hi_ms"], "rows": final_info["fit_rows"],
-                         "epochs": epochs},
+                 "fit": {"lo_ms": final_info["fit_lo_ms"], "hi_ms": final_info["fit_hi_ms"],
+                         "rows": final_info["fit_rows"], "epochs": epochs},
                  "early_stopping": final_info["early_stopping"],
                  "lockbox": {"lo_ms": split.lockbox_lo_ms, "hi_ms": split.lockbox_hi_ms, "days": split.lockbox_days},
                  "development": {"lo_ms": split.dev_lo_ms, "hi_ms": split.dev_end_ms}},
@@ -559,7 +564,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                              activations=final.mlp.activations, feature_mean=final.feature_mean,
                              feature_std=final.feature_std, manifest=manifest)
 
-    reliability = {k: ev.reliability(lock_models[k][0], P.y[lock_idx], cfg.ece_bins) for k in ("teacher", "student", "control")}
+    reliability = {k: ev.reliability(lock_models[k][0], P.y[lock_idx], cfg.ece_bins)
+                   for k in ("teacher", "student", "control")}
     n_extra = P.x_teacher.shape[1] - P.x_student.shape[1]
     # extras that recompute a student feature (rvol_100, hl_mean_20) are teacher columns, not teacher-only inputs
     cols = [n for n in P.teacher_names[P.x_student.shape[1]:] if not n.startswith("is_")]
@@ -570,7 +576,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "command": "kdsignal train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None,
         "config_file": config_path,
         "config": cfg.to_dict(),
-        "data": {"files": gap_report(series), "interval": series[0].interval, "pooled_rows": int(len(P)),
+        "data": {"files": gap_report(series), "interval": series[0].interval, "pooled_rows": len(P),
                  "valid_rows": int(P.valid.sum()),
                  "class_share": (np.bincount(P.y[P.valid], minlength=3) / P.valid.sum()).tolist(),
                  "ticks": ticks},
@@ -658,7 +664,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from .data import DataError
 
     if args.out is None:
-        args.out = {"alpha": "models/alpha.npz", "strategy": "models/strategy.npz"}.get(cfg.method, "models/default.npz")
+        default = {"alpha": "models/alpha.npz", "strategy": "models/strategy.npz"}
+        args.out = default.get(cfg.method, "models/default.npz")
     if cfg.method == "alpha":
         from .alpha import run_cli_summary, train_alpha
 
@@ -688,7 +695,8 @@ def run_cli(args: argparse.Namespace) -> int:
     kernel = _build_kernel(args.out)
     lk = doc["summary"]["lockbox"]
     print(json.dumps({
-        "model_id": doc["model_id"], "artifact": str(args.out), "kernel": kernel, "seconds": doc["timings_s"]["total_s"],
+        "model_id": doc["model_id"], "artifact": str(args.out), "kernel": kernel,
+        "seconds": doc["timings_s"]["total_s"],
         "lockbox": {k: round(lk[k]["log_loss"], 4) for k in ("baseline", "teacher", "student", "control")},
         "delta_vs_control": {"mean": round(lk["delta_vs_control"]["mean"], 5),
                              "ci95": [round(x, 5) for x in lk["delta_vs_control"]["ci95"]],

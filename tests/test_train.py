@@ -11,11 +11,12 @@ import pytest
 from daemon.cli import main as cli_main
 from daemon.core.config import parse_config
 from daemon.core.model import Model
-from daemon.training import train as pipeline
+from daemon.training import train
 from daemon.training.config import TrainConfig, load_train_config
 from daemon.training.data import load_dataset
 from daemon.training.dataset import build
-from daemon.training.folds import walk_forward
+from daemon.training.folds import lockbox_split, walk_forward
+from tests.support import TINY_TRAIN, pooled_samples
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TINY = TrainConfig(
@@ -39,19 +40,19 @@ def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
     keys = {P.x_teacher[i].tobytes(): i for i in range(len(P))}
     assert len(keys) == len(P)
     seen: list[np.ndarray] = []
-    real = pipeline.fit_teacher
+    real = train.fit_teacher
 
     def spy(x_fit, t_fit, x_val, *args, **kwargs):
         seen.append(np.array([keys[r.tobytes()] for r in np.concatenate([x_fit, x_val])]))
         return real(x_fit, t_fit, x_val, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit_teacher", spy)
+    monkeypatch.setattr(train, "fit_teacher", spy)
     _, folds = walk_forward(P.start_ms, P.valid, TINY.n_folds, P.interval_ms, TINY.horizon_bars, TINY.embargo_bars)
-    p_t, members, _ = pipeline.fit_teachers(P, TINY, folds, seed=0)
+    p_t, members, _ = train.fit_teachers(P, TINY, folds, seed=0)
     reach = (TINY.horizon_bars + TINY.embargo_bars) * P.interval_ms
     assert len(seen) == len(folds)
     # blocks are fitted largest training set first
-    for used, f in zip(seen, sorted(folds, key=lambda f: -int(f.train.sum()))):
+    for used, f in zip(seen, sorted(folds, key=lambda f: -int(f.train.sum())), strict=True):
         labelled = np.flatnonzero(f.test)
         assert not np.intersect1d(used, labelled).size
         assert P.start_ms[used].max() + reach < P.start_ms[labelled].min()
@@ -65,7 +66,8 @@ def test_soft_targets_are_out_of_fold(pooled, monkeypatch):
 def test_train_table_parses_and_rejects_unknown_keys(tmp_path):
     """A [train] table sets knobs, the daemon's parser accepts the same file, and a typo is named."""
     p = tmp_path / "config.toml"
-    p.write_text('[feed]\nsymbols = ["BTCUSDT"]\n\n[train]\ntemperature = 3\nalpha = 0.25\nteacher_hidden = [[64, 32]]\nseeds = [4, 5]\n')
+    p.write_text('[feed]\nsymbols = ["BTCUSDT"]\n\n[train]\ntemperature = 3\nalpha = 0.25\n'
+                 'teacher_hidden = [[64, 32]]\nseeds = [4, 5]\n')
     cfg = load_train_config(p)
     assert (cfg.temperature, cfg.alpha, cfg.teacher_hidden, cfg.seeds) == (3.0, 0.25, ((64, 32),), (4, 5))
     import tomllib
@@ -80,7 +82,8 @@ def test_train_table_parses_and_rejects_unknown_keys(tmp_path):
 
 
 def test_repo_config_train_table_is_the_default():
-    """config.toml's [train] table spells out every knob, with exactly the defaults the shipped model was trained with."""
+    """config.toml's [train] table spells out every knob, with exactly the defaults the shipped model was trained
+    with."""
     import tomllib
 
     table = tomllib.loads((DATA.parent / "config.toml").read_text())["train"]
@@ -90,7 +93,8 @@ def test_repo_config_train_table_is_the_default():
 
 @pytest.mark.slow
 def test_train_end_to_end_on_samples(tmp_path, capsys):
-    """``kdsignal train`` on the samples writes a loadable artifact with its policy and ranges, the report's contract keys, and plots."""
+    """``kdsignal train`` on the samples writes a loadable artifact with its policy and ranges, the report's
+    contract keys, and plots."""
     cfgfile = tmp_path / "config.toml"
     table = TINY.to_dict()
     lines = ["[train]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
@@ -143,14 +147,56 @@ def test_train_reports_missing_data_clearly(tmp_path, capsys):
 def test_parallel_workers_give_the_sequential_results(pooled):
     """Teachers and students fitted in two forked workers equal the in-process results."""
     P = pooled
-    _, _, folds = pipeline.layout(P, TINY)
+    _, _, folds = train.layout(P, TINY)
     cfg1 = TINY.replace(seeds=(0,))
     cfg2 = cfg1.replace(num_threads=2)
-    p1, m1, _ = pipeline.fit_teachers(P, cfg1, folds, seed=0)
-    p2, m2, _ = pipeline.fit_teachers(P, cfg2, folds, seed=0)
+    p1, _, _ = train.fit_teachers(P, cfg1, folds, seed=0)
+    p2, _, _ = train.fit_teachers(P, cfg2, folds, seed=0)
     np.testing.assert_allclose(p1, p2, rtol=1e-9, atol=1e-12)
-    jobs = [(k, 0, v) for k in range(1, len(folds)) for v in (pipeline.distilled(cfg1, 2.0, 0.5), pipeline.control(cfg1))]
-    r1 = pipeline.run_jobs(P, cfg1, folds, p1, jobs, {}, "students")
-    r2 = pipeline.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
+    variants = (train.distilled(cfg1, 2.0, 0.5), train.control(cfg1))
+    jobs = [(k, 0, v) for k in range(1, len(folds)) for v in variants]
+    r1 = train.run_jobs(P, cfg1, folds, p1, jobs, {}, "students")
+    r2 = train.run_jobs(P, cfg2, folds, p1, jobs, {}, "students")
     for job in jobs:
         np.testing.assert_allclose(r1[job][0], r2[job][0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def lockbox_pooled():
+    """The five 5m samples pooled with the lockbox tests' tiny config."""
+    return pooled_samples()
+
+
+def _choices(P):
+    s, _, folds = train.layout(P, TINY_TRAIN)
+    p_t, _, _ = train.fit_teachers(P, TINY_TRAIN, folds, seed=0)
+    cache: dict = {}
+    ch = train.develop(P, TINY_TRAIN, folds, p_t, cache, {})
+    ks = list(range(1, len(folds) - 1))
+    models = train.models_on(P, TINY_TRAIN, folds, ks, p_t, cache, train.model_variants(TINY_TRAIN, ch))
+    idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    e = np.full(len(P), np.nan)
+    e[idx] = models["student"][0][:, 2] - models["student"][0][:, 0]
+    region = (P.start_ms >= folds[1].test_lo_ms) & (P.start_ms < s.dev_end_ms)
+    pol = train.choose_policies(P, region, {"student": e}, train.development_ticks(P, s), TINY_TRAIN, 105_192.0)
+    return ch, pol, p_t[s.dev]
+
+
+def test_perturbing_the_lockbox_changes_no_choice(lockbox_pooled):
+    """Scrambled lockbox labels, targets and prices leave T, alpha, the control's lr/wd, the policy and every
+    development soft target unchanged."""
+    P = lockbox_pooled
+    ch1, pol1, pt1 = _choices(P)
+    s = lockbox_split(P.start_ms, P.valid, TINY_TRAIN.lockbox_days, P.interval_ms, TINY_TRAIN.horizon_bars,
+                      TINY_TRAIN.embargo_bars)
+    lock = P.start_ms >= s.lockbox_lo_ms
+    rng = np.random.default_rng(9)
+    P2 = build(load_dataset([DATA], interval="5"), TINY_TRAIN)
+    P2.y[lock & P2.valid] = rng.integers(0, 3, int((lock & P2.valid).sum()))
+    P2.target[:] = P2.y
+    P2.fwd[lock] = rng.normal(0, 1, int(lock.sum()))
+    P2.open[lock] = P2.open[lock] * np.exp(rng.normal(0, 0.01, int(lock.sum())))
+    ch2, pol2, pt2 = _choices(P2)
+    assert ch1 == ch2
+    assert pol1 == pol2
+    np.testing.assert_array_equal(pt1, pt2)

@@ -41,7 +41,8 @@ class Standin:
         if self.faults:
             fault = self.faults.pop(0)
             if isinstance(fault, tuple):
-                return web.json_response({"retCode": fault[1], "retMsg": "Too many visits!", "result": {}, "time": self.now_ms})
+                return web.json_response({"retCode": fault[1], "retMsg": "Too many visits!", "result": {},
+                                          "time": self.now_ms})
             headers = {"X-Bapi-Limit-Reset-Timestamp": str(self.now_ms + 20)} if fault == 429 else {}
             return web.json_response({"retCode": 10006, "retMsg": "fault"}, status=int(fault), headers=headers)
         limit = int(q.get("limit", 200))
@@ -92,7 +93,7 @@ def _read(path: Path) -> list[list[str]]:
 
 def _same(got: list[list[str]], want: list[list[str]]) -> None:
     assert [int(r[0]) for r in got] == [int(r[0]) for r in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert [float(x) for x in g[1:]] == [float(x) for x in w[1:]]
 
 
@@ -170,7 +171,7 @@ async def test_cli_several_symbols_without_tqdm(standin, tmp_path):
 async def test_cli_says_when_a_range_holds_no_data(standin, tmp_path):
     """A range with no closed candle is named with the symbol, leaves no file, and exits 1."""
     before = int(ROWS[0][0]) - 1000 * STEP_MS
-    rc, out, err = await _fetch_cli("--symbol", "BTCUSDT", "--interval", "1", "--start", str(before),
+    rc, _out, err = await _fetch_cli("--symbol", "BTCUSDT", "--interval", "1", "--start", str(before),
                                     "--end", str(before + 10 * STEP_MS), "--out", str(tmp_path / "x.csv"),
                                     "--base-url", standin.url)
     assert rc == 1 and "BTCUSDT: no closed candles (interval 1, linear)" in err and "nothing written" in err

@@ -13,11 +13,12 @@ from daemon.core.model import Model
 from daemon.training import nn
 from daemon.training.config import TrainConfig
 from daemon.training.data import read_csv
+from daemon.training.distil import Student, kd_loss_fn, teacher_logits, train_student
 from daemon.training.inputs import student_features
 from daemon.training.labels import LabelParams, make_labels
-from daemon.training.distil import Student, kd_loss_fn, teacher_logits, train_student
-from kernels.layout import pack_mlp
+from kernels.layout import FEATURE_NAMES, pack_mlp
 from kernels.mlp import mlp_forward_batch
+from tests.support import TINY_TRAIN
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SMALL = TrainConfig(student_epochs=3, student_batch=256, seeds=(0,), progress=False)
@@ -68,7 +69,7 @@ def test_parameter_gradients_match_finite_differences(rows, alpha, temperature, 
     _, g = fn(z, idx)
     grads = m.backward(cache, g)
     eps = 1e-6
-    for param, grad in zip(m.params(), grads):
+    for param, grad in zip(m.params(), grads, strict=True):
         flat, gflat = param.reshape(-1), grad.reshape(-1)
         for j in rng.choice(flat.size, min(6, flat.size), replace=False):
             old = flat[j]
@@ -97,9 +98,9 @@ def test_control_ignores_the_teacher(rows):
     a = train_student(x[:n], y[:n], p[:n], w, x[n:], y[n:], SMALL, 0, alpha=1.0)
     b = train_student(x[:n], y[:n], p[::-1][:n], w, x[n:], y[n:], SMALL, 0, alpha=1.0)
     c = train_student(x[:n], y[:n], p[:n], w, x[n:], y[n:], SMALL, 0, alpha=0.5)
-    for wa, wb in zip(a.mlp.params(), b.mlp.params()):
+    for wa, wb in zip(a.mlp.params(), b.mlp.params(), strict=True):
         assert np.array_equal(wa, wb)
-    assert not all(np.array_equal(wa, wc) for wa, wc in zip(a.mlp.params(), c.mlp.params()))
+    assert not all(np.array_equal(wa, wc) for wa, wc in zip(a.mlp.params(), c.mlp.params(), strict=True))
 
 
 def test_distillation_moves_the_student_towards_the_teacher(rows):
@@ -127,12 +128,13 @@ def test_trained_student_round_trips_through_the_artifact(rows, tmp_path):
     path = tmp_path / "m.npz"
     model_id = save_artifact(path, weights=s.mlp.weights, biases=s.mlp.biases, activations=s.mlp.activations,
                              feature_mean=s.feature_mean, feature_std=s.feature_std,
-                             manifest={"normalisation": {"clip": s.clip}, "distillation": {"temperature": 2.0, "alpha": 0.5},
+                             manifest={"normalisation": {"clip": s.clip},
+                                       "distillation": {"temperature": 2.0, "alpha": 0.5},
                                        "labels": {"horizon_bars": 3}, "data": {"symbols": ["BTCUSDT"], "interval": "5"},
                                        "metrics": {}})
     art = load_artifact(path)
     assert art.model_id == model_id
-    for a, b in zip(art.mlp, s.packed()):
+    for a, b in zip(art.mlp, s.packed(), strict=True):
         assert a == b
     model = Model.load(path)
     assert model.interval == "5"
@@ -140,3 +142,12 @@ def test_trained_student_round_trips_through_the_artifact(rows, tmp_path):
     # the logits route (mlp_forward_batch) agrees with the served probabilities
     np.testing.assert_allclose(nn.softmax(s.logits(x[n:])), s.predict_proba(x[n:]), rtol=1e-12, atol=1e-14)
     assert isinstance(s, Student)
+
+
+def test_fixed_epochs_keeps_the_last_epoch_without_validation():
+    """The shipped refit runs exactly the given epochs and needs no validation rows."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, len(FEATURE_NAMES)))
+    y = rng.integers(0, 3, 600)
+    s = train_student(x, y, np.full((600, 3), 1 / 3), np.ones(600), x[:0], y[:0], TINY_TRAIN, 0, fixed_epochs=2)
+    assert s.epochs_run == 2 and s.best_epoch == 2

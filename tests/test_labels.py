@@ -72,7 +72,8 @@ def test_missing_bars_drop_labels_that_touch_them(btc):
     assert len(g) == len(btc) and not present[2000:2005].any()
     y = make_labels(g.close, PARAMS, present)["y"]
     assert np.all(y[2000 - PARAMS.horizon_bars : 2005 + PARAMS.vol_window] == NO_LABEL)
-    assert np.array_equal(y[: 2000 - PARAMS.horizon_bars], make_labels(btc.close, PARAMS)["y"][: 2000 - PARAMS.horizon_bars])
+    before = 2000 - PARAMS.horizon_bars
+    assert np.array_equal(y[:before], make_labels(btc.close, PARAMS)["y"][:before])
 
 
 def test_non_monotonic_file_is_refused(tmp_path):
@@ -121,7 +122,7 @@ def test_no_lookahead_in_features_or_labels(cut):
         t.low[cut:] = np.minimum(t.open[cut:], t.close[cut:]) * 0.99
         t.volume[cut:] = rng.uniform(0, 1e4, n)
         changed.append(t)
-    for a, b in zip(series, changed):
+    for a, b in zip(series, changed, strict=True):
         fa, fb = student_features(a), student_features(b)
         assert np.array_equal(fa[:cut], fb[:cut], equal_nan=True)
         assert not np.array_equal(fa[cut:], fb[cut:], equal_nan=True)
@@ -131,5 +132,5 @@ def test_no_lookahead_in_features_or_labels(cut):
         h = PARAMS.horizon_bars
         assert np.array_equal(ya[: cut - h], yb[: cut - h])
     ma, mb = market_extras(series)[0], market_extras(changed)[0]
-    for x, z in zip(ma, mb):
+    for x, z in zip(ma, mb, strict=True):
         assert np.array_equal(x[:cut], z[:cut], equal_nan=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.training.folds import purge_around, split_validation, time_blocks, walk_forward
+from daemon.training.bootstrap import DAY_MS
+from daemon.training.folds import lockbox_split, purge_around, split_validation, time_blocks, walk_forward
+from tests.support import TINY_TRAIN, pooled_samples
 
 STEP = 300_000
 
@@ -64,3 +66,27 @@ def test_blocks_tile_the_range():
     assert np.all((edges - edges[0]) % STEP == 0)
     counts = np.histogram(start, bins=edges)[0]
     assert counts.sum() == 1000 and counts.min() >= 142
+
+
+@pytest.fixture(scope="module")
+def pooled():
+    """The five 5m samples pooled with the tiny config."""
+    return pooled_samples()
+
+
+def test_lockbox_split_purges_development(pooled):
+    """Lockbox rows start at the cut; no development label window plus embargo reaches it; 0 days means 15%."""
+    P = pooled
+    s = lockbox_split(P.start_ms, P.valid, 3, P.interval_ms, TINY_TRAIN.horizon_bars, TINY_TRAIN.embargo_bars)
+    reach = (TINY_TRAIN.horizon_bars + TINY_TRAIN.embargo_bars) * P.interval_ms
+    assert P.start_ms[s.lockbox].min() == s.lockbox_lo_ms
+    assert P.start_ms[s.dev].max() + reach < s.lockbox_lo_ms
+    assert not np.any(s.dev & s.lockbox)
+    assert s.lockbox_hi_ms - s.lockbox_lo_ms == 3 * DAY_MS
+    auto = lockbox_split(P.start_ms, P.valid, 0, P.interval_ms, TINY_TRAIN.horizon_bars, TINY_TRAIN.embargo_bars)
+    span_days = (P.start_ms.max() + P.interval_ms - P.start_ms.min()) / DAY_MS
+    assert auto.lockbox_days == round(0.15 * span_days)
+    _, folds = walk_forward(P.start_ms, s.dev, TINY_TRAIN.n_folds, P.interval_ms, TINY_TRAIN.horizon_bars,
+                            TINY_TRAIN.embargo_bars, end_ms=s.dev_end_ms)
+    for f in folds:
+        assert not np.any(f.test & s.lockbox) and not np.any(f.train & s.lockbox)
