@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import tomllib
 
 import pytest
 
 from daemon.core.config import ConfigError, load_config, parse_config
-from daemon.core.sinks_config import NatsSinkConfig, RedisSinkConfig, WebhookSinkConfig, read_secret
+from daemon.core.sinks_config import NatsSinkConfig, RedisSinkConfig, WebhookSinkConfig, read_secret, redacted
 
 CONTRACT = """
 [[sink]]
@@ -105,3 +106,21 @@ def test_run_exits_78_naming_the_problem(tmp_path, capsys, monkeypatch, table, m
     assert run_cli(argparse.Namespace(config=str(path))) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.startswith("kdsignal run: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("table, needle", [
+    ('kind = "nats"\nurl = "nats://127.0.0.1:4222"\nsubject = "s"\ntimeout_s = inf', "timeout_s"),
+    ('kind = "redis"\nurl = "redis://127.0.0.1:6379/0"\nqueue_size = 100000000000000000000', "queue_size"),
+    ('kind = "redis"\nurl = "redis:///0"', "expected a host"),
+    ('kind = "webhook"\nurl = "http://127.0.0.1/ho ok"', "NUL or a space"),
+])
+def test_out_of_range_numbers_and_hostless_urls_are_refused(table, needle):
+    """Non-finite or absurd sink numbers and a URL without a host are configuration errors naming the key."""
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(tomllib.loads(f"[[sink]]\n{table}\n"))
+
+
+def test_logged_url_drops_user_info_and_query():
+    """A webhook token in the query or a user name never reaches the log."""
+    assert redacted("https://u@example.invalid:8443/hook?token=hunter2#x") == "https://example.invalid:8443/hook"
+    assert redacted("redis://[::1]:6379/0") == "redis://[::1]:6379/0"

@@ -13,6 +13,7 @@ the service starts (:func:`read_secret`), so ``kdsignal tail --config`` can read
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 from daemon.core.errors import ConfigError
 
 __all__ = ["KINDS", "NatsSinkConfig", "RedisSinkConfig", "SinkConfig", "WebhookSinkConfig", "parse_sinks",
-           "read_secret"]
+           "read_secret", "redacted"]
 
 
 class _Error(ValueError):
@@ -103,6 +104,20 @@ def _coerce(where: str, value: object, default: object) -> object:
     return value
 
 
+# Upper bounds of the numeric keys: a queue or batch this large, or a timeout this long, is a typo, not a need.
+_LIMITS = {"queue_size": 10_000_000, "batch_max": 10_000, "timeout_s": 300.0}
+
+
+def redacted(url: str) -> str:
+    """``url`` without user info, query or fragment (a webhook token may ride in the query), for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
 def _one(i: int, raw: object, base_dir: Path | None) -> SinkConfig:
     if not isinstance(raw, dict):
         raise _Error(f"[[sink]] {i} is {type(raw).__name__}, expected a table")
@@ -120,11 +135,16 @@ def _one(i: int, raw: object, base_dir: Path | None) -> SinkConfig:
     defaults = cls()
     values = {k: _coerce(f"{where}.{k}", v, getattr(defaults, k)) for k, v in raw.items()}
     cfg = cls(**values, base_dir=str(base_dir or ""))
-    for key in ("queue_size", "batch_max", "timeout_s"):
-        if not getattr(cfg, key) > 0:
-            raise _Error(f"{where}.{key} is {getattr(cfg, key)!r}, expected a positive number")
+    for key, top in _LIMITS.items():
+        value = getattr(cfg, key, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and 0 < value <= top):
+            raise _Error(f"{where}.{key} is {value!r}, expected a positive number <= {top:g}")
     if not cfg.url:
         raise _Error(f"{where}.url is empty")
+    if "\0" in cfg.url or any(c.isspace() for c in cfg.url):
+        raise _Error(f"{where}.url {cfg.url!r:.80} holds a NUL or a space")
     try:
         parts = urlsplit(cfg.url)
         parts.port  # noqa: B018 - raises on a port that is not a number
@@ -132,6 +152,8 @@ def _one(i: int, raw: object, base_dir: Path | None) -> SinkConfig:
         raise _Error(f"{where}.url {cfg.url!r} is not a URL: {exc}") from None
     if parts.scheme not in _SCHEMES[kind]:
         raise _Error(f"{where}.url is {cfg.url!r}, expected a {' or '.join(s + '://' for s in _SCHEMES[kind])} URL")
+    if not parts.hostname and parts.scheme != "unix":
+        raise _Error(f"{where}.url is {cfg.url!r}, expected a host")
     if parts.password is not None:
         secret = "secret_env or secret_file" if kind == "webhook" else "password_env or password_file"
         raise _Error(f"{where}.url carries a password; configuration files are not for secrets: name it with {secret}")

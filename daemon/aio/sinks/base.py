@@ -21,7 +21,7 @@ from itertools import islice
 import structlog
 
 from daemon.core.config import BackoffConfig
-from daemon.core.sinks_config import SinkConfig
+from daemon.core.sinks_config import SinkConfig, redacted
 
 __all__ = ["Sink"]
 
@@ -146,8 +146,8 @@ class Sink:
         down_s = None if self.down_since_s is None else time.monotonic() - self.down_since_s
         self.up, self.down_since_s, self.last_error = True, None, ""
         if self.connects == 1:
-            # Config URLs never carry a password (the parser refuses them), so the URL can be logged.
-            self.log.info("sink_connected", url=self.cfg.url, queued=len(self._queue))
+            # Logged without user info or query: a webhook token may ride in the query.
+            self.log.info("sink_connected", url=redacted(self.cfg.url), queued=len(self._queue))
         else:
             self.log.info("sink_reconnected", down_s=round(down_s or 0.0, 3), queued=len(self._queue),
                           dropped_total=self.dropped)

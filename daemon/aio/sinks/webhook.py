@@ -15,7 +15,7 @@ import hmac
 import aiohttp
 
 from daemon.aio.sinks.base import Sink
-from daemon.core.sinks_config import WebhookSinkConfig
+from daemon.core.sinks_config import WebhookSinkConfig, redacted
 
 __all__ = ["WebhookSink", "signature"]
 
@@ -60,7 +60,7 @@ class WebhookSink(Sink):
             if 200 <= status < 300:
                 accepted += 1
             elif status >= 500 or status in _RETRY_STATUSES:
-                raise WebhookError(f"HTTP {status} from {self.cfg.url}")
+                raise WebhookError(f"HTTP {status} from {redacted(self.cfg.url)}")
             else:
                 self.rejected += 1
                 self.log.warning("sink_line_rejected", status=status, rejected_total=self.rejected)
