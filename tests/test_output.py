@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -240,6 +241,7 @@ async def test_daemon_whose_stdout_reader_stops_keeps_pinging_and_stops_on_sigte
     """With nobody reading stdout, the daemon keeps answering its keepalive and exits 0 on SIGTERM."""
     log = tmp_path / "d.log"
     write_random_artifact(tmp_path / "a.npz")
+    gc.collect()  # a file object of an earlier test, finalised later, would close a reused fd number: our pipe's
     r, w = _pipe(4096)
     async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 1600), "5", start_index=OPEN_INDEX) as fake:
         p = await asyncio.create_subprocess_exec(
