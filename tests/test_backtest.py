@@ -172,3 +172,63 @@ def test_plot_writes_a_png_or_says_matplotlib_is_missing(tmp_path, capsys, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
     assert main(["backtest", "--signals", str(sig), "--data", str(csv), "--plot", str(tmp_path / "x.png")]) == 2
     assert "needs matplotlib" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def alpha_line(start, signal, alpha_bp, symbol="BTCUSDT", sd_bp=None):
+    """One alpha model's signal line as the daemon writes it: position and alpha_bp [sd_bp] in place of probs."""
+    d = {"symbol": symbol, "interval": "5", "start": start, "signal": signal,
+         "position": {"buy": 1, "hold": 0, "sell": -1}[signal], "alpha_bp": alpha_bp}
+    if sd_bp is not None:
+        d["sd_bp"] = sd_bp
+    return json.dumps(d | {"inference_us": 1.0, "model": "0123456789abcdef", "backfill": False})
+
+
+def test_alpha_file_is_backtested_as_signalled_without_a_sweep(tmp_path, capsys):
+    """An alpha model's lines trade their signal/position (the same read-out as probability lines with the same
+    decisions); the threshold sweep is left out with one line saying so."""
+    csv = write_csv(tmp_path / "BTCUSDT-5m.csv")
+    probs, alpha = tmp_path / "p.jsonl", tmp_path / "a.jsonl"
+    probs.write_text("\n".join(HAND) + "\n")
+    alpha.write_text("\n".join(alpha_line(json.loads(h)["start"], json.loads(h)["signal"], 1.5, sd_bp=3.0)
+                               for h in HAND) + "\n")
+    want = rows_by_name(run_json(capsys, "--signals", str(probs), "--data", str(csv)))
+    got = rows_by_name(run_json(capsys, "--signals", str(alpha), "--data", str(csv)))
+    assert set(got) == {"as signalled", "buy and hold", "always flat"}
+    assert {k: want[k] for k in got} == got
+    assert main(["backtest", "--signals", str(alpha), "--data", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("threshold sweep left out: an alpha model's lines") == 1 and "threshold 0" not in out
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([alpha_line(0, "buy", 1.0).replace('"position": 1', '"position": -1')], r"a\.jsonl:1: position is -1"),
+    ([alpha_line(0, "buy", 1.0).replace('"alpha_bp": 1.0', '"alpha_bp": "x"')], r"a\.jsonl:1: alpha_bp is 'x'"),
+    ([alpha_line(0, "buy", 1.0), HAND[1]], r"a\.jsonl:2: an alpha model's line among probability lines"),
+    ([json.dumps({"symbol": "BTCUSDT", "start": 0, "signal": "buy"})], r"a\.jsonl:1: probs is None"),
+])
+def test_malformed_alpha_lines(tmp_path, capsys, lines, message):
+    csv = write_csv(tmp_path / "BTCUSDT-5m.csv")
+    sig = tmp_path / "a.jsonl"
+    sig.write_text("\n".join(lines) + "\n")
+    assert main(["backtest", "--signals", str(sig), "--data", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and __import__("re").search(message, err), err
+
+
+def test_replay_errors_name_the_users_files(tmp_path, capsys):
+    """A --replay whose signal lines are refused names the artifact and the data, not a deleted temp file."""
+    csv = write_csv(tmp_path / "BTCUSDT-5m.csv")  # 6 bars: all warm-up, the replay writes no line
+    assert main(["backtest", "--replay", "--data", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert "kdsignal-backtest-" not in err and "the replay of " in err and str(csv) in err, err
+
+
+@pytest.mark.parametrize("plot", ["{tmp}", "{tmp}/", "{tmp}/eq", "{tmp}/eq.jpg", "{tmp}/missing/eq.png"])
+def test_plot_path_is_checked_before_any_work(tmp_path, capsys, plot):
+    """--plot must name a FILE.png in an existing folder: otherwise a one-line error, exit 2, nothing read."""
+    plot = plot.format(tmp=tmp_path)
+    missing = tmp_path / "no-such-signals.jsonl"  # would be an error too, if it were reached
+    assert main(["backtest", "--signals", str(missing), "--data", str(tmp_path / "x.csv"), "--plot", plot]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdsignal backtest: --plot ") and err.count("\n") == 1, err
+    assert not list(tmp_path.parent.glob(tmp_path.name + ".png"))

@@ -59,6 +59,20 @@ def test_format_tolerates_odd_fields():
     assert format_signal(rec).split() == ["soon", "ETHUSDT", "hold", "-", "-", "-", "-"]
 
 
+def test_alpha_lines_are_rows_with_alpha_bp():
+    """An alpha model's line (position, alpha_bp [, sd_bp] instead of probs) is a row showing its alpha, not
+    dropped; the columns after it stay aligned with a probability row."""
+    base = {"symbol": "BTCUSDT", "interval": "5", "start": START_MS, "signal": "buy", "position": 1}
+    gauss = format_signal(base | {"alpha_bp": 12.345, "sd_bp": 5.5, "inference_us": 0.61, "backfill": False})
+    assert gauss.split() == ["2024-06-29", "13:25", "BTCUSDT", "buy", "alpha", "+12.35bp", "sd", "5.50bp", "0.61",
+                             "us"]
+    assert gauss.index("0.61 us") == format_signal(json.loads(signal_line(0))).index("0.61 us")
+    point = format_signal(base | {"signal": "sell", "position": -1, "alpha_bp": -3.0, "backfill": True})
+    assert point.split() == ["2024-06-29", "13:25", "BTCUSDT", "sell", "alpha", "-3.00bp", "-", "backfill"]
+    out = run_tail("-", "--no-color", input=json.dumps(base | {"alpha_bp": 1.0}) + "\n")
+    assert out.returncode == 0 and "alpha +1.00bp" in out.stdout
+
+
 def test_format_event_and_parse_line():
     """Non-signal events become one summary line; partial or non-object lines parse to None."""
     rec = parse_line('{"event": "feed_reconnected", "level": "warning", "timestamp": "2024-06-29T13:30:01Z", '

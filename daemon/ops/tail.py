@@ -3,7 +3,9 @@
 It follows like ``tail -F``: by name, across logrotate's rename (the old file is drained until the daemon,
 told by SIGHUP, starts writing the new one, so no line is missed or shown twice) and across truncation
 (copytruncate). Only complete lines are shown. Signal events (from the log file or the stdout stream: any
-JSON object with ``symbol``, ``start``, ``signal`` and ``probs``) become table rows; with ``--events`` the
+JSON object with ``symbol``, ``start``, ``signal`` and ``probs``, or an alpha model's ``position`` and
+``alpha_bp`` in place of ``probs``) become table rows (an alpha row shows ``alpha_bp`` and ``sd_bp`` across the
+probability columns); with ``--events`` the
 other log events (reconnects, gaps, latency summaries) are shown too, dimmed. Colour is used on a terminal
 (unless ``NO_COLOR`` is set) or when asked for with ``--color``.
 
@@ -53,7 +55,9 @@ def parse_line(line: str) -> dict | None:
 
 def is_signal(record: dict) -> bool:
     """True for a signal event (log file ``signal_emitted`` or a stdout signal line)."""
-    return all(k in record for k in ("symbol", "start", "signal", "probs")) and isinstance(record["probs"], dict)
+    if not all(k in record for k in ("symbol", "start", "signal")):
+        return False
+    return isinstance(record.get("probs"), dict) or ("position" in record and "alpha_bp" in record)
 
 
 def _paint(text: str, code: str, color: bool) -> str:
@@ -78,12 +82,36 @@ def _prob(probs: dict, cls: str) -> str:
     return f"{p:.3f}" if isinstance(p, (int, float)) and not isinstance(p, bool) else "-"
 
 
+def _bp(v: object) -> str:
+    return f"{v:+.2f}bp" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def _alpha_cells(record: dict) -> str:
+    """An alpha line's read-out, spanning the three probability columns: ``alpha +12.34bp sd 5.67bp``."""
+    text = f"alpha {_bp(record.get('alpha_bp'))}"
+    if "sd_bp" in record:
+        text += f" sd {_bp(record['sd_bp']).lstrip('+')}"
+    return text
+
+
 def format_signal(record: dict, color: bool = False) -> str:
-    """One table row for a signal record: bar time (UTC), symbol, signal, probabilities, latency."""
+    """One table row for a signal record: bar time (UTC), symbol, signal, probabilities, latency (an alpha
+    model's line: its ``alpha_bp`` [and ``sd_bp``] in place of the probabilities)."""
     signal = str(record["signal"])
-    probs = record["probs"]
     us = record.get("inference_us")
     latency = f"{us:.2f} us" if isinstance(us, (int, float)) and not isinstance(us, bool) else "-"
+    if not isinstance(record.get("probs"), dict):
+        widths = [w for _, w in _COLUMNS]
+        span = sum(widths[3:6]) + 2 * 2  # the three probability columns and the two gaps between them
+        padded = [f"{c:<{w}}" for c, w in zip((_bar_time(record["start"]), str(record["symbol"]), signal,
+                                               _alpha_cells(record), latency),
+                                              (*widths[:3], span, widths[6]), strict=True)]
+        padded[2] = _paint(padded[2], _SIGNAL_COLOUR.get(signal, ""), color)
+        row = "  ".join(padded).rstrip()
+        if record.get("backfill") is True:
+            row += "  " + _paint("backfill", _DIM, color)
+        return row
+    probs = record["probs"]
     cells = [_bar_time(record["start"]), str(record["symbol"]), signal,
              _prob(probs, "sell"), _prob(probs, "hold"), _prob(probs, "buy"), latency]
     widths = [w for _, w in _COLUMNS]

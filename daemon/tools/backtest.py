@@ -11,7 +11,9 @@ What it prints, one row each, over the bars the signal file and the candles shar
 - **as signalled**: long on ``buy``, short on ``sell``, flat on ``hold`` and on a bar without a line (a file
   written with ``emit = "actionable"`` or ``"changes"`` has such bars: it is counted and said);
 - **threshold sweep**: the threshold policy re-decided from each line's ``probs`` (``p_buy - p_sell`` against
-  each ``--thresholds`` value), so one replay answers "which threshold would have paid";
+  each ``--thresholds`` value), so one replay answers "which threshold would have paid". A file of an alpha
+  model's lines (``position`` and ``alpha_bp`` in place of ``probs``) has no probabilities to re-decide: it is
+  backtested as signalled only, and the read-out says the sweep was left out;
 - **buy and hold**, **always flat**: for scale.
 
 Timing, costs and statistics are ``daemon.core.trading``'s (the training report's): decided at the bar's
@@ -68,8 +70,9 @@ class Candles:
 
 @dataclass
 class SignalFile:
-    """What a signal file says per candle bar: ``edge`` (p_buy - p_sell) and ``decision`` (+1/-1/0), NaN where
-    no line fell on the bar; and how many lines fell outside the candles."""
+    """What a signal file says per candle bar: ``edge`` (p_buy - p_sell; an alpha model's ``alpha_bp``) and
+    ``decision`` (+1/-1/0), NaN where no line fell on the bar; and how many lines fell outside the candles.
+    ``alpha`` is True for a file of an alpha model's lines (no threshold sweep)."""
 
     edge: dict[str, np.ndarray]
     decision: dict[str, np.ndarray]
@@ -77,6 +80,7 @@ class SignalFile:
     outside: int = 0
     other_symbols: dict[str, int] = field(default_factory=dict)
     span_ms: tuple[int, int] | None = None
+    alpha: bool = False
 
 
 def symbol_of(path: str | Path) -> str:
@@ -106,9 +110,20 @@ def _probability(where: str, probs: dict, name: str) -> float:
     return float(v)
 
 
-def read_signals(path: str | Path, candles: dict[str, Candles]) -> SignalFile:
-    """Stream the signal lines of ``path`` onto the candles' bars (see the module docstring for the checks)."""
+def _alpha_edge(where: str, d: dict, sig: str) -> float:
+    pos, alpha = d.get("position"), d.get("alpha_bp")
+    if isinstance(pos, bool) or not isinstance(pos, int) or pos != _DECISION[sig]:
+        raise _bad(where, f"position is {pos!r:.40}, expected {int(_DECISION[sig])} for signal {sig}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise _bad(where, f"alpha_bp is {alpha!r:.40}, expected a number")
+    return float(alpha)
+
+
+def read_signals(path: str | Path, candles: dict[str, Candles], name: str | None = None) -> SignalFile:
+    """Stream the signal lines of ``path`` onto the candles' bars (see the module docstring for the checks).
+    ``name`` is what messages call the file (default: ``path``)."""
     path = Path(path)
+    name = name or str(path)
     edge = {s: np.full(len(c.start_ms), np.nan) for s, c in candles.items()}
     decision = {s: np.full(len(c.start_ms), np.nan) for s, c in candles.items()}
     out = SignalFile(edge, decision)
@@ -123,7 +138,7 @@ def read_signals(path: str | Path, candles: dict[str, Candles]) -> SignalFile:
         lineno = 0
         while raw := f.readline(MAX_LINE_BYTES + 1):
             lineno += 1
-            where = f"{path}:{lineno}"
+            where = f"{name}:{lineno}"
             if len(raw) > MAX_LINE_BYTES:
                 raise _bad(where, f"line longer than {MAX_LINE_BYTES} bytes")
             if not raw.strip():
@@ -139,11 +154,20 @@ def read_signals(path: str | Path, candles: dict[str, Candles]) -> SignalFile:
                 raise _bad(where, f"symbol is {sym!r:.40}, expected a symbol like BTCUSDT")
             if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= 2**62:
                 raise _bad(where, f"start is {start!r:.40}, expected Unix milliseconds")
-            if not isinstance(probs, dict):
-                raise _bad(where, f"probs is {probs!r:.40}, expected an object")
+            alpha = probs is None and "position" in d and "alpha_bp" in d
+            if not alpha and not isinstance(probs, dict):
+                raise _bad(where, f"probs is {probs!r:.40}, expected an object (or an alpha model's position "
+                                  "and alpha_bp)")
             if sig not in _DECISION:
                 raise _bad(where, f"signal is {sig!r:.40}, expected buy, hold or sell")
-            p_buy, p_sell = _probability(where, probs, "buy"), _probability(where, probs, "sell")
+            if out.lines and alpha != out.alpha:
+                raise _bad(where, "an alpha model's line among probability lines (or the other way round): "
+                                  "one model's lines per file")
+            out.alpha = alpha
+            if alpha:
+                e = _alpha_edge(where, d, sig)
+            else:
+                e = _probability(where, probs, "buy") - _probability(where, probs, "sell")
             out.lines += 1
             lo = start if lo is None else min(lo, start)
             hi = start if hi is None else max(hi, start)
@@ -160,14 +184,14 @@ def read_signals(path: str | Path, candles: dict[str, Candles]) -> SignalFile:
                 continue
             if not math.isnan(edge[sym][i]):
                 raise _bad(where, f"a second line for {sym} {start}")
-            edge[sym][i] = p_buy - p_sell
+            edge[sym][i] = e
             decision[sym][i] = _DECISION[sig]
     if out.lines == 0:
-        raise BacktestError(f"{path} holds no signal lines")
+        raise BacktestError(f"{name} holds no signal lines")
     out.span_ms = (lo, hi)
     if not any(np.isfinite(e).any() for e in edge.values()):
         spans = "; ".join(f"{s} {c.start_ms[0]}..{c.start_ms[-1]}" for s, c in candles.items())
-        raise BacktestError(f"no signal line of {path} ({', '.join(sorted(set(out.other_symbols) | set(candles)))}"
+        raise BacktestError(f"no signal line of {name} ({', '.join(sorted(set(out.other_symbols) | set(candles)))}"
                             f", starts {lo}..{hi}) falls on a candle of the data ({spans}): nothing to backtest")
     return out
 
@@ -200,7 +224,7 @@ def sweep(candles: dict[str, Candles], signals: SignalFile, *, fee_bp: float, ho
         return _row(name, stats) | {"_runs": runs}
 
     rows = [run("as signalled", {s: trading.positions(d, 0.5, hold_bars) for s, d in decided.items()})]
-    for thr in thresholds:
+    for thr in () if signals.alpha else thresholds:  # an alpha file has no probabilities to re-decide
         rows.append(run(f"threshold {thr:g}", {s: trading.positions(e, thr, hold_bars) for s, e in edges.items()})
                     | {"threshold": float(thr)})
     rows.append(run("buy and hold", {m.symbol: np.ones(len(m.open), dtype=np.int64) for m in markets}))
@@ -238,9 +262,10 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best = max((r for r in rows if "threshold" in r), key=lambda r: r.get("net_return", -math.inf))
+    swept = [r for r in rows if "threshold" in r]
+    best = max(swept, key=lambda r: r.get("net_return", -math.inf)) if swept else None
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for r in (rows[0], best, next(r for r in rows if r["name"] == "buy and hold")):
+    for r in (rows[0], *([best] if best else []), next(r for r in rows if r["name"] == "buy and hold")):
         runs = r["_runs"]
         st = np.concatenate([x.start_ms for x in runs])
         net = np.concatenate([x.net for x in runs])
@@ -342,6 +367,13 @@ def run_cli(args: argparse.Namespace) -> int:
         return code
 
     if args.plot:
+        target = Path(args.plot)
+        if args.plot.endswith(("/", os.sep)) or target.is_dir():
+            return fail(f"--plot {args.plot} is a folder: name the picture, e.g. {target / 'equity.png'}")
+        if target.suffix.lower() != ".png":
+            return fail(f"--plot {args.plot}: expected a FILE.png (the picture is a PNG)")
+        if not target.parent.is_dir():
+            return fail(f"--plot {args.plot}: folder {target.parent} does not exist")
         try:
             import matplotlib  # noqa: F401 - only whether it is there
         except ImportError:
@@ -364,7 +396,8 @@ def run_cli(args: argparse.Namespace) -> int:
             signals_path = Path(args.signals) if args.signals else Path(tmp) / "signals.jsonl"
             if args.replay:
                 _replay_to(signals_path, candles, args)
-            signals = read_signals(signals_path, candles)
+            source = args.signals or f"the replay of {args.artifact} over {', '.join(args.data)}"
+            signals = read_signals(signals_path, candles, source)
         rows = sweep(candles, signals, fee_bp=args.fee, hold_bars=args.hold, thresholds=args.thresholds,
                      spread_bp=args.spread_bp, interval=args.interval)
     except (KernelUnavailable, ConfigError) as exc:
@@ -376,7 +409,6 @@ def run_cli(args: argparse.Namespace) -> int:
              for s, e in signals.edge.items() if covered[s]}
     gaps = sum(spans.values()) - sum(covered.values())
     spread = f"{args.spread_bp:g} bp" if args.spread_bp is not None else "half a tick"
-    source = args.signals or f"replay of {args.artifact}"
     head = [f"signals: {source}; candles: {', '.join(c.path for c in candles.values())}",
             f"bars backtested: {sum(spans.values())} ({', '.join(f'{s} {n}' for s, n in spans.items())}); "
             f"fee {args.fee:g} bp/side + {spread} spread; positions held {args.hold} bar(s)"]
@@ -387,6 +419,9 @@ def run_cli(args: argparse.Namespace) -> int:
         others = ", ".join(f"{s} {n}" for s, n in sorted(signals.other_symbols.items()))
         head.append(f"lines not backtested: {signals.outside} outside the candles' span"
                     + (f"; for symbols without --data: {others}" if others else ""))
+    if signals.alpha:
+        head.append("threshold sweep left out: an alpha model's lines (alpha_bp, no probs); backtested as "
+                    "signalled (its position)")
     head.append("net return: summed log return per symbol, averaged over symbols; Sharpe, Sortino and max DD of "
                 "the equal-weight portfolio; the best threshold is chosen on these same bars (in-sample)")
     public = [{k: v for k, v in r.items() if k != "_runs"} for r in rows]
