@@ -103,12 +103,23 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+async def until_ready(service, task: asyncio.Task, timeout_s: float) -> None:
+    """Wait until the service is subscribed and every symbol warm; raise if it stops or takes too long."""
+    from daemon.core.pipeline import Stage
+
+    deadline = time.perf_counter() + timeout_s
+    while not (service.feed.stats.subscribed and all(p.stage is Stage.SERVING and p.fetch is None
+                                                      for p in service.pipelines.values())):
+        if task.done() or time.perf_counter() > deadline:
+            raise RuntimeError(f"the daemon did not get subscribed and warm within {timeout_s:g} s")
+        await asyncio.sleep(0.005)
+
+
 async def measure(config_path: str, signals_path: str, settle_s: float, duration_s: float) -> dict:
     from daemon.aio.output import configure_logging
     from daemon.aio.service import Service
     from daemon.core.config import load_config
     from daemon.core.model import Model
-    from daemon.core.pipeline import Stage
 
     t_start = time.perf_counter()
     cfg = load_config(config_path)
@@ -121,12 +132,7 @@ async def measure(config_path: str, signals_path: str, settle_s: float, duration
     task = asyncio.create_task(service.run())
     result: dict = {}
     try:
-        deadline = time.perf_counter() + 120.0
-        while not (service.feed.stats.subscribed and all(p.stage is Stage.SERVING and p.fetch is None
-                                                          for p in service.pipelines.values())):
-            if task.done() or time.perf_counter() > deadline:
-                raise RuntimeError("the daemon did not get subscribed and warm within 120 s")
-            await asyncio.sleep(0.005)
+        await until_ready(service, task, 120.0)
         result["ready_s"] = round(time.perf_counter() - t_start, 3)
         await asyncio.sleep(settle_s)
         probe = (cfg.feed.rest_url, cfg.feed.symbols[0])

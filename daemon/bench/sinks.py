@@ -150,9 +150,8 @@ async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s
     from daemon.aio.service import Service
     from daemon.core.config import load_config
     from daemon.core.model import Model
-    from daemon.core.pipeline import Stage
 
-    from .loopback_driver import KeepAll, _cpu_s, _status_mb, latency_split
+    from .loopback_driver import KeepAll, _cpu_s, _status_mb, latency_split, until_ready
 
     cfg = load_config(config_path)
     model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
@@ -163,12 +162,7 @@ async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s
     service.writer.latency = recorder
     task = asyncio.create_task(service.run())
     try:
-        deadline = time.perf_counter() + 180.0
-        while not (service.feed.stats.subscribed and all(p.stage is Stage.SERVING and p.fetch is None
-                                                          for p in service.pipelines.values())):
-            if task.done() or time.perf_counter() > deadline:
-                raise RuntimeError("the daemon did not get subscribed and warm within 180 s")
-            await asyncio.sleep(0.005)
+        await until_ready(service, task, 180.0)
         await asyncio.sleep(settle_s)
         written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
         recorder.recording = out.recording = True
