@@ -252,7 +252,14 @@ async def test_daemon_whose_stdout_reader_stops_keeps_pinging_and_stops_on_sigte
         try:
             await wait_until(lambda: fake.subscribed("kline.5.BTCUSDT") and log.exists()
                              and "warmup_loaded" in log.read_text(), 30, "daemon start")
-            await fake.step(1500)  # far more lines than the pipe and the writer's buffer hold
+            # Far more lines than the pipe and the writer's buffer hold, played in rounds the daemon has logged
+            # before the next: stepped flat out, the fake outruns the daemon's reads and the test would be about a
+            # gap instead of a stuck reader.
+            for _ in range(15):
+                await fake.step(100)
+                played = fake.open_start_ms
+                await wait_until(lambda p=played: f'"start": {p - 300_000}' in log.read_text(), 30,
+                                 "the daemon caught up with the fake")
             await wait_until(lambda: "signal_dropped" in log.read_text(), 30, "dropped lines")
             pings = fake.pings
             await wait_until(lambda: fake.pings > pings + 2, 20, "pings while stdout is stuck")
