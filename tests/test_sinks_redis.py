@@ -85,7 +85,7 @@ async def test_server_killed_and_restarted(redis, fake, random_artifact):
         redis.kill()
         await fake.step(5)  # 10 lines while Redis is down: 3 queued, 7 dropped
         await wait_for(lambda: len(d.raw_lines) == 14, "stdout goes on without Redis")
-        await wait_for(lambda: not sink.up and sink.errors >= 1, "the sink noticing")
+        await wait_for(lambda: not sink.up and sink.errors >= 1 and sink.dropped == 7, "the sink noticing, 7 dropped")
         assert sink.dropped == 7 and sink.queued == 3
         d.service.supervision.metrics.set_feed_connected(True)
         ok, body = d.service.supervision.metrics.health()

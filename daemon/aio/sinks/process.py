@@ -109,11 +109,12 @@ class SinkProcess(SinkGroup):
 
     def __init__(self, configs: list[SinkConfig], secrets: list[str | None], *, backoff: BackoffConfig | None = None,
                  log=None, drain_s: float = 2.0, notice_every_s: float = 10.0,
-                 argv: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, pipe_bytes: int = PIPE_BYTES) -> None:
         self.configs, self._secrets = list(configs), list(secrets)
         self.backoff = backoff or BackoffConfig()
         self.log = (log or structlog.get_logger("kdsignal")).bind(component="sinks")
         self.drain_s = drain_s
+        self.pipe_bytes = pipe_bytes
         self.notice_every_s = notice_every_s
         self.argv = argv or [sys.executable, "-m", "daemon.aio.sinks.worker"]
         self.sinks = [RemoteSink(c, self) for c in self.configs]
@@ -191,7 +192,7 @@ class SinkProcess(SinkGroup):
         sr, sw = os.pipe2(os.O_CLOEXEC)
         try:
             with contextlib.suppress(OSError):  # a lower limit (pipe-max-size) leaves the default 64 KiB
-                fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+                fcntl.fcntl(w, _F_SETPIPE_SZ, self.pipe_bytes)
             env = {**os.environ, "KDSIGNAL_SINK_PARENT": str(os.getpid())}
             # stdin: the line pipe; stdout: the status pipe; stderr: the daemon's (a one-line fatal error).
             self.proc = subprocess.Popen(self.argv, stdin=r, stdout=sw, env=env, close_fds=True)
@@ -338,5 +339,5 @@ class SinkProcess(SinkGroup):
         os.close(self._fd)  # EOF: the process drains, reports once more and exits
         self._fd, self._tail = -1, b""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(timeout_s, self.drain_s) + 2.0):
+            async with asyncio.timeout(max(timeout_s, self.drain_s) + 1.0):
                 await self._ended.wait()
