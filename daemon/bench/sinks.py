@@ -9,18 +9,18 @@ the table beside the differences. Live sinks run again at smaller bursts of clos
 the floor of the machine is measured too: another process sending stamped lines straight to the same
 servers, one at a time, timed by the same consumers.
 
-Why a consumer sees a line milliseconds after stdout at 500 symbols: the daemon handles the frames of a
-burst of closes back to back (the WebSocket client hands over frames already received without returning to
-the event loop), and the sink workers run in the same event loop, so they send once the burst's lines are
-written; the first line of a burst waits for the last. The hot path is what this design protects.
+The sinks run in a process of their own (``daemon.aio.sinks.process``): the daemon writes each line to a
+pipe right after stdout, and the sink process sends as lines arrive, while the daemon goes on with the
+burst.
 
 Tick-to-signal is the daemon's own measurement, as in ``daemon.bench.loopback`` (frame handed over by the
 WebSocket client to its line written and flushed). Consumer latency: the driver (this module run as
-``python -m daemon.bench.sinks driver ...``) stamps each stdout line with ``perf_counter_ns`` right after
-its flush, and consumers in the bench process (``XREAD BLOCK`` on the stream, a NATS subscription) stamp
-each line on arrival with the same clock (``CLOCK_MONOTONIC``, shared by every process of the machine); the
-difference, per line, is how long after stdout the line reached a consumer. All of it shares the
-machine's cores with the fake exchange and the servers, as a colocated deployment would.
+``python -m daemon.bench.sinks driver ...``) stamps each stdout line with ``time.monotonic_ns`` right after
+its flush (before the sinks get it), and consumers in another thread of the bench process (``XREAD BLOCK``
+on the stream, a NATS subscription) stamp each line on arrival with the same clock (``CLOCK_MONOTONIC``,
+one clock for every process of the machine); the difference, per line, is how long after stdout the line
+reached a consumer. All of it shares the machine's cores with the fake exchange and the servers, as a
+colocated deployment would.
 """
 
 from __future__ import annotations
@@ -126,6 +126,18 @@ class ServerProcess:
 
 
 # ---------------------------------------------------------------------- the daemon side (a child process)
+def _child_cpu_rss(pid: int | None) -> tuple[float, float]:
+    """(CPU seconds, resident MB) of process ``pid`` (the sink process), NaN when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan"), float("nan")
+    # Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the command name; rss is the 22nd.
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 class StampedOut:
     """stdout stand-in for the driver: writes to a file and, while ``recording``, keeps (flush time, line)."""
 
@@ -142,7 +154,7 @@ class StampedOut:
     def flush(self) -> None:
         self.f.flush()
         if self.recording:
-            self.stamps.append((time.perf_counter_ns(), self._last))
+            self.stamps.append((time.monotonic_ns(), self._last))
 
 
 async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s: float, duration_s: float) -> dict:
@@ -164,19 +176,28 @@ async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s
     try:
         await until_ready(service, task, 180.0)
         await asyncio.sleep(settle_s)
+        pid = service.sinks.pid if service.sinks else None
         written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
+        child0, _ = _child_cpu_rss(pid)
         recorder.recording = out.recording = True
         print(json.dumps({"event": "recording"}), flush=True)
         await asyncio.sleep(duration_s)
         recorder.recording = out.recording = False
         written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        child1, child_rss_mb = _child_cpu_rss(pid)
         sinks = {s.name: {"sent": s.sent, "dropped": s.dropped, "errors": s.errors, "up": s.up}
                  for s in service.sinks.sinks}
+        if service.sinks:
+            sinks_process = {"pipe_dropped": service.sinks.pipe_dropped, "restarts": service.sinks.restarts,
+                             "cpu_percent": round(100.0 * (child1 - child0) / (t1 - t0), 1),
+                             "rss_mb": round(child_rss_mb, 1)}
         result = {"signals": written1 - written0, "live_samples": len(recorder.ns),
                   "signals_per_s": round((written1 - written0) / (t1 - t0), 1),
                   **latency_split(recorder.ns, recorder.done_ns),
                   "cpu_percent": round(100.0 * (cpu1 - cpu0) / (t1 - t0), 1),
                   "rss_mb": round(_status_mb("VmRSS"), 1), "sinks": sinks}
+        if service.sinks:
+            result["sinks_process"] = sinks_process
     finally:
         service.stop()
         try:
@@ -237,7 +258,7 @@ class Consumers:
             nats_got = self.got["nats"]
 
             async def on_msg(msg) -> None:
-                nats_got.append((time.perf_counter_ns(), msg.data))
+                nats_got.append((time.monotonic_ns(), msg.data))
 
             await nc.subscribe(SUBJECT, cb=on_msg)
             await nc.flush()
@@ -259,7 +280,7 @@ class Consumers:
         got = self.got["redis"]
         while True:
             reply = await rc.xread({STREAM: last}, block=1000, count=1000)
-            now = time.perf_counter_ns()
+            now = time.monotonic_ns()
             for _, entries in reply or ():
                 for entry_id, fields in entries:
                     got.append((now, fields[b"line"]))
@@ -285,8 +306,8 @@ async def main(redis_port, nats_port, n, gap_s):
     rc = Redis(host="127.0.0.1", port=redis_port)
     nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
     for _ in range(n):
-        await rc.xadd(STREAM, {"line": str(time.perf_counter_ns()).encode()})
-        await nc.publish(SUBJECT, str(time.perf_counter_ns()).encode())
+        await rc.xadd(STREAM, {"line": str(time.monotonic_ns()).encode()})
+        await nc.publish(SUBJECT, str(time.monotonic_ns()).encode())
         await nc.flush()
         await asyncio.sleep(gap_s)
     await nc.close()
