@@ -1,7 +1,8 @@
 """One sink's machinery: a bounded queue filled from the hot path and a worker that sends and reconnects.
 
-The writer calls :meth:`Sink.offer` with the exact bytes of each stdout line: a length check and a deque
-append, never an ``await``, so a slow or dead sink cannot delay stdout or the feed. A full queue drops the
+In the sink process (:mod:`daemon.aio.sinks.worker`) the line reader calls :meth:`Sink.offer` with the exact
+bytes of each stdout line: a length check and a deque append, never an ``await``, so a slow or dead sink
+cannot delay the other sinks or the reading of the pipe. A full queue drops the
 new line and counts it. The worker task takes up to ``batch_max`` lines from the front, sends them (one
 round trip for a burst of closes), and only then removes them, so a batch that fails is sent again once
 the sink is back: delivery is at least once, and exactly once while the sink stays up. Any failure marks
