@@ -142,3 +142,16 @@ async def test_error_reply_keeps_the_lines(redis, fake, random_artifact):
             assert await stream_lines(redis.port) == d.raw_lines
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("maxlen", [0, 100_000])
+def test_packed_xadd_matches_redis_py(maxlen):
+    """The sink's own XADD packing is byte for byte what redis-py packs for the same command."""
+    from redis.asyncio.connection import Connection
+
+    from daemon.aio.sinks.redis import _xadd_head
+
+    line = b'{"symbol": "BTCUSDT", "signal": "buy"}'
+    trim = ["MAXLEN", "~", maxlen] if maxlen else []
+    want = b"".join(Connection().pack_command("XADD", "kdsignal:signals", *trim, "*", "line", line))
+    assert _xadd_head("kdsignal:signals", maxlen) + b"$%d\r\n%s\r\n" % (len(line), line) == want
