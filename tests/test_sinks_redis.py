@@ -149,9 +149,9 @@ def test_packed_xadd_matches_redis_py(maxlen):
     """The sink's own XADD packing is byte for byte what redis-py packs for the same command."""
     from redis.asyncio.connection import Connection
 
-    from daemon.aio.sinks.redis import _xadd_head
+    from daemon.aio.sinks.redis import xadd_head
 
     line = b'{"symbol": "BTCUSDT", "signal": "buy"}'
     trim = ["MAXLEN", "~", maxlen] if maxlen else []
     want = b"".join(Connection().pack_command("XADD", "kdsignal:signals", *trim, "*", "line", line))
-    assert _xadd_head("kdsignal:signals", maxlen) + b"$%d\r\n%s\r\n" % (len(line), line) == want
+    assert xadd_head("kdsignal:signals", maxlen) + b"$%d\r\n%s\r\n" % (len(line), line) == want

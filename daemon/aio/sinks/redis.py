@@ -18,7 +18,7 @@ from redis.retry import Retry
 from daemon.aio.sinks.base import Sink
 from daemon.core.sinks_config import RedisSinkConfig
 
-__all__ = ["RedisSink"]
+__all__ = ["RedisSink", "xadd_head"]
 
 
 class RedisSink(Sink):
@@ -31,7 +31,7 @@ class RedisSink(Sink):
         self._password = password
         self._client: Redis | None = None
         self._conn = None
-        self._head = _xadd_head(cfg.stream, cfg.maxlen)
+        self._head = xadd_head(cfg.stream, cfg.maxlen)
 
     async def connect(self) -> None:
         cfg = self.cfg
@@ -63,7 +63,7 @@ def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
 
 
-def _xadd_head(stream: str, maxlen: int) -> bytes:
+def xadd_head(stream: str, maxlen: int) -> bytes:
     """RESP for ``XADD stream [MAXLEN ~ maxlen] * line`` without the value: each line's bulk string follows."""
     args = [b"XADD", stream.encode()]
     if maxlen:
