@@ -322,6 +322,7 @@ class Service:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
                     if not self._stop.is_set():
+                        self.sinks.start(asyncio.get_running_loop())  # before any line (run() restarts it)
                         for pipeline in self.pipelines.values():
                             if pipeline.resync():
                                 self._pump(pipeline)

@@ -296,21 +296,33 @@ class SinkProcess(SinkGroup):
         self.not_running = why
         self.log.error("sink_process_exited", status=rc, lines_lost=lost, restarts=self.restarts)
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Start the sink process now (before the first line can be written); False if it could not start.
+
+        :meth:`run` calls it too; the service calls it first, so lines written before :meth:`run`'s first
+        turn go into the pipe instead of being dropped.
+        """
+        self._loop = loop
+        if not self.sinks or self.proc is not None or self._stopping:
+            return self.proc is not None
+        try:
+            self._start()
+        except OSError as exc:
+            self.not_running = f"cannot start the sink process: {exc.strerror or exc}"
+            self.log.error("sink_process_failed", error=self.not_running)
+            return False
+        return True
+
     async def run(self) -> None:
         """Start the sink process and start it again whenever it dies, until cancelled or drained."""
         if not self.sinks:
             return
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         delays = self.backoff.delays()
         try:
             while not self._stopping:
                 started = loop.time()
-                try:
-                    self._start()
-                except OSError as exc:
-                    self.not_running = f"cannot start the sink process: {exc.strerror or exc}"
-                    self.log.error("sink_process_failed", error=self.not_running)
-                else:
+                if self.start(loop):
                     await self._ended.wait()
                     self._close_fds()
                     rc = await self._reap(5.0)
