@@ -159,3 +159,15 @@ async def test_no_orphan_after_the_daemon_exits(tmp_path, sig):
         await wait_until(lambda: gone(child), 10, "the sink process gone")
     if sig == signal.SIGTERM:
         assert "daemon_stopped" in [e["event"] for e in log_events(log)]
+
+
+async def test_clean_stop_delivers_what_stdout_got(redis, fake, random_artifact):
+    """Stopping right after stdout got its lines: the sink process drains before it exits, nothing is lost."""
+    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)]) as d:
+        sinks = d.service.sinks
+        await fake.step(20)
+        await wait_for(lambda: len(d.raw_lines) == 40, "40 lines on stdout")
+        pid = sinks.pid
+    assert gone(pid) and sinks.pid is None
+    assert await stream_lines(redis.port) == d.raw_lines
+    assert d.sink_named("redis").sent == 40

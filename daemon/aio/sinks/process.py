@@ -351,5 +351,6 @@ class SinkProcess(SinkGroup):
         os.close(self._fd)  # EOF: the process drains, reports once more and exits
         self._fd, self._tail = -1, b""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(timeout_s, self.drain_s) + 1.0):
+            # The process may still be starting (imports): give it that time on top of the drain.
+            async with asyncio.timeout(max(timeout_s, self.drain_s) + 3.0):
                 await self._ended.wait()

@@ -177,7 +177,12 @@ async def serve(init: dict, in_fd: int = 0, out_fd: int = 1, rest: bytes = b"") 
     try:
         await eof.wait()
         loop.remove_reader(in_fd)
-        await sinks.drain(float(init.get("drain_s", 2.0)))
+        drain_s = float(init.get("drain_s", 2.0))
+        deadline = loop.time() + drain_s
+        # A stop soon after the start: a sink still making its first connection gets the drain time too.
+        while any(s.connects == 0 and s.errors == 0 for s in sinks.sinks) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await sinks.drain(max(0.0, deadline - loop.time()))
     finally:
         for task in (runner, reporter):
             task.cancel()
