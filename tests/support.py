@@ -490,6 +490,17 @@ class SinkDaemon(InProcessDaemon):
         return next(s for s in self.service.sinks.sinks if s.name == name)
 
 
+async def redis_stream_lines(port: int, stream: str = "kdsignal:signals") -> list[bytes]:
+    """Every entry's ``line`` field in a Redis stream on 127.0.0.1:port, oldest first."""
+    from redis.asyncio import Redis
+
+    client = Redis(host="127.0.0.1", port=port)
+    try:
+        return [fields[b"line"] for _, fields in await client.xrange(stream)]
+    finally:
+        await client.aclose()
+
+
 async def wait_for(predicate, what: str, timeout_s: float = 20.0) -> None:
     """``wait_until`` with a longer default: servers start and reconnect within it."""
     await wait_until(predicate, timeout_s=timeout_s, what=what)

@@ -6,7 +6,6 @@ import os
 import signal
 
 import pytest
-from redis.asyncio import Redis
 
 from daemon.aio.sinks.worker import LineReader
 from daemon.tools.fake_bybit import FakeBybit
@@ -17,6 +16,7 @@ from tests.support import (
     log_events,
     metric_value,
     redis_server,
+    redis_stream_lines,
     sample_rows,
     wait_for,
     wait_until,
@@ -48,14 +48,6 @@ async def fake():
 def sink_table(port: int) -> dict:
     return {"kind": "redis", "url": f"redis://127.0.0.1:{port}/0", "stream": STREAM}
 
-
-async def stream_lines(port: int) -> list[bytes]:
-    """Every entry's ``line`` field in the stream, oldest first."""
-    client = Redis(host="127.0.0.1", port=port)
-    try:
-        return [fields[b"line"] for _, fields in await client.xrange(STREAM)]
-    finally:
-        await client.aclose()
 
 
 def gone(pid: int) -> bool:
@@ -102,7 +94,7 @@ async def test_killed_sink_process_is_restarted_and_counts_what_it_lost(redis, f
         await fake.step(2)
         await wait_for(lambda: len(d.raw_lines) == 12 and sink.sent + sink.dropped == 12,
                        "every line delivered or counted")
-        got = await stream_lines(redis.port)
+        got = await redis_stream_lines(redis.port)
         assert len(got) == sink.sent and sink.sent >= 8
         assert got[:4] == d.raw_lines[:4] and got[-4:] == d.raw_lines[-4:]
         assert [x for x in d.raw_lines if x in set(got)] == got  # in stdout order, none twice
@@ -133,7 +125,7 @@ async def test_full_pipe_drops_and_counts_stdout_unaffected(redis, fake, random_
         await wait_for(lambda: sink.sent == written, "what the pipe held delivered")
         await fake.step(1)
         await wait_for(lambda: sink.sent == written + 2, "new lines delivered")
-        assert await stream_lines(redis.port) == d.raw_lines[:written] + d.raw_lines[80:]
+        assert await redis_stream_lines(redis.port) == d.raw_lines[:written] + d.raw_lines[80:]
         assert sinks.restarts == 0
 
 
@@ -169,5 +161,5 @@ async def test_clean_stop_delivers_what_stdout_got(redis, fake, random_artifact)
         await wait_for(lambda: len(d.raw_lines) == 40, "40 lines on stdout")
         pid = sinks.pid
     assert gone(pid) and sinks.pid is None
-    assert await stream_lines(redis.port) == d.raw_lines
+    assert await redis_stream_lines(redis.port) == d.raw_lines
     assert d.sink_named("redis").sent == 40
