@@ -33,6 +33,9 @@ class Sink:
     kind = ""
     # True when send() must get one line at a time (a batch that failed half way must not be sent twice).
     one_at_a_time = False
+    # False when a successful connect() proves nothing about the far end (a webhook's HTTP session): after a
+    # failure the sink shows as down until a send succeeds, instead of flapping up and down between retries.
+    connect_proves_up = True
 
     def __init__(self, cfg: SinkConfig, *, backoff: BackoffConfig | None = None, log=None) -> None:
         self.cfg = cfg
@@ -100,8 +103,9 @@ class Sink:
                 try:
                     async with asyncio.timeout(timeout_s):
                         await self.connect()
-                    self._mark_up()
-                    delays = self.backoff.delays()
+                    if self.connect_proves_up or not self.errors:
+                        self._mark_up()
+                        delays = self.backoff.delays()
                     while True:
                         if not q:
                             self._waiting = True
@@ -114,6 +118,9 @@ class Sink:
                         for _ in batch:
                             q.popleft()
                         self.sent += accepted
+                        if not self.up:
+                            self._mark_up()
+                            delays = self.backoff.delays()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - whatever fails, the sink retries; counted and logged
