@@ -470,7 +470,7 @@ class SinkDaemon(InProcessDaemon):
 
     def __init__(self, fake, artifact, symbols=("BTCUSDT",), sinks=(), environ=None, **sections) -> None:
         from daemon.aio.service import Service
-        from daemon.aio.sinks import SinkSet
+        from daemon.aio.sinks.process import SinkProcess
         from daemon.core.model import Model
         from daemon.core.sinks_config import parse_sinks
 
@@ -479,7 +479,7 @@ class SinkDaemon(InProcessDaemon):
         cfg = daemon_config(fake, symbols, artifact, **sections)
         self.cfg = dataclasses.replace(cfg, sinks=parse_sinks(list(sinks)))
         self.service = Service(self.cfg, Model.load(artifact), out=self.sink,
-                               sinks=SinkSet.from_config(self.cfg, environ=environ))
+                               sinks=SinkProcess.from_config(self.cfg, environ=environ))
 
     @property
     def raw_lines(self) -> list[bytes]:
@@ -488,6 +488,17 @@ class SinkDaemon(InProcessDaemon):
 
     def sink_named(self, name: str):
         return next(s for s in self.service.sinks.sinks if s.name == name)
+
+
+async def redis_stream_lines(port: int, stream: str = "kdsignal:signals") -> list[bytes]:
+    """Every entry's ``line`` field in a Redis stream on 127.0.0.1:port, oldest first."""
+    from redis.asyncio import Redis
+
+    client = Redis(host="127.0.0.1", port=port)
+    try:
+        return [fields[b"line"] for _, fields in await client.xrange(stream)]
+    finally:
+        await client.aclose()
 
 
 async def wait_for(predicate, what: str, timeout_s: float = 20.0) -> None:

@@ -68,7 +68,7 @@ async def test_core_publish_every_line_once_in_order(server, fake, random_artifa
         async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[table(server.port)]) as d:
             sink = d.sink_named("nats")
             await fake.step(6)
-            await wait_for(lambda: len(got) == 12, "12 messages received")
+            await wait_for(lambda: len(got) == 12 and sink.sent == 12, "12 messages received, 12 reported sent")
             assert got == d.raw_lines and sink.sent == 12 and sink.dropped == 0
             text = d.service.supervision.metrics.render().decode()
             assert metric_value(text, "kdsignal_sink_sent_total", sink="nats", kind="nats") == 12

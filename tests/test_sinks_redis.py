@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from daemon.tools.fake_bybit import FakeBybit
-from tests.support import OPEN_INDEX, SinkDaemon, metric_value, redis_server, sample_rows, wait_for
+from tests.support import OPEN_INDEX, SinkDaemon, metric_value, redis_server, redis_stream_lines, sample_rows, wait_for
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)
@@ -31,14 +31,6 @@ async def fake():
         yield f
 
 
-async def stream_lines(port: int) -> list[bytes]:
-    """Every entry's ``line`` field in the stream, oldest first."""
-    client = Redis(host="127.0.0.1", port=port)
-    try:
-        return [fields[b"line"] for _, fields in await client.xrange(STREAM)]
-    finally:
-        await client.aclose()
-
 
 def sink_table(port: int, **extra) -> dict:
     return {"kind": "redis", "url": f"redis://127.0.0.1:{port}/0", "stream": STREAM, **extra}
@@ -50,7 +42,7 @@ async def test_every_line_once_in_order(redis, fake, random_artifact):
         sink = d.sink_named("redis")
         await fake.step(6)
         await wait_for(lambda: len(d.raw_lines) == 12 and sink.sent == 12, "12 lines sent")
-        assert await stream_lines(redis.port) == d.raw_lines
+        assert await redis_stream_lines(redis.port) == d.raw_lines
         assert json.loads(d.raw_lines[0])["symbol"] in SYMBOLS
         text = d.service.supervision.metrics.render().decode()
         assert metric_value(text, "kdsignal_sink_sent_total", sink="redis", kind="redis") == 12
@@ -68,7 +60,7 @@ async def test_maxlen_trims_approximately(redis, fake, random_artifact):
         sink = d.sink_named("redis")
         await fake.step(30)
         await wait_for(lambda: len(d.raw_lines) == 60 and sink.sent == 60, "60 lines sent")
-        kept = await stream_lines(redis.port)
+        kept = await redis_stream_lines(redis.port)
         # Approximate trimming removes whole radix-tree nodes (100 entries by default), never the newest.
         assert 0 < len(kept) <= 60 and kept == d.raw_lines[-len(kept):]
 
@@ -81,11 +73,11 @@ async def test_server_killed_and_restarted(redis, fake, random_artifact):
         for n in (2, 4):  # a bar at a time: a burst of 2 lines must not meet a full queue of 3 yet
             await fake.step(1)
             await wait_for(lambda n=n: sink.sent == n, f"{n} lines sent before the crash")
-        assert await stream_lines(redis.port) == d.raw_lines
+        assert await redis_stream_lines(redis.port) == d.raw_lines
         redis.kill()
         await fake.step(5)  # 10 lines while Redis is down: 3 queued, 7 dropped
         await wait_for(lambda: len(d.raw_lines) == 14, "stdout goes on without Redis")
-        await wait_for(lambda: not sink.up and sink.errors >= 1, "the sink noticing")
+        await wait_for(lambda: not sink.up and sink.errors >= 1 and sink.dropped == 7, "the sink noticing, 7 dropped")
         assert sink.dropped == 7 and sink.queued == 3
         d.service.supervision.metrics.set_feed_connected(True)
         ok, body = d.service.supervision.metrics.health()
@@ -96,7 +88,7 @@ async def test_server_killed_and_restarted(redis, fake, random_artifact):
             await fake.step(1)
             await wait_for(lambda n=n: sink.sent == n, f"{n} lines sent after the restart")
         assert len(d.raw_lines) == 20
-        after = await stream_lines(redis.port)
+        after = await redis_stream_lines(redis.port)
         # The 3 queued during the outage (the first 3 of it), then every line after the restart, in order.
         assert after == d.raw_lines[4:7] + d.raw_lines[14:]
         assert sink.connects == 2
@@ -139,6 +131,19 @@ async def test_error_reply_keeps_the_lines(redis, fake, random_artifact):
             assert "WRONGTYPE" in sink.last_error and sink.sent == 0 and sink.queued == 4
             await client.delete(STREAM)
             await wait_for(lambda: sink.up and sink.sent == 4, "the 4 lines after the key was removed")
-            assert await stream_lines(redis.port) == d.raw_lines
+            assert await redis_stream_lines(redis.port) == d.raw_lines
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("maxlen", [0, 100_000])
+def test_packed_xadd_matches_redis_py(maxlen):
+    """The sink's own XADD packing is byte for byte what redis-py packs for the same command."""
+    from redis.asyncio.connection import Connection
+
+    from daemon.aio.sinks.redis import xadd_head
+
+    line = b'{"symbol": "BTCUSDT", "signal": "buy"}'
+    trim = ["MAXLEN", "~", maxlen] if maxlen else []
+    want = b"".join(Connection().pack_command("XADD", "kdsignal:signals", *trim, "*", "line", line))
+    assert xadd_head("kdsignal:signals", maxlen) + b"$%d\r\n%s\r\n" % (len(line), line) == want

@@ -66,7 +66,9 @@ async def test_dead_receiver_costs_stdout_nothing(fake, random_artifact):
     async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=sinks) as d:
         sink = d.sink_named("webhook")
         await fake.step(5)
-        await wait_for(lambda: len(d.raw_lines) == 10 and sink.errors >= 1, "10 lines on stdout, the sink failing")
+        # The sink process reports a few times a second: wait for the report that has seen all 10 lines.
+        await wait_for(lambda: len(d.raw_lines) == 10 and sink.errors >= 1 and sink.dropped == 8,
+                       "10 lines on stdout, the sink failing, 8 dropped")
         assert sink.sent == 0 and sink.dropped == 8 and sink.queued == 2 and not sink.up
         d.service.supervision.metrics.set_feed_connected(True)
         ok, body = d.service.supervision.metrics.health()

@@ -280,7 +280,7 @@ class SignalWriter:
                  max_pending_bytes: int = 256 << 10, notice_every_s: float = 10.0) -> None:
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.log = log
-        # Sinks (daemon.aio.sinks.SinkSet.publish): gets each line's bytes after stdout, never blocks.
+        # Sinks (daemon.aio.sinks.process.SinkProcess.publish): each line's bytes after stdout, one pipe write.
         self.publish = publish
         self.last_latency_ns = 0  # of the last live line (0 for a backfilled one); the metrics histogram reads it
         self.latency = LatencyStats()

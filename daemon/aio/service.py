@@ -34,7 +34,7 @@ import structlog
 from daemon.aio.feed import Feed
 from daemon.aio.output import ReopenableFile, SignalWriter, configure_logging
 from daemon.aio.rest import RestClient, RestError
-from daemon.aio.sinks import SinkSet
+from daemon.aio.sinks.process import SinkProcess
 from daemon.core.artifact import ArtifactError
 from daemon.core.config import Config, ConfigError, load_config
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
@@ -109,7 +109,7 @@ class Service:
     def __init__(self, cfg: Config, model: Model, *, out: BinaryIO | None = None, log=None,
                  log_file: ReopenableFile | None = None,
                  load_model: Callable[[str], Model] | None = None, environ=None,
-                 sinks: SinkSet | None = None) -> None:
+                 sinks: SinkProcess | None = None) -> None:
         self.policy = check_model(cfg, model)
         self.cfg = cfg
         self.model = model
@@ -121,8 +121,8 @@ class Service:
         self.pipelines = {s: Pipeline(s, feed_cfg.interval, model, warmup_extra_bars=cfg.rest.warmup_extra_bars,
                                       policy=self.policy) for s in feed_cfg.symbols}
         self._logs = {s: self.log.bind(symbol=s, interval=feed_cfg.interval) for s in feed_cfg.symbols}
-        # [[sink]]s: every stdout line also goes to Redis/NATS/webhooks, off the hot path (daemon.aio.sinks).
-        self.sinks = sinks if sinks is not None else SinkSet.from_config(cfg, self.log)
+        # [[sink]]s: every stdout line also goes to Redis/NATS/webhooks, from a process of their own (daemon.aio.sinks).
+        self.sinks = sinks if sinks is not None else SinkProcess.from_config(cfg, self.log)
         self.writer = SignalWriter(out, self.log.bind(category=feed_cfg.category),
                                    publish=self.sinks.publish if self.sinks else None)
         self.feed = Feed(feed_cfg.ws_url, [kline_topic(feed_cfg.interval, s) for s in feed_cfg.symbols],
@@ -322,6 +322,7 @@ class Service:
                 async with asyncio.TaskGroup() as tg:
                     self._tg = tg
                     if not self._stop.is_set():
+                        self.sinks.start(asyncio.get_running_loop())  # before any line (run() restarts it)
                         for pipeline in self.pipelines.values():
                             if pipeline.resync():
                                 self._pump(pipeline)
@@ -386,7 +387,7 @@ def _run(args: argparse.Namespace, early: EarlySignals) -> int:
         model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         check_model(cfg, model)
         log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
-        sinks = SinkSet.from_config(cfg)  # reads the sinks' secrets: a missing one is a configuration error
+        sinks = SinkProcess.from_config(cfg)  # reads the sinks' secrets: a missing one is a configuration error
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -343,9 +343,11 @@ def section_sinks(report: dict, markdown: bool) -> str:
     if not rows:
         return "not measured"
     out = [_table(["variant", "symbols", "bar s", "signals/s written", "samples", "tick_to_signal p50 us", "p99 us",
-                   "max us", "daemon CPU %", "RSS MB", "sink sent / dropped"],
+                   "max us", "daemon CPU %", "RSS MB", "sink process CPU % / RSS MB", "sink sent / dropped"],
                   [[r["variant"], r["symbols"], r["bar_s"], r["signals_per_s"], r["live_samples"], r["p50_us"],
                     r["p99_us"], r["max_us"], r["cpu_percent"], r["rss_mb"],
+                    (f"{r['sinks_process']['cpu_percent']} / {r['sinks_process']['rss_mb']}"
+                     if r.get("sinks_process") else "-"),
                     ", ".join(f"{k} {v['sent']}/{v['dropped']}" for k, v in r.get("sinks", {}).items()) or "-"]
                    for r in rows], markdown)]
     consumer = [(r["variant"], k, c) for r in rows for k, c in (r.get("consumer") or {}).items()]

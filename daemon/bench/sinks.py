@@ -9,18 +9,20 @@ the table beside the differences. Live sinks run again at smaller bursts of clos
 the floor of the machine is measured too: another process sending stamped lines straight to the same
 servers, one at a time, timed by the same consumers.
 
-Why a consumer sees a line milliseconds after stdout at 500 symbols: the daemon handles the frames of a
-burst of closes back to back (the WebSocket client hands over frames already received without returning to
-the event loop), and the sink workers run in the same event loop, so they send once the burst's lines are
-written; the first line of a burst waits for the last. The hot path is what this design protects.
+The sinks run in a process of their own (``daemon.aio.sinks.process``): the daemon writes each line to a
+pipe right after stdout, and the sink process sends as lines arrive, while the daemon goes on with the
+burst.
 
 Tick-to-signal is the daemon's own measurement, as in ``daemon.bench.loopback`` (frame handed over by the
 WebSocket client to its line written and flushed). Consumer latency: the driver (this module run as
-``python -m daemon.bench.sinks driver ...``) stamps each stdout line with ``perf_counter_ns`` right after
-its flush, and consumers in the bench process (``XREAD BLOCK`` on the stream, a NATS subscription) stamp
-each line on arrival with the same clock (``CLOCK_MONOTONIC``, shared by every process of the machine); the
-difference, per line, is how long after stdout the line reached a consumer. All of it shares the
-machine's cores with the fake exchange and the servers, as a colocated deployment would.
+``python -m daemon.bench.sinks driver ...``) stamps each stdout line with ``time.monotonic_ns`` right after
+its flush (before the sinks get it), and two consumers, each a process of its own (``XREAD BLOCK`` on the
+stream; a NATS subscription), stamp each line when their client library hands it over, with the same clock
+(``CLOCK_MONOTONIC``, one clock for every process of the machine); the difference, per line, is how long
+after stdout the line reached a consumer. A Redis reply holding a burst is stamped once, when it is parsed
+(redis-py in pure Python: parsing a few hundred entries takes milliseconds on a busy machine, and a
+consumer would wait for it too). All of it shares the machine's cores with the fake exchange and the servers, as a
+colocated deployment would.
 """
 
 from __future__ import annotations
@@ -126,6 +128,18 @@ class ServerProcess:
 
 
 # ---------------------------------------------------------------------- the daemon side (a child process)
+def _child_cpu_rss(pid: int | None) -> tuple[float, float]:
+    """(CPU seconds, resident MB) of process ``pid`` (the sink process), NaN when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan"), float("nan")
+    # Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the command name; rss is the 22nd.
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 class StampedOut:
     """stdout stand-in for the driver: writes to a file and, while ``recording``, keeps (flush time, line)."""
 
@@ -142,7 +156,7 @@ class StampedOut:
     def flush(self) -> None:
         self.f.flush()
         if self.recording:
-            self.stamps.append((time.perf_counter_ns(), self._last))
+            self.stamps.append((time.monotonic_ns(), self._last))
 
 
 async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s: float, duration_s: float) -> dict:
@@ -164,19 +178,28 @@ async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s
     try:
         await until_ready(service, task, 180.0)
         await asyncio.sleep(settle_s)
+        pid = service.sinks.pid if service.sinks else None
         written0, cpu0, t0 = service.writer.written, _cpu_s(), time.perf_counter()
+        child0, _ = _child_cpu_rss(pid)
         recorder.recording = out.recording = True
         print(json.dumps({"event": "recording"}), flush=True)
         await asyncio.sleep(duration_s)
         recorder.recording = out.recording = False
         written1, cpu1, t1 = service.writer.written, _cpu_s(), time.perf_counter()
+        child1, child_rss_mb = _child_cpu_rss(pid)
         sinks = {s.name: {"sent": s.sent, "dropped": s.dropped, "errors": s.errors, "up": s.up}
                  for s in service.sinks.sinks}
+        if service.sinks:
+            sinks_process = {"pipe_dropped": service.sinks.pipe_dropped, "restarts": service.sinks.restarts,
+                             "cpu_percent": round(100.0 * (child1 - child0) / (t1 - t0), 1),
+                             "rss_mb": round(child_rss_mb, 1)}
         result = {"signals": written1 - written0, "live_samples": len(recorder.ns),
                   "signals_per_s": round((written1 - written0) / (t1 - t0), 1),
                   **latency_split(recorder.ns, recorder.done_ns),
                   "cpu_percent": round(100.0 * (cpu1 - cpu0) / (t1 - t0), 1),
                   "rss_mb": round(_status_mb("VmRSS"), 1), "sinks": sinks}
+        if service.sinks:
+            result["sinks_process"] = sinks_process
     finally:
         service.stop()
         try:
@@ -197,73 +220,114 @@ async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s
 
 # ---------------------------------------------------------------------- consumers (a thread of the bench process)
 class Consumers:
-    """Read the Redis stream and the NATS subject in a thread; keep (arrival ns, line) per sink."""
+    """A Redis stream reader and a NATS subscriber, each a process of its own (``python -m daemon.bench.sinks
+    consume KIND PORT``), so neither waits for the other's parsing; :meth:`collect` stops them and fills
+    ``got`` with (arrival ns, line) per sink."""
 
     def __init__(self, redis_port: int | None, nats_port: int | None) -> None:
-        self.redis_port, self.nats_port = redis_port, nats_port
+        self.ports = {"redis": redis_port, "nats": nats_port}
         self.got: dict[str, list[tuple[int, bytes]]] = {"redis": [], "nats": []}
         self.errors: list[str] = []
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="sink-consumers", daemon=True)
+        self._procs: dict[str, subprocess.Popen] = {}
 
     def __enter__(self) -> Consumers:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError("the consumers did not connect within 30 s")
-        if self.errors:
-            raise RuntimeError(f"consumer failed: {self.errors[0]}")
+        try:
+            for kind, port in self.ports.items():
+                self._procs[kind] = subprocess.Popen(
+                    [sys.executable, "-m", "daemon.bench.sinks", "consume", kind, str(port)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for kind, proc in self._procs.items():
+                ready = _readline_within(proc, 30.0)
+                if ready != b"ready\n":
+                    err = proc.stderr.read().decode(errors="replace")[-300:] if proc.poll() is not None else ""
+                    raise RuntimeError(f"the {kind} consumer did not connect within 30 s: {err}")
+        except BaseException:
+            self._kill()
+            raise
         return self
 
+    def collect(self) -> dict[str, list[tuple[int, bytes]]]:
+        """Stop the consumers (once) and return what each saw."""
+        for kind, proc in list(self._procs.items()):
+            try:
+                out, _ = proc.communicate(timeout=60)  # closing stdin is its signal to report and exit
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+                self.errors.append(f"the {kind} consumer did not stop")
+            for row in out.splitlines():
+                ns, line = row.split(b"\t", 1)
+                self.got[kind].append((int(ns), line))
+            del self._procs[kind]
+        return self.got
+
     def __exit__(self, *exc) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        self._kill()
 
-    def _main(self) -> None:
-        asyncio.run(self._run())
+    def _kill(self) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        self._procs.clear()
 
-    async def _run(self) -> None:
+
+def _readline_within(proc: subprocess.Popen, timeout_s: float) -> bytes:
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return box[0] if box else b""
+
+
+async def _consume(kind: str, port: int) -> list[tuple[int, bytes]]:
+    """Read ``kind`` on ``port`` until stdin reaches EOF; (arrival ns, line) per line, stamped on arrival."""
+    got: list[tuple[int, bytes]] = []
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stdin() -> None:
+        if not os.read(0, 4096):  # EOF: the bench wants the report
+            loop.remove_reader(0)
+            stop.set()
+
+    loop.add_reader(0, on_stdin)
+    if kind == "nats":
         import nats
-        from redis.asyncio import Redis
 
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        rc = nc = None
-        try:
-            rc = Redis(host="127.0.0.1", port=self.redis_port)
-            await rc.ping()
-            nc = await nats.connect(f"nats://127.0.0.1:{self.nats_port}")
-            nats_got = self.got["nats"]
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
 
-            async def on_msg(msg) -> None:
-                nats_got.append((time.perf_counter_ns(), msg.data))
+        async def on_msg(msg) -> None:
+            got.append((time.monotonic_ns(), msg.data))
 
-            await nc.subscribe(SUBJECT, cb=on_msg)
-            await nc.flush()
-            reader = asyncio.create_task(self._read_redis(rc))
-            self._ready.set()
-            await self._stop.wait()
-            reader.cancel()
-        except Exception as exc:  # noqa: BLE001 - reported by __enter__ or in the part's skipped list
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-            self._ready.set()
-        finally:
-            if nc is not None:
-                await nc.close()
-            if rc is not None:
-                await rc.aclose()
+        await nc.subscribe(SUBJECT, cb=on_msg)
+        await nc.flush()
+        print("ready", flush=True)
+        await stop.wait()
+        await nc.close()
+        return got
+    from redis.asyncio import Redis
 
-    async def _read_redis(self, rc) -> None:
+    rc = Redis(host="127.0.0.1", port=port)
+    await rc.ping()
+
+    async def read() -> None:
         last = "$"  # only what arrives from now on (an earlier variant left its lines in the stream)
-        got = self.got["redis"]
         while True:
             reply = await rc.xread({STREAM: last}, block=1000, count=1000)
-            now = time.perf_counter_ns()
+            now = time.monotonic_ns()
             for _, entries in reply or ():
                 for entry_id, fields in entries:
                     got.append((now, fields[b"line"]))
                     last = entry_id
+
+    reader = asyncio.create_task(read())
+    print("ready", flush=True)
+    await stop.wait()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await rc.aclose()
+    return got
 
 
 def consumer_latency(stamps: dict[bytes, int], got: list[tuple[int, bytes]]) -> dict:
@@ -285,8 +349,8 @@ async def main(redis_port, nats_port, n, gap_s):
     rc = Redis(host="127.0.0.1", port=redis_port)
     nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
     for _ in range(n):
-        await rc.xadd(STREAM, {"line": str(time.perf_counter_ns()).encode()})
-        await nc.publish(SUBJECT, str(time.perf_counter_ns()).encode())
+        await rc.xadd(STREAM, {"line": str(time.monotonic_ns()).encode()})
+        await nc.publish(SUBJECT, str(time.monotonic_ns()).encode())
         await nc.flush()
         await asyncio.sleep(gap_s)
     await nc.close()
@@ -304,8 +368,9 @@ def floor(redis_port: int, nats_port: int, n: int = 300, gap_s: float = 0.01) ->
         subprocess.run([sys.executable, "-c", code, str(redis_port), str(nats_port), str(n), str(gap_s)],
                        check=True, timeout=120, capture_output=True)
         time.sleep(0.5)
+        seen = consumers.collect()
     out = {}
-    for sink, got in consumers.got.items():
+    for sink, got in seen.items():
         stamps = {line: int(line) for _, line in got}
         out[sink] = consumer_latency(stamps, list(got))
     return out
@@ -351,7 +416,7 @@ def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbo
         for row in stamps_path.read_text(encoding="utf-8").splitlines():
             ns, line = row.split("\t", 1)
             stamps[line.encode()] = int(ns)
-        out["consumer"] = {k: consumer_latency(stamps, list(v)) for k, v in consumers.got.items()}
+        out["consumer"] = {k: consumer_latency(stamps, list(v)) for k, v in consumers.collect().items()}
     return out
 
 
@@ -426,7 +491,13 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m daemon.bench.sinks driver CONFIG SIGNALS STAMPS SETTLE_S DURATION_S``: the daemon side."""
+    """``python -m daemon.bench.sinks driver CONFIG SIGNALS STAMPS SETTLE_S DURATION_S``: the daemon side;
+    ``... consume redis|nats PORT``: one consumer, reporting ``ns<TAB>line`` rows on stdout once stdin closes."""
+    if argv[:1] == ["consume"] and len(argv) == 3 and argv[1] in ("redis", "nats"):
+        got = asyncio.run(_consume(argv[1], int(argv[2])))
+        sys.stdout.buffer.write(b"".join(b"%d\t%s\n" % (ns, line) for ns, line in got))
+        sys.stdout.flush()
+        return 0
     if argv[:1] != ["driver"] or len(argv) != 6:
         print("usage: python -m daemon.bench.sinks driver CONFIG SIGNALS STAMPS SETTLE_S DURATION_S", file=sys.stderr)
         return 2

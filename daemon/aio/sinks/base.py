@@ -1,7 +1,8 @@
 """One sink's machinery: a bounded queue filled from the hot path and a worker that sends and reconnects.
 
-The writer calls :meth:`Sink.offer` with the exact bytes of each stdout line: a length check and a deque
-append, never an ``await``, so a slow or dead sink cannot delay stdout or the feed. A full queue drops the
+In the sink process (:mod:`daemon.aio.sinks.worker`) the line reader calls :meth:`Sink.offer` with the exact
+bytes of each stdout line: a length check and a deque append, never an ``await``, so a slow or dead sink
+cannot delay the other sinks or the reading of the pipe. A full queue drops the
 new line and counts it. The worker task takes up to ``batch_max`` lines from the front, sends them (one
 round trip for a burst of closes), and only then removes them, so a batch that fails is sent again once
 the sink is back: delivery is at least once, and exactly once while the sink stays up. Any failure marks
@@ -32,6 +33,9 @@ class Sink:
     kind = ""
     # True when send() must get one line at a time (a batch that failed half way must not be sent twice).
     one_at_a_time = False
+    # False when a successful connect() proves nothing about the far end (a webhook's HTTP session): after a
+    # failure the sink shows as down until a send succeeds, instead of flapping up and down between retries.
+    connect_proves_up = True
 
     def __init__(self, cfg: SinkConfig, *, backoff: BackoffConfig | None = None, log=None) -> None:
         self.cfg = cfg
@@ -99,8 +103,9 @@ class Sink:
                 try:
                     async with asyncio.timeout(timeout_s):
                         await self.connect()
-                    self._mark_up()
-                    delays = self.backoff.delays()
+                    if self.connect_proves_up or not self.errors:
+                        self._mark_up()
+                        delays = self.backoff.delays()
                     while True:
                         if not q:
                             self._waiting = True
@@ -113,6 +118,9 @@ class Sink:
                         for _ in batch:
                             q.popleft()
                         self.sent += accepted
+                        if not self.up:
+                            self._mark_up()
+                            delays = self.backoff.delays()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - whatever fails, the sink retries; counted and logged

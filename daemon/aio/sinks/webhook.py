@@ -36,6 +36,7 @@ class WebhookSink(Sink):
 
     kind = "webhook"
     one_at_a_time = True  # a line counts as sent only when its own request succeeded
+    connect_proves_up = False  # opening a session sends nothing: only an answer shows the receiver is back
 
     def __init__(self, cfg: WebhookSinkConfig, *, password: str | None = None, **kw) -> None:
         super().__init__(cfg, **kw)
