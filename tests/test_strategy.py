@@ -10,6 +10,7 @@ import pytest
 
 from daemon.core.artifact import load_artifact
 from daemon.training import evaluate as ev
+from daemon.training import train
 from daemon.training.config import TrainConfig
 from daemon.training.methods import is_row
 from daemon.training.strategy import (
@@ -108,7 +109,7 @@ def test_train_strategy_end_to_end(tmp_path):
     cfg = TrainConfig(progress=False, lockbox_days=3, student_epochs=2, embargo_bars=3, n_folds=3, seeds=(0, 1),
                       sweep_alphas=(0.0, 0.5), control_lrs=(0.005, 0.01), control_weight_decays=(0.0,),
                       bootstrap_samples=200, num_threads=1)
-    doc = train_strategy([str(DATA)], tmp_path / "s.npz", cfg, interval="5")
+    doc = train_strategy([str(DATA)], tmp_path / "s.npz", cfg, train, interval="5")
     art = load_artifact(tmp_path / "s.npz")
     assert art.head == "classes" and set(art.manifest["policy"]["cases"]) == {"taker", "maker"}
     assert doc["shipped"]["same_as_lockbox_model"] is True

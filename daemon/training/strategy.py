@@ -62,7 +62,6 @@ from .folds import split_validation
 from .labels import BUY, HOLD
 from .methods import fmt_ci as ci
 from .policies import _edges, _markets, choose_policies, development_ticks, fee_cases
-from .train import _dev_probs, control, distilled, layout, run_jobs
 
 POSITIONS = np.array([-1, 0, 1])
 
@@ -258,8 +257,9 @@ def _market_measures(p: np.ndarray, idx: np.ndarray, P: Pooled, y_teacher: np.nd
 
 
 def distil_teacher(name: str, P: Pooled, y: np.ndarray, p_soft: np.ndarray, folds, split, ticks: dict,
-                   cfg: TrainConfig, bars_per_year: float) -> tuple[dict, dict]:
+                   cfg: TrainConfig, bars_per_year: float, runner) -> tuple[dict, dict]:
     """Development choices and the lockbox read-out of one teacher; returns (report section, methods row)."""
+    run_jobs, distilled, control, dev_probs = runner.run_jobs, runner.distilled, runner.control, runner._dev_probs
     t0 = time.perf_counter()
     scfg = cfg.replace(student_first_block=True)  # soft targets exist on every development row, block 0 too
     Pt = dataclasses.replace(P, y=y)
@@ -273,15 +273,15 @@ def distil_teacher(name: str, P: Pooled, y: np.ndarray, p_soft: np.ndarray, fold
     run_jobs(Pt, scfg, folds, p_soft, [(k, s0, v) for k in ks for v in [*grid, *ctl_grid]], cache, f"{name} choices")
     dev_idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
     yd = y[dev_idx]
-    sweep = [{"alpha": v.alpha, "log_loss": ev.log_loss(_dev_probs(cache, ks, s0, v), yd)} for v in grid]
-    ctl = [{"lr": v.lr, "weight_decay": v.weight_decay, "log_loss": ev.log_loss(_dev_probs(cache, ks, s0, v), yd)}
+    sweep = [{"alpha": v.alpha, "log_loss": ev.log_loss(dev_probs(cache, ks, s0, v), yd)} for v in grid]
+    ctl = [{"lr": v.lr, "weight_decay": v.weight_decay, "log_loss": ev.log_loss(dev_probs(cache, ks, s0, v), yd)}
            for v in ctl_grid]
     best, best_ctl = min(sweep, key=lambda g: g["log_loss"]), min(ctl, key=lambda g: g["log_loss"])
     v_dist = distilled(scfg, 1.0, best["alpha"])
     v_ctl = control(scfg, best_ctl["lr"], best_ctl["weight_decay"])
     dev_region = np.zeros(len(P), dtype=bool)
     dev_region[dev_idx] = True
-    dev_edges = {k: _full(P, dev_idx, (lambda q: q[:, 2] - q[:, 0])(_dev_probs(cache, ks, s0, v)))
+    dev_edges = {k: _full(P, dev_idx, (lambda q: q[:, 2] - q[:, 0])(dev_probs(cache, ks, s0, v)))
                  for k, v in (("distilled", v_dist), ("control", v_ctl))}
     policies = choose_policies(P, dev_region, dev_edges, ticks, cfg, bars_per_year)
     development = {"folds": [folds[k].index for k in ks], "rows": len(dev_idx), "seed": s0, "alpha_sweep": sweep,
@@ -344,14 +344,18 @@ def distil_teacher(name: str, P: Pooled, y: np.ndarray, p_soft: np.ndarray, fold
             "_p0": dist[0]}, row
 
 
-def train_strategy(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval: str | None = None,
+def train_strategy(inputs: list[str], out_path: str | Path, cfg: TrainConfig, runner, *, interval: str | None = None,
                    config_path: str | None = None) -> dict:
-    """Run both strategy teachers; write the oracle student's artifact and ``<stem>_report.json``/``.md``."""
+    """Run both strategy teachers; write the oracle student's artifact and ``<stem>_report.json``/``.md``.
+
+    ``runner`` is ``daemon.training.train`` (its ``layout``, ``run_jobs``, ``distilled``, ``control`` and
+    ``_dev_probs``), passed in because ``train`` imports this module to dispatch ``--method strategy``.
+    """
     t_start = time.perf_counter()
     out_path = Path(out_path)
     series = load_dataset(inputs, interval=interval)
     P = build(series, cfg)
-    split, edges, folds = layout(P, cfg)
+    split, edges, folds = runner.layout(P, cfg)
     ticks = development_ticks(P, split)
     bars_per_year = 365.25 * 86_400_000 / P.interval_ms
     dev_blocks = [split.dev & (P.start_ms >= lo) & (P.start_ms < hi) for lo, hi in itertools.pairwise(edges)]
@@ -361,7 +365,7 @@ def train_strategy(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *,
     teachers = {"oracle": (y_oracle, p_oracle), "trend": (y_trend, p_trend)}
     sections, rows = {}, {}
     for name, (yy, pp) in teachers.items():
-        sections[name], rows[name] = distil_teacher(name, P, yy, pp, folds, split, ticks, cfg, bars_per_year)
+        sections[name], rows[name] = distil_teacher(name, P, yy, pp, folds, split, ticks, cfg, bars_per_year, runner)
 
     # the shipped artifact: the oracle's distilled lockbox model of the first seed, refitted here as run_jobs fitted it
     t0 = time.perf_counter()

@@ -683,7 +683,8 @@ def run_cli(args: argparse.Namespace) -> int:
         from .strategy import train_strategy
 
         try:
-            doc = train_strategy(args.data, args.out, cfg, interval=args.interval, config_path=args.config)
+            doc = train_strategy(args.data, args.out, cfg, sys.modules[__name__], interval=args.interval,
+                                 config_path=args.config)
         except DataError as e:
             print(f"kdsignal train: {e}", file=sys.stderr)
             return 2
