@@ -7,6 +7,10 @@ every sibling ``*report.json`` in the output folder and rewrites ``methods.md`` 
 appends the same table to its ``report.md``. A report written before rows existed (a classes
 ``report.json`` with only its ``summary``) still gives its row through ``classes_row``.
 
+**Adding a row.** A method run inside ``kdsignal train`` puts ``doc["methods"][name] = {"lockbox":
+method_row(name, ...)}`` into the report before ``report.write_all`` (``train.py`` adds ``classes`` beside it);
+a method with its own report file writes the row there and calls ``publish(folder)`` after writing it.
+
 **The row schema** (``method_row`` builds it; every key is present, ``None`` where a method has no figure;
 all figures are on the method's lockbox, students as the mean over ``seeds`` seeds):
 

@@ -606,7 +606,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     timings["total_s"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     doc["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    doc["methods"] = {"classes": {"lockbox": methods.classes_row(doc)}}  # this run's row of the methods table
+    doc.setdefault("methods", {})["classes"] = {"lockbox": methods.classes_row(doc)}  # its row of the methods table
     report.write_all(out_path.parent, doc, reliability, curves, cfg)
     methods.publish(out_path.parent, report_md=out_path.parent / "report.md")
     doc["timings_s"]["report_s"] = round(time.perf_counter() - t0, 1)
