@@ -15,6 +15,7 @@ from daemon.training.alpha_loss import gaussian_distil, gaussian_nll, huber, hub
 from daemon.training.config import TrainConfig
 from daemon.training.data import load_dataset
 from daemon.training.dataset import build
+from daemon.training.methods import is_row
 from kernels.layout import ALPHA_VOL_FEATURE
 from tests.support import DATA
 
@@ -120,21 +121,30 @@ def test_train_alpha_end_to_end_writes_a_servable_artifact(tmp_path):
     """`train_alpha` on the sample data writes an alpha artifact whose lockbox figures and served alpha_bp agree."""
     cfg = TrainConfig(progress=False, n_folds=3, lockbox_days=3, teacher_hidden=((16,),), teacher_epochs=2,
                       lgbm_rounds=30, alpha_student_epochs=3, alpha_dev_folds=1, alpha_lockbox_seeds=1,
-                      sweep_alphas=(0.0, 0.5), bootstrap_samples=200, embargo_bars=3)
+                      sweep_alphas=(0.0, 0.5), bootstrap_samples=200, embargo_bars=3, control_lrs=(0.005, 0.02),
+                      control_weight_decays=(0.0,))
     out = tmp_path / "alpha.npz"
     doc = A.train_alpha([str(DATA)], out, cfg, interval="5")
     art = load_artifact(out)
     assert art.head == "alpha" and art.manifest["alpha"]["horizon_bars"] == cfg.horizon_bars
     lb = doc["methods"]["alpha"]["lockbox"]
     assert set(lb["forms"]) == {"huber", "gaussian"}
-    for d in lb["forms"].values():
+    scores = doc["methods"]["alpha"]["development"]["scores"]
+    for form, d in lb["forms"].items():
         assert d["delta_vs_control"]["blocks"] >= 2 and len(d["delta_vs_control"]["ci95"]) == 2
+        # the control's own learning rate, chosen on development folds from its grid
+        assert d["control_lr"] in (0.005, 0.02)
+        assert {f"{form}_control@lr0.005/wd0", f"{form}_control@lr0.02/wd0"} <= set(scores)
+        assert set(d["degenerate"]) == {"distilled", "control"}
+        row = doc["methods"][f"alpha_{form}"]["lockbox"]
+        assert is_row(row) and row["loss"] == pytest.approx(d["distilled"]["loss"], abs=1e-6) and row["seeds"] == 1
     for name in ("teacher", "huber_distilled", "huber_control", "gaussian_distilled", "gaussian_control",
                  "always_flat", "buy_and_hold"):
         want = {"net_return", "sharpe", "max_drawdown", "trades", "break_even_fee_bp"}
         assert want <= set(lb["trading"][name]["taker"])
     assert json.loads((tmp_path / "alpha_report.json").read_text())["model_id"] == doc["model_id"]
     assert "| teacher |" in (tmp_path / "alpha_report.md").read_text()
+    assert "| alpha_gaussian |" in (tmp_path / "methods.md").read_text()
     # the served read-out is the trained model's prediction in basis points
     model = Model(art, kernel="jit")
     P = build(load_dataset([str(DATA)], interval="5"), cfg)

@@ -35,6 +35,7 @@ from tests.naive import alpha_readout_reference, mlp_reference
 from tests.support import (
     DATA,
     OPEN_INDEX,
+    ROOT,
     InProcessDaemon,
     LineSink,
     load_csv,
@@ -243,3 +244,18 @@ def test_bench_times_the_alpha_step_beside_the_classifier(alpha_artifact, random
     assert "student_step_alpha" in names
     ratio = [r for r in out["ratios"] if r["name"] == "student_step_alpha/student_step"]
     assert len(ratio) == 1 and ratio[0]["p50_ratio"] > 0
+
+
+def test_shipped_alpha_model_replays_with_alpha_bp_in_every_line():
+    """models/alpha.npz, as shipped, replays real candles with a finite alpha_bp and its policy's decision per line."""
+    art = load_artifact(ROOT / "models" / "alpha.npz")
+    pol = art.manifest["alpha"]["policy"]
+    buy = np.inf if pol["buy_above_bp"] is None else pol["buy_above_bp"]
+    sell = -np.inf if pol["sell_below_bp"] is None else pol["sell_below_bp"]
+    rows = read_kline_csv(DATA / "BTCUSDT-5m.csv")[:600]
+    lines = _replay_lines(ROOT / "models" / "alpha.npz", rows)
+    assert len(lines) == len(rows) - WINDOW + 1
+    assert all(np.isfinite(x["alpha_bp"]) and "probs" not in x for x in lines)
+    assert len({x["alpha_bp"] for x in lines}) > 1  # a live prediction, not a constant start
+    for x in lines:
+        assert x["signal"] == ("buy" if x["alpha_bp"] > buy else "sell" if x["alpha_bp"] < sell else "hold")

@@ -47,3 +47,25 @@ def test_paired_ratio_is_ratio_of_sums():
     r = paired_ratio(num, den, blocks, 300)
     assert r["mean"] == pytest.approx(num.sum() / den.sum())
     assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
+
+
+def test_block_statistic_of_a_mean_is_paired_mean():
+    """With (diff, 1) per row and sum/count as the statistic, the interval is paired_mean's: same days drawn."""
+    from daemon.training.bootstrap import block_statistic
+
+    rng = np.random.default_rng(4)
+    blocks = np.repeat(np.arange(12), 9)
+    x = rng.normal(0.1, 1.0, len(blocks))
+    got = block_statistic(np.column_stack([x, np.ones_like(x)]), blocks, lambda b: b[..., 0] / b[..., 1], 700)
+    want = paired_mean(x, blocks, 700)
+    assert got["mean"] == pytest.approx(want["mean"]) and got["blocks"] == 12
+    np.testing.assert_allclose(got["ci95"], want["ci95"], rtol=1e-12)
+
+
+def test_block_statistic_of_an_undefined_ratio_has_no_interval():
+    """A statistic that is NaN on every resample gives a NaN interval rather than an error."""
+    from daemon.training.bootstrap import block_statistic
+
+    blocks = np.repeat(np.arange(3), 2)
+    got = block_statistic(np.zeros((6, 2)), blocks, lambda b: b[..., 0] / b[..., 1], 200)
+    assert np.isnan(got["mean"]) and all(np.isnan(v) for v in got["ci95"])

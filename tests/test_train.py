@@ -130,6 +130,8 @@ def test_train_end_to_end_on_samples(tmp_path, capsys):
     assert rep["ablations"][1]["verdict"].startswith("other labels")
     md = (out.parent / "report.md").read_text()
     assert "Verdict (lockbox)" in md and model.id in md
+    row = rep["methods"]["classes"]["lockbox"]  # this run's row of the methods table, appended to report.md
+    assert row["loss"] == pytest.approx(lk["student"]["log_loss"]) and "| classes | log_loss |" in md
     for png in ("reliability.png", "equity.png", "intervals.png", "sweep.png"):
         assert (out.parent / png).stat().st_size > 1000
     printed = json.loads(capsys.readouterr().out)

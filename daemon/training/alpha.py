@@ -16,10 +16,11 @@ volatility (clipped to ``+-alpha_target_clip``), the unit an alpha head serves i
    ``huber``: one output, ``alpha * huber(y) + (1 - alpha) * huber(teacher mean)``;
    ``gaussian``: mean and log-variance, ``alpha * NLL(y) + (1 - alpha) * KL(teacher || student)``
    (``alpha_loss``). Each form's control is the same student with ``alpha = 1`` (realised returns alone):
-   same rows, seeds, initial weights, batches and budget.
+   same rows, seeds, initial weights, batches and budget, with its own tuned optimiser settings (step 4).
 4. **Development choices** (the last ``alpha_dev_folds`` development folds, all by default; first seed): the
-   ``alpha`` of each form from ``sweep_alphas`` (by the rank IC of the prediction with the realised return), the shipped
-   form (the better distilled form by the same measure), and each model's trading policy per fee case
+   ``alpha`` of each form from ``sweep_alphas`` (by the rank IC of the prediction with the realised return), each
+   control's own learning rate x weight decay (``control_lrs`` x ``control_weight_decays``, same measure), the
+   shipped form (the better distilled form by the same measure), and each model's trading policy per fee case
    (``trading.choose_policy``: thresholds on ``alpha_bp`` from quantiles of its development values).
 5. **Lockbox**, read once: every model fitted on all development rows (each seed), scored on the lockbox;
    paired day-block bootstrap intervals (``bootstrap``) of control minus distilled loss; the trading
@@ -46,7 +47,7 @@ from kernels.student import student_batch
 
 from . import bootstrap as bs
 from . import evaluate as ev
-from . import nn
+from . import methods, nn
 from .alpha_loss import gaussian_distil, gaussian_nll, huber, huber_distil
 from .config import TrainConfig
 from .data import gap_report, load_dataset
@@ -204,8 +205,9 @@ def realised_loss(form: str, z: np.ndarray, y: np.ndarray, delta: float) -> np.n
 
 
 def train_alpha_student(x_fit, y_fit, mu_fit, lv_fit, x_val, y_val, cfg: TrainConfig, seed: int, form: str,
-                        alpha: float) -> Student:
-    """A student of ``form`` distilled at ``alpha`` (``alpha = 1``: the control), early-stopped on the realised loss."""
+                        alpha: float, lr: float | None = None, weight_decay: float | None = None) -> Student:
+    """A student of ``form`` distilled at ``alpha`` (``alpha = 1``: the control), early-stopped on the realised loss;
+    ``lr`` and ``weight_decay`` default to the config's student ones."""
     mean = x_fit.mean(axis=0)
     std = x_fit.std(axis=0)
     std = np.where(std > 1e-12, std, 1.0)
@@ -220,9 +222,10 @@ def train_alpha_student(x_fit, y_fit, mu_fit, lv_fit, x_val, y_val, cfg: TrainCo
         return float(realised_loss(form, np.asarray(z, np.float64), y_val, delta).mean())
 
     res = nn.fit(s.mlp, zf, _loss_fn(form, y_fit, mu_fit, lv_fit, w, alpha, delta), zv, val_fn,
-                 epochs=cfg.alpha_student_epochs, batch=cfg.alpha_student_batch, lr=cfg.student_lr,
-                 patience=cfg.student_patience, rng=np.random.default_rng([seed, 11]),
-                 weight_decay=cfg.student_weight_decay)
+                 epochs=cfg.alpha_student_epochs, batch=cfg.alpha_student_batch,
+                 lr=cfg.student_lr if lr is None else lr, patience=cfg.student_patience,
+                 rng=np.random.default_rng([seed, 11]),
+                 weight_decay=cfg.student_weight_decay if weight_decay is None else weight_decay)
     s.mlp, s.best_epoch, s.epochs_run = res.model, res.best_epoch, res.epochs_run
     return s
 
@@ -258,12 +261,13 @@ class Prediction:
         return np.column_stack([self.mu[rows]] + ([] if self.lv is None else [self.lv[rows]]))
 
 
-def fit_and_predict(P, y, mu_t, lv_t, train, test, cfg, seed, form, alpha, preds: Prediction) -> Student:
+def fit_and_predict(P, y, mu_t, lv_t, train, test, cfg, seed, form, alpha, preds: Prediction, lr=None,
+                    weight_decay=None) -> Student:
     """Train one student on ``train`` rows (its own early-stopping tail) and write its predictions on ``test``."""
     reach_ms = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
     fit, val = split_validation(P.start_ms, train, cfg.val_frac, reach_ms)
     s = train_alpha_student(P.x_student[fit], y[fit], mu_t[fit], lv_t[fit], P.x_student[val], y[val], cfg, seed,
-                            form, alpha)
+                            form, alpha, lr, weight_decay)
     preds.put(test, s.logits(P.x_student[test]), served(s, P.x_student[test], cfg.horizon_bars)[:, 0])
     return s
 
@@ -377,23 +381,31 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
     dev_test = np.zeros(len(P), dtype=bool)
     for f in choice_folds:
         dev_test |= f.test & ok
-    grid = sorted(set(cfg.sweep_alphas) | {1.0})
-    dev_preds = {(form, a): Prediction.empty(len(P), form == "gaussian") for form in FORMS for a in grid}
+    # the distilled students' alpha at the config's optimiser settings; the control (alpha = 1) tuned on its own
+    # over learning rate x weight decay, both by the same measure
+    grid = [(a, cfg.student_lr, cfg.student_weight_decay) for a in sorted(set(cfg.sweep_alphas) - {1.0})]
+    ctl_grid = [(1.0, lr, wd) for lr in cfg.control_lrs for wd in cfg.control_weight_decays]
+    dev_preds = {(form, *g): Prediction.empty(len(P), form == "gaussian") for form in FORMS for g in grid + ctl_grid}
     for f in choice_folds:
         train = f.train & student_rows
-        for form in FORMS:
-            for a in grid:
-                fit_and_predict(P, y, mu_t, lv_t, train, f.test & ok, cfg, seed0, form, a, dev_preds[(form, a)])
-        _log(cfg, f"development fold {f.index}: {len(FORMS) * len(grid)} students")
-    dev_scores = {f"{form}@{a:g}": measures(p, dev_test, P, y, form, delta) for (form, a), p in dev_preds.items()}
+        for form, a, lr, wd in dev_preds:
+            fit_and_predict(P, y, mu_t, lv_t, train, f.test & ok, cfg, seed0, form, a, dev_preds[(form, a, lr, wd)],
+                            lr, wd)
+        _log(cfg, f"development fold {f.index}: {len(dev_preds)} students")
+
+    def label(form, a, lr, wd):
+        return f"{form}@{a:g}" if a < 1.0 else f"{form}_control@lr{lr:g}/wd{wd:g}"
+
+    dev_scores = {label(*k): measures(p, dev_test, P, y, k[0], delta) for k, p in dev_preds.items()}
     dev_scores["teacher"] = measures(teacher, dev_test, P, y, "gaussian", delta)
-    best_alpha = {form: max((a for a in grid if a < 1.0), key=lambda a: dev_scores[f"{form}@{a:g}"]["ic"])
-                  for form in FORMS}
+    best_alpha = {form: max((g[0] for g in grid), key=lambda a: dev_scores[f"{form}@{a:g}"]["ic"]) for form in FORMS}
+    best_ctl = {form: max(ctl_grid, key=lambda g: dev_scores[label(form, *g)]["ic"])[1:] for form in FORMS}
     ship_form = max(FORMS, key=lambda form: dev_scores[f"{form}@{best_alpha[form]:g}"]["ic"])
     dev_edges = {"teacher": teacher.alpha_bp}
     for form in FORMS:
-        dev_edges[f"{form}_distilled"] = dev_preds[(form, best_alpha[form])].alpha_bp
-        dev_edges[f"{form}_control"] = dev_preds[(form, 1.0)].alpha_bp
+        dev_edges[f"{form}_distilled"] = dev_preds[(form, best_alpha[form], cfg.student_lr,
+                                                    cfg.student_weight_decay)].alpha_bp
+        dev_edges[f"{form}_control"] = dev_preds[(form, 1.0, *best_ctl[form])].alpha_bp
     policies = choose_policies(P, dev_test, dev_edges, ticks, cfg, bars_per_year)
     timings["development_s"] = time.perf_counter() - t0
 
@@ -405,9 +417,9 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
     shipped = None
     for seed in cfg.seeds[: cfg.alpha_lockbox_seeds]:
         for form in FORMS:
-            for name, a in (("distilled", best_alpha[form]), ("control", 1.0)):
+            for name, a, lr, wd in (("distilled", best_alpha[form], None, None), ("control", 1.0, *best_ctl[form])):
                 p = Prediction.empty(len(P), form == "gaussian")
-                s = fit_and_predict(P, y, mu_t, lv_t, train, lock_rows, cfg, seed, form, a, p)
+                s = fit_and_predict(P, y, mu_t, lv_t, train, lock_rows, cfg, seed, form, a, p, lr, wd)
                 lock_preds.setdefault((form, name), []).append(p)
                 if seed == seed0 and form == ship_form and name == "distilled":
                     shipped = s
@@ -438,6 +450,10 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
             "alpha": best_alpha[form], "distilled": mean["distilled"], "control": mean["control"],
             "per_seed": per_seed, "delta_vs_control": delta_seeds, "delta_vs_control_by_seed": intervals,
             "gap_recovered": gap, "ic_contribution_delta": ic_delta,
+            "control_lr": best_ctl[form][0], "control_weight_decay": best_ctl[form][1],
+            # seeds whose predictions stayed at the constant start; they stay in the means above (IC 0)
+            "degenerate": {k: int(sum(bool(d.get("constant")) for d in v)) for k, v in per_seed.items()},
+            "teacher_loss": float(t_loss.mean()),
         }
         lock_edges[f"{form}_distilled"] = dist[0].alpha_bp
         lock_edges[f"{form}_control"] = ctrl[0].alpha_bp
@@ -485,16 +501,37 @@ def train_alpha(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, in
         "teacher_fits": teacher_fits,
         "methods": {"alpha": {
             "development": {"folds": [f.index for f in choice_folds], "scores": dev_scores, "alpha": best_alpha,
+                            "control": {form: {"lr": lr, "weight_decay": wd} for form, (lr, wd) in best_ctl.items()},
                             "shipped_form": ship_form, "policies": policies},
             "lockbox": lockbox,
         }},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
+    doc["methods"].update({f"alpha_{form}": {"lockbox": method_row(form, lockbox, cfg)} for form in FORMS})
     doc = _finite(doc)
     stem = out_path.with_suffix("")
     Path(f"{stem}_report.json").write_text(json.dumps(doc, indent=1) + "\n")
     Path(f"{stem}_report.md").write_text(render_markdown(doc))
+    methods.publish(out_path.parent)
     return doc
+
+
+def method_row(form: str, lockbox: dict, cfg: TrainConfig) -> dict:
+    """The ``alpha_<form>`` row of the methods table from this run's lockbox section."""
+    d = lockbox["forms"][form]
+    m, c = d["distilled"], d["control"]
+    return methods.method_row(
+        f"alpha_{form}", target=f"teacher's {'mean' if form == 'huber' else 'mean and variance'} of the forward return "
+                                f"(alpha {d['alpha']}, development folds)",
+        control=f"realised returns alone, own lr {d['control_lr']} and weight decay {d['control_weight_decay']} "
+                "(development folds)",
+        loss_name="huber" if form == "huber" else "gaussian_nll", loss=m["loss"], control_loss=c["loss"],
+        teacher_loss=d["teacher_loss"], mse=m["mse"], ic=m["ic"], direction_auc=m["direction_auc"],
+        delta=d["delta_vs_control"], gap_recovered=d["gap_recovered"], trading=lockbox["trading"][f"{form}_distilled"],
+        n=lockbox["rows"], seeds=len(d["per_seed"]["distilled"]),
+        degenerate={"student": d["degenerate"]["distilled"], "control": d["degenerate"]["control"]},
+        note=f"IC distilled - control {methods.fmt_ci(d['ic_contribution_delta'])}; trading: the development policy's "
+             "threshold on alpha_bp")
 
 
 def _ic_rows(pred: Prediction, rows: np.ndarray, P: Pooled) -> np.ndarray:
@@ -551,7 +588,12 @@ def render_markdown(doc: dict) -> str:
             extra = (f"{_ci(d['delta_vs_control'])} ({d['delta_vs_control']['blocks']} blocks) | "
                      f"{_ci(d['gap_recovered'], 2)} | {_ci(d['ic_contribution_delta'])}"
                      ) if name == "distilled" else " | | "
-            label = f"{form} {name}" + (f" (alpha {d['alpha']})" if name == "distilled" else " (realised only)")
+            label = f"{form} {name}" + (f" (alpha {d['alpha']})" if name == "distilled" else
+                                        f" (realised only, lr {d.get('control_lr')}, "
+                                        f"wd {d.get('control_weight_decay')})")
+            deg = d.get("degenerate", {}).get(name)
+            if deg:
+                label += f", {deg} of {len(d['per_seed'][name])} seeds constant"
             lines.append(f"| {label} | {_f(m['loss'])} | {_f(m['mse'])} | {_f(m['ic'])} | {_f(m['direction_auc'])} | "
                          f"{extra} | {_f(r['taker']['net_return'])} | {_f(r['taker']['sharpe'], 2)} | "
                          f"{_f(r['maker']['net_return'])} | {_f(r['maker']['sharpe'], 2)} | "
@@ -569,7 +611,9 @@ def render_markdown(doc: dict) -> str:
               "teacher's own loss barely beats the control's. Loss, IC and the intervals: mean over the lockbox seeds "
               "(each row's loss averaged over seeds, then paired by day block; IC difference from per-row "
               "contributions to the rank IC). A student that never beat its constant start on validation keeps it "
-              "and scores IC 0.", ""]
+              "and scores IC 0; such seeds are counted in the label and kept in the means. Each control (alpha 1) "
+              "has its own learning rate and weight decay, chosen on the development folds by the same measure "
+              "as the distilled alpha (rank IC).", ""]
     lines += ["## Verdict", "", verdict(doc), ""]
     return "\n".join(lines)
 
@@ -581,9 +625,12 @@ def verdict(doc: dict) -> str:
     for form, d in lb["forms"].items():
         ci = d["delta_vs_control"]["ci95"]
         word = bs.verdict([math.nan if v is None else v for v in ci])
-        parts.append(f"{form}: distilled (alpha {d['alpha']}) vs control on the realised loss: "
-                     f"{_ci(d['delta_vs_control'])}"
-                     f" ({word}); IC {_f(d['distilled']['ic'])} vs {_f(d['control']['ic'])}")
+        deg = d.get("degenerate", {})
+        parts.append(f"{form}: distilled (alpha {d['alpha']}) vs control (own lr {d.get('control_lr')}, wd "
+                     f"{d.get('control_weight_decay')}) on the realised loss: {_ci(d['delta_vs_control'])}"
+                     f" ({word}); IC {_f(d['distilled']['ic'])} vs {_f(d['control']['ic'])}, difference "
+                     f"{_ci(d['ic_contribution_delta'])}; constant seeds {deg.get('distilled', 0)} distilled, "
+                     f"{deg.get('control', 0)} control")
     pay = []
     for name, r in lb["trading"].items():
         if name in ("always_flat", "buy_and_hold"):

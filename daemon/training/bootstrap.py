@@ -67,3 +67,26 @@ def verdict(ci95: list[float], better_when_positive: bool = True) -> str:
     if hi < 0:
         return "hurts" if better_when_positive else "helps"
     return "no detectable difference"
+
+
+def block_statistic(stats: np.ndarray, blocks: np.ndarray, fn, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``fn`` of summed per-row statistics, with a 95% percentile interval over resampled blocks.
+
+    ``stats`` (n, k) holds additive per-row statistics (for example one-hot confusion cells); ``fn`` maps
+    sums of shape (..., k) to values of shape (...), so a ratio such as Cohen's kappa gets an interval. The
+    draws depend on ``seed`` only, so calls with the same ``blocks`` resample the same days (paired).
+    """
+    stats = np.asarray(stats, dtype=np.float64).reshape(len(blocks), -1)
+    nb = int(blocks.max()) + 1 if len(blocks) else 0
+    if nb == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "blocks": 0}
+    s = np.zeros((nb, stats.shape[1]))
+    np.add.at(s, blocks, stats)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(fn(s.sum(axis=0)))
+        boot = np.asarray(fn(s[_draws(nb, n_boot, seed)].sum(axis=1)), dtype=np.float64)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return {"mean": point, "ci95": [float("nan"), float("nan")], "blocks": nb}
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": point, "ci95": [float(lo), float(hi)], "blocks": nb}

@@ -114,6 +114,8 @@ class TrainConfig:
     # --- method "strategy" (daemon/training/strategy.py)
     oracle_tau_bp: float = 5.0  # softening of the oracle's action values into position probabilities
     trend_vol_cap: float = 1.5  # the trend rule stays flat when rvol_20 / rvol_500 exceeds this
+    trend_soft_scale: float = 0.25  # the trend rule's soft form: margins in units of this many standard deviations
+    strategy_dev_folds: int = 2  # the newest development folds its choices are made on (0: all)
 
     def __post_init__(self) -> None:
         checks = [
@@ -125,6 +127,8 @@ class TrainConfig:
             ("method", self.method in ("classes", "alpha", "strategy")),
             ("oracle_tau_bp", self.oracle_tau_bp > 0),
             ("trend_vol_cap", self.trend_vol_cap > 0),
+            ("trend_soft_scale", self.trend_soft_scale > 0),
+            ("strategy_dev_folds", 0 <= self.strategy_dev_folds <= self.n_folds + 1),
             ("alpha_target_clip", self.alpha_target_clip > 0),
             ("alpha_huber_delta", self.alpha_huber_delta > 0),
             ("alpha_student_epochs", self.alpha_student_epochs >= 1),

@@ -32,6 +32,7 @@ import numpy as np
 from daemon.core import trading as tr
 
 from . import evaluate as ev
+from . import methods
 from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
 from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
@@ -605,7 +606,9 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     timings["total_s"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     doc["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    doc.setdefault("methods", {})["classes"] = {"lockbox": methods.classes_row(doc)}  # its row of the methods table
     report.write_all(out_path.parent, doc, reliability, curves, cfg)
+    methods.publish(out_path.parent, report_md=out_path.parent / "report.md")
     doc["timings_s"]["report_s"] = round(time.perf_counter() - t0, 1)
     return doc
 
@@ -680,7 +683,8 @@ def run_cli(args: argparse.Namespace) -> int:
         from .strategy import train_strategy
 
         try:
-            doc = train_strategy(args.data, args.out, cfg, interval=args.interval, config_path=args.config)
+            doc = train_strategy(args.data, args.out, cfg, sys.modules[__name__], interval=args.interval,
+                                 config_path=args.config)
         except DataError as e:
             print(f"kdsignal train: {e}", file=sys.stderr)
             return 2
