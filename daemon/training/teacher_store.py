@@ -362,6 +362,77 @@ def _load_mlp(folder: Path, m: dict, n_in: int, n_out: int) -> nn.MLP:
     return nn.MLP([a[f"w{k}"] for k in range(n)], [a[f"b{k}"] for k in range(n)], list(acts))
 
 
+# Per tree, the arrays LightGBM reads and their lengths (L = num_leaves): its parser stops the process
+# (a C++ exception inside an OpenMP loop) on a count it does not expect, so the text is checked here first.
+_TREE_ARRAYS = {"split_feature": -1, "split_gain": -1, "threshold": -1, "decision_type": -1, "left_child": -1,
+                "right_child": -1, "leaf_value": 0, "leaf_weight": 0, "leaf_count": 0, "internal_value": -1,
+                "internal_weight": -1, "internal_count": -1}
+_TREE_SCALARS = ("num_leaves", "num_cat", "is_linear", "shrinkage")
+
+
+def _check_tree(block: str, i: int, n_in: int, where: str) -> None:
+    lines = block.strip("\n").split("\n")
+    _require(lines[0] == f"Tree={i}", f"{where}: tree {i} does not start with 'Tree={i}'")
+    kv = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+    _require(len(kv) == len(lines) - 1 and set(kv) <= {*_TREE_ARRAYS, *_TREE_SCALARS},
+             f"{where}: tree {i} has lines LightGBM's numeric trees do not")
+    try:
+        n_leaves, n_cat, linear = int(kv["num_leaves"]), int(kv["num_cat"]), int(kv.get("is_linear", "0"))
+        _require(math.isfinite(float(kv["shrinkage"])), f"{where}: tree {i} shrinkage is not finite")
+        arrays = {k: np.array(kv[k].split(), dtype=np.float64) for k in _TREE_ARRAYS if k in kv}
+    except (KeyError, ValueError):
+        raise TeacherStoreError(f"{where}: tree {i} has a missing or non-numeric field") from None
+    _require(1 <= n_leaves <= 1 << 17 and n_cat == 0 and linear == 0,
+             f"{where}: tree {i}: num_leaves {n_leaves}, num_cat {n_cat}, is_linear {linear} (numeric trees only)")
+    need = ["leaf_value"] if n_leaves == 1 else list(_TREE_ARRAYS)
+    for k in need:
+        _require(k in arrays, f"{where}: tree {i} has no {k}")
+    for k, a in arrays.items():
+        _require(len(a) == n_leaves + _TREE_ARRAYS[k], f"{where}: tree {i} {k} has {len(a)} values for "
+                                                       f"{n_leaves} leaves")
+        # LightGBM writes an infinite threshold for a split that sends every value one way
+        ok = ~np.isnan(a) if k == "threshold" else np.isfinite(a)
+        _require(bool(np.all(ok)), f"{where}: tree {i} {k} holds non-finite values")
+    if n_leaves == 1:
+        return
+    feat, dec = arrays["split_feature"], arrays["decision_type"]
+    _require(bool(np.all((feat >= 0) & (feat < n_in) & (feat == np.floor(feat)))),
+             f"{where}: tree {i} splits on a feature outside 0..{n_in - 1}")
+    _require(bool(np.all((dec >= 0) & (dec < 16) & (dec == np.floor(dec)))) and not np.any(dec.astype(int) & 1),
+             f"{where}: tree {i} has a decision type other than a numeric split")
+    # every node but the root, and every leaf (stored as ~leaf), is the child of exactly one split: the walk
+    # from the root then ends at a leaf on every input
+    kids = np.concatenate([arrays["left_child"], arrays["right_child"]])
+    _require(bool(np.all(kids == np.floor(kids))), f"{where}: tree {i} has non-integer child indices")
+    want = np.concatenate([np.arange(1, n_leaves - 1), -np.arange(1, n_leaves + 1)])
+    _require(np.array_equal(np.sort(kids), np.sort(want)), f"{where}: tree {i} is not a tree (children indices)")
+
+
+def _check_lgbm_text(text: str, n_in: int, n_out: int, where: str) -> int:
+    """LightGBM's text model, checked line by line before LightGBM parses it; returns the tree count."""
+    _require(text.startswith("tree\n"), f"{where}: not LightGBM's text model format (no 'tree' header)")
+    start = text.find("\nTree=0\n")
+    _require(start > 0, f"{where}: no trees")
+    head = dict(line.split("=", 1) for line in text[:start].split("\n")[1:] if "=" in line)
+    try:
+        sizes = [int(x) for x in head["tree_sizes"].split()]
+        per_round, max_feat = int(head["num_tree_per_iteration"]), int(head["max_feature_idx"])
+        n_class, n_names = int(head["num_class"]), len(head["feature_names"].split())
+    except (KeyError, ValueError):
+        raise TeacherStoreError(f"{where}: header lacks a readable tree_sizes, num_class, num_tree_per_iteration, "
+                                "max_feature_idx or feature_names") from None
+    _require(n_class == n_out and per_round == n_out, f"{where}: {per_round} outputs per round, to_class has {n_out}")
+    _require(max_feat + 1 == n_in and n_names == n_in, f"{where}: reads {max_feat + 1} features, the manifest lists {n_in}")
+    _require(0 < len(sizes) <= 1 << 16 and len(sizes) % per_round == 0 and min(sizes) > 0,
+             f"{where}: tree_sizes lists {len(sizes)} trees, not whole rounds of {per_round}")
+    at = start + 1
+    for i, size in enumerate(sizes):
+        _check_tree(text[at : at + size], i, n_in, where)
+        at += size
+    _require(text[at:].lstrip("\n").startswith("end of trees"), f"{where}: trees do not end where tree_sizes says")
+    return len(sizes)
+
+
 def _load_lgbm(folder: Path, m: dict, n_in: int, n_out: int):
     where = f"member {m['name']}"
     path = _check_file(folder, m, where)
@@ -373,7 +444,8 @@ def _load_lgbm(folder: Path, m: dict, n_in: int, n_out: int):
         text = path.read_bytes().decode("ascii")
     except UnicodeDecodeError:
         raise TeacherStoreError(f"{path}: not LightGBM's text model format (non-ASCII bytes)") from None
-    _require(text.startswith("tree\n"), f"{path}: not LightGBM's text model format (no 'tree' header)")
+    n_trees = _check_lgbm_text(text, n_in, n_out, str(path))
+    _require(m.get("trees") == n_trees, f"{path}: {n_trees} trees, the manifest says {m.get('trees')!r}")
     try:
         booster = lgb.Booster(model_str=text)
         n_class, n_feat, n_trees = booster.num_model_per_iteration(), booster.num_feature(), booster.num_trees()
@@ -381,7 +453,7 @@ def _load_lgbm(folder: Path, m: dict, n_in: int, n_out: int):
         raise TeacherStoreError(f"{path}: LightGBM refuses it ({str(e)[:200]})") from None
     _require(n_class == n_out, f"{path}: {n_class} outputs per round, to_class has {n_out}")
     _require(n_feat == n_in, f"{path}: reads {n_feat} features, the manifest lists {n_in}")
-    _require(m.get("trees") == n_trees, f"{path}: {n_trees} trees, the manifest says {m.get('trees')!r}")
+    _require(n_trees == m["trees"], f"{path}: LightGBM reads {n_trees} trees, the manifest says {m['trees']}")
     return booster
 
 
