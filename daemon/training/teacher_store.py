@@ -422,7 +422,8 @@ def _check_lgbm_text(text: str, n_in: int, n_out: int, where: str) -> int:
         raise TeacherStoreError(f"{where}: header lacks a readable tree_sizes, num_class, num_tree_per_iteration, "
                                 "max_feature_idx or feature_names") from None
     _require(n_class == n_out and per_round == n_out, f"{where}: {per_round} outputs per round, to_class has {n_out}")
-    _require(max_feat + 1 == n_in and n_names == n_in, f"{where}: reads {max_feat + 1} features, the manifest lists {n_in}")
+    _require(max_feat + 1 == n_in and n_names == n_in,
+             f"{where}: reads {max_feat + 1} features, the manifest lists {n_in}")
     _require(0 < len(sizes) <= 1 << 16 and len(sizes) % per_round == 0 and min(sizes) > 0,
              f"{where}: tree_sizes lists {len(sizes)} trees, not whole rounds of {per_round}")
     at = start + 1
