@@ -112,6 +112,30 @@ def pooled_samples(cfg: TrainConfig = TINY_TRAIN):
     return build(load_dataset([DATA], interval="5"), cfg)
 
 
+# Two MLP members and LightGBM: every member kind the Teacher class holds, small enough to fit in a second.
+TINY_TEACHER = TINY_TRAIN.replace(teacher_hidden=((16, 8), (8,)))
+
+
+def tiny_teacher(cfg: TrainConfig = TINY_TEACHER, seed: int = 0):
+    """(teacher, its input names, 2,000 scoring rows) of a teacher fitted on the samples' first valid rows."""
+    from daemon.training.teacher import fit_teacher
+
+    P = pooled_samples(cfg)
+    rows = np.flatnonzero(P.valid)
+    fit, val, test = rows[:6000], rows[6000:8000], rows[8000:10000]
+    t = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val], P.to_class, cfg, seed)
+    return t, list(P.teacher_names), P.x_teacher[test]
+
+
+def save_tiny_teacher(fitted, folder, **kw):
+    """Write ``tiny_teacher``'s result to ``folder`` (checked to predict identically on its rows)."""
+    from daemon.training.teacher_store import save_teacher
+
+    t, names, x = fitted
+    return save_teacher(t, folder, input_names=names, model_id="0123456789abcdef", artifact="default.npz",
+                        data={"fit": {"lo_ms": 0, "hi_ms": 1, "rows": 2}}, check_rows=x, **kw)
+
+
 STUDENT_SIZES = (len(FEATURE_NAMES), 16, 8, 3)
 
 

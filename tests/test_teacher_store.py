@@ -13,25 +13,16 @@ import pytest
 
 from daemon.training.teacher import fit_teacher
 from daemon.training.teacher_store import TeacherStoreError, load_teacher, save_teacher
-from tests.support import TINY_TRAIN, pooled_samples
-
-CFG = TINY_TRAIN.replace(teacher_hidden=((16, 8), (8,)))
+from tests.support import TINY_TEACHER, pooled_samples, save_tiny_teacher, tiny_teacher
 
 
 @pytest.fixture(scope="module")
 def fitted():
     """A small teacher (two MLP members and LightGBM) fitted on the committed samples, and rows to score."""
-    P = pooled_samples(CFG)
-    rows = np.flatnonzero(P.valid)
-    fit, val, test = rows[:6000], rows[6000:8000], rows[8000:10000]
-    t = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val], P.to_class, CFG, 0)
-    return t, P.teacher_names, P.x_teacher[test]
+    return tiny_teacher()
 
 
-def _save(fitted, folder, **kw):
-    t, names, x = fitted
-    return save_teacher(t, folder, input_names=names, model_id="0123456789abcdef", artifact="default.npz",
-                        data={"fit": {"lo_ms": 0, "hi_ms": 1, "rows": 2}}, check_rows=x, **kw)
+_save = save_tiny_teacher
 
 
 @pytest.fixture
@@ -76,9 +67,9 @@ def test_round_trip_predicts_identically(fitted, folder):
 def test_standard_transform_round_trips(fitted, tmp_path):
     """A teacher whose MLPs read z-scores (``teacher_input_transform = "standard"``) round-trips too."""
     _, names, x = fitted
-    P = pooled_samples(CFG)
+    P = pooled_samples(TINY_TEACHER)
     rows = np.flatnonzero(P.valid)
-    cfg = CFG.replace(teacher_input_transform="standard", teacher_lgbm=False)
+    cfg = TINY_TEACHER.replace(teacher_input_transform="standard", teacher_lgbm=False)
     t = fit_teacher(P.x_teacher[rows[:3000]], P.target[rows[:3000]], P.x_teacher[rows[3000:4000]],
                     P.target[rows[3000:4000]], P.y[rows[3000:4000]], P.to_class, cfg, 1)
     save_teacher(t, tmp_path / "t", input_names=names, model_id="m", artifact="a.npz", data={}, check_rows=x)

@@ -166,6 +166,12 @@ class TrainConfig:
         """Cost of entering and leaving a position with taker orders (a fraction of notional)."""
         return 2.0 * self.fee_per_side
 
+    @property
+    def alt_student_name(self) -> str | None:
+        """The second student size's model and artifact name (``student_32_16``), or None when there is none."""
+        alt = tuple(self.student_alt_hidden)
+        return "student_" + "_".join(map(str, alt)) if alt and alt != tuple(self.student_hidden) else None
+
     def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with ``changes`` applied (validated like the original)."""
         return dataclasses.replace(self, **changes)

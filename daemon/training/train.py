@@ -348,15 +348,9 @@ def develop(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, ti
             "on": "development folds " + ", ".join(str(folds[k].index) for k in ks)}
 
 
-def alt_student_name(cfg: TrainConfig) -> str | None:
-    """The second student size's model name (``student_32_16``), or None when there is none."""
-    alt = tuple(cfg.student_alt_hidden)
-    return "student_" + "_".join(map(str, alt)) if alt and alt != tuple(cfg.student_hidden) else None
-
-
 def model_variants(cfg: TrainConfig, ch: dict) -> dict[str, Variant]:
     """The student, the second student size and the trained controls, as chosen on development folds."""
-    alt = alt_student_name(cfg)
+    alt = cfg.alt_student_name
     return {
         "student": distilled(cfg, ch["temperature"], ch["alpha"]),
         **({alt: distilled(cfg, ch["temperature"], ch["alpha"], hidden=tuple(cfg.student_alt_hidden))} if alt else {}),
@@ -582,7 +576,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
                              activations=final.mlp.activations, feature_mean=final.feature_mean,
                              feature_std=final.feature_std, manifest=manifest)
-    alt = alt_student_name(cfg)
+    alt = cfg.alt_student_name
     side = {}
     if alt:
         t0 = time.perf_counter()
