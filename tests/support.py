@@ -104,6 +104,7 @@ TINY_TRAIN = TrainConfig(
     n_folds=2, teacher_hidden=((16, 8),), teacher_epochs=2, lgbm_rounds=20, lgbm_min_leaf=50, student_epochs=3,
     seeds=(0, 1), progress=False, num_threads=1, sweep_temperatures=(1.0, 2.0), sweep_alphas=(0.25, 0.5),
     control_lrs=(0.005, 0.01), control_weight_decays=(0.0,), lockbox_days=3, ablations=(), bootstrap_samples=200,
+    student_alt_hidden=(),
 )
 
 
