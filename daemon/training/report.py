@@ -299,10 +299,13 @@ def size_lines(doc: dict, cfg: TrainConfig) -> list[str]:
     dv, lk = alt["development"], alt["lockbox"]
     size = "-".join(map(str, cfg.student_hidden))
     other = "-".join(map(str, alt["sizes"][1:-1]))
+    why = (f"the development folds favour {other}: set `student_hidden = {alt['sizes'][1:-1]}` to ship it"
+           if dv["verdict"] == "helps" else
+           f"{size} stays, since the development folds do not favour {other}, which costs more to serve")
     return [f"- Student size: the artifact is {size} (`student_hidden`). {other} (`{alt['artifact']}`, same T, alpha, rows and "
-            f"epoch rule) minus {size}, millinats: development {_ci(dv['minus_default'])} ({dv['verdict']} for "
-            f"{other}), lockbox {_ci(lk['minus_default'])} ({lk['verdict']}). The development interval is the one "
-            f"that may change the size; {size} stays unless it says {other} helps. Serving cost of each: BENCHMARKS.md."]
+            f"epoch rule) minus {size}, millinats (negative: {other} better): development {_ci(dv['minus_default'])} "
+            f"({dv['verdict']}), lockbox {_ci(lk['minus_default'])} ({lk['verdict']}). The development interval "
+            f"decides: {why}. Serving cost of each: BENCHMARKS.md (`student_step`, `student_step_alt`)."]
 
 
 def teacher_store_lines(doc: dict) -> list[str]:
