@@ -111,7 +111,8 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher=None, warmup:
 
     ``alpha``: an alpha-head model timed beside the classifier (``student_step_alpha``), or None to skip it;
     ``alt``: the second student size (``student_step_alt``); ``teacher``: the persisted teacher
-    (``persisted_teacher.BenchTeacher``), or None with ``teacher_missing`` saying why (None: not asked for).
+    (``persisted_teacher.BenchTeacher``), or None (or False) with ``teacher_missing`` saying why (None: not
+    asked for).
     """
     bars = sample_bars("BTCUSDT")
     skipped: list[dict] = []
@@ -176,7 +177,7 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher=None, warmup:
         for name in ("student_onnxruntime", "student_onnxruntime_iobinding"):
             skipped.append({"name": name, "reason": missing_ort})
     teacher_note = None
-    if teacher is not None:
+    if teacher:  # None or False: not timed
         fresh = teacher.with_own_cursor  # each contender owns a cursor so that every one walks all rows
         contenders.append(Contender("teacher_mlps_numpy", fresh().mlps, "bar", CONTENDERS["teacher_mlps_numpy"],
                                     group="teacher"))
