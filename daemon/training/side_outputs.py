@@ -22,9 +22,6 @@ from .folds import Fold, split_validation
 from .teacher import Teacher
 from .teacher_store import load_teacher, save_teacher
 
-# lockbox rows the written teacher is read back on and compared with the run's own predictions
-CHECK_ROWS = 20_000
-
 
 def _brief(part: dict, name: str) -> dict:
     m = part[name]
@@ -64,8 +61,9 @@ def save_run_teacher(teacher: Teacher, out_path: Path, cfg: TrainConfig, P: Pool
                      p_t: np.ndarray) -> dict:
     """Write the lockbox fold's teacher to ``<artifact dir>/<teacher_dir>``; return its report entry.
 
-    The folder is read back and must predict, on the first lockbox rows, exactly what the run's teacher
-    predicted there (``p_t``).
+    The folder is read back and must predict, on the lockbox rows, exactly what the run's teacher predicted
+    there (``p_t``). All of them in one call, as the run did: the float32 MLP members round differently when
+    the same rows come in batches of another size.
     """
     folder = Path(out_path).parent / cfg.teacher_dir
     reach = (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
@@ -75,7 +73,7 @@ def save_run_teacher(teacher: Teacher, out_path: Path, cfg: TrainConfig, P: Pool
     data = {"symbols": list(P.symbols), "interval_ms": int(P.interval_ms), **span,
             "what": "bar starts of the rows the teacher was fitted on (every development row, purged before the "
                     "lockbox) and of its early-stopping rows (their newest val_frac); it labelled the lockbox"}
-    rows = np.flatnonzero(fold.test)[:CHECK_ROWS]
+    rows = np.flatnonzero(fold.test)
     save_teacher(teacher, folder, input_names=list(P.teacher_names), model_id=model_id, artifact=Path(out_path).name,
                  data=data, check_rows=P.x_teacher[rows])
     stored = load_teacher(folder)
