@@ -104,12 +104,37 @@ TINY_TRAIN = TrainConfig(
     n_folds=2, teacher_hidden=((16, 8),), teacher_epochs=2, lgbm_rounds=20, lgbm_min_leaf=50, student_epochs=3,
     seeds=(0, 1), progress=False, num_threads=1, sweep_temperatures=(1.0, 2.0), sweep_alphas=(0.25, 0.5),
     control_lrs=(0.005, 0.01), control_weight_decays=(0.0,), lockbox_days=3, ablations=(), bootstrap_samples=200,
+    student_alt_hidden=(),
 )
 
 
 def pooled_samples(cfg: TrainConfig = TINY_TRAIN):
     """The five 5m samples in data/ pooled into one training dataset with ``cfg``."""
     return build(load_dataset([DATA], interval="5"), cfg)
+
+
+# Two MLP members and LightGBM: every member kind the Teacher class holds, small enough to fit in a second.
+TINY_TEACHER = TINY_TRAIN.replace(teacher_hidden=((16, 8), (8,)))
+
+
+def tiny_teacher(cfg: TrainConfig = TINY_TEACHER, seed: int = 0):
+    """(teacher, its input names, 2,000 scoring rows) of a teacher fitted on the samples' first valid rows."""
+    from daemon.training.teacher import fit_teacher
+
+    P = pooled_samples(cfg)
+    rows = np.flatnonzero(P.valid)
+    fit, val, test = rows[:6000], rows[6000:8000], rows[8000:10000]
+    t = fit_teacher(P.x_teacher[fit], P.target[fit], P.x_teacher[val], P.target[val], P.y[val], P.to_class, cfg, seed)
+    return t, list(P.teacher_names), P.x_teacher[test]
+
+
+def save_tiny_teacher(fitted, folder, **kw):
+    """Write ``tiny_teacher``'s result to ``folder`` (checked to predict identically on its rows)."""
+    from daemon.training.teacher_store import save_teacher
+
+    t, names, x = fitted
+    return save_teacher(t, folder, input_names=names, model_id="0123456789abcdef", artifact="default.npz",
+                        data={"fit": {"lo_ms": 0, "hi_ms": 1, "rows": 2}}, check_rows=x, **kw)
 
 
 STUDENT_SIZES = (len(FEATURE_NAMES), 16, 8, 3)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from daemon.bench import markdown as report
+from daemon.bench import persisted_teacher
 from daemon.bench.numpy_student import NumpyStudent
-from daemon.bench.teacher_standin import Teacher, member_mlps
 from daemon.core.model import Model
-from kernels.layout import M_CLIP, M_FEATURES, M_HEADER, WINDOW
-from tests.support import ROOT
+from kernels.layout import WINDOW
+from tests.support import ROOT, save_tiny_teacher, tiny_teacher
 
 
 def _bars(btc_5m: np.ndarray) -> list[tuple[float, ...]]:
@@ -63,21 +63,72 @@ def test_onnx_student_equals_numba(random_artifact, btc_5m):
     assert compared == 1500 - (WINDOW - 1)  # every bar once warm
 
 
-def test_teacher_numba_members_equal_numpy(random_artifact, btc_5m):
-    """The one-call numba teacher averages the same member probabilities as the NumPy teacher (rtol 1e-9)."""
-    model = Model.load(random_artifact)
-    vec = model.vector
-    f = int(vec[M_FEATURES])
-    mean, inv_std = vec[M_HEADER : M_HEADER + f].copy(), vec[M_HEADER + f : M_HEADER + 2 * f].copy()
-    # Wider than the student's features, like the real teacher: the extra inputs are padded with zeros.
-    fast = Teacher(member_mlps(f + 5), None, mean, inv_std, float(vec[M_CLIP]))
-    slow = fast.with_own_state()
-    for bar in _bars(btc_5m)[:400]:
-        got = fast.mlps_numba(*bar)
-        want = slow.mlps_numpy(*bar)
-        assert got == want
-        if want >= 0:
-            np.testing.assert_allclose(fast.mlp_probs, slow.probs, rtol=1e-9, atol=0)
+@pytest.fixture(scope="module")
+def persisted(tmp_path_factory):
+    """A small teacher fitted on the samples, persisted to a folder as ``kdsignal train`` writes it."""
+    folder = tmp_path_factory.mktemp("models") / "teacher"
+    save_tiny_teacher(tiny_teacher(), folder)
+    return folder
+
+
+def test_persisted_teacher_per_bar_calls_equal_its_batch_predict(persisted):
+    """Each per-bar entry point scores the next input row as ``Teacher.predict`` scores it in batch."""
+    bt, why = persisted_teacher.load(persisted)
+    assert why is None
+    p, members = bt.teacher.predict(bt.rows[:300])
+    mlp_mean = np.mean([members["mlp0"], members["mlp1"]], axis=0)
+    whole, mlps, lgbm = bt.with_own_cursor(), bt.with_own_cursor(), bt.with_own_cursor()
+    for i in range(300):
+        # float32 members: a one-row matmul may round differently from a many-row one (BLAS blocking)
+        whole.ensemble(0.0, 0.0, 0.0, 0.0, 0.0)
+        np.testing.assert_allclose(whole.probs, p[i], rtol=1e-6, atol=0)
+        mlps.mlps(0.0, 0.0, 0.0, 0.0, 0.0)
+        np.testing.assert_allclose(mlps.probs, mlp_mean[i], rtol=1e-6, atol=0)
+        lgbm.lgbm(0.0, 0.0, 0.0, 0.0, 0.0)
+        np.testing.assert_allclose(lgbm.probs, members["lgbm"][i], rtol=1e-12, atol=0)
+    # the rows are the BTCUSDT sample's warm bars, every teacher column found in the samples
+    assert bt.rows.shape[1] == bt.stored.manifest["inputs"]["count"] and "fed as zeros" not in bt.note
+
+
+@pytest.mark.slow
+def test_bench_times_and_sizes_the_persisted_teacher(persisted, random_artifact, tmp_path):
+    """The inference and size parts measure the persisted teacher: its rows, batch figures and bytes on disk."""
+    from daemon.bench import run_bench
+
+    doc, _ = run_bench(["inference", "size"], 30, model_path=random_artifact, teacher_dir=persisted,
+                       workdir=tmp_path, alt_path=random_artifact)
+    by = {r["name"]: r for r in doc["results"] if r["part"] == "inference"}
+    size = {r["name"]: r for r in doc["results"] if r["part"] == "size"}
+    for name in ("teacher_mlps_numpy", "teacher_lgbm", "teacher_ensemble", "student_step_alt"):
+        assert by[name]["n"] == 30 and 0 < by[name]["p50_us"] <= by[name]["p99_us"]
+    assert not [s for s in doc["skipped"] if s["name"].startswith("teacher")]
+    part = doc["parts"]["inference"]
+    assert "persisted teacher" in part["teacher"]["shape"] and "0123456789abcdef" in part["teacher"]["shape"]
+    batch = {r["name"]: r for r in part["teacher"]["batch"]}
+    assert batch["teacher_batch"]["rows"] == batch["student_batch"]["rows"] > 1000
+    assert batch["teacher_batch"]["us_per_bar"] > 0 and batch["student_batch"]["bars_per_s"] > 0
+    on_disk = sum(p.stat().st_size for p in persisted.iterdir())
+    assert size["teacher_total"]["bytes"] == on_disk
+    assert size["teacher_lgbm"]["bytes"] == (persisted / "lgbm.txt").stat().st_size
+    assert "teacher_batch" in report.section_inference(doc, markdown=True)
+
+
+def test_bench_says_when_there_is_no_persisted_teacher(random_artifact, tmp_path):
+    """Without a teacher folder the teacher rows are reported as not measured, with the reason, and nothing
+    else is timed in their place."""
+    from daemon.bench import run_bench
+
+    doc, _ = run_bench(["inference", "size"], 20, model_path=random_artifact, teacher_dir=tmp_path / "none",
+                       workdir=tmp_path)
+    names = {r["name"] for r in doc["results"]}
+    assert not {n for n in names if n.startswith("teacher")}
+    reasons = {(s["part"], s["name"]): s["reason"] for s in doc["skipped"]}
+    for key in (("inference", "teacher_ensemble"), ("inference", "teacher_lgbm"), ("size", "teacher_total")):
+        assert "no persisted teacher" in reasons[key]
+    assert "no second student size" in reasons[("inference", "student_step_alt")]
+    md = tmp_path / "B.md"
+    report.write_markdown(doc, md)
+    assert "not measured: `teacher_ensemble`: no persisted teacher" in md.read_text()
 
 
 @pytest.mark.slow
@@ -274,27 +325,6 @@ def test_idle_gap_part_times_both_paths(tmp_path, random_artifact):
     starts = [x["start"] for x in lines]
     assert {x["symbol"] for x in lines} == {"BTCUSDT"} and starts == sorted(set(starts))
     assert len(lines) >= 50 + 5 * 3  # the warm-up frames, then per round: 2 back to back, 3 after a pause
-
-
-def test_teacher_shape_follows_the_training_report(tmp_path, monkeypatch):
-    """The bench's teacher takes its widths, input count and early-stopped rounds from the training report."""
-    import daemon.bench.teacher_standin as teacher_mod
-
-    monkeypatch.setattr(teacher_mod, "ROOT", tmp_path)
-    report_path = tmp_path / "report.json"
-    report_path.write_text(json.dumps({
-        "config": {"teacher_hidden": [[64, 32]], "lgbm_leaves": 15, "lgbm_weight": 0.6},
-        "teacher_inputs": {"student": ["a"] * 9, "extra": ["b"] * 20},
-        "teacher_fits": [{"members": [{"member": "mlp0"}, {"member": "lgbm", "best_iteration": n}]}
-                         for n in (120, 80, 200)],
-    }))
-    shape = teacher_mod.teacher_shape(report_path)
-    assert shape.hidden == ((64, 32),) and shape.leaves == 15 and shape.lgbm_weight == 0.6
-    assert shape.n_inputs == 29 and shape.rounds == 120
-    assert "report.json" in shape.source
-    # No report: the training config's defaults, never fewer inputs than the student's features.
-    default = teacher_mod.teacher_shape(tmp_path / "missing.json")
-    assert default.n_inputs == 9 and len(default.hidden) >= 1
 
 
 def test_summary_states_memory_against_the_bar():

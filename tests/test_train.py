@@ -16,6 +16,7 @@ from daemon.training.config import TrainConfig, load_train_config
 from daemon.training.data import load_dataset
 from daemon.training.dataset import build
 from daemon.training.folds import lockbox_split, walk_forward
+from daemon.training.teacher_store import load_teacher
 from tests.support import TINY_TRAIN, pooled_samples
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -92,6 +93,7 @@ def test_repo_config_train_table_is_the_default():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a whole (tiny) run, also the 32-16 student and the teacher folder: slow on a busy box
 def test_train_end_to_end_on_samples(tmp_path, capsys):
     """``kdsignal train`` on the samples writes a loadable artifact with its policy and ranges, the report's
     contract keys, and plots."""
@@ -136,6 +138,16 @@ def test_train_end_to_end_on_samples(tmp_path, capsys):
         assert (out.parent / png).stat().st_size > 1000
     printed = json.loads(capsys.readouterr().out)
     assert printed["model_id"] == model.id
+    # beside the artifact: the 32-16 student, judged by paired intervals, and the teacher that labelled the lockbox
+    alt = Model.load(out.parent / "student_32_16.npz")
+    assert alt.manifest["student"]["sizes"] == [len(model.manifest["features"]["names"]), 32, 16, 3]
+    assert alt.manifest["variant"]["beside"] == model.id and "policy" not in alt.manifest
+    assert "student_32_16" in lk["deltas_vs_student"] and rep["alt_student"]["lockbox"]["verdict"]
+    assert "Student size: the artifact is 16-8" in md
+    stored = load_teacher(out.parent / "teacher")
+    assert stored.manifest["model_id"] == model.id and rep["teacher_store"]["identical_to_run"]
+    assert stored.manifest["inputs"]["count"] == rep["teacher_inputs"]["columns"]
+    assert stored.manifest["data"]["fit"]["hi_ms"] < lock["lo_ms"]
 
 
 def test_train_reports_missing_data_clearly(tmp_path, capsys):

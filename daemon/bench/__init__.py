@@ -57,22 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-md", action="store_true",
                         help="regenerate the tables of BENCHMARKS.md (and the plot, at --plot or its default)")
     parser.add_argument("--plot", default=None, metavar="PATH", help="write the latency plot (PNG) here")
+    parser.add_argument("--alt-model", default=None, metavar="NPZ",
+                        help="second student size timed beside the student (default student_32_16.npz beside the "
+                             "artifact when present)")
+    parser.add_argument("--teacher", default=None, metavar="DIR",
+                        help="persisted teacher folder (default teacher/ beside the artifact, else models/teacher)")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher contenders (faster)")
 
 
 def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True, workdir=None,
-              command: str = "kdsignal bench", alpha_path=None) -> tuple[dict, dict]:
+              command: str = "kdsignal bench", alpha_path=None, alt_path=None, teacher_dir=None) -> tuple[dict, dict]:
     """Run ``parts``; return (report, samples by contender in ns) where report is what ``--json`` prints."""
     # Here, not at the top: ``loopback_driver`` runs the daemon in a process that imports this package, and
     # these modules import numba, which the daemon itself does not (its resident memory is measured there).
-    from . import hostile, inference, loopback, scorecard, sinks, sizes, throughput, training
+    from . import hostile, inference, loopback, persisted_teacher, scorecard, sinks, sizes, throughput, training
     from .bars import ROOT, bench_model, built_model
 
     model, model_note, artifact_path = bench_model(model_path, workdir)
     report: dict = {"command": command, "date": utc_now(), "machine": machine_info(), "parts": {}, "results": [],
                     "ratios": [], "skipped": []}
     samples: dict = {}
-    teacher_obj = None
+    teacher_obj, teacher_missing = None, None
+    if teacher and ("inference" in parts or "size" in parts):
+        teacher_obj, teacher_missing = persisted_teacher.load(
+            persisted_teacher.teacher_folder(artifact_path, teacher_dir))
 
     def add(part: str, out: dict) -> None:
         for r in out.pop("results", []):
@@ -86,9 +94,15 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     if "inference" in parts:
         alpha_path = alpha_path or (ROOT / "models" / "alpha.npz")
         alpha = built_model(alpha_path) if Path(alpha_path).exists() else None
-        out = inference.run(model, model_note, n, teacher=teacher, alpha=alpha)
+        if alt_path is None:
+            from daemon.training.config import TrainConfig
+
+            name = TrainConfig().alt_student_name
+            alt_path = Path(artifact_path).parent / f"{name}.npz" if name else None
+        alt = built_model(alt_path) if alt_path is not None and Path(alt_path).exists() else None
+        out = inference.run(model, model_note, n, teacher=teacher_obj, alpha=alpha, alt=alt,
+                            teacher_missing=teacher_missing)
         samples = out.pop("samples_ns")
-        teacher_obj = out.pop("teacher_obj")
         add("inference", out)
     if "throughput" in parts:
         add("throughput", throughput.run(model, artifact_path))
@@ -99,7 +113,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     if "training" in parts:
         add("training", training.run())
     if "size" in parts:
-        add("size", sizes.run(model, artifact_path, teacher_obj, teacher))
+        add("size", sizes.run(model, artifact_path, teacher_obj, teacher_missing))
     if "hostile" in parts:
         add("hostile", hostile.run(artifact_path, workdir or tempfile.gettempdir()))
     if "scorecard" in parts:
@@ -115,7 +129,8 @@ def run_cli(args: argparse.Namespace) -> int:
     command = "kdsignal bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "kdsignal bench"
     with tempfile.TemporaryDirectory(prefix="kdsignal-bench-") as tmp:
         report, samples = run_bench(args.parts, args.n, model_path=args.model, teacher=not args.no_teacher,
-                                    workdir=tmp, command=command.strip(), alpha_path=args.alpha_model)
+                                    workdir=tmp, command=command.strip(), alpha_path=args.alpha_model,
+                                    alt_path=args.alt_model, teacher_dir=args.teacher)
     plot = Path(args.plot) if args.plot else (rep.DEFAULT_PLOT if args.write_md else None)
     if plot is not None and samples:
         m = report["machine"]

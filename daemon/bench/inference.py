@@ -1,4 +1,4 @@
-"""Per-bar inference latency: the numba student against NumPy, ONNX Runtime and the teacher ensemble.
+"""Per-bar inference latency: the numba student against NumPy, ONNX Runtime and the persisted teacher.
 
 One sample per call from Python, real BTCUSDT 5m bars from ``data/`` passed as Python floats, every
 contender fed the same bars in interleaved rounds (``timing.sample``). ``CONTENDERS`` says what each
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from daemon.core.model import Model
-from kernels.layout import M_CLIP, M_FEATURES, M_HEADER
 from kernels.specialise import specialised_step
 from kernels.student import student_step
 
@@ -18,7 +17,6 @@ from . import floors
 from .bars import sample_bars
 from .numpy_student import NumpyStudent
 from .onnx_student import OnnxStudent, onnxruntime_available
-from .teacher_standin import Teacher, lightgbm_available
 from .timing import Contender, latency_entry, sample
 
 CONTENDERS: dict[str, str] = {
@@ -48,13 +46,14 @@ CONTENDERS: dict[str, str] = {
     "standardise, clip, MLP, softmax; 1 thread, sequential), argmax",
     "student_onnxruntime_iobinding": "numba features_step (compiled entry point), then run_with_iobinding with the "
     "input bound in place to the feature slice and the output to a preallocated array, argmax",
-    "teacher_mlps_numba": "one numba call: feature step, standardise, every MLP member, softmax each, average",
-    "teacher_mlps_numpy": "numba features_step (compiled entry point), then the MLP members in NumPy (matmuls, "
-    "softmax, average)",
-    "teacher_lgbm": "numba features_step (compiled entry point), then LightGBM Booster.predict on the one row "
+    "student_step_alt": "SymbolState.update of the second student size (student_32_16.npz beside the artifact, "
+    "or --alt-model): the same call on a wider MLP",
+    "teacher_mlps_numpy": "the persisted teacher's MLP members on one precomputed input row: quantile map, each "
+    "member in NumPy, softmax, class sums, mean",
+    "teacher_lgbm": "the persisted teacher's LightGBM member: Booster.predict on one precomputed input row "
     "(num_threads=1)",
-    "teacher_ensemble": "the whole teacher served the fastest way: teacher_mlps_numba + teacher_lgbm's predict, "
-    "blended at the configured LightGBM weight",
+    "teacher_ensemble": "the persisted teacher on one precomputed input row: Teacher.predict, every member and "
+    "the blend, as training labels with it (computing its 39-column input is not included)",
 }
 
 # (numerator, denominator, target speed-up or None): ratios of p50 (and of p99) from the same run.
@@ -63,7 +62,6 @@ RATIOS = (
     ("student_onnxruntime", "student_step", None),
     ("student_onnxruntime_iobinding", "student_step", 10.0),
     ("teacher_ensemble", "student_step", 100.0),
-    ("teacher_mlps_numba", "student_step", None),
     ("teacher_mlps_numpy", "student_step", None),
     ("teacher_lgbm", "student_step", None),
     ("student_step_dispatcher", "student_step", None),
@@ -71,6 +69,7 @@ RATIOS = (
     ("student_step_generic", "student_step_raw", None),
     ("student_step", "student_step_raw", None),
     ("student_step_alpha", "student_step", None),
+    ("student_step_alt", "student_step", None),
     ("student_step_dispatcher", "numba_floor_2_arrays_5_floats", None),
 )
 
@@ -106,11 +105,14 @@ def _ratios(entries: dict[str, dict], samples: dict[str, np.ndarray], round_call
     return out
 
 
-def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True, warmup: int = 500,
-        alpha: Model | None = None) -> dict:
+def run(model: Model, model_note: str, n: int = 20_000, *, teacher=None, warmup: int = 500,
+        alpha: Model | None = None, alt: Model | None = None, teacher_missing: str | None = None) -> dict:
     """Time every available contender ``n`` times; return entries, ratios, samples and skip notes.
 
-    ``alpha``: an alpha-head model timed beside the classifier (``student_step_alpha``), or None to skip it.
+    ``alpha``: an alpha-head model timed beside the classifier (``student_step_alpha``), or None to skip it;
+    ``alt``: the second student size (``student_step_alt``); ``teacher``: the persisted teacher
+    (``persisted_teacher.BenchTeacher``), or None (or False) with ``teacher_missing`` saying why (None: not
+    asked for).
     """
     bars = sample_bars("BTCUSDT")
     skipped: list[dict] = []
@@ -154,6 +156,14 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
     else:
         skipped.append({"name": "student_step_alpha",
                         "reason": "no alpha artifact (models/alpha.npz or --alpha-model)"})
+    if alt is not None:
+        sizes = "-".join(str(w) for w in alt.manifest["student"]["sizes"][1:-1])
+        contenders.append(Contender("student_step_alt", alt.new_state().update, "bar",
+                                    f"{CONTENDERS['student_step_alt']} ({sizes}, {alt.kernel_note} kernel)"))
+    else:
+        skipped.append({"name": "student_step_alt",
+                        "reason": "no second student size (kdsignal train writes student_32_16.npz beside the "
+                                  "artifact; or --alt-model)"})
     missing_ort = onnxruntime_available()
     if missing_ort is None:
         ort_student = OnnxStudent(model)
@@ -167,33 +177,19 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
         for name in ("student_onnxruntime", "student_onnxruntime_iobinding"):
             skipped.append({"name": name, "reason": missing_ort})
     teacher_note = None
-    teacher_obj = None
-    if teacher:
-        vec = model.vector
-        f = int(vec[M_FEATURES])
-        mean, inv_std = vec[M_HEADER : M_HEADER + f].copy(), vec[M_HEADER + f : M_HEADER + 2 * f].copy()
-        clip = float(vec[M_CLIP])
-        base = Teacher.build(mean, inv_std, clip)
-        fresh = base.with_own_state  # each contender owns a teacher so that feature states advance independently
-
-        contenders += [
-            Contender("teacher_mlps_numba", base.mlps_numba, "bar", CONTENDERS["teacher_mlps_numba"], group="teacher"),
-            Contender("teacher_mlps_numpy", fresh().mlps_numpy, "bar", CONTENDERS["teacher_mlps_numpy"],
-                      group="teacher"),
-        ]
-        if base.booster is not None:
-            contenders += [
-                Contender("teacher_lgbm", fresh().lgbm, "bar", CONTENDERS["teacher_lgbm"], group="teacher"),
-                Contender("teacher_ensemble", fresh().ensemble, "bar", CONTENDERS["teacher_ensemble"], group="teacher"),
-            ]
-        else:
-            # Without LightGBM the ensemble is its MLP members alone; say so rather than drop the figure.
-            contenders.append(Contender("teacher_ensemble", fresh().ensemble, "bar",
-                                        CONTENDERS["teacher_mlps_numba"] + " (LightGBM member missing)",
+    if teacher:  # None or False: not timed
+        fresh = teacher.with_own_cursor  # each contender owns a cursor so that every one walks all rows
+        contenders.append(Contender("teacher_mlps_numpy", fresh().mlps, "bar", CONTENDERS["teacher_mlps_numpy"],
+                                    group="teacher"))
+        if teacher.teacher.lgbm is not None:
+            contenders.append(Contender("teacher_lgbm", fresh().lgbm, "bar", CONTENDERS["teacher_lgbm"],
                                         group="teacher"))
-            skipped.append({"name": "teacher_lgbm", "reason": lightgbm_available()})
-        teacher_note = base.sizes()
-        teacher_obj = base
+        contenders.append(Contender("teacher_ensemble", fresh().ensemble, "bar", CONTENDERS["teacher_ensemble"],
+                                    group="teacher"))
+        teacher_note = {"shape": teacher.describe(), "batch": teacher.batch(model)}
+    elif teacher_missing:
+        for name in ("teacher_mlps_numpy", "teacher_lgbm", "teacher_ensemble"):
+            skipped.append({"name": name, "reason": teacher_missing})
 
     samples = sample(contenders, bars, n, warmup=warmup, round_calls=ROUND_CALLS)
     entries = {c.name: latency_entry(c.name, samples[c.name]) for c in contenders}
@@ -209,6 +205,6 @@ def run(model: Model, model_note: str, n: int = 20_000, *, teacher: bool = True,
         "samples_ns": samples,
         "skipped": skipped,
         "teacher": teacher_note,
-        "teacher_obj": teacher_obj,
+        "alt_sizes": alt.manifest["student"]["sizes"][1:-1] if alt is not None else None,
         "step_targets_us": STEP_TARGETS_US,
     }

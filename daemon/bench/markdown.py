@@ -26,8 +26,9 @@ PLOTTED = (
     "student_onnxruntime_iobinding",
     "student_onnxruntime",
     "student_numpy",
-    "teacher_mlps_numba",
+    "student_step_alt",
     "teacher_mlps_numpy",
+    "teacher_lgbm",
     "teacher_ensemble",
 )
 
@@ -96,6 +97,15 @@ def section_inference(report: dict, markdown: bool) -> str:
                   + ([includes.get(r["name"], "")] if markdown else [])
                   for r in rows]
     out.append(_table(headers, table_rows, markdown))
+    batch = (part.get("teacher") or {}).get("batch")
+    if batch:
+        out.append("")
+        if markdown:
+            out += ["Batch: every row in one call, inputs precomputed (median of "
+                    f"{batch[0]['repeats']} calls after a warm-up call).", ""]
+        out.append(_table(["name", "us per bar", "bars/s", "rows", *(["what one call includes"] if markdown else [])],
+                          [[r["name"], r["us_per_bar"], r["bars_per_s"], r["rows"]]
+                           + ([r["includes"]] if markdown else []) for r in batch], markdown))
     ratios = report.get("ratios", [])
     if ratios:
         out.append("")
@@ -260,8 +270,9 @@ def section_summary(report: dict, markdown: bool) -> str:
         ("student_numpy", "the same student in NumPy"),
         ("student_onnxruntime_iobinding", "ONNX Runtime with I/O binding"),
         ("student_onnxruntime", "ONNX Runtime, plain run()"),
-        ("teacher_ensemble", "the teacher ensemble (numba MLPs + LightGBM predict)" if "teacher_lgbm" in by
-         else "the teacher ensemble (its MLP members only: LightGBM is not installed)"),
+        ("student_step_alt", "the wider student ("
+         + "-".join(map(str, (report["parts"]["inference"].get("alt_sizes") or ["?"]))) + ", same step)"),
+        ("teacher_ensemble", "the persisted teacher (Teacher.predict on one precomputed input row)"),
     )
     for name, label in labels:
         r = ratios.get(f"{name}/student_step")

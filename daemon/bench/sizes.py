@@ -1,4 +1,4 @@
-"""Model size: parameters and bytes of the student (as served) and of the teacher it replaces."""
+"""Model size: parameters and bytes of the student (as served) and of the persisted teacher it replaces."""
 
 from __future__ import annotations
 
@@ -24,28 +24,12 @@ def student_size(model: Model, artifact_path: Path | None) -> list[dict]:
     return out
 
 
-def run(model: Model, artifact_path: Path | None, teacher, want_teacher: bool = True) -> dict:
-    """The size part; builds the teacher stand-in when the inference part did not."""
+def run(model: Model, artifact_path: Path | None, teacher, teacher_missing: str | None = None) -> dict:
+    """The size part: the student, and the persisted teacher (``persisted_teacher.BenchTeacher``) when there is one."""
     results = student_size(model, artifact_path)
-    if teacher is None and want_teacher:
-        from kernels.layout import M_CLIP, M_FEATURES, M_HEADER
-
-        from .teacher_standin import Teacher
-
-        vec = model.vector
-        f = int(vec[M_FEATURES])
-        teacher = Teacher.build(vec[M_HEADER : M_HEADER + f].copy(), vec[M_HEADER + f : M_HEADER + 2 * f].copy(),
-                                float(vec[M_CLIP]))
+    skipped = []
     if teacher is not None:
-        t = teacher.sizes()
-        hidden = ", ".join("-".join(str(w) for w in h) for h in teacher.shape.hidden)
-        results.append({"name": "teacher_mlps", "params": t["mlp_params"], "bytes": t["mlp_bytes"],
-                        "includes": f"{t['mlp_members']} MLP members ({hidden}) on {teacher.shape.n_inputs} inputs, "
-                                    "float64"})
-        if "lgbm_trees" in t:
-            results.append({"name": "teacher_lgbm", "params": t["lgbm_params"], "bytes": t["lgbm_bytes"],
-                            "includes": f"{t['lgbm_trees']} trees, {t['lgbm_leaves']:,} leaves (params: leaf values + "
-                                        "4 per split); bytes: LightGBM's model text"})
-            results.append({"name": "teacher_total", "params": t["mlp_params"] + t["lgbm_params"],
-                            "bytes": t["mlp_bytes"] + t["lgbm_bytes"], "includes": "MLP members + LightGBM"})
-    return {"results": results}
+        results += teacher.sizes()
+    elif teacher_missing:
+        skipped.append({"name": "teacher_total", "reason": teacher_missing})
+    return {"results": results, "skipped": skipped}

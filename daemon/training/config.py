@@ -83,16 +83,21 @@ class TrainConfig:
     # also train on block 0, which no out-of-fold teacher labels: hard labels only there (student and control)
     student_first_block: bool = False
     recency_half_life_days: float = 0.0  # 0 = uniform sample weights
+    # a second student size, distilled with the same choices, judged against student_hidden by paired intervals
+    # (development and lockbox) and written as student_<sizes>.npz next to the artifact; () for none
+    student_alt_hidden: tuple[int, ...] = (32, 16)
     seeds: tuple[int, ...] = (0, 1, 2)
     # --- choices made on the development folds (first seed): T x alpha, and the control's own lr x weight decay
     sweep: bool = True  # false: use temperature/alpha above as they are
-    sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
-    sweep_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    # the chapter's range; alpha (the hard labels' weight) 0, pure soft targets, is left out: never chosen before
+    sweep_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 20.0)
+    sweep_alphas: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
     control_lrs: tuple[float, ...] = (0.002, 0.005, 0.01)
     control_weight_decays: tuple[float, ...] = (0.0, 0.001)
     # variants re-run over every seed on the development folds, judged by their paired interval (ABLATIONS)
     ablations: tuple[str, ...] = ("teacher_without_extras", "recency_weighting", "student_first_block")
     # --- evaluation / output
+    teacher_dir: str = "teacher"  # the final teacher's folder, relative to the artifact's ("": not written)
     ece_bins: int = 10
     bootstrap_samples: int = 2000  # paired block bootstrap, one-day blocks
     # trading read-out: fee cases per side and half-spread (< 0: half of one tick, inferred from prices)
@@ -145,6 +150,10 @@ class TrainConfig:
             ("temperature", self.temperature > 0),
             ("alpha", 0 <= self.alpha <= 1),
             ("student_hidden", len(self.student_hidden) >= 1 and min(self.student_hidden) >= 1),
+            ("student_alt_hidden", all(w >= 1 for w in self.student_alt_hidden)),
+            ("teacher_dir", "/" not in self.teacher_dir.strip("/") and self.teacher_dir not in (".", "..")),
+            ("sweep_temperatures", len(self.sweep_temperatures) >= 1 and min(self.sweep_temperatures) > 0),
+            ("sweep_alphas", len(self.sweep_alphas) >= 1 and all(0 <= a <= 1 for a in self.sweep_alphas)),
             ("student_activation", self.student_activation in ("relu", "tanh")),
             ("teacher_input_transform", self.teacher_input_transform in ("standard", "quantile")),
             ("seeds", len(self.seeds) >= 1),
@@ -160,6 +169,12 @@ class TrainConfig:
     def round_trip_cost(self) -> float:
         """Cost of entering and leaving a position with taker orders (a fraction of notional)."""
         return 2.0 * self.fee_per_side
+
+    @property
+    def alt_student_name(self) -> str | None:
+        """The second student size's model and artifact name (``student_32_16``), or None when there is none."""
+        alt = tuple(self.student_alt_hidden)
+        return "student_" + "_".join(map(str, alt)) if alt and alt != tuple(self.student_hidden) else None
 
     def replace(self, **changes: Any) -> TrainConfig:
         """Return a copy with ``changes`` applied (validated like the original)."""
@@ -215,7 +230,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             if not all(isinstance(i, str) for i in value):
                 raise ValueError(f"[train] {key} must be a list of strings, got {value!r}")
             return tuple(value)
-        if key in ("student_hidden", "seeds"):
+        if key in ("student_hidden", "student_alt_hidden", "seeds"):
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
                 raise ValueError(f"[train] {key} must be a list of integers, got {value!r}")
             return tuple(value)

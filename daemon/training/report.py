@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -244,14 +245,16 @@ def _model_table(part: dict, teacher_first: bool = True) -> list[str]:
     lines = ["| model | log loss | vs distilled, millinats [95% CI] | kappa vs teacher | agreement where teacher acts "
              "| hold-vs-move AUC | direction AUC | rank IC | ECE |",
              "|---|---|---|---|---|---|---|---|---|"]
-    order = ["baseline", "volatility", "teacher", "student", "control", "control_all_rows", "label_smoothing",
+    sizes = [n for n in part if re.fullmatch(r"student(_\d+)+", n)]  # the second student size (student_32_16)
+    order = ["baseline", "volatility", "teacher", "student", *sizes, "control", "control_all_rows", "label_smoothing",
              "control_tuned", "logistic"]
     for name in order:
         if name not in part:
             continue
         m = part[name]
         delta = "-" if name == "student" else _ci(part["deltas_vs_student"].get(name))
-        lines.append(f"| {NAMES[name]} | {_f(m['log_loss'])} | {delta} | {_f(m.get('kappa_vs_teacher'), 3)} | "
+        label = NAMES.get(name) or f"distilled student, {name.removeprefix('student_').replace('_', '-')}"
+        lines.append(f"| {label} | {_f(m['log_loss'])} | {delta} | {_f(m.get('kappa_vs_teacher'), 3)} | "
                      f"{_pct(m.get('agreement_teacher_acts'))} | {_f(m['move_auc'], 3)} | {_f(m['direction_auc'], 3)} | "
                      f"{_f(m['ic'], 4)} | {_f(m['ece'], 3)} |")
     return lines
@@ -273,6 +276,47 @@ def _trading_table(trade: dict) -> list[str]:
                          f"{_f(m['sharpe'], 2)} | {_f(m['sortino'], 2)} | {_pct(m['max_drawdown'], 2)} | {m['trades']} | "
                          f"{_pct(m['hit_rate'])} | {_f(m['turnover'], 4)} | {_f(m['break_even_fee_bp'], 2)} |")
     return lines
+
+
+def _sweep_table(ch: dict) -> list[str]:
+    temps = sorted({g["temperature"] for g in ch["sweep"]})
+    alphas = sorted({g["alpha"] for g in ch["sweep"]})
+    ll = {(g["temperature"], g["alpha"]): g["log_loss"] for g in ch["sweep"]}
+    best = (ch["temperature"], ch["alpha"])
+    lines = ["", "Development log loss, T (rows) x alpha (columns), chosen cell in bold:", "",
+             "| T | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |", "|---" * (len(alphas) + 1) + "|"]
+    for t in temps:
+        cells = [(f"**{_f(ll.get((t, a)))}**" if (t, a) == best else _f(ll.get((t, a)))) for a in alphas]
+        lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def size_lines(doc: dict, cfg: TrainConfig) -> list[str]:
+    """The student size the artifact has, and what the other size did on development folds and the lockbox."""
+    alt = doc.get("alt_student")
+    if not alt:
+        return []
+    dv, lk = alt["development"], alt["lockbox"]
+    size = "-".join(map(str, cfg.student_hidden))
+    other = "-".join(map(str, alt["sizes"][1:-1]))
+    why = (f"the development folds favour {other}: set `student_hidden = {alt['sizes'][1:-1]}` to ship it"
+           if dv["verdict"] == "helps" else
+           f"{size} stays, since the development folds do not favour {other}, which costs more to serve")
+    return [f"- Student size: the artifact is {size} (`student_hidden`). {other} (`{alt['artifact']}`, same T, alpha, rows and "
+            f"epoch rule) minus {size}, millinats (negative: {other} better): development {_ci(dv['minus_default'])} "
+            f"({dv['verdict']}), lockbox {_ci(lk['minus_default'])} ({lk['verdict']}). The development interval "
+            f"decides: {why}. Serving cost of each: BENCHMARKS.md (`student_step`, `student_step_alt`)."]
+
+
+def teacher_store_lines(doc: dict) -> list[str]:
+    """Where the final teacher was written, its size, and whether it reads back to the run's predictions."""
+    ts = doc.get("teacher_store")
+    if not ts:
+        return []
+    members = ", ".join(f"{m['name']} ({m['kind']})" for m in ts["members"])
+    same = "identical" if ts["identical_to_run"] else "NOT identical"
+    return [f"Teacher written to `{Path(ts['folder']).name}/` ({ts['bytes'] / 1e6:.2f} MB: {members}); read back, its "
+            f"predictions on {ts['checked_rows']} lockbox rows are {same} to the run's.", ""]
 
 
 def markdown(doc: dict, cfg: TrainConfig) -> str:
@@ -349,19 +393,21 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
         "### Choices",
         "",
         f"- Temperature x alpha (seed {ch['sweep_seed']}, pooled development log loss): chosen T={ch['temperature']:g}, "
-        f"alpha={ch['alpha']:g}. Grid: "
-        + ", ".join(f"T={g['temperature']:g}/a={g['alpha']:g} {_f(g['log_loss'])}" for g in ch["sweep"]) + ".",
+        f"alpha={ch['alpha']:g} (grid below and [sweep.png](sweep.png); {doc['timings_s'].get('choices_s', 0):.0f} s "
+        "with the control's grid).",
         f"- Tuned control (lr x weight decay): chosen lr={ch['control_lr']:g}, weight decay={ch['control_weight_decay']:g}. "
         "Grid: " + ", ".join(f"{g['lr']:g}/{g['weight_decay']:g} {_f(g['log_loss'])}" for g in ch["control_grid"])
         + ". Epochs: early stopping on each fit's own newest development rows.",
         f"- Label smoothing control: the distilled loss with the same T={ch['temperature']:g} and alpha={ch['alpha']:g}, its "
         "soft target being the training rows' class shares on every bar instead of the teacher: the same pull away "
         "from one-hot labels without the teacher's per-bar knowledge (is the gain just regularisation?).",
+        *size_lines(doc, cfg),
         "- Decision policy of the shipped student (stored in the artifact manifest as `policy`): "
         + "; ".join(f"{case}: threshold {min(v['threshold'], 1.0):.3g}" + (" (never acts)" if v["threshold"] >= 1.0 else "")
                     + f", hold {v['hold_bars']} bar(s), development net {_pct(v['development_net_return_per_symbol'], 2)} per symbol"
                     for case, v in doc["policy"]["cases"].items()) + ".",
         "",
+        *_sweep_table(ch),
         "### Trading on the development blocks (policies chosen on these same bars: in-sample for the policy)",
         "",
         *_trading_table(dv["trading"]),
@@ -416,5 +462,6 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
     lines += ["", "Wall time per part (s): " + ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in doc["timings_s"].items()), "",
               "Teacher members, development log loss: "
               + ", ".join(f"{k} {_f(v)}" for k, v in doc["teacher_members_development_log_loss"].items()) + ".", "",
+              *teacher_store_lines(doc),
               "Plots: " + ", ".join(f"[{p}]({p})" for p in doc.get("plots", [])), ""]
     return "\n".join(lines)

@@ -42,6 +42,7 @@ from .folds import lockbox_fold, lockbox_split, split_validation, walk_forward
 from .inputs import STUDENT_FEATURES
 from .labels import CLASSES
 from .policies import _edges, _markets, choose_policies, development_ticks, fee_cases
+from .side_outputs import save_alt_student, save_run_teacher
 from .teacher import fit_teacher
 
 # overrides that change the labels or the teacher: the table is rebuilt and the teachers refitted
@@ -113,7 +114,7 @@ def _reach_ms(P: Pooled, cfg: TrainConfig) -> int:
     return (cfg.horizon_bars + cfg.embargo_bars) * P.interval_ms
 
 
-def _teacher_job(job: tuple[int, int]) -> tuple[int, np.ndarray, dict, dict]:
+def _teacher_job(job: tuple[int, int]) -> tuple[int, np.ndarray, dict, dict, object]:
     k, seed = job
     P, cfg, folds = _SHARED["P"], _worker_cfg(_SHARED["cfg"]), _SHARED["folds"]
     f = folds[k]
@@ -124,21 +125,25 @@ def _teacher_job(job: tuple[int, int]) -> tuple[int, np.ndarray, dict, dict]:
     p, mem = teacher.predict(P.x_teacher[f.test])
     info = {"block": f.index, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
             "seconds": round(time.perf_counter() - t0, 2), "members": teacher.info}
-    return k, p, mem, info
+    return k, p, mem, info, teacher if k == _SHARED.get("keep_fold") else None
 
 
-def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+def fit_teachers(P: Pooled, cfg: TrainConfig, folds, seed: int,
+                 keep: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
     """Fit one teacher per fold on its (purged) training rows and predict its test rows.
 
     Returns the ensemble probabilities (NaN on rows no teacher labelled), each member's probabilities, and
-    per-fold fit info. Folds are fitted in parallel, largest first.
+    per-fold fit info. Folds are fitted in parallel, largest first. With ``keep`` (a dict), the last fold's
+    teacher is kept in ``keep["teacher"]`` (the one written to the teacher folder).
     """
     p_t = np.full((len(P), 3), np.nan)
     members: dict[str, np.ndarray] = {}
     info = {}
     jobs = sorted(((k, seed) for k in range(len(folds))), key=lambda j: -int(folds[j[0]].train.sum()))
-    pool = _pool(cfg, P=P, cfg=cfg, folds=folds)
-    for k, p, mem, inf in _map(pool, _teacher_job, jobs, cfg, "teachers"):
+    pool = _pool(cfg, P=P, cfg=cfg, folds=folds, keep_fold=len(folds) - 1 if keep is not None else None)
+    for k, p, mem, inf, teacher in _map(pool, _teacher_job, jobs, cfg, "teachers"):
+        if teacher is not None:
+            keep["teacher"] = teacher
         f = folds[k]
         p_t[f.test] = p
         for name, v in mem.items():
@@ -345,9 +350,11 @@ def develop(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, ti
 
 
 def model_variants(cfg: TrainConfig, ch: dict) -> dict[str, Variant]:
-    """The student and the trained controls, as chosen on development folds."""
+    """The student, the second student size and the trained controls, as chosen on development folds."""
+    alt = cfg.alt_student_name
     return {
         "student": distilled(cfg, ch["temperature"], ch["alpha"]),
+        **({alt: distilled(cfg, ch["temperature"], ch["alpha"], hidden=tuple(cfg.student_alt_hidden))} if alt else {}),
         "control": control(cfg),
         "control_all_rows": control(cfg, rows="all"),
         "label_smoothing": distilled(cfg, ch["temperature"], ch["alpha"], prior_teacher=True),
@@ -446,7 +453,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     timings["data_s"] = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    p_t, members, teacher_info = fit_teachers(P, cfg, folds, seed=cfg.seeds[0])
+    kept: dict = {}
+    p_t, members, teacher_info = fit_teachers(P, cfg, folds, seed=cfg.seeds[0], keep=kept)
     timings["teachers_s"] = time.perf_counter() - t0
 
     cache: dict = {}
@@ -509,8 +517,13 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     lock_info = cache[(L, s0, variants["student"])][1]
     epochs = max(1, int(lock_info["best_epoch"]))
     rows = P.valid & (P.start_ms >= int(folds[0].test_lo_ms)) & np.all(np.isfinite(p_t), axis=1)
-    final = train_student(P.x_student[rows], P.y[rows], p_t[rows], np.ones(int(rows.sum())), P.x_student[:0],
-                          P.y[:0], cfg, s0, temperature=ch["temperature"], alpha=ch["alpha"], fixed_epochs=epochs)
+
+    def refit(v: Variant, n_epochs: int):
+        return train_student(P.x_student[rows], P.y[rows], p_t[rows], np.ones(int(rows.sum())), P.x_student[:0],
+                             P.y[:0], cfg, s0, temperature=v.temperature, alpha=v.alpha, hidden=v.hidden,
+                             fixed_epochs=n_epochs)
+
+    final = refit(variants["student"], epochs)
     timings["final_s"] = time.perf_counter() - t0
     final_info = {"fit_rows": int(rows.sum()), "fit_lo_ms": int(P.start_ms[rows].min()),
                   "fit_hi_ms": int(P.start_ms[rows].max()), "epochs": epochs, "seed": s0,
@@ -564,6 +577,18 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
                              activations=final.mlp.activations, feature_mean=final.feature_mean,
                              feature_std=final.feature_std, manifest=manifest)
+    alt = cfg.alt_student_name
+    side = {}
+    if alt:
+        t0 = time.perf_counter()
+        a_epochs = max(1, int(cache[(L, s0, variants[alt])][1]["best_epoch"]))
+        side["alt_student"] = save_alt_student(out_path.parent / f"{alt}.npz", refit(variants[alt], a_epochs), manifest,
+                                               name=alt, of=model_id, epochs=a_epochs, lock=lock, dev=dev)
+        timings["alt_student_s"] = time.perf_counter() - t0
+    if cfg.teacher_dir and kept.get("teacher") is not None:
+        t0 = time.perf_counter()
+        side["teacher_store"] = save_run_teacher(kept["teacher"], out_path, cfg, P, folds[L], model_id, p_t)
+        timings["teacher_store_s"] = time.perf_counter() - t0
 
     reliability = {k: ev.reliability(lock_models[k][0], P.y[lock_idx], cfg.ece_bins)
                    for k in ("teacher", "student", "control")}
@@ -601,6 +626,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "teacher_members_development_log_loss": {k: ev.log_loss(v[dev_idx], P.y[dev_idx]) for k, v in members.items()},
         "ablations": ablations,
         "final_student": final_info,
+        **side,
         "timings_s": {},
     }
     timings["total_s"] = time.perf_counter() - t_start
@@ -697,6 +723,8 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"kdsignal train: {e}", file=sys.stderr)
         return 2
     kernel = _build_kernel(args.out)
+    if doc.get("alt_student"):
+        _build_kernel(doc["alt_student"]["path"])
     lk = doc["summary"]["lockbox"]
     print(json.dumps({
         "model_id": doc["model_id"], "artifact": str(args.out), "kernel": kernel,
