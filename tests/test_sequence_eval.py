@@ -63,7 +63,7 @@ def test_weight_is_chosen_by_log_loss():
 @pytest.mark.slow
 def test_opt_in_run_writes_the_methods_row(tmp_path):
     """``kdsignal train --teacher-sequence`` on the samples writes methods.sequence_teacher with lockbox intervals,
-    its training time in the report's timings, and a run without the flag has no such row."""
+    its training time in the report's timings and a report.md section; a run without the flag has no such row."""
     table = {**SMALL.to_dict(), "seeds": [0], "sweep_temperatures": [2.0], "sweep_alphas": [0.5]}
     lines = ["[train]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     (tmp_path / "train.toml").write_text("\n".join(lines) + "\n")
@@ -83,6 +83,7 @@ def test_opt_in_run_writes_the_methods_row(tmp_path):
     assert row["n"] == doc["split"]["lockbox"]["rows"] and row["seeds"] == 1
     assert len(row["fits"]) == SMALL.n_folds + 2 and doc["timings_s"]["sequence_teacher_s"] > 0
     assert row["sequence_weight"] in SMALL.sequence_weights
+    assert "## Sequence teacher" in (out.parent / "report.md").read_text()
     plain = tmp_path / "plain" / "model.npz"
     assert cli_main(["train", "--data", str(DATA), "--interval", "5", "--config", str(tmp_path / "train.toml"),
                      "--out", str(plain), "--no-progress"]) == 0

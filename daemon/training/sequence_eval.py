@@ -115,3 +115,40 @@ def methods_row(lock: dict, dev: dict, trading: dict, cfg: TrainConfig, weight: 
         "fits": fits,
         "timings_s": timings_s,
     }
+
+
+def _mn(d: dict) -> str:
+    if d.get("point") is None:
+        return "n/a"
+    lo, hi = (("n/a" if x is None else f"{1000 * x:+.2f}") for x in (d["lo"], d["hi"]))
+    return f"{1000 * d['point']:+.2f} [{lo}, {hi}]"
+
+
+def markdown_lines(row: dict) -> list[str]:
+    """The report.md section for ``methods.sequence_teacher`` (a JSON-cleaned row)."""
+    lk = row["lockbox"]
+    lines = ["## Sequence teacher (opt-in: `--teacher-sequence`)", "",
+             f"A dilated causal CNN on the last {row['inputs']['window_bars']} bars of "
+             f"{', '.join(row['inputs']['channels'])}, fitted out of fold like the ensemble; ensemble share "
+             f"{row['sequence_weight']:g} chosen on development folds; distilled into the same student with the same T "
+             f"and alpha. Training {row['timings_s']['fits_s']} s for {len(row['fits'])} blocks, "
+             f"{row['timings_s']['total_s']} s in all. Lockbox, {row['n']} rows, {row['seeds']} seeds; intervals in "
+             "millinats, paired bootstrap over one-day blocks, positive = the sequence variant is better:", "",
+             "| model | log loss | IC | direction AUC |", "|---|---|---|---|"]
+    for name in ("sequence", "teacher_current", "teacher", "student_current", "student", "student_sequence_alone",
+                 "control"):
+        if name in lk:
+            m = lk[name]
+            lines.append(f"| {name} | {m['log_loss']} | {m['ic']} | {m['direction_auc']} |")
+    lines += ["",
+              f"- student (ensemble + sequence) vs the current student: {_mn(row['delta_vs_current_student'])}; "
+              f"on development folds: {_mn(row['development']['delta_vs_current_student'])}",
+              f"- teacher with the sequence member vs the current teacher: "
+              f"{_mn(row['teacher_with_sequence_vs_current_teacher'])}; the sequence teacher alone: "
+              f"{_mn(row['sequence_alone_vs_current_teacher'])}",
+              f"- vs the hard-label control: {_mn(row['delta_vs_control'])}; gap recovered "
+              f"{row['gap_recovered']['point']} [{row['gap_recovered']['lo']}, {row['gap_recovered']['hi']}]",
+              f"- trading (development-chosen policy): taker net {row['taker']['net_return']}, Sharpe "
+              f"{row['taker']['sharpe']}; maker net {row['maker']['net_return']}, Sharpe {row['maker']['sharpe']}; "
+              f"argmax break-even fee {row['break_even_fee_bp']} bp per side", ""]
+    return lines
