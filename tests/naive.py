@@ -114,3 +114,35 @@ def alpha_readout_reference(outputs, vol, bp_per_unit, buy_above_bp, sell_below_
     a = readout[:, 0]
     cls = np.where(a > buy_above_bp, 2, np.where(a < sell_below_bp, 0, 1))
     return readout, cls
+
+
+def sequence_bars_reference(symbols_ohlcv, volume_mean_bars):
+    """The sequence teacher's six channels per bar, for gap-free symbols on one common clock, by loops.
+
+    ``symbols_ohlcv``: a list of (n, 5) arrays (open, high, low, close, volume), one per symbol, all of the same
+    bars. Per symbol: log(c[t] / c[t-1]) (0 at t = 0), log(h[t] / l[t]), log1p(v[t] / mean(v[t-W+1..t])) (0 while
+    fewer than W bars exist); then the same three averaged over the symbols. Returns the symbols' (n, 6) arrays.
+    """
+    own = []
+    for a in symbols_ohlcv:
+        n = len(a)
+        ch = np.zeros((n, 3))
+        for t in range(n):
+            ch[t, 0] = np.log(a[t, 3] / a[t - 1, 3]) if t > 0 else 0.0
+            ch[t, 1] = np.log(a[t, 1] / a[t, 2])
+            if t >= volume_mean_bars - 1:
+                ch[t, 2] = np.log1p(a[t, 4] / np.mean(a[t - volume_mean_bars + 1: t + 1, 4]))
+        own.append(ch)
+    market = np.mean(own, axis=0)
+    return [np.column_stack([ch, market]) for ch in own]
+
+
+def sequence_windows_reference(bars, sym, rows, n_bars):
+    """Row by row and bar by bar: the ``n_bars`` bars ending at each row, of its own symbol, zero before its first."""
+    out = np.zeros((len(rows), n_bars, bars.shape[1]), dtype=bars.dtype)
+    for i, r in enumerate(rows):
+        for j in range(n_bars):
+            src = r - (n_bars - 1) + j
+            if src >= 0 and sym[src] == sym[r]:
+                out[i, j] = bars[src]
+    return out

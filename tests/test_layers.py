@@ -113,6 +113,67 @@ def test_core_does_no_async_io():
     assert {m: v for m, v in bad.items() if v} == {}
 
 
+@cache
+def load_time_imports(module: str) -> frozenset[str]:
+    """What importing ``module`` itself runs: imports at module level (also under a top-level if/try), not inside a
+    function or class body, nor under ``TYPE_CHECKING``."""
+    known = modules()
+    out = set()
+
+    def walk(stmts) -> None:
+        for node in stmts:
+            if isinstance(node, ast.Import):
+                out.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(module, node)
+                out.update(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                walk(node.body)
+                walk(node.orelse)
+            elif isinstance(node, ast.Try):
+                walk(node.body)
+                walk(node.orelse)
+                walk(node.finalbody)
+
+    walk(ast.parse(known[module].read_text(encoding="utf-8")).body)
+    return frozenset(out)
+
+
+def loads_torch(module: str) -> bool:
+    """Whether importing ``module`` imports torch, through any chain of module-level project imports."""
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        deps = load_time_imports(m)
+        if any(d.split(".")[0] == "torch" for d in deps):
+            return True
+        todo += [d for d in deps if d in modules()]
+    return False
+
+
+def test_torch_stays_in_the_sequence_teacher():
+    """Only daemon/training/sequence*.py import torch (the [seq] extra), and no other module loads it at import time:
+    the daemon and the default training run work without torch installed."""
+    importers = {m for m in modules() if any(i.split(".")[0] == "torch" for i in imports(m))}
+    assert importers and all(m.startswith("daemon.training.sequence") for m in importers)
+    top = {m for m in modules() if loads_torch(m)}
+    assert top == {m for m in importers if any(i.split(".")[0] == "torch" for i in load_time_imports(m))}
+    assert "daemon.training.train" not in top and "daemon.cli" not in top
+
+
+def test_load_time_walk_skips_function_bodies():
+    """The load-time walk sees train's module-level imports but not the sequence teacher it imports inside a function,
+    which the full walk does see."""
+    assert "daemon.training.sequence_eval" in imports("daemon.training.train")
+    assert "daemon.training.sequence_eval" not in load_time_imports("daemon.training.train")
+    assert "daemon.training.folds" in load_time_imports("daemon.training.train")
+    assert "torch" in load_time_imports("daemon.training.sequence_net")
+    assert "torch" not in load_time_imports("daemon.training.sequence_eval")
+
+
 def test_no_import_circle():
     """No chain of imports between project modules leads back to where it started."""
     graph = {m: project_imports(m) - {m} for m in modules()}

@@ -16,7 +16,8 @@ Modules, in pipeline order: ``fetch`` (REST download), ``data`` (CSV reading and
 (the daemon's feature kernel plus teacher-only extras), ``labels``, ``dataset`` (pooled table), ``folds``
 (the lockbox and purged walk-forward), ``teacher`` (MLPs + LightGBM), ``nn`` (NumPy MLP and Adam),
 ``distil`` (distillation through ``kernels.mlp.kd_loss_grad``), ``evaluate`` (measures), ``bootstrap``
-(paired day-block intervals), ``report``, ``train`` (the command and its protocol). The trading read-out
+(paired day-block intervals), ``report``, ``train`` (the command and its protocol); opt-in, with the
+``[seq]`` extra (torch): ``sequence``, ``sequence_net``, ``sequence_eval`` (the sequence teacher). The trading read-out
 is ``daemon.core.trading``, shared with ``kdsignal backtest``.
 """
 

@@ -68,6 +68,17 @@ class TrainConfig:
     lgbm_weight: float = 0.7  # share of the ensemble probability given to LightGBM (rest: MLP mean)
     teacher_extra_features: bool = True  # longer windows, time of day, other symbols' moves, symbol id
     teacher_buckets: tuple[float, ...] = ()  # extra bucket edges in band units (e.g. 2.0): finer targets
+    # --- sequence teacher (opt-in, the [seq] extra: daemon/training/sequence*.py): a temporal CNN on raw bar windows
+    teacher_sequence: bool = False
+    sequence_window_bars: int = 64  # bars of OHLCV (symbol and market) each row's window holds, ending at its bar
+    sequence_channels: int = 16
+    sequence_epochs: int = 6
+    sequence_rows_per_epoch: int = 60000  # random training rows per epoch (0: all)
+    sequence_batch: int = 256
+    sequence_lr: float = 0.002
+    sequence_patience: int = 1
+    sequence_fit_max_s: float = 90.0  # wall-clock cap on each fold's fit (the run fits one per block)
+    sequence_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # its ensemble share, chosen on dev
     # --- student
     student_hidden: tuple[int, ...] = (16, 8)
     student_activation: str = "relu"
@@ -158,6 +169,15 @@ class TrainConfig:
             ("teacher_input_transform", self.teacher_input_transform in ("standard", "quantile")),
             ("seeds", len(self.seeds) >= 1),
             ("lgbm_weight", 0 <= self.lgbm_weight <= 1),
+            ("sequence_window_bars", 2 <= self.sequence_window_bars <= 4096),
+            ("sequence_channels", 1 <= self.sequence_channels <= 1024),
+            ("sequence_epochs", self.sequence_epochs >= 1),
+            ("sequence_rows_per_epoch", self.sequence_rows_per_epoch >= 0),
+            ("sequence_batch", self.sequence_batch >= 2),
+            ("sequence_lr", self.sequence_lr > 0),
+            ("sequence_patience", self.sequence_patience >= 0),
+            ("sequence_fit_max_s", self.sequence_fit_max_s > 0),
+            ("sequence_weights", len(self.sequence_weights) >= 1 and all(0 <= w <= 1 for w in self.sequence_weights)),
             ("teacher_buckets", all(b > 1 for b in self.teacher_buckets)),
             ("ablations", all(a in ABLATIONS for a in self.ablations)),
         ]

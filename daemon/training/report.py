@@ -464,4 +464,8 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
               + ", ".join(f"{k} {_f(v)}" for k, v in doc["teacher_members_development_log_loss"].items()) + ".", "",
               *teacher_store_lines(doc),
               "Plots: " + ", ".join(f"[{p}]({p})" for p in doc.get("plots", [])), ""]
+    if "sequence_teacher" in doc.get("methods", {}):
+        from .sequence_eval import markdown_lines
+
+        lines += markdown_lines(doc["methods"]["sequence_teacher"])
     return "\n".join(lines)

@@ -525,6 +525,12 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
 
     final = refit(variants["student"], epochs)
     timings["final_s"] = time.perf_counter() - t0
+    methods = {}
+    if cfg.teacher_sequence:
+        t0 = time.perf_counter()
+        methods["sequence_teacher"] = sequence_teacher(series, P, cfg, folds, split, p_t, ch, dev_models, lock_models,
+                                                       ticks, bars_per_year)
+        timings["sequence_teacher_s"] = time.perf_counter() - t0
     final_info = {"fit_rows": int(rows.sum()), "fit_lo_ms": int(P.start_ms[rows].min()),
                   "fit_hi_ms": int(P.start_ms[rows].max()), "epochs": epochs, "seed": s0,
                   "early_stopping": {"lo_ms": lock_info["val_lo_ms"], "hi_ms": lock_info["val_hi_ms"],
@@ -627,6 +633,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "ablations": ablations,
         "final_student": final_info,
         **side,
+        **({"methods": methods} if methods else {}),
         "timings_s": {},
     }
     timings["total_s"] = time.perf_counter() - t_start
@@ -637,6 +644,51 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     methods.publish(out_path.parent, report_md=out_path.parent / "report.md")
     doc["timings_s"]["report_s"] = round(time.perf_counter() - t0, 1)
     return doc
+
+
+def sequence_teacher(series, P: Pooled, cfg: TrainConfig, folds, split, p_t: np.ndarray, ch: dict, dev_models: dict,
+                     lock_models: dict, ticks: dict, bars_per_year: float) -> dict:
+    """The opt-in sequence teacher (``sequence_eval``): fitted out of fold like the ensemble, added to it at a
+    development-chosen weight, distilled into the same student and read once on the lockbox."""
+    from . import sequence_eval as se
+
+    t0 = time.perf_counter()
+    L = len(folds) - 1
+    ks = list(range(1, L))
+    p_seq, fits, _ = se.out_of_fold(series, P, cfg, folds, seed=cfg.seeds[0])
+    fits_s = time.perf_counter() - t0
+    dev_idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
+    weight, grid = se.choose_weight(p_t[dev_idx], p_seq[dev_idx], P.y[dev_idx], cfg.sequence_weights)
+    p_mix = se.mix(p_t, p_seq, weight)
+    v = distilled(cfg, ch["temperature"], ch["alpha"])
+    caches: dict[str, dict] = {"mix": {}, "alone": {}}
+    for name, p_teacher in (("mix", p_mix), ("alone", p_seq)):
+        run_jobs(P, cfg, folds, p_teacher, [(k, s, v) for k in [*ks, L] for s in cfg.seeds], caches[name],
+                 f"sequence students ({name})")
+    parts, students = {}, {}
+    for part, kk, models in (("development", ks, dev_models), ("lockbox", [L], lock_models)):
+        idx = np.concatenate([np.flatnonzero(folds[k].test) for k in kk])
+        students[part] = [_dev_probs(caches["mix"], kk, s, v) for s in cfg.seeds]
+        parts[part] = assess(P, idx, {
+            "student": students[part], "teacher": [p_mix[idx]], "baseline": models["baseline"],
+            "control": models["control"], "student_current": models["student"], "teacher_current": models["teacher"],
+            "sequence": [p_seq[idx]],
+            "student_sequence_alone": [_dev_probs(caches["alone"], kk, s, v) for s in cfg.seeds],
+        }, p_mix[idx], cfg)
+    lock_idx = np.flatnonzero(folds[L].test)
+    full = {}
+    for part, idx in (("development", dev_idx), ("lockbox", lock_idx)):
+        full[part] = np.full(len(P), np.nan)
+        full[part][idx] = students[part][0][:, 2] - students[part][0][:, 0]
+    dev_region = (P.start_ms >= folds[1].test_lo_ms) & (P.start_ms < split.dev_end_ms)
+    policies = choose_policies(P, dev_region, {"student": full["development"]}, ticks, cfg, bars_per_year)
+    argmax = np.full(len(P), np.nan)
+    argmax[lock_idx] = np.argmax(students["lockbox"][0], axis=1) - 1
+    trading, _ = trading_readout(P, P.start_ms >= split.lockbox_lo_ms, {"student": full["lockbox"]}, policies, ticks,
+                                 cfg, bars_per_year, argmax)
+    timings = {"fits_s": round(fits_s, 1), "total_s": round(time.perf_counter() - t0, 1)}
+    return se.methods_row(parts["lockbox"], parts["development"], trading, cfg, weight, grid, fits, timings,
+                          blocks_of(P.start_ms[lock_idx]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -658,6 +710,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one [train] knob (TOML value syntax), e.g. --set lockbox_days=30")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--teacher-sequence", action="store_true",
+                        help="also fit the sequence teacher (needs the [seq] extra) and report it under "
+                             "methods.sequence_teacher (as [train] teacher_sequence = true)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -677,6 +732,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = cfg.replace(progress=False)
     if args.method:
         cfg = cfg.replace(method=args.method)
+    if getattr(args, "teacher_sequence", False):
+        cfg = cfg.replace(teacher_sequence=True)
     return cfg
 
 
@@ -687,6 +744,14 @@ def run_cli(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"kdsignal train: {e}", file=sys.stderr)
         return 2
+    if cfg.teacher_sequence:
+        from .sequence_eval import SequenceUnavailable, require_torch
+
+        try:
+            require_torch()
+        except SequenceUnavailable as e:
+            print(f"kdsignal train: {e}", file=sys.stderr)
+            return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))
     # LightGBM's OpenMP workers spin while waiting by default; on a busy 2-core box that starves everything
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
