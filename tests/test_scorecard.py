@@ -98,18 +98,22 @@ def check(rep: dict, parts: list[dict]) -> None:
         assert rep["decisions"][name] == int(m.sum())
         want = cat["hit"][m].mean() if m.any() else None
         assert rep["hit_rate"][name] == (pytest.approx(want) if want is not None else None)
-    for b, bucket in enumerate(rep["calibration"]):
+    cal = rep["calibration"]
+    assert len(cal["count"]) == len(cal["confidence"]) == len(cal["accuracy"]) == CALIBRATION_BINS
+    for b in range(CALIBRATION_BINS):
         m = cat["bins"] == b
-        assert bucket["n"] == int(m.sum())
+        assert cal["count"][b] == int(m.sum())
         if m.any():
-            assert bucket["confidence"] == pytest.approx(cat["conf"][m].mean(), rel=1e-10)
-            assert bucket["accuracy"] == pytest.approx(cat["hit"][m].mean())
+            assert cal["confidence"][b] == pytest.approx(cat["conf"][m].mean(), rel=1e-10)
+            assert cal["accuracy"][b] == pytest.approx(cat["hit"][m].mean())
+        else:
+            assert cal["confidence"][b] is None and cal["accuracy"][b] is None
 
 
 @pytest.mark.parametrize("window", [500, 100_000])
 def test_scorecard_over_a_replay_equals_offline_computation(model, window):
     """Replaying data/ (with a dropped stretch and repeats) through the pipeline, every score matches NumPy."""
-    sc = Scorecard.from_manifest(SYMBOLS, model.manifest, INTERVAL_MS, window_bars=window)
+    sc = Scorecard.from_manifest(SYMBOLS, model.manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=window)
     fed = {s: [] for s in SYMBOLS}
     cuts = {"BTCUSDT": ({1000, 1001, 1002, 2500}, {1500, 3000}), "ETHUSDT": (set(), {10}), "SOLUSDT": ({40}, set())}
     streams = {s: replay_bars(model, s, *cuts[s]) for s in SYMBOLS}
@@ -129,7 +133,7 @@ def test_scorecard_over_a_replay_equals_offline_computation(model, window):
 
 def test_scorecard_matches_offline_at_every_checkpoint(model):
     """Partway through a replay the rolling window matches the offline computation on the bars so far."""
-    sc = Scorecard.from_manifest(["ADAUSDT"], model.manifest, INTERVAL_MS, window_bars=300)
+    sc = Scorecard.from_manifest(["ADAUSDT"], model.manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=300)
     fed = []
     for k, bar in enumerate(replay_bars(model, "ADAUSDT")):
         fed.append(bar)
@@ -155,8 +159,8 @@ def rolling_degraded(ll: np.ndarray, window: int, limit: float, after: int) -> l
 def test_model_degraded_follows_the_band_rule(model, expected, band):
     """model_degraded turns on (and off) exactly when the offline rolling log loss stays above expected + band."""
     manifest = {**model.manifest, "metrics": {"lockbox": {"student": {"log_loss": expected}}}}
-    sc = Scorecard.from_manifest(["BNBUSDT"], manifest, INTERVAL_MS, window_bars=200, band=band,
-                                 degraded_after_bars=50)
+    sc = Scorecard.from_manifest(["BNBUSDT"], manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=200,
+                                 band=band, degraded_after_bars=50)
     fed, states, changes = [], [], []
     n_scored = 0
     for bar in replay_bars(model, "BNBUSDT"):
@@ -199,7 +203,7 @@ def test_label_rule_comes_from_the_manifest_and_is_validated(model):
 
 def test_hostile_bars_are_skipped_not_scored(model):
     """Non-finite or non-positive closes count as missing bars; unknown symbols and repeats are ignored."""
-    sc = Scorecard.from_manifest(["BTCUSDT"], model.manifest, INTERVAL_MS, window_bars=50)
+    sc = Scorecard.from_manifest(["BTCUSDT"], model.manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=50)
     p = (0.2, 0.5, 0.3)
     for k in range(100):
         close = [math.nan, -1.0, math.inf][k % 3] if k == 60 else 100.0 + k
@@ -277,8 +281,8 @@ def test_healthz_flags_a_degraded_model_but_stays_healthy(model):
     m.set_model(model.id)
     m.candle_closed("BTCUSDT", start_ms)
     manifest = {**model.manifest, "metrics": {"lockbox": {"student": {"log_loss": 0.01}}}}
-    m.scorecard = Scorecard.from_manifest(["BTCUSDT"], manifest, INTERVAL_MS, window_bars=50, band=0.01,
-                                          degraded_after_bars=5)
+    m.scorecard = Scorecard.from_manifest(["BTCUSDT"], manifest, INTERVAL_MS, step=model.scorecard_kernel,
+                                          window_bars=50, band=0.01, degraded_after_bars=5)
     ok, body = m.health()
     assert ok and body["status"] == "ok" and body["model_degraded"] is False
     for bar in replay_bars(model, "BTCUSDT"):

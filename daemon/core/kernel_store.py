@@ -154,11 +154,11 @@ def check(vector: np.ndarray, directory: Path) -> tuple[str, Path]:
     return name, module
 
 
-def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike | None = None):
-    """The verified, imported ``student_step`` for this model vector; raises ``KernelUnavailable`` naming the command.
+def load_module(vector: np.ndarray, directory: Path, artifact: str | os.PathLike | None = None):
+    """The verified, imported compiled module for this model vector; raises ``KernelUnavailable`` naming the command.
 
-    Same arguments, results and contract as ``kernels.specialise.specialised_step``'s entry point: pass only
-    C-contiguous float64 vectors and floats.
+    It exports ``student_step`` and ``scorecard_step`` (``kernels.scorecard_step``), with the same arguments,
+    results and contracts as their JIT forms: pass only C-contiguous float64 vectors and floats.
     """
     try:
         name, path = check(vector, directory)
@@ -176,4 +176,13 @@ def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike |
             raise KernelUnavailable(f"cannot import {path}: {e}; rebuild it with "
                                     f"`{build_command(artifact, directory)}`") from None
         sys.modules[name] = module
-    return sys.modules[name].student_step
+    return sys.modules[name]
+
+
+def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike | None = None):
+    """The verified, imported ``student_step`` for this model vector; raises ``KernelUnavailable`` naming the command.
+
+    Same arguments, results and contract as ``kernels.specialise.specialised_step``'s entry point: pass only
+    C-contiguous float64 vectors and floats.
+    """
+    return load_module(vector, directory, artifact).student_step

@@ -44,6 +44,7 @@ class Model:
         "warmup_bars",
         "manifest",
         "step_kernel",
+        "scorecard_kernel",
         "kernel_note",
         "_state_size",
         "_probs_at",
@@ -65,12 +66,17 @@ class Model:
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)
+        # The live scorecard's per-bar update (daemon.core.scorecard) comes from the same place as the step.
         if kernel == "aot":
-            self.step_kernel = kernel_store.load_step(self.vector, kernel_store.kernel_dir(kernel_dir), source)
+            module = kernel_store.load_module(self.vector, kernel_store.kernel_dir(kernel_dir), source)
+            self.step_kernel = module.student_step
+            self.scorecard_kernel = module.scorecard_step
         elif kernel == "jit":
-            from kernels.specialise import specialised_step  # numba: only when asked for
+            from kernels.scorecard_step import scorecard_entry  # numba: only when asked for
+            from kernels.specialise import specialised_step
 
             self.step_kernel = specialised_step(self.vector)
+            self.scorecard_kernel = scorecard_entry()
         else:
             raise ValueError(f"kernel is {kernel!r}, expected 'aot' or 'jit'")
         self.kernel_note = kernel

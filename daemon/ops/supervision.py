@@ -69,9 +69,10 @@ class Supervision:
         try:
             if self.scorecard is None:
                 self.scorecard = Scorecard.from_manifest(self._symbols, model.manifest, self._interval_ms,
+                                                         step=model.scorecard_kernel,
                                                          window_bars=scfg.window_bars, band=scfg.band,
                                                          degraded_after_bars=scfg.degraded_after_bars)
-            elif self.scorecard.set_model(model.manifest):
+            elif self.scorecard.set_model(model.manifest, model.scorecard_kernel):
                 log.info("scorecard_restarted", model=model.id, reason="the new model's label rule differs")
             self.scorecard_note = ""
         except ScorecardUnavailable as exc:
