@@ -327,13 +327,26 @@ def section_hostile(report: dict, markdown: bool) -> str:
 
 
 def section_scorecard(report: dict, markdown: bool) -> str:
-    """What the live scorecard adds per bar (``daemon.bench.scorecard``)."""
+    """What the live scorecard adds per bar (``daemon.bench.scorecard``): per bar, per read, and the total."""
     rows = _results(report, "scorecard")
     if not rows:
         return "scorecard: not run"
-    return _table(["what", "p50 us", "p99 us", "batch mean us", "clock floor p50 us", "calls"],
-                  [[r["name"], r["p50_us"], r["p99_us"], r["batch_mean_us"], r["clock_floor_p50_us"], r["n"]]
-                   for r in rows], markdown)
+    table = _table(["what", "p50 us", "p99 us", "batch mean us", "clock floor p50 us", "calls"],
+                   [[r["name"], r["p50_us"], r["p99_us"], r["batch_mean_us"], r["clock_floor_p50_us"], r["n"]]
+                    for r in rows], markdown)
+    by = {r["name"]: r for r in rows}
+    if "scorecard_total" not in by:
+        return table
+    part = report["parts"].get("scorecard", {})
+    total, read = by["scorecard_total"], by.get("scorecard_report")
+    note = (f"Total per bar, everything the scorecard does (the update of every window's sums in "
+            f"`on_bar`, {part.get('kernel', '?')} kernel, and a full `report()` every {total['read_every_bars']} "
+            f"bars, what a scrape or the periodic `scorecard` event reads): **{total['batch_mean_us']:.2f} us** "
+            f"(batch mean over {part.get('bars', '?'):,} bars of {len(part.get('symbols', []))} symbols).")
+    if read:
+        note += (f" A read costs {read['p50_us']:.1f} us (p50) whatever the windows hold, so at other cadences "
+                 f"the total is the `on_bar` batch mean plus that over the bars between reads.")
+    return table + "\n\n" + note
 
 
 def section_sinks(report: dict, markdown: bool) -> str:

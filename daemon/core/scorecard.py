@@ -58,6 +58,7 @@ from kernels.scorecard_layout import (
     S_DEGRADED,
     S_DUP,
     S_EVENT_LL,
+    S_FIRST,
     S_HEADER,
     S_LL,
     S_NEXT,
@@ -260,46 +261,43 @@ class Scorecard:
         of buy and sell (and hold), and ``calibration`` in the training report's shape
         (``daemon.training.evaluate.reliability``: per bin of the decided class's probability, mean
         ``confidence``, ``accuracy`` and ``count``; None where a bin or window is empty)."""
-        window = self.window_bars
+        window, interval = self.window_bars, self.interval_ms
         head = self._block[:, :S_HEADER]
-        rows = np.empty((len(head) + 1, S_HEADER))
-        rows[:-1] = head
-        rows[-1] = head.sum(axis=0)  # the pooled window: only its sums and counts are read
-        n = np.minimum(rows[:, S_TOTAL], window)
-        n[-1] = n[:-1].sum()
-        ll = _mean(rows[:, S_LL], n)
-        brier = _mean(rows[:, S_BRIER], n)
-        hit = _mean(rows[:, S_DEC_HIT:S_DEC_HIT + 3], rows[:, S_DEC_N:S_DEC_N + 3])
-        conf = _mean(rows[:, S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS], rows[:, S_CAL_N:S_CAL_N + CALIBRATION_BINS])
-        acc = _mean(rows[:, S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS], rows[:, S_CAL_N:S_CAL_N + CALIBRATION_BINS])
-        counts = rows[:, S_DEC_N:S_DEC_N + 3].astype(np.int64).tolist()
-        cal_n = rows[:, S_CAL_N:S_CAL_N + CALIBRATION_BINS].astype(np.int64).tolist()
-        n = n.astype(np.int64).tolist()
-        out = []
-        for i in range(len(rows)):
-            dec, h = counts[i], hit[i]
-            out.append({"n": n[i], "log_loss": _value(ll[i]), "brier": _value(brier[i]),
-                        "hit_rate": {"buy": _value(h[BUY]), "sell": _value(h[SELL])},
-                        "decisions": {"buy": dec[BUY], "sell": dec[SELL], "hold": dec[HOLD]},
-                        "calibration": {"confidence": [_value(x) for x in conf[i]],
-                                        "accuracy": [_value(x) for x in acc[i]], "count": cal_n[i]}})
+        rows = head.tolist()
+        pooled = head.sum(axis=0).tolist()  # only its sums and counts are read
         symbols = {}
-        interval = self.interval_ms
-        for (name, sym), fig in zip(self.symbols.items(), out, strict=False):
-            nxt, first, skew = sym.state[S_NEXT:S_SKEW + 1].tolist()  # S_NEXT, S_FIRST, S_SKEW
-            symbols[name] = {**fig, "degraded": sym.degraded, "duplicates": sym.duplicates,
-                             "bars": 0 if nxt != nxt else int((nxt - first - skew) // interval)}
-        return {"expected_log_loss": self.expected, "band": self.band, "window_bars": window,
-                "degraded": self.degraded, "overall": {**out[-1], "degraded": self.overall_degraded},
-                "symbols": symbols}
+        n_all = 0
+        degraded = self.overall_degraded
+        for name, v in zip(self.symbols, rows, strict=True):
+            n = min(int(v[S_TOTAL]), window)
+            n_all += n
+            nxt = v[S_NEXT]
+            symbols[name] = {**_window(v, n), "degraded": v[S_DEGRADED] != 0.0, "duplicates": int(v[S_DUP]),
+                             "bars": 0 if nxt != nxt else int((nxt - v[S_FIRST] - v[S_SKEW]) // interval)}
+            degraded = degraded or v[S_DEGRADED] != 0.0
+        return {"expected_log_loss": self.expected, "band": self.band, "window_bars": window, "degraded": degraded,
+                "overall": {**_window(pooled, n_all), "degraded": self.overall_degraded}, "symbols": symbols}
 
 
-def _mean(sums: np.ndarray, counts: np.ndarray) -> list:
-    """``sums / counts`` as lists, NaN where a count is 0 (a sum that was added to and taken from again may
-    keep a rounding residue, so the count decides)."""
-    return np.divide(sums, counts, out=np.full(sums.shape, _NAN), where=counts > 0).tolist()
+def _window(v: list, n: int) -> dict:
+    """One window's figures from its header values ``v`` (a symbol's, or the symbols' added up) and its size.
 
-
-def _value(x: float) -> float | None:
-    """A mean, or None where there was nothing to average (NaN from an empty window or bin)."""
-    return None if x != x else x
+    Means are None where there is nothing to average; a count decides that, not a sum (one added to and
+    taken from again may keep a rounding residue)."""
+    dec_n, dec_hit = v[S_DEC_N:S_DEC_N + 3], v[S_DEC_HIT:S_DEC_HIT + 3]
+    cal_n = v[S_CAL_N:S_CAL_N + CALIBRATION_BINS]
+    cal_conf = v[S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS]
+    cal_hit = v[S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS]
+    return {
+        "n": n,
+        "log_loss": v[S_LL] / n if n else None,
+        "brier": v[S_BRIER] / n if n else None,
+        "hit_rate": {"buy": dec_hit[BUY] / dec_n[BUY] if dec_n[BUY] else None,
+                     "sell": dec_hit[SELL] / dec_n[SELL] if dec_n[SELL] else None},
+        "decisions": {"buy": int(dec_n[BUY]), "sell": int(dec_n[SELL]), "hold": int(dec_n[HOLD])},
+        "calibration": {
+            "confidence": [c / m if m else None for c, m in zip(cal_conf, cal_n, strict=True)],
+            "accuracy": [a / m if m else None for a, m in zip(cal_hit, cal_n, strict=True)],
+            "count": [int(m) for m in cal_n],
+        },
+    }
