@@ -180,6 +180,7 @@ class Supervision:
         st = self.status()
         self.metrics.sync_totals(frames=st.frames, malformed=st.malformed, reconnects=st.reconnects,
                                  gaps_backfilled=st.gaps_backfilled, bars_backfilled=st.bars_backfilled,
-                                 bars_unfilled=st.bars_unfilled, signals_by_class=st.signals_by_class)
+                                 bars_unfilled=st.bars_unfilled, signals_by_class=st.signals_by_class,
+                                 signals_suppressed=st.signals_suppressed)
         self.metrics.set_feed_connected(st.feed_subscribed)
         self.metrics.set_model(st.model_id)
