@@ -272,32 +272,34 @@ class Scorecard:
             n = min(int(v[S_TOTAL]), window)
             n_all += n
             nxt = v[S_NEXT]
-            symbols[name] = {**_window(v, n), "degraded": v[S_DEGRADED] != 0.0, "duplicates": int(v[S_DUP]),
-                             "bars": 0 if nxt != nxt else int((nxt - v[S_FIRST] - v[S_SKEW]) // interval)}
-            degraded = degraded or v[S_DEGRADED] != 0.0
+            fig = symbols[name] = _window(v, n)
+            fig["degraded"] = v[S_DEGRADED] != 0.0
+            fig["bars"] = 0 if nxt != nxt else int((nxt - v[S_FIRST] - v[S_SKEW]) // interval)
+            fig["duplicates"] = int(v[S_DUP])
+            degraded = degraded or fig["degraded"]
+        overall = _window(pooled, n_all)
+        overall["degraded"] = self.overall_degraded
         return {"expected_log_loss": self.expected, "band": self.band, "window_bars": window, "degraded": degraded,
-                "overall": {**_window(pooled, n_all), "degraded": self.overall_degraded}, "symbols": symbols}
+                "overall": overall, "symbols": symbols}
 
 
 def _window(v: list, n: int) -> dict:
-    """One window's figures from its header values ``v`` (a symbol's, or the symbols' added up) and its size.
-
-    Means are None where there is nothing to average; a count decides that, not a sum (one added to and
-    taken from again may keep a rounding residue)."""
+    """One window's figures from its header values ``v`` (a symbol's, or the symbols' added up) and its size."""
     dec_n, dec_hit = v[S_DEC_N:S_DEC_N + 3], v[S_DEC_HIT:S_DEC_HIT + 3]
     cal_n = v[S_CAL_N:S_CAL_N + CALIBRATION_BINS]
-    cal_conf = v[S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS]
-    cal_hit = v[S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS]
     return {
         "n": n,
         "log_loss": v[S_LL] / n if n else None,
         "brier": v[S_BRIER] / n if n else None,
-        "hit_rate": {"buy": dec_hit[BUY] / dec_n[BUY] if dec_n[BUY] else None,
-                     "sell": dec_hit[SELL] / dec_n[SELL] if dec_n[SELL] else None},
+        "hit_rate": {"buy": _mean(dec_hit[BUY], dec_n[BUY]), "sell": _mean(dec_hit[SELL], dec_n[SELL])},
         "decisions": {"buy": int(dec_n[BUY]), "sell": int(dec_n[SELL]), "hold": int(dec_n[HOLD])},
-        "calibration": {
-            "confidence": [c / m if m else None for c, m in zip(cal_conf, cal_n, strict=True)],
-            "accuracy": [a / m if m else None for a, m in zip(cal_hit, cal_n, strict=True)],
-            "count": [int(m) for m in cal_n],
-        },
+        "calibration": {"confidence": list(map(_mean, v[S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS], cal_n)),
+                        "accuracy": list(map(_mean, v[S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS], cal_n)),
+                        "count": list(map(int, cal_n))},
     }
+
+
+def _mean(total: float, count: float) -> float | None:
+    """A mean, None where there is nothing to average; the count decides, not the sum (one added to and taken
+    from again may keep a rounding residue)."""
+    return total / count if count else None
