@@ -11,12 +11,13 @@ numba or LLVM. This module is the one place both sides agree on:
   module (``module_name``);
 - the record beside each module (``<module>.json``): that identity plus the module's file name and sha256.
 
-Before importing, ``load_step`` checks that the directory, the record and the module are owned by this
-user or root and writable by nobody else, that the record describes this artifact's identity, and that
-the module's sha256 is the recorded one. Anything missing, different or unsafe raises ``KernelUnavailable``
-with the command that builds it. The module is hashed, then imported by path: between the two only this
-user or root could swap it, and they could as well have replaced the code itself. Nothing here compiles;
-nothing here imports numba.
+The module also carries the live scorecard's per-bar update (``scorecard_step``, ``kernels.scorecard_step``),
+so it is part of the same identity and the same checks. Before importing, ``load_module`` checks that the
+directory, the record and the module are owned by this user or root and writable by nobody else, that the
+record describes this artifact's identity, and that the module's sha256 is the recorded one. Anything
+missing, different or unsafe raises ``KernelUnavailable`` with the command that builds it. The module is
+hashed, then imported by path: between the two only this user or root could swap it, and they could as
+well have replaced the code itself. Nothing here compiles; nothing here imports numba.
 """
 
 from __future__ import annotations

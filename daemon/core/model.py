@@ -5,7 +5,9 @@ specialised to the artifact's layer sizes (``kernels.specialise``). With ``kerne
 is the module ``kdsignal build-kernel`` compiled ahead of time, checked and imported by
 ``daemon.core.kernel_store``, so serving never loads numba; a missing, stale or unsafe module raises
 ``KernelUnavailable`` naming the command, and nothing is ever built here. ``kernel="jit"`` compiles the same
-specialised step with numba's JIT in this process instead (numba and LLVM then live in it). Training,
+specialised step with numba's JIT in this process instead (numba and LLVM then live in it). The live
+scorecard's update (``scorecard_kernel``, ``kernels.scorecard_step``) comes the same way, from the same
+module or JIT-compiled beside the step. Training,
 replay and the live daemon all run these objects, so what was evaluated is what serves.
 """
 
