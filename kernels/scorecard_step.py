@@ -74,6 +74,25 @@ _EPS = 1e-15  # log loss clips probabilities here, as daemon.training.evaluate.l
 _INF = math.inf
 
 
+@njit(cache=True)
+def _judge(vec, outside, degraded, event, mean, limit, after):
+    # One window's degradation rule on its slots of ``vec``; True when its state changed. Degraded implies
+    # outside > 0, so the end of a run needs only that looked at.
+    if mean > limit:
+        vec[outside] += 1.0
+        if vec[outside] >= after and vec[degraded] == 0.0:
+            vec[degraded] = 1.0
+            vec[event] = mean
+            return True
+    elif vec[outside] > 0.0:
+        vec[outside] = 0.0
+        if vec[degraded] != 0.0:
+            vec[degraded] = 0.0
+            vec[event] = mean
+            return True
+    return False
+
+
 @njit(SIGNATURE, cache=True)
 def scorecard_step(state, common, start_ms, close, p0, p1, p2):
     """Take one closed bar (ms start, close) and its prediction into ``state`` and ``common``; see the module."""
@@ -219,40 +238,16 @@ def scorecard_step(state, common, start_ms, close, p0, p1, p2):
     limit = common[C_LIMIT]
     if limit != limit:
         return 0
-    # the symbol's window, then the pooled one; degraded implies outside > 0, so the end of a run needs
-    # only that looked at
+    # the symbol's window, then the pooled one
     changed = 0
     need = common[C_NEED]
     after = common[C_AFTER]
-    if n >= need:
-        mean = lsum / n
-        if mean > limit:
-            state[S_OUTSIDE] += 1.0
-            if state[S_OUTSIDE] >= after and state[S_DEGRADED] == 0.0:
-                state[S_DEGRADED] = 1.0
-                state[S_EVENT_LL] = mean
-                changed |= CHANGED_SYMBOL
-        elif state[S_OUTSIDE] > 0.0:
-            state[S_OUTSIDE] = 0.0
-            if state[S_DEGRADED] != 0.0:
-                state[S_DEGRADED] = 0.0
-                state[S_EVENT_LL] = mean
-                changed |= CHANGED_SYMBOL
+    if n >= need and _judge(state, S_OUTSIDE, S_DEGRADED, S_EVENT_LL, lsum / n, limit, after):
+        changed |= CHANGED_SYMBOL
     n_all = common[C_O_N]
-    if n_all >= need:
-        mean = common[C_O_LL] / n_all
-        if mean > limit:
-            common[C_O_OUTSIDE] += 1.0
-            if common[C_O_OUTSIDE] >= after and common[C_O_DEGRADED] == 0.0:
-                common[C_O_DEGRADED] = 1.0
-                common[C_O_EVENT_LL] = mean
-                changed |= CHANGED_OVERALL
-        elif common[C_O_OUTSIDE] > 0.0:
-            common[C_O_OUTSIDE] = 0.0
-            if common[C_O_DEGRADED] != 0.0:
-                common[C_O_DEGRADED] = 0.0
-                common[C_O_EVENT_LL] = mean
-                changed |= CHANGED_OVERALL
+    if n_all >= need and _judge(common, C_O_OUTSIDE, C_O_DEGRADED, C_O_EVENT_LL, common[C_O_LL] / n_all, limit,
+                                after):
+        changed |= CHANGED_OVERALL
     return changed
 
 
