@@ -334,11 +334,11 @@ def test_scorecard_part_measures_the_update_a_read_and_the_total(random_artifact
 
     part = scorecard.run(Model.load(random_artifact), rounds=1)
     rows = {r["name"]: r for r in part.pop("results")}
-    assert set(rows) == {"scorecard_on_bar", "scorecard_report", "scorecard_total"}
+    assert set(rows) == {"scorecard_on_bar", "scorecard_read", "scorecard_total"}
     assert rows["scorecard_on_bar"]["n"] == part["bars"] and rows["scorecard_on_bar"]["scored"] > 0
-    assert rows["scorecard_report"]["n"] == scorecard.REPORTS
+    assert rows["scorecard_read"]["n"] == scorecard.REPORTS
     assert rows["scorecard_total"]["n"] == part["bars"] // scorecard.READ_EVERY and part["kernel"] == "aot"
     doc = {"parts": {"scorecard": part}, "results": [{**r, "part": "scorecard"} for r in rows.values()]}
     text = report.section_scorecard(doc, markdown=True)
     total = rows["scorecard_total"]["batch_mean_us"]
-    assert f"a full `report()` every {scorecard.READ_EVERY} bars" in text and f"**{total:.2f} us**" in text
+    assert f"a read every {scorecard.READ_EVERY} bars" in text and f"**{total:.2f} us**" in text

@@ -129,6 +129,12 @@ def test_scorecard_over_a_replay_equals_offline_computation(model, window):
         check(rep["symbols"][s], [parts[s]])
     check(rep["overall"], list(parts.values()))
     assert rep["symbols"]["BTCUSDT"]["duplicates"] == 2 and rep["expected_log_loss"] == 1.05
+    # what the exports read: the same figures, each symbol's without its decisions and calibration
+    brief = sc.report(detail=False)
+    assert brief["overall"] == rep["overall"]
+    for s in SYMBOLS:
+        assert brief["symbols"][s] == {k: rep["symbols"][s][k] for k in ("n", "log_loss", "brier", "hit_rate",
+                                                                          "degraded")}
 
 
 def test_scorecard_matches_offline_at_every_checkpoint(model):

@@ -338,14 +338,16 @@ def section_scorecard(report: dict, markdown: bool) -> str:
     if "scorecard_total" not in by:
         return table
     part = report["parts"].get("scorecard", {})
-    total, read = by["scorecard_total"], by.get("scorecard_report")
+    total, read = by["scorecard_total"], by.get("scorecard_read")
     note = (f"Total per bar, everything the scorecard does (the update of every window's sums in "
-            f"`on_bar`, {part.get('kernel', '?')} kernel, and a full `report()` every {total['read_every_bars']} "
-            f"bars, what a scrape or the periodic `scorecard` event reads): **{total['batch_mean_us']:.2f} us** "
-            f"(batch mean over {part.get('bars', '?'):,} bars of {len(part.get('symbols', []))} symbols).")
+            f"`on_bar`, {part.get('kernel', '?')} kernel, and a read every {total['read_every_bars']} bars, "
+            f"`report(detail=False)`, what a scrape or the periodic `scorecard` event reads): "
+            f"**{total['batch_mean_us']:.2f} us** (batch mean over {part.get('bars', '?'):,} bars of "
+            f"{len(part.get('symbols', []))} symbols).")
     if read:
-        note += (f" A read costs {read['p50_us']:.1f} us (p50) whatever the windows hold, so at other cadences "
-                 f"the total is the `on_bar` batch mean plus that over the bars between reads.")
+        note += (f" A read costs {read['p50_us']:.1f} us (p50; the full `report()` {read['full_report_p50_us']:.1f} "
+                 f"us) whatever the windows hold, so at other cadences the total is the `on_bar` batch mean "
+                 f"plus that over the bars between reads.")
     return table + "\n\n" + note
 
 

@@ -254,13 +254,16 @@ class Scorecard:
         out, self.events = self.events, []
         return out
 
-    def report(self) -> dict:
+    def report(self, detail: bool = True) -> dict:
         """Everything, per symbol and overall: the ``scorecard`` log event's body and the metrics' source.
 
         Per window: ``n`` scored predictions, mean ``log_loss`` and ``brier``, ``hit_rate`` and ``decisions``
         of buy and sell (and hold), and ``calibration`` in the training report's shape
         (``daemon.training.evaluate.reliability``: per bin of the decided class's probability, mean
-        ``confidence``, ``accuracy`` and ``count``; None where a bin or window is empty)."""
+        ``confidence``, ``accuracy`` and ``count``; None where a bin or window is empty); per symbol also
+        ``degraded``, ``bars`` and ``duplicates``. ``detail=False`` leaves out what the daemon exports only
+        for the pooled window (each symbol's decisions and calibration, bars and duplicates): the read of a
+        ``/metrics`` scrape and of the ``scorecard`` event, at a fraction of the cost."""
         window, interval = self.window_bars, self.interval_ms
         head = self._block[:, :S_HEADER]
         rows = head.tolist()
@@ -271,11 +274,14 @@ class Scorecard:
         for name, v in zip(self.symbols, rows, strict=True):
             n = min(int(v[S_TOTAL]), window)
             n_all += n
-            nxt = v[S_NEXT]
-            fig = symbols[name] = _window(v, n)
+            if detail:
+                fig = symbols[name] = _window(v, n)
+                nxt = v[S_NEXT]
+                fig["bars"] = 0 if nxt != nxt else int((nxt - v[S_FIRST] - v[S_SKEW]) // interval)
+                fig["duplicates"] = int(v[S_DUP])
+            else:
+                fig = symbols[name] = _means(v, n)
             fig["degraded"] = v[S_DEGRADED] != 0.0
-            fig["bars"] = 0 if nxt != nxt else int((nxt - v[S_FIRST] - v[S_SKEW]) // interval)
-            fig["duplicates"] = int(v[S_DUP])
             degraded = degraded or fig["degraded"]
         overall = _window(pooled, n_all)
         overall["degraded"] = self.overall_degraded
@@ -283,20 +289,23 @@ class Scorecard:
                 "overall": overall, "symbols": symbols}
 
 
+def _means(v: list, n: int) -> dict:
+    """A window's size and means, from its header values ``v``: what is exported per symbol."""
+    dec_n, dec_hit = v[S_DEC_N:S_DEC_N + 3], v[S_DEC_HIT:S_DEC_HIT + 3]
+    return {"n": n, "log_loss": v[S_LL] / n if n else None, "brier": v[S_BRIER] / n if n else None,
+            "hit_rate": {"buy": _mean(dec_hit[BUY], dec_n[BUY]), "sell": _mean(dec_hit[SELL], dec_n[SELL])}}
+
+
 def _window(v: list, n: int) -> dict:
     """One window's figures from its header values ``v`` (a symbol's, or the symbols' added up) and its size."""
-    dec_n, dec_hit = v[S_DEC_N:S_DEC_N + 3], v[S_DEC_HIT:S_DEC_HIT + 3]
+    out = _means(v, n)
+    dec_n = v[S_DEC_N:S_DEC_N + 3]
     cal_n = v[S_CAL_N:S_CAL_N + CALIBRATION_BINS]
-    return {
-        "n": n,
-        "log_loss": v[S_LL] / n if n else None,
-        "brier": v[S_BRIER] / n if n else None,
-        "hit_rate": {"buy": _mean(dec_hit[BUY], dec_n[BUY]), "sell": _mean(dec_hit[SELL], dec_n[SELL])},
-        "decisions": {"buy": int(dec_n[BUY]), "sell": int(dec_n[SELL]), "hold": int(dec_n[HOLD])},
-        "calibration": {"confidence": list(map(_mean, v[S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS], cal_n)),
-                        "accuracy": list(map(_mean, v[S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS], cal_n)),
-                        "count": list(map(int, cal_n))},
-    }
+    out["decisions"] = {"buy": int(dec_n[BUY]), "sell": int(dec_n[SELL]), "hold": int(dec_n[HOLD])}
+    out["calibration"] = {"confidence": list(map(_mean, v[S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS], cal_n)),
+                          "accuracy": list(map(_mean, v[S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS], cal_n)),
+                          "count": list(map(int, cal_n))}
+    return out
 
 
 def _mean(total: float, count: float) -> float | None:

@@ -77,7 +77,7 @@ class _ScorecardCollector(Collector):
         degraded = GaugeMetricFamily("kdsignal_model_degraded",
                                      "1 while live log loss has stayed above the artifact's expected band")
         if sc is not None:
-            rep = sc.report()
+            rep = sc.report(detail=False)
             rows = [("all", rep["overall"]), *sorted(rep["symbols"].items())]
             for symbol, r in rows:
                 scored.add_metric([symbol], r["n"])

@@ -142,12 +142,10 @@ class Supervision:
         sc = self.scorecard
         if sc is None:
             return
-        rep = sc.report()
-        per = {s: {k: r[k] for k in ("n", "log_loss", "brier", "hit_rate", "degraded")}
-               for s, r in rep["symbols"].items()}
+        rep = sc.report(detail=False)
         log.info("scorecard", model=self.status().model_id, expected_log_loss=rep["expected_log_loss"],
                  band=rep["band"], window_bars=rep["window_bars"], degraded=rep["degraded"],
-                 overall=rep["overall"], symbols=per)
+                 overall=rep["overall"], symbols=rep["symbols"])
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
