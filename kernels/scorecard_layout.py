@@ -37,7 +37,8 @@ C_O_N = 12  # scored predictions in it
 C_O_OUTSIDE = 13  # consecutive scored bars above the limit
 C_O_DEGRADED = 14  # 1.0 while degraded
 C_O_EVENT_LL = 15  # its mean log loss when its state last changed
-COMMON_SIZE = 16
+C_BARS = 16  # bars taken (every call), so a reader knows whether anything changed since it last read
+COMMON_SIZE = 17
 
 # symbol vector header
 S_NEXT = 0  # start of the bar expected next (ms); NaN before the first

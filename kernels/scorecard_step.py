@@ -29,6 +29,7 @@ from kernels.scorecard_layout import (
     BAR_FIELDS,
     C_AFTER,
     C_BAND_K,
+    C_BARS,
     C_COST,
     C_H,
     C_INTERVAL,
@@ -96,6 +97,7 @@ def _judge(vec, outside, degraded, event, mean, limit, after):
 @njit(SIGNATURE, cache=True)
 def scorecard_step(state, common, start_ms, close, p0, p1, p2):
     """Take one closed bar (ms start, close) and its prediction into ``state`` and ``common``; see the module."""
+    common[C_BARS] += 1.0
     nxt = state[S_NEXT]
     if start_ms != nxt:
         if nxt != nxt:  # the first bar

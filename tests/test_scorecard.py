@@ -135,6 +135,13 @@ def test_scorecard_over_a_replay_equals_offline_computation(model, window):
     for s in SYMBOLS:
         assert brief["symbols"][s] == {k: rep["symbols"][s][k] for k in ("n", "log_loss", "brier", "hit_rate",
                                                                           "degraded")}
+    # read again with no bar since: the same figures; a bar (even a repeat) or a new expectation: read afresh
+    assert sc.report(detail=False) is brief
+    sc.on_bar("ETHUSDT", *fed["ETHUSDT"][-1])
+    again = sc.report(detail=False)
+    assert again is not brief and again == brief  # a repeat changes no figure
+    sc.expected = 0.5
+    assert sc.report(detail=False)["expected_log_loss"] == 0.5
 
 
 def test_scorecard_matches_offline_at_every_checkpoint(model):

@@ -348,7 +348,9 @@ def section_scorecard(report: dict, markdown: bool) -> str:
     if read:
         note += (f" A read costs {read['p50_us']:.1f} us (p50; the full `report()` {read['full_report_p50_us']:.1f} "
                  f"us) whatever the windows hold, so at other cadences the total is the `on_bar` batch mean "
-                 f"plus that over the bars between reads.")
+                 f"plus that over the bars between reads; a read with no bar taken since the last (scrapes "
+                 f"usually come more often than bars) returns that one's figures in "
+                 f"{read.get('unchanged_p50_us', float('nan')):.2f} us.")
     return table + "\n\n" + note
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from kernels.scorecard_layout import (
     C_AFTER,
     C_BAND_K,
+    C_BARS,
     C_COST,
     C_H,
     C_INTERVAL,
@@ -178,6 +179,7 @@ class Scorecard:
         self.symbols = {s: _Symbol(s, self._block[i]) for i, s in enumerate(names)}
         self._states = {s: st.state for s, st in self.symbols.items()}  # what on_bar looks up
         self.events: list[dict] = []  # degradation changes since the last take_events()
+        self._brief: tuple[float, dict] | None = None  # (bars taken, report(detail=False)) of the last such read
 
     @property
     def expected(self) -> float | None:
@@ -187,6 +189,7 @@ class Scorecard:
     @expected.setter
     def expected(self, value: float | None) -> None:
         self._expected = value
+        self._brief = None  # the figures judged against the old value are stale
         self._common[C_LIMIT] = _NAN if value is None else value + self.band
 
     @classmethod
@@ -263,7 +266,12 @@ class Scorecard:
         ``confidence``, ``accuracy`` and ``count``; None where a bin or window is empty); per symbol also
         ``degraded``, ``bars`` and ``duplicates``. ``detail=False`` leaves out what the daemon exports only
         for the pooled window (each symbol's decisions and calibration, bars and duplicates): the read of a
-        ``/metrics`` scrape and of the ``scorecard`` event, at a fraction of the cost."""
+        ``/metrics`` scrape and of the ``scorecard`` event, at a fraction of the cost. With no bar taken since
+        the last such read it returns that read's dict again (scrapes usually come more often than bars):
+        read it, do not change it."""
+        bars_taken = self._common[C_BARS]
+        if not detail and self._brief is not None and self._brief[0] == bars_taken:
+            return self._brief[1]
         window, interval = self.window_bars, self.interval_ms
         head = self._block[:, :S_HEADER]
         rows = head.tolist()
@@ -285,8 +293,11 @@ class Scorecard:
             degraded = degraded or fig["degraded"]
         overall = _window(pooled, n_all)
         overall["degraded"] = self.overall_degraded
-        return {"expected_log_loss": self.expected, "band": self.band, "window_bars": window, "degraded": degraded,
-                "overall": overall, "symbols": symbols}
+        out = {"expected_log_loss": self.expected, "band": self.band, "window_bars": window, "degraded": degraded,
+               "overall": overall, "symbols": symbols}
+        if not detail:
+            self._brief = (bars_taken, out)
+        return out
 
 
 def _means(v: list, n: int) -> dict:
