@@ -16,8 +16,9 @@ Then the degradation rule, for the symbol's window and the pooled one: the mean 
 ``C_NEED``) is degraded, a scored bar at or below it ends that. Returns ``CHANGED_SYMBOL | CHANGED_OVERALL``
 bits for the states that changed (their mean log loss then in ``S_EVENT_LL`` / ``C_O_EVENT_LL``), else 0.
 
-The reference is ``tests/test_scorecard.py``'s offline NumPy computation; the ahead-of-time build is
-checked against this JIT form slot for slot (``tests/test_scorecard_step.py``).
+The reference is ``tests.naive.scorecard_reference`` (checked in ``tests/test_scorecard_step.py``, and through
+the live pipeline in ``tests/test_scorecard.py``); the ahead-of-time build is checked against this JIT form
+slot for slot (``tests/test_scorecard_step.py``).
 """
 
 from __future__ import annotations

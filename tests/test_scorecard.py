@@ -11,6 +11,7 @@ from daemon.core.model import Model
 from daemon.core.pipeline import Pipeline, Signal
 from daemon.core.scorecard import CALIBRATION_BINS, LabelRule, Scorecard, ScorecardUnavailable, expected_log_loss
 from daemon.tools.replay import read_kline_csv, row_candle
+from tests.naive import scorecard_reference
 from tests.support import DATA, write_random_artifact
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -47,44 +48,8 @@ def replay_bars(model: Model, symbol: str, drop: set[int] = frozenset(), dup: se
 
 
 def offline(bars: list, window: int) -> dict:
-    """Score the same bars in NumPy, independently of the scorecard: labels on the time grid, then the last window."""
-    h, k, vw, cost = LABELS["horizon_bars"], LABELS["band_k"], LABELS["vol_window"], LABELS["round_trip_cost"]
-    seen: dict[int, tuple] = {}
-    for start, close, probs in bars:  # first delivery of a bar wins, as in the stream
-        seen.setdefault(start, (close, probs))
-    starts = np.array(sorted(seen))
-    n = (starts[-1] - starts[0]) // INTERVAL_MS + 1
-    idx = (starts - starts[0]) // INTERVAL_MS
-    close = np.full(n, np.nan)
-    probs = np.full((n, 3), np.nan)
-    for i, s in zip(idx, starts, strict=True):
-        c, p = seen[s]
-        close[i] = c
-        if p is not None:
-            probs[i] = p
-    present = np.isfinite(close)
-    r = np.full(n, np.nan)
-    r[1:] = np.log(close[1:] / close[:-1])
-    vol = np.full(n, np.nan)
-    win = np.lib.stride_tricks.sliding_window_view(r, vw)  # win[j] = r[j..j+vw-1]
-    vol[vw - 1:] = np.sqrt(np.mean(win ** 2, axis=1))
-    vol[: vw] = np.nan  # r[0] does not exist: the first full window ends at t = vw
-    band = np.maximum(k * vol * np.sqrt(h), cost)
-    fwd = np.full(n, np.nan)
-    fwd[:-h] = np.log(close[h:] / close[:-h])
-    ok = np.isfinite(fwd) & np.isfinite(band) & np.all(np.isfinite(probs), axis=1)
-    for t in np.flatnonzero(ok):
-        if not present[max(t - vw, 0): t + h + 1].all():
-            ok[t] = False
-    y = np.where(fwd > band, 2, np.where(fwd < -band, 0, 1))
-    t = np.flatnonzero(ok)[-window:]
-    p, y = probs[t], y[t]
-    onehot = np.eye(3)[y]
-    dec = np.argmax(p, axis=1)
-    conf = p[np.arange(len(t)), dec]
-    bins = np.minimum((conf * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
-    return {"ll": -np.log(np.clip(p[np.arange(len(t)), y], 1e-15, 1.0)), "brier": ((p - onehot) ** 2).sum(axis=1),
-            "dec": dec, "hit": dec == y, "bins": bins, "conf": conf}
+    """Score the same bars in NumPy, independently of the scorecard (``tests.naive.scorecard_reference``)."""
+    return scorecard_reference(bars, window, interval_ms=INTERVAL_MS, **LABELS)
 
 
 def check(rep: dict, parts: list[dict]) -> None:
