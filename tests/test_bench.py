@@ -342,3 +342,4 @@ def test_scorecard_part_measures_the_update_a_read_and_the_total(random_artifact
     text = report.section_scorecard(doc, markdown=True)
     total = rows["scorecard_total"]["batch_mean_us"]
     assert f"a read every {scorecard.READ_EVERY} bars" in text and f"**{total:.2f} us**" in text
+    assert ("under 1 us per bar: met." if total < 1.0 else "under 1 us per bar: NOT met.") in text

@@ -344,7 +344,8 @@ def section_scorecard(report: dict, markdown: bool) -> str:
             f"`report(detail=False)`, what a scrape or the periodic `scorecard` event reads): "
             f"**{total['batch_mean_us']:.2f} us** (batch mean over {part.get('bars', '?'):,} bars of "
             f"{len(part.get('symbols', []))} symbols; {total.get('cpu_mean_us', float('nan')):.2f} us of CPU time, "
-            f"which leaves out waits for a core on a shared machine).")
+            f"which leaves out waits for a core on a shared machine); the issue's bar, under 1 us per bar: "
+            f"{'met' if total['batch_mean_us'] < 1.0 else 'NOT met'}.")
     if read:
         note += (f" A read costs {read['p50_us']:.1f} us (p50; the full `report()` {read['full_report_p50_us']:.1f} "
                  f"us) whatever the windows hold, so at other cadences the total is the `on_bar` batch mean "
