@@ -146,3 +146,49 @@ def sequence_windows_reference(bars, sym, rows, n_bars):
             if src >= 0 and sym[src] == sym[r]:
                 out[i, j] = bars[src]
     return out
+
+def scorecard_reference(bars, window: int, *, horizon_bars: int, band_k: float, vol_window: int,
+                        round_trip_cost: float, interval_ms: int, bins: int = 10) -> dict:
+    """The live scorecard's rows for one symbol's stream, by the label definition (``kernels.scorecard_step``).
+
+    ``bars``: (start_ms, close, probs or None) in delivery order (on the interval's grid; the first delivery of
+    a start wins; a close that is not a positive finite number is a missing bar). Labels on the time grid, then
+    the last ``window`` scored predictions: arrays ``ll``, ``brier``, ``dec``, ``hit``, ``bins``, ``conf``.
+    """
+    h, k, vw, cost = horizon_bars, band_k, vol_window, round_trip_cost
+    seen: dict[int, tuple] = {}
+    for start, close, probs in bars:
+        seen.setdefault(start, (close, probs))
+    starts = np.array(sorted(seen))
+    n = (starts[-1] - starts[0]) // interval_ms + 1
+    idx = (starts - starts[0]) // interval_ms
+    close = np.full(n, np.nan)
+    probs = np.full((n, 3), np.nan)
+    for i, s in zip(idx, starts, strict=True):
+        c, p = seen[s]
+        close[i] = c if 0.0 < c < np.inf else np.nan
+        if p is not None:
+            probs[i] = p
+    present = np.isfinite(close)
+    r = np.full(n, np.nan)
+    r[1:] = np.log(close[1:] / close[:-1])
+    vol = np.full(n, np.nan)
+    win = np.lib.stride_tricks.sliding_window_view(r, vw)  # win[j] = r[j..j+vw-1]
+    vol[vw - 1:] = np.sqrt(np.mean(win ** 2, axis=1))
+    vol[: vw] = np.nan  # r[0] does not exist: the first full window ends at t = vw
+    band = np.maximum(k * vol * np.sqrt(h), cost)
+    fwd = np.full(n, np.nan)
+    fwd[:-h] = np.log(close[h:] / close[:-h])
+    ok = np.isfinite(fwd) & np.isfinite(band) & np.all(np.isfinite(probs), axis=1)
+    for t in np.flatnonzero(ok):
+        if not present[max(t - vw, 0): t + h + 1].all():
+            ok[t] = False
+    y = np.where(fwd > band, 2, np.where(fwd < -band, 0, 1))
+    t = np.flatnonzero(ok)[-window:]
+    p, y = probs[t], y[t]
+    onehot = np.eye(3)[y]
+    dec = np.argmax(p, axis=1)
+    conf = p[np.arange(len(t)), dec]
+    cal = np.minimum((conf * bins).astype(int), bins - 1)
+    return {"ll": -np.log(np.clip(p[np.arange(len(t)), y], 1e-15, 1.0)), "brier": ((p - onehot) ** 2).sum(axis=1),
+            "dec": dec, "hit": dec == y, "bins": cal, "conf": conf}

@@ -356,3 +356,20 @@ def test_hostile_part_measures_memory_and_frame_costs(tmp_path):
                                *({**e, "part": "hostile"} for e in costs.values())]}
     text = report.section_hostile(report_data, markdown=True)
     assert "frame_far_future_start" in text and "| CSV MB |" in text
+
+
+def test_scorecard_part_measures_the_update_a_read_and_the_total(random_artifact):
+    """The scorecard part times the served update, a report and the total, and its section states the total."""
+    from daemon.bench import scorecard
+
+    part = scorecard.run(Model.load(random_artifact), rounds=1)
+    rows = {r["name"]: r for r in part.pop("results")}
+    assert set(rows) == {"scorecard_on_bar", "scorecard_read", "scorecard_total"}
+    assert rows["scorecard_on_bar"]["n"] == part["bars"] and rows["scorecard_on_bar"]["scored"] > 0
+    assert rows["scorecard_read"]["n"] == scorecard.REPORTS
+    assert rows["scorecard_total"]["n"] == part["bars"] // scorecard.READ_EVERY and part["kernel"] == "aot"
+    doc = {"parts": {"scorecard": part}, "results": [{**r, "part": "scorecard"} for r in rows.values()]}
+    text = report.section_scorecard(doc, markdown=True)
+    total = rows["scorecard_total"]["batch_mean_us"]
+    assert f"a read every {scorecard.READ_EVERY} bars" in text and f"**{total:.2f} us**" in text
+    assert ("under 1 us per bar: met." if total < 1.0 else "under 1 us per bar: NOT met.") in text

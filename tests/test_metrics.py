@@ -51,9 +51,9 @@ async def test_metrics_counts_parse_with_prometheus_parser(served):
     """Each update method moves exactly its series, as read back through /metrics and the official parser."""
     m, clock, session = served
     m.sync_totals(frames=7, malformed=3, reconnects=1, gaps_backfilled=2, bars_backfilled=5, bars_unfilled=4,
-                  signals_by_class={"buy": 2, "sell": 1})
+                  signals_by_class={"buy": 2, "sell": 1}, signals_suppressed=6)
     m.sync_totals(frames=7, malformed=3, reconnects=1, gaps_backfilled=2, bars_backfilled=5, bars_unfilled=4,
-                  signals_by_class={"buy": 2, "sell": 1})  # a second sync of the same totals adds nothing
+                  signals_by_class={"buy": 2, "sell": 1}, signals_suppressed=6)  # the same totals again add nothing
     for us in (0.6, 0.9, 3.0, 5000.0):
         m.observe_inference_us(us)
     m.candle_closed("BTCUSDT", START_MS)
@@ -68,6 +68,7 @@ async def test_metrics_counts_parse_with_prometheus_parser(served):
     assert got[("kdsignal_reconnects_total", ())] == 1
     assert got[("kdsignal_gaps_backfilled_total", ())] == 2
     assert got[("kdsignal_bars_backfilled_total", ())] == 5
+    assert got[("kdsignal_signals_suppressed_total", ())] == 6
     assert got[("kdsignal_bars_unfilled_total", ())] == 4
     assert got[("kdsignal_signals_total", (("signal", "buy"),))] == 2
     assert got[("kdsignal_signals_total", (("signal", "sell"),))] == 1

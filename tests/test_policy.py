@@ -200,6 +200,9 @@ async def test_replay_equals_live_with_a_threshold_policy(tmp_path):
                          what="every bar processed")
         live = list(d.lines)
         assert d.service.writer.written + d.service.writer.suppressed == bars * len(ROWS)
+        # the lines kept back are counted in /metrics (the scrape copies the writer's total in)
+        exposition = d.service.supervision.metrics.render().decode()
+        assert f"kdsignal_signals_suppressed_total {float(d.service.writer.suppressed)}" in exposition
     policy = resolve(sig_cfg(**table), model)
     for symbol, rows in ROWS.items():
         sink = LineSink()

@@ -11,6 +11,7 @@ from daemon.core.model import Model
 from daemon.core.pipeline import Pipeline, Signal
 from daemon.core.scorecard import CALIBRATION_BINS, LabelRule, Scorecard, ScorecardUnavailable, expected_log_loss
 from daemon.tools.replay import read_kline_csv, row_candle
+from tests.naive import scorecard_reference
 from tests.support import DATA, write_random_artifact
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -47,44 +48,8 @@ def replay_bars(model: Model, symbol: str, drop: set[int] = frozenset(), dup: se
 
 
 def offline(bars: list, window: int) -> dict:
-    """Score the same bars in NumPy, independently of the scorecard: labels on the time grid, then the last window."""
-    h, k, vw, cost = LABELS["horizon_bars"], LABELS["band_k"], LABELS["vol_window"], LABELS["round_trip_cost"]
-    seen: dict[int, tuple] = {}
-    for start, close, probs in bars:  # first delivery of a bar wins, as in the stream
-        seen.setdefault(start, (close, probs))
-    starts = np.array(sorted(seen))
-    n = (starts[-1] - starts[0]) // INTERVAL_MS + 1
-    idx = (starts - starts[0]) // INTERVAL_MS
-    close = np.full(n, np.nan)
-    probs = np.full((n, 3), np.nan)
-    for i, s in zip(idx, starts, strict=True):
-        c, p = seen[s]
-        close[i] = c
-        if p is not None:
-            probs[i] = p
-    present = np.isfinite(close)
-    r = np.full(n, np.nan)
-    r[1:] = np.log(close[1:] / close[:-1])
-    vol = np.full(n, np.nan)
-    win = np.lib.stride_tricks.sliding_window_view(r, vw)  # win[j] = r[j..j+vw-1]
-    vol[vw - 1:] = np.sqrt(np.mean(win ** 2, axis=1))
-    vol[: vw] = np.nan  # r[0] does not exist: the first full window ends at t = vw
-    band = np.maximum(k * vol * np.sqrt(h), cost)
-    fwd = np.full(n, np.nan)
-    fwd[:-h] = np.log(close[h:] / close[:-h])
-    ok = np.isfinite(fwd) & np.isfinite(band) & np.all(np.isfinite(probs), axis=1)
-    for t in np.flatnonzero(ok):
-        if not present[max(t - vw, 0): t + h + 1].all():
-            ok[t] = False
-    y = np.where(fwd > band, 2, np.where(fwd < -band, 0, 1))
-    t = np.flatnonzero(ok)[-window:]
-    p, y = probs[t], y[t]
-    onehot = np.eye(3)[y]
-    dec = np.argmax(p, axis=1)
-    conf = p[np.arange(len(t)), dec]
-    bins = np.minimum((conf * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
-    return {"ll": -np.log(np.clip(p[np.arange(len(t)), y], 1e-15, 1.0)), "brier": ((p - onehot) ** 2).sum(axis=1),
-            "dec": dec, "hit": dec == y, "bins": bins, "conf": conf}
+    """Score the same bars in NumPy, independently of the scorecard (``tests.naive.scorecard_reference``)."""
+    return scorecard_reference(bars, window, interval_ms=INTERVAL_MS, **LABELS)
 
 
 def check(rep: dict, parts: list[dict]) -> None:
@@ -98,18 +63,22 @@ def check(rep: dict, parts: list[dict]) -> None:
         assert rep["decisions"][name] == int(m.sum())
         want = cat["hit"][m].mean() if m.any() else None
         assert rep["hit_rate"][name] == (pytest.approx(want) if want is not None else None)
-    for b, bucket in enumerate(rep["calibration"]):
+    cal = rep["calibration"]
+    assert len(cal["count"]) == len(cal["confidence"]) == len(cal["accuracy"]) == CALIBRATION_BINS
+    for b in range(CALIBRATION_BINS):
         m = cat["bins"] == b
-        assert bucket["n"] == int(m.sum())
+        assert cal["count"][b] == int(m.sum())
         if m.any():
-            assert bucket["confidence"] == pytest.approx(cat["conf"][m].mean(), rel=1e-10)
-            assert bucket["accuracy"] == pytest.approx(cat["hit"][m].mean())
+            assert cal["confidence"][b] == pytest.approx(cat["conf"][m].mean(), rel=1e-10)
+            assert cal["accuracy"][b] == pytest.approx(cat["hit"][m].mean())
+        else:
+            assert cal["confidence"][b] is None and cal["accuracy"][b] is None
 
 
 @pytest.mark.parametrize("window", [500, 100_000])
 def test_scorecard_over_a_replay_equals_offline_computation(model, window):
     """Replaying data/ (with a dropped stretch and repeats) through the pipeline, every score matches NumPy."""
-    sc = Scorecard.from_manifest(SYMBOLS, model.manifest, INTERVAL_MS, window_bars=window)
+    sc = Scorecard.from_manifest(SYMBOLS, model.manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=window)
     fed = {s: [] for s in SYMBOLS}
     cuts = {"BTCUSDT": ({1000, 1001, 1002, 2500}, {1500, 3000}), "ETHUSDT": (set(), {10}), "SOLUSDT": ({40}, set())}
     streams = {s: replay_bars(model, s, *cuts[s]) for s in SYMBOLS}
@@ -125,11 +94,24 @@ def test_scorecard_over_a_replay_equals_offline_computation(model, window):
         check(rep["symbols"][s], [parts[s]])
     check(rep["overall"], list(parts.values()))
     assert rep["symbols"]["BTCUSDT"]["duplicates"] == 2 and rep["expected_log_loss"] == 1.05
+    # what the exports read: the same figures, each symbol's without its decisions and calibration
+    brief = sc.report(detail=False)
+    assert brief["overall"] == rep["overall"]
+    for s in SYMBOLS:
+        assert brief["symbols"][s] == {k: rep["symbols"][s][k] for k in ("n", "log_loss", "brier", "hit_rate",
+                                                                          "degraded")}
+    # read again with no bar since: the same figures; a bar (even a repeat) or a new expectation: read afresh
+    assert sc.report(detail=False) is brief
+    sc.on_bar("ETHUSDT", *fed["ETHUSDT"][-1])
+    again = sc.report(detail=False)
+    assert again is not brief and again == brief  # a repeat changes no figure
+    sc.expected = 0.5
+    assert sc.report(detail=False)["expected_log_loss"] == 0.5
 
 
 def test_scorecard_matches_offline_at_every_checkpoint(model):
     """Partway through a replay the rolling window matches the offline computation on the bars so far."""
-    sc = Scorecard.from_manifest(["ADAUSDT"], model.manifest, INTERVAL_MS, window_bars=300)
+    sc = Scorecard.from_manifest(["ADAUSDT"], model.manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=300)
     fed = []
     for k, bar in enumerate(replay_bars(model, "ADAUSDT")):
         fed.append(bar)
@@ -155,8 +137,8 @@ def rolling_degraded(ll: np.ndarray, window: int, limit: float, after: int) -> l
 def test_model_degraded_follows_the_band_rule(model, expected, band):
     """model_degraded turns on (and off) exactly when the offline rolling log loss stays above expected + band."""
     manifest = {**model.manifest, "metrics": {"lockbox": {"student": {"log_loss": expected}}}}
-    sc = Scorecard.from_manifest(["BNBUSDT"], manifest, INTERVAL_MS, window_bars=200, band=band,
-                                 degraded_after_bars=50)
+    sc = Scorecard.from_manifest(["BNBUSDT"], manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=200,
+                                 band=band, degraded_after_bars=50)
     fed, states, changes = [], [], []
     n_scored = 0
     for bar in replay_bars(model, "BNBUSDT"):
@@ -199,7 +181,7 @@ def test_label_rule_comes_from_the_manifest_and_is_validated(model):
 
 def test_hostile_bars_are_skipped_not_scored(model):
     """Non-finite or non-positive closes count as missing bars; unknown symbols and repeats are ignored."""
-    sc = Scorecard.from_manifest(["BTCUSDT"], model.manifest, INTERVAL_MS, window_bars=50)
+    sc = Scorecard.from_manifest(["BTCUSDT"], model.manifest, INTERVAL_MS, step=model.scorecard_kernel, window_bars=50)
     p = (0.2, 0.5, 0.3)
     for k in range(100):
         close = [math.nan, -1.0, math.inf][k % 3] if k == 60 else 100.0 + k
@@ -277,8 +259,8 @@ def test_healthz_flags_a_degraded_model_but_stays_healthy(model):
     m.set_model(model.id)
     m.candle_closed("BTCUSDT", start_ms)
     manifest = {**model.manifest, "metrics": {"lockbox": {"student": {"log_loss": 0.01}}}}
-    m.scorecard = Scorecard.from_manifest(["BTCUSDT"], manifest, INTERVAL_MS, window_bars=50, band=0.01,
-                                          degraded_after_bars=5)
+    m.scorecard = Scorecard.from_manifest(["BTCUSDT"], manifest, INTERVAL_MS, step=model.scorecard_kernel,
+                                          window_bars=50, band=0.01, degraded_after_bars=5)
     ok, body = m.health()
     assert ok and body["status"] == "ok" and body["model_degraded"] is False
     for bar in replay_bars(model, "BTCUSDT"):

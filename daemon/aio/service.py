@@ -283,6 +283,7 @@ class Service:
             warming_up=sum(p.awaiting_warmup for p in ps),
             frames=stats.frames, malformed=stats.malformed, reconnects=max(0, stats.connects - 1),
             signals=self.writer.written, signals_by_class=dict(self.writer.by_class),
+            signals_suppressed=self.writer.suppressed,
             duplicates=sum(p.duplicates for p in ps), gaps_backfilled=sum(p.gaps_backfilled for p in ps),
             bars_backfilled=sum(p.bars_backfilled for p in ps), bars_unfilled=sum(p.bars_unfilled for p in ps),
             resets=sum(p.resets for p in ps), held=sum(p.held for p in ps))

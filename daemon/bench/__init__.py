@@ -117,7 +117,7 @@ def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True
     if "hostile" in parts:
         add("hostile", hostile.run(artifact_path, workdir or tempfile.gettempdir()))
     if "scorecard" in parts:
-        add("scorecard", scorecard.run())
+        add("scorecard", scorecard.run(model))
     report["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
     return report, samples
 

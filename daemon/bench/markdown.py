@@ -338,13 +338,32 @@ def section_hostile(report: dict, markdown: bool) -> str:
 
 
 def section_scorecard(report: dict, markdown: bool) -> str:
-    """What the live scorecard adds per bar (``daemon.bench.scorecard``)."""
+    """What the live scorecard adds per bar (``daemon.bench.scorecard``): per bar, per read, and the total."""
     rows = _results(report, "scorecard")
     if not rows:
         return "scorecard: not run"
-    return _table(["what", "p50 us", "p99 us", "batch mean us", "clock floor p50 us", "calls"],
-                  [[r["name"], r["p50_us"], r["p99_us"], r["batch_mean_us"], r["clock_floor_p50_us"], r["n"]]
-                   for r in rows], markdown)
+    table = _table(["what", "p50 us", "p99 us", "batch mean us", "batch CPU us", "clock floor p50 us", "calls"],
+                   [[r["name"], r["p50_us"], r["p99_us"], r["batch_mean_us"], r.get("cpu_mean_us", "-"),
+                     r["clock_floor_p50_us"], r["n"]] for r in rows], markdown)
+    by = {r["name"]: r for r in rows}
+    if "scorecard_total" not in by:
+        return table
+    part = report["parts"].get("scorecard", {})
+    total, read = by["scorecard_total"], by.get("scorecard_read")
+    note = (f"Total per bar, everything the scorecard does (the update of every window's sums in "
+            f"`on_bar`, {part.get('kernel', '?')} kernel, and a read every {total['read_every_bars']} bars, "
+            f"`report(detail=False)`, what a scrape or the periodic `scorecard` event reads): "
+            f"**{total['batch_mean_us']:.2f} us** (batch mean over {part.get('bars', '?'):,} bars of "
+            f"{len(part.get('symbols', []))} symbols; {total.get('cpu_mean_us', float('nan')):.2f} us of CPU time, "
+            f"which leaves out waits for a core on a shared machine); the issue's bar, under 1 us per bar: "
+            f"{'met' if total['batch_mean_us'] < 1.0 else 'NOT met'}.")
+    if read:
+        note += (f" A read costs {read['p50_us']:.1f} us (p50; the full `report()` {read['full_report_p50_us']:.1f} "
+                 f"us) whatever the windows hold, so at other cadences the total is the `on_bar` batch mean "
+                 f"plus that over the bars between reads; a read with no bar taken since the last (scrapes "
+                 f"usually come more often than bars) returns that one's figures in "
+                 f"{read.get('unchanged_p50_us', float('nan')):.2f} us.")
+    return table + "\n\n" + note
 
 
 def section_sinks(report: dict, markdown: bool) -> str:

@@ -11,12 +11,13 @@ numba or LLVM. This module is the one place both sides agree on:
   module (``module_name``);
 - the record beside each module (``<module>.json``): that identity plus the module's file name and sha256.
 
-Before importing, ``load_step`` checks that the directory, the record and the module are owned by this
-user or root and writable by nobody else, that the record describes this artifact's identity, and that
-the module's sha256 is the recorded one. Anything missing, different or unsafe raises ``KernelUnavailable``
-with the command that builds it. The module is hashed, then imported by path: between the two only this
-user or root could swap it, and they could as well have replaced the code itself. Nothing here compiles;
-nothing here imports numba.
+The module also carries the live scorecard's per-bar update (``scorecard_step``, ``kernels.scorecard_step``),
+so it is part of the same identity and the same checks. Before importing, ``load_module`` checks that the
+directory, the record and the module are owned by this user or root and writable by nobody else, that the
+record describes this artifact's identity, and that the module's sha256 is the recorded one. Anything
+missing, different or unsafe raises ``KernelUnavailable`` with the command that builds it. The module is
+hashed, then imported by path: between the two only this user or root could swap it, and they could as
+well have replaced the code itself. Nothing here compiles; nothing here imports numba.
 """
 
 from __future__ import annotations
@@ -154,11 +155,11 @@ def check(vector: np.ndarray, directory: Path) -> tuple[str, Path]:
     return name, module
 
 
-def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike | None = None):
-    """The verified, imported ``student_step`` for this model vector; raises ``KernelUnavailable`` naming the command.
+def load_module(vector: np.ndarray, directory: Path, artifact: str | os.PathLike | None = None):
+    """The verified, imported compiled module for this model vector; raises ``KernelUnavailable`` naming the command.
 
-    Same arguments, results and contract as ``kernels.specialise.specialised_step``'s entry point: pass only
-    C-contiguous float64 vectors and floats.
+    It exports ``student_step`` and ``scorecard_step`` (``kernels.scorecard_step``), with the same arguments,
+    results and contracts as their JIT forms: pass only C-contiguous float64 vectors and floats.
     """
     try:
         name, path = check(vector, directory)
@@ -176,4 +177,13 @@ def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike |
             raise KernelUnavailable(f"cannot import {path}: {e}; rebuild it with "
                                     f"`{build_command(artifact, directory)}`") from None
         sys.modules[name] = module
-    return sys.modules[name].student_step
+    return sys.modules[name]
+
+
+def load_step(vector: np.ndarray, directory: Path, artifact: str | os.PathLike | None = None):
+    """The verified, imported ``student_step`` for this model vector; raises ``KernelUnavailable`` naming the command.
+
+    Same arguments, results and contract as ``kernels.specialise.specialised_step``'s entry point: pass only
+    C-contiguous float64 vectors and floats.
+    """
+    return load_module(vector, directory, artifact).student_step

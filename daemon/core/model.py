@@ -5,7 +5,9 @@ specialised to the artifact's layer sizes (``kernels.specialise``). With ``kerne
 is the module ``kdsignal build-kernel`` compiled ahead of time, checked and imported by
 ``daemon.core.kernel_store``, so serving never loads numba; a missing, stale or unsafe module raises
 ``KernelUnavailable`` naming the command, and nothing is ever built here. ``kernel="jit"`` compiles the same
-specialised step with numba's JIT in this process instead (numba and LLVM then live in it). Training,
+specialised step with numba's JIT in this process instead (numba and LLVM then live in it). The live
+scorecard's update (``scorecard_kernel``, ``kernels.scorecard_step``) comes the same way, from the same
+module or JIT-compiled beside the step. Training,
 replay and the live daemon all run these objects, so what was evaluated is what serves.
 """
 
@@ -44,6 +46,7 @@ class Model:
         "warmup_bars",
         "manifest",
         "step_kernel",
+        "scorecard_kernel",
         "kernel_note",
         "_state_size",
         "_probs_at",
@@ -65,12 +68,17 @@ class Model:
         self.warmup_bars: int = int(artifact.manifest["warmup_bars"])
         self._state_size = student_state_size(self.vector)
         self._probs_at = probs_offset(self.vector)
+        # The live scorecard's per-bar update (daemon.core.scorecard) comes from the same place as the step.
         if kernel == "aot":
-            self.step_kernel = kernel_store.load_step(self.vector, kernel_store.kernel_dir(kernel_dir), source)
+            module = kernel_store.load_module(self.vector, kernel_store.kernel_dir(kernel_dir), source)
+            self.step_kernel = module.student_step
+            self.scorecard_kernel = module.scorecard_step
         elif kernel == "jit":
-            from kernels.specialise import specialised_step  # numba: only when asked for
+            from kernels.scorecard_step import scorecard_entry  # numba: only when asked for
+            from kernels.specialise import specialised_step
 
             self.step_kernel = specialised_step(self.vector)
+            self.scorecard_kernel = scorecard_entry()
         else:
             raise ValueError(f"kernel is {kernel!r}, expected 'aot' or 'jit'")
         self.kernel_note = kernel

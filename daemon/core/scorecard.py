@@ -10,10 +10,11 @@ missing bar is not scored, as there).
 Per symbol, over the last ``window_bars`` scored predictions, and overall (the symbols' windows pooled):
 log loss, Brier score (sum over the three classes), hit rate of buy and of sell decisions (a decision is a
 hit when the label turns out to be that class), and calibration buckets of the decided class's probability.
-Each bar costs O(1) and does only what cannot wait: the label of the prediction made ``h`` bars ago, its log
-loss, and the running log loss the degradation rule reads (rings allocated once, running sums). The other
-figures are settled when read (``report``: a scrape or the periodic ``scorecard`` event) from the predictions
-and labels the window keeps, so a read costs O(predictions scored since the last read), bounded by the window.
+Each bar is one compiled call, O(1): ``kernels.scorecard_step.scorecard_step``, which the served model
+brings (``Model.scorecard_kernel``: built ahead of time into the student step's module, or JIT-compiled
+when the model is), scores the prediction this close decides and keeps every sum of the window current,
+in vectors this object owns (``kernels.scorecard_layout``). Nothing is left for read time: a report reads
+the sums.
 
 ``model_degraded``: the live log loss is above the artifact's own held-out log loss plus ``band`` for
 ``degraded_after_bars`` consecutive scored bars (judged once the window holds that many). Only the worse
@@ -24,18 +25,55 @@ lockbox figure when it has one, else its development (or, in older artifacts, ou
 from __future__ import annotations
 
 import math
-from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.scorecard_layout import (
+    C_AFTER,
+    C_BAND_K,
+    C_BARS,
+    C_COST,
+    C_H,
+    C_INTERVAL,
+    C_LIMIT,
+    C_NEED,
+    C_O_DEGRADED,
+    C_O_EVENT_LL,
+    C_O_OUTSIDE,
+    C_RING,
+    C_SQRT_H,
+    C_VW,
+    C_WINDOW,
+    CALIBRATION_BINS,
+    CHANGED_OVERALL,
+    CHANGED_SYMBOL,
+    COMMON_SIZE,
+    S_BRIER,
+    S_CAL_CONF,
+    S_CAL_HIT,
+    S_CAL_N,
+    S_DEC_HIT,
+    S_DEC_N,
+    S_DEGRADED,
+    S_DUP,
+    S_EVENT_LL,
+    S_FIRST,
+    S_HEADER,
+    S_LL,
+    S_NEXT,
+    S_PREV,
+    S_SKEW,
+    S_TOTAL,
+    symbol_state_size,
+)
 
 __all__ = ["CALIBRATION_BINS", "LabelRule", "Scorecard", "ScorecardUnavailable", "expected_log_loss"]
 
 SELL, HOLD, BUY = 0, 1, 2
-CALIBRATION_BINS = 10
 _NAN = math.nan
-_INF = math.inf
-_log = math.log
-_sqrt = math.sqrt
-_EPS = 1e-15  # log loss clips probabilities here, as daemon.training.evaluate.log_loss does
+Step = Callable[..., int]  # kernels.scorecard_step.scorecard_step, as Model.scorecard_kernel holds it
 # Paths in the manifest's metrics where a held-out student log loss may be found, best first.
 _EXPECTED_PATHS = (("lockbox", "student", "log_loss"), ("development", "student", "log_loss"),
                    ("out_of_sample", "student", "log_loss"))
@@ -85,97 +123,36 @@ def expected_log_loss(manifest: dict) -> float | None:
     return None
 
 
-class _Sums:
-    """What a rolling window adds up to: the read-time figures (a symbol's window, or all symbols' pooled)."""
-
-    __slots__ = ("n", "ll", "brier", "dec_n", "dec_hit", "cal_n", "cal_conf", "cal_hit")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.ll = 0.0
-        self.brier = 0.0
-        self.dec_n = [0, 0, 0]  # by decided class
-        self.dec_hit = [0, 0, 0]
-        self.cal_n = [0] * CALIBRATION_BINS
-        self.cal_conf = [0.0] * CALIBRATION_BINS
-        self.cal_hit = [0] * CALIBRATION_BINS
-
-    def merge(self, other: _Sums) -> None:
-        self.n += other.n
-        self.ll += other.ll
-        self.brier += other.brier
-        for mine, theirs in ((self.dec_n, other.dec_n), (self.dec_hit, other.dec_hit), (self.cal_n, other.cal_n),
-                             (self.cal_conf, other.cal_conf), (self.cal_hit, other.cal_hit)):
-            for i, v in enumerate(theirs):
-                mine[i] += v
-
-    def report(self) -> dict:
-        n = self.n
-        hit = {name: (self.dec_hit[k] / self.dec_n[k] if self.dec_n[k] else None)
-               for name, k in (("buy", BUY), ("sell", SELL))}
-        return {
-            "n": n,
-            "log_loss": self.ll / n if n else None,
-            "brier": self.brier / n if n else None,
-            "hit_rate": hit,
-            "decisions": {"buy": self.dec_n[BUY], "sell": self.dec_n[SELL], "hold": self.dec_n[HOLD]},
-            "calibration": [{"lo": b / CALIBRATION_BINS, "hi": (b + 1) / CALIBRATION_BINS, "n": self.cal_n[b],
-                             "confidence": self.cal_conf[b] / self.cal_n[b] if self.cal_n[b] else None,
-                             "accuracy": self.cal_hit[b] / self.cal_n[b] if self.cal_n[b] else None}
-                            for b in range(CALIBRATION_BINS)],
-        }
-
 
 class _Symbol:
-    """One symbol's state: the bar ring for labels, the scored window, and the running log loss."""
+    """One symbol's vector (``kernels.scorecard_layout``): bar ring, scored window and their running sums."""
 
-    __slots__ = ("name", "next_ms", "first_ms", "skew_ms", "duplicates", "run", "head", "prev", "r2_sum", "r2",
-                 "bars", "total", "w_ll", "w_p", "w_y", "ll", "outside", "degraded", "applied", "sums",
-                 "a_brier", "a_conf", "a_code")
+    __slots__ = ("name", "state")
 
-    def __init__(self, name: str, size: int, window_bars: int) -> None:
+    def __init__(self, name: str, state: np.ndarray) -> None:
         self.name = name
-        self.next_ms: int | None = None  # start of the bar expected next; None before the first
-        self.first_ms = 0
-        self.skew_ms = 0  # off-grid milliseconds of bars that arrived late, so bars counts whole intervals
-        self.duplicates = 0
-        # Bar ring, indexed by `head` (one slot per present bar; Python's negative indices wrap it):
-        # `run` present bars in a row end at the previous one, so a lag up to `run` reads a bar of that run
-        # and a missing bar needs no slot, it just sets `run` to 0.
-        self.run = 0
-        self.head = 0
-        self.prev = _NAN  # the previous close
-        self.r2_sum = 0.0  # squared one-bar log returns of the last min(run - 1, vol_window) bars
-        self.r2 = [0.0] * size  # squared one-bar log return per bar
-        self.bars: list[tuple | None] = [None] * size  # (close, hold band, prediction or None) per bar
-        # Scored window, slot `total % window_bars`: log loss, prediction and label per scored bar (with the
-        # read-time side below about 60 bytes a slot, plus each prediction until it is settled)
-        self.total = 0  # predictions ever scored
-        self.w_ll = [0.0] * window_bars
-        self.w_p: list[tuple | None] = [None] * window_bars  # released once settled
-        self.w_y = bytearray(window_bars)
-        self.ll = 0.0  # log loss over the window, kept per bar for the degradation rule
-        self.outside = 0  # consecutive scored bars above the band
-        self.degraded = False
-        # Read-time side: the first `applied` scored predictions are in `sums`, each slot's share kept
-        # (Brier, decided class's probability, decided class | hit << 2 | bin << 3) so it can leave again.
-        self.applied = 0
-        self.sums = _Sums()
-        self.a_brier = array("d", bytes(8 * window_bars))
-        self.a_conf = array("d", bytes(8 * window_bars))
-        self.a_code = array("h", bytes(2 * window_bars))
+        self.state = state
+
+    @property
+    def degraded(self) -> bool:
+        """True while this symbol's live log loss has stayed above the band long enough."""
+        return bool(self.state[S_DEGRADED])
+
+    @property
+    def duplicates(self) -> int:
+        """Bars delivered again (or older than the last), ignored."""
+        return int(self.state[S_DUP])
 
 
 class Scorecard:
     """Rolling live scores per symbol and overall; feed it every closed bar with its prediction, if any.
 
-    Per bar (:meth:`on_bar`) only what the degradation rule needs is computed: the label of the prediction
-    made ``h`` bars ago and its log loss. Brier score, decisions, hit rates and calibration buckets are
-    settled when read (:meth:`report`), from the predictions and labels the window keeps.
+    ``step`` is the compiled per-bar update (``Model.scorecard_kernel``); each :meth:`on_bar` is one call
+    of it, and :meth:`report` reads the sums it keeps.
     """
 
-    def __init__(self, symbols, rule: LabelRule, interval_ms: int, *, window_bars: int = 2016, band: float = 0.05,
-                 degraded_after_bars: int = 288, expected: float | None = None) -> None:
+    def __init__(self, symbols, rule: LabelRule, interval_ms: int, *, step: Step, window_bars: int = 2016,
+                 band: float = 0.05, degraded_after_bars: int = 288, expected: float | None = None) -> None:
         if window_bars < 1 or degraded_after_bars < 1 or interval_ms <= 0:
             raise ValueError("window_bars, degraded_after_bars and interval_ms must be positive")
         self.rule = rule
@@ -183,256 +160,166 @@ class Scorecard:
         self.window_bars = window_bars
         self.band = band
         self.degraded_after_bars = degraded_after_bars
-        self.expected = expected
-        self._sqrt_h = math.sqrt(rule.horizon_bars)
-        self._h, self._vw = rule.horizon_bars, rule.vol_window
-        self._band_k, self._cost = rule.band_k, rule.round_trip_cost
-        self._scoring = rule.horizon_bars + rule.vol_window  # present bars in a row before one that scores
+        self._step = step
+        c = self._common = np.zeros(COMMON_SIZE)
+        c[C_H], c[C_VW], c[C_BAND_K], c[C_COST] = rule.horizon_bars, rule.vol_window, rule.band_k, rule.round_trip_cost
+        c[C_WINDOW], c[C_AFTER], c[C_INTERVAL] = window_bars, degraded_after_bars, interval_ms
+        c[C_NEED] = min(degraded_after_bars, window_bars)
+        c[C_SQRT_H] = math.sqrt(rule.horizon_bars)
         # a lag reaches back at most max(h, vw) slots; one more keeps the slot being written apart
-        size = max(rule.horizon_bars, rule.vol_window) + 1
-        self._last = size - 1
-        self.symbols = {s: _Symbol(s, size, window_bars) for s in symbols}
-        # the pooled window's log loss, kept per bar for the overall degradation rule; the rest of the
-        # overall figures are summed from the symbols' windows when read
-        self._o_ll = 0.0
-        self._o_n = 0
-        self._need = min(degraded_after_bars, window_bars)
-        self.overall_outside = 0
-        self.overall_degraded = False
+        ring = max(rule.horizon_bars, rule.vol_window) + 1
+        c[C_RING] = ring
+        self.expected = expected
+        # one row per symbol (each row a C-contiguous vector, as the kernel takes), so a report reads every
+        # symbol's sums at once
+        names = list(dict.fromkeys(symbols))
+        self._block = np.zeros((len(names), symbol_state_size(ring, window_bars)))
+        self._block[:, S_NEXT] = _NAN  # no bar yet
+        self._block[:, S_PREV] = _NAN
+        self.symbols = {s: _Symbol(s, self._block[i]) for i, s in enumerate(names)}
+        self._states = {s: st.state for s, st in self.symbols.items()}  # what on_bar looks up
         self.events: list[dict] = []  # degradation changes since the last take_events()
+        self._brief: tuple[float, dict] | None = None  # (bars taken, report(detail=False)) of the last such read
+
+    @property
+    def expected(self) -> float | None:
+        """The held-out log loss the live one is judged against (None: not judged)."""
+        return self._expected
+
+    @expected.setter
+    def expected(self, value: float | None) -> None:
+        self._expected = value
+        self._brief = None  # the figures judged against the old value are stale
+        self._common[C_LIMIT] = _NAN if value is None else value + self.band
 
     @classmethod
-    def from_manifest(cls, symbols, manifest: dict, interval_ms: int, **kw) -> Scorecard:
+    def from_manifest(cls, symbols, manifest: dict, interval_ms: int, *, step: Step, **kw) -> Scorecard:
         """A scorecard for an artifact: its label rule and its held-out log loss as the expectation."""
-        return cls(symbols, LabelRule.from_manifest(manifest), interval_ms, expected=expected_log_loss(manifest), **kw)
+        return cls(symbols, LabelRule.from_manifest(manifest), interval_ms, step=step,
+                   expected=expected_log_loss(manifest), **kw)
 
-    def set_model(self, manifest: dict) -> bool:
-        """Judge against a newly served model; returns True if its label rule differs and the windows restarted."""
+    def set_model(self, manifest: dict, step: Step | None = None) -> bool:
+        """Judge against a newly served model (and run its ``step``, if given); returns True if its label rule
+        differs and the windows restarted."""
         rule = LabelRule.from_manifest(manifest)
         self.expected = expected_log_loss(manifest)
+        if step is not None:
+            self._step = step
         if rule == self.rule:
             return False
-        self.__init__(list(self.symbols), rule, self.interval_ms, window_bars=self.window_bars, band=self.band,
-                      degraded_after_bars=self.degraded_after_bars, expected=self.expected)
+        self.__init__(list(self.symbols), rule, self.interval_ms, step=self._step, window_bars=self.window_bars,
+                      band=self.band, degraded_after_bars=self.degraded_after_bars, expected=self.expected)
         return True
 
     # ------------------------------------------------------------------ per bar
     def on_bar(self, symbol: str, start_ms: int, close: float, probs=None) -> None:
         """Take one closed bar of ``symbol`` and the (sell, hold, buy) probabilities predicted at it (or None)."""
-        # One straight pass, state in locals, no helper call on the common path (the bar after the previous
-        # one, everything warm): this runs for every bar.
-        try:
-            st = self.symbols[symbol]
-        except KeyError:
+        state = self._states.get(symbol)
+        if state is None:
             return
-        if start_ms != st.next_ms and not self._off_grid(st, start_ms):
-            return
-        st.next_ms = start_ms + self.interval_ms
-        if not 0.0 < close < _INF:  # no close: no label whose window holds this bar is scored
-            st.run = 0
-            return
-        run = st.run
-        prev = st.prev
-        st.prev = close
-        st.run = run + 1
-        j = st.head
-        st.head = j + 1 if j < self._last else 0
-        if not run:
-            st.r2_sum = 0.0
-            return
-        x = close / prev
-        if not 0.0 < x < _INF:  # a return beyond float range (hostile prices): start a new run here
-            st.run = 1
-            st.r2_sum = 0.0
-            return
-        r = _log(x)
-        r2 = r * r
-        vw = self._vw
-        r2s = st.r2
-        # roll the band's window of squared returns r[t-vw+1..t]: drop r[t-vw] once it is in, add r[t]
-        s = st.r2_sum - r2s[j - vw] + r2 if run > vw else st.r2_sum + r2
-        st.r2_sum = s
-        r2s[j] = r2
-        if run < vw:
-            return
-        band = self._band_k * _sqrt((s if s > 0.0 else 0.0) / vw) * self._sqrt_h
-        if band < self._cost:
-            band = self._cost
-        bars = st.bars
-        bars[j] = (close, band, probs)
-        if run < self._scoring:
-            return
-        # the prediction made h bars ago is decided by this close
-        c0, b, p = bars[j - self._h]
-        if p is None:
-            return
-        x = close / c0
-        fwd = _log(x) if x > 0.0 else -_INF  # -inf as numpy.log gives, where math.log raises
-        y = BUY if fwd > b else (SELL if fwd < -b else HOLD)
-        q = p[y]
-        if not _EPS <= q <= 1.0:  # clipped as daemon.training.evaluate.log_loss does
-            q = min(max(q, _EPS), 1.0)
-        ll = -_log(q)
-        # into the scored window; the oldest scored bar leaves it once it is full
-        tot = st.total
-        window = self.window_bars
-        k = tot % window
-        w_ll = st.w_ll
-        if tot >= window:
-            old = w_ll[k]
-            n = window
-            lsum = st.ll = st.ll - old + ll
-            self._o_ll += ll - old
+        if probs is None:
+            changed = self._step(state, self._common, start_ms, close, _NAN, _NAN, _NAN)
         else:
-            n = tot + 1
-            lsum = st.ll = st.ll + ll
-            self._o_ll += ll
-            self._o_n += 1
-        w_ll[k] = ll
-        st.w_p[k] = p
-        st.w_y[k] = y
-        st.total = tot + 1
-        limit = self.expected
-        if limit is None:
-            return
-        limit += self.band
-        # model_degraded, O(1): the symbol's window, then the pooled one; degraded implies outside > 0, so
-        # the end of a run needs only that looked at
-        need = self._need
-        if n >= need:
-            if lsum / n > limit:
-                st.outside += 1
-                if st.outside >= self.degraded_after_bars and not st.degraded:
-                    st.degraded = True
-                    self._event(st.name, True, lsum / n)
-            elif st.outside:
-                st.outside = 0
-                if st.degraded:
-                    st.degraded = False
-                    self._event(st.name, False, lsum / n)
-        n = self._o_n
-        if n >= need:
-            mean = self._o_ll / n
-            if mean > limit:
-                self.overall_outside += 1
-                if self.overall_outside >= self.degraded_after_bars and not self.overall_degraded:
-                    self.overall_degraded = True
-                    self._event("*", True, mean)
-            elif self.overall_outside:
-                self.overall_outside = 0
-                if self.overall_degraded:
-                    self.overall_degraded = False
-                    self._event("*", False, mean)
+            p0, p1, p2 = probs
+            changed = self._step(state, self._common, start_ms, close, p0, p1, p2)
+        if changed:
+            self._changed(symbol, state, changed)
 
-    def _off_grid(self, st: _Symbol, start_ms: int) -> bool:
-        """A bar other than the one expected: the first (True), a repeat (counted, False) or one after a gap."""
-        nxt = st.next_ms
-        if nxt is None:
-            st.first_ms = start_ms
-            return True
-        if start_ms < nxt:
-            st.duplicates += 1
-            return False
-        missing, skew = divmod(start_ms - nxt, self.interval_ms)
-        if missing:
-            st.run = 0
-        st.skew_ms += skew
-        return True
+    def _changed(self, symbol: str, state: np.ndarray, changed: int) -> None:
+        c = self._common
+        if changed & CHANGED_SYMBOL:
+            self._event(symbol, bool(state[S_DEGRADED]), float(state[S_EVENT_LL]))
+        if changed & CHANGED_OVERALL:
+            self._event("*", bool(c[C_O_DEGRADED]), float(c[C_O_EVENT_LL]))
 
     def _event(self, symbol: str, degraded: bool, live_log_loss: float) -> None:
         self.events.append({"symbol": symbol, "degraded": degraded, "live_log_loss": live_log_loss,
                             "expected_log_loss": self.expected, "band": self.band, "bars": self.degraded_after_bars})
 
     # ------------------------------------------------------------------ reading
-    def _settle(self, st: _Symbol) -> _Sums:
-        """Bring a symbol's read-time sums up to its scored window: O(predictions scored since the last read)."""
-        tot, window = st.total, self.window_bars
-        start = st.applied
-        sums = st.sums
-        if tot - start >= window:  # the whole window is new: start over rather than add and take away
-            start = tot - window
-            sums = st.sums = _Sums()
-            leaving = False
-        else:
-            leaving = True
-        w_p, w_y = st.w_p, st.w_y
-        a_brier, a_conf, a_code = st.a_brier, st.a_conf, st.a_code
-        dec_n, dec_hit, cal_n, cal_conf, cal_hit = sums.dec_n, sums.dec_hit, sums.cal_n, sums.cal_conf, sums.cal_hit
-        brier_sum = sums.brier
-        for s in range(start, tot):
-            k = s % window
-            if leaving and s >= window:  # the slot's previous prediction leaves the window
-                code = a_code[k]
-                o_dec, o_hit, o_b = code & 3, (code >> 2) & 1, code >> 3
-                brier_sum -= a_brier[k]
-                dec_n[o_dec] -= 1
-                dec_hit[o_dec] -= o_hit
-                cal_n[o_b] -= 1
-                cal_conf[o_b] -= a_conf[k]
-                cal_hit[o_b] -= o_hit
-            p0, p1, p2 = w_p[k]
-            w_p[k] = None
-            y = w_y[k]
-            # Brier over the three classes (the label's term is p - 1)
-            e0 = p0 - (y == SELL)
-            e1 = p1 - (y == HOLD)
-            e2 = p2 - (y == BUY)
-            brier = e0 * e0 + e1 * e1 + e2 * e2
-            # argmax with ties to the lower index, like numpy.argmax
-            if p0 >= p1 and p0 >= p2:
-                dec, conf = SELL, p0
-            elif p1 >= p2:
-                dec, conf = HOLD, p1
-            else:
-                dec, conf = BUY, p2
-            hit = 1 if dec == y else 0
-            b = int(conf * CALIBRATION_BINS)
-            if b >= CALIBRATION_BINS:
-                b = CALIBRATION_BINS - 1
-            brier_sum += brier
-            dec_n[dec] += 1
-            dec_hit[dec] += hit
-            cal_n[b] += 1
-            cal_conf[b] += conf
-            cal_hit[b] += hit
-            a_brier[k] = brier
-            a_conf[k] = conf
-            a_code[k] = dec | hit << 2 | b << 3
-        sums.brier = brier_sum
-        st.applied = tot
-        sums.n = min(tot, window)
-        sums.ll = st.ll
-        return sums
+    @property
+    def overall_degraded(self) -> bool:
+        """True while the pooled live log loss has stayed above the band long enough."""
+        return bool(self._common[C_O_DEGRADED])
 
-    def settle(self) -> int:
-        """Bring every symbol's read-time figures up to date (``report`` does it first); returns how many
-        scored predictions that took in."""
-        before = sum(st.applied for st in self.symbols.values())
-        for st in self.symbols.values():
-            self._settle(st)
-        return sum(st.applied for st in self.symbols.values()) - before
+    @property
+    def overall_outside(self) -> int:
+        """Consecutive scored bars the pooled live log loss has been above the band."""
+        return int(self._common[C_O_OUTSIDE])
 
     @property
     def degraded(self) -> bool:
         """True while the overall or any symbol's live log loss has stayed above the band long enough."""
-        return self.overall_degraded or any(s.degraded for s in self.symbols.values())
+        return self.overall_degraded or any(s[S_DEGRADED] for s in self._states.values())
 
     def take_events(self) -> list[dict]:
         """Degradation changes (``degraded`` true or false) since the last call, oldest first."""
         out, self.events = self.events, []
         return out
 
-    def report(self) -> dict:
-        """Everything, per symbol and overall: the ``scorecard`` log event's body and the metrics' source."""
-        per = {name: self._settle(st) for name, st in self.symbols.items()}
-        overall = _Sums()
-        for sums in per.values():
-            overall.merge(sums)
-        out = {"expected_log_loss": self.expected, "band": self.band, "window_bars": self.window_bars,
-               "degraded": self.degraded, "overall": {**overall.report(), "degraded": self.overall_degraded},
-               "symbols": {}}
-        for name, st in self.symbols.items():
-            bars = 0 if st.next_ms is None else (st.next_ms - st.first_ms - st.skew_ms) // self.interval_ms
-            out["symbols"][name] = {**per[name].report(), "degraded": st.degraded, "bars": bars,
-                                    "duplicates": st.duplicates}
+    def report(self, detail: bool = True) -> dict:
+        """Everything, per symbol and overall: the ``scorecard`` log event's body and the metrics' source.
+
+        Per window: ``n`` scored predictions, mean ``log_loss`` and ``brier``, ``hit_rate`` and ``decisions``
+        of buy and sell (and hold), and ``calibration`` in the training report's shape
+        (``daemon.training.evaluate.reliability``: per bin of the decided class's probability, mean
+        ``confidence``, ``accuracy`` and ``count``; None where a bin or window is empty); per symbol also
+        ``degraded``, ``bars`` and ``duplicates``. ``detail=False`` leaves out what the daemon exports only
+        for the pooled window (each symbol's decisions and calibration, bars and duplicates): the read of a
+        ``/metrics`` scrape and of the ``scorecard`` event, at a fraction of the cost. With no bar taken since
+        the last such read it returns that read's dict again (scrapes usually come more often than bars):
+        read it, do not change it."""
+        bars_taken = self._common[C_BARS]
+        if not detail and self._brief is not None and self._brief[0] == bars_taken:
+            return self._brief[1]
+        window, interval = self.window_bars, self.interval_ms
+        head = self._block[:, :S_HEADER]
+        rows = head.tolist()
+        pooled = head.sum(axis=0).tolist()  # only its sums and counts are read
+        symbols = {}
+        n_all = 0
+        degraded = self.overall_degraded
+        for name, v in zip(self.symbols, rows, strict=True):
+            n = min(int(v[S_TOTAL]), window)
+            n_all += n
+            if detail:
+                fig = symbols[name] = _window(v, n)
+                nxt = v[S_NEXT]
+                fig["bars"] = 0 if nxt != nxt else int((nxt - v[S_FIRST] - v[S_SKEW]) // interval)
+                fig["duplicates"] = int(v[S_DUP])
+            else:
+                fig = symbols[name] = _means(v, n)
+            fig["degraded"] = v[S_DEGRADED] != 0.0
+            degraded = degraded or fig["degraded"]
+        overall = _window(pooled, n_all)
+        overall["degraded"] = self.overall_degraded
+        out = {"expected_log_loss": self.expected, "band": self.band, "window_bars": window, "degraded": degraded,
+               "overall": overall, "symbols": symbols}
+        if not detail:
+            self._brief = (bars_taken, out)
         return out
+
+
+def _means(v: list, n: int) -> dict:
+    """A window's size and means, from its header values ``v``: what is exported per symbol."""
+    dec_n, dec_hit = v[S_DEC_N:S_DEC_N + 3], v[S_DEC_HIT:S_DEC_HIT + 3]
+    return {"n": n, "log_loss": v[S_LL] / n if n else None, "brier": v[S_BRIER] / n if n else None,
+            "hit_rate": {"buy": _mean(dec_hit[BUY], dec_n[BUY]), "sell": _mean(dec_hit[SELL], dec_n[SELL])}}
+
+
+def _window(v: list, n: int) -> dict:
+    """One window's figures from its header values ``v`` (a symbol's, or the symbols' added up) and its size."""
+    out = _means(v, n)
+    dec_n = v[S_DEC_N:S_DEC_N + 3]
+    cal_n = v[S_CAL_N:S_CAL_N + CALIBRATION_BINS]
+    out["decisions"] = {"buy": int(dec_n[BUY]), "sell": int(dec_n[SELL]), "hold": int(dec_n[HOLD])}
+    out["calibration"] = {"confidence": list(map(_mean, v[S_CAL_CONF:S_CAL_CONF + CALIBRATION_BINS], cal_n)),
+                          "accuracy": list(map(_mean, v[S_CAL_HIT:S_CAL_HIT + CALIBRATION_BINS], cal_n)),
+                          "count": list(map(int, cal_n))}
+    return out
+
+
+def _mean(total: float, count: float) -> float | None:
+    """A mean, None where there is nothing to average; the count decides, not the sum (one added to and taken
+    from again may keep a rounding residue)."""
+    return total / count if count else None

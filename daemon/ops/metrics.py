@@ -77,7 +77,7 @@ class _ScorecardCollector(Collector):
         degraded = GaugeMetricFamily("kdsignal_model_degraded",
                                      "1 while live log loss has stayed above the artifact's expected band")
         if sc is not None:
-            rep = sc.report()
+            rep = sc.report(detail=False)
             rows = [("all", rep["overall"]), *sorted(rep["symbols"].items())]
             for symbol, r in rows:
                 scored.add_metric([symbol], r["n"])
@@ -133,6 +133,8 @@ class Metrics:
         self._unfilled = Counter("kdsignal_bars_unfilled", "Closed candles neither the stream nor REST had",
                                  registry=r)
         self._signals = Counter("kdsignal_signals", "Signals emitted, by class", ["signal"], registry=r)
+        self._suppressed = Counter("kdsignal_signals_suppressed",
+                                   "Signals the decision policy's emit mode kept back (not written)", registry=r)
         for cls in classes:  # the artifact's classes, present from the first scrape so rate() works at once
             self._signals.labels(signal=cls)
         self._connected_g = Gauge("kdsignal_feed_connected", "1 while the WebSocket is connected and subscribed",
@@ -237,12 +239,13 @@ class Metrics:
 
     def sync_totals(self, *, frames: int = 0, malformed: int = 0, reconnects: int = 0, gaps_backfilled: int = 0,
                     bars_backfilled: int = 0, bars_unfilled: int = 0,
-                    signals_by_class: Mapping[str, int] | None = None) -> None:
+                    signals_by_class: Mapping[str, int] | None = None, signals_suppressed: int = 0) -> None:
         """Add what running totals kept by their owners gained since the last sync (no per-event calls)."""
         pairs: list[tuple[object, Counter, int]] = [
             ("frames", self._frames, frames), ("malformed", self._malformed, malformed),
             ("reconnects", self._reconnects, reconnects), ("gaps_backfilled", self._gaps, gaps_backfilled),
-            ("bars_backfilled", self._backfilled, bars_backfilled), ("bars_unfilled", self._unfilled, bars_unfilled)]
+            ("bars_backfilled", self._backfilled, bars_backfilled), ("bars_unfilled", self._unfilled, bars_unfilled),
+            ("signals_suppressed", self._suppressed, signals_suppressed)]
         for cls, total in (signals_by_class or {}).items():
             pairs.append((("signals", cls), self._signals.labels(signal=cls), total))
         for key, counter, total in pairs:

@@ -31,6 +31,7 @@ class ServiceStatus:
     reconnects: int          # feed
     signals: int             # signal writer: lines written
     signals_by_class: Mapping[str, int] = field(default_factory=dict)  # signal writer
+    signals_suppressed: int = 0  # signal writer: lines the decision policy kept back
     duplicates: int = 0      # pipelines
     gaps_backfilled: int = 0
     bars_backfilled: int = 0

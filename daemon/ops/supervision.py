@@ -69,9 +69,10 @@ class Supervision:
         try:
             if self.scorecard is None:
                 self.scorecard = Scorecard.from_manifest(self._symbols, model.manifest, self._interval_ms,
+                                                         step=model.scorecard_kernel,
                                                          window_bars=scfg.window_bars, band=scfg.band,
                                                          degraded_after_bars=scfg.degraded_after_bars)
-            elif self.scorecard.set_model(model.manifest):
+            elif self.scorecard.set_model(model.manifest, model.scorecard_kernel):
                 log.info("scorecard_restarted", model=model.id, reason="the new model's label rule differs")
             self.scorecard_note = ""
         except ScorecardUnavailable as exc:
@@ -141,12 +142,10 @@ class Supervision:
         sc = self.scorecard
         if sc is None:
             return
-        rep = sc.report()
-        per = {s: {k: r[k] for k in ("n", "log_loss", "brier", "hit_rate", "degraded")}
-               for s, r in rep["symbols"].items()}
+        rep = sc.report(detail=False)
         log.info("scorecard", model=self.status().model_id, expected_log_loss=rep["expected_log_loss"],
                  band=rep["band"], window_bars=rep["window_bars"], degraded=rep["degraded"],
-                 overall=rep["overall"], symbols=per)
+                 overall=rep["overall"], symbols=rep["symbols"])
 
     # --- checks ---------------------------------------------------------------------------------------------------
 
@@ -179,6 +178,7 @@ class Supervision:
         st = self.status()
         self.metrics.sync_totals(frames=st.frames, malformed=st.malformed, reconnects=st.reconnects,
                                  gaps_backfilled=st.gaps_backfilled, bars_backfilled=st.bars_backfilled,
-                                 bars_unfilled=st.bars_unfilled, signals_by_class=st.signals_by_class)
+                                 bars_unfilled=st.bars_unfilled, signals_by_class=st.signals_by_class,
+                                 signals_suppressed=st.signals_suppressed)
         self.metrics.set_feed_connected(st.feed_subscribed)
         self.metrics.set_model(st.model_id)

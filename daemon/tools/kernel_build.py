@@ -1,6 +1,7 @@
 """``kdsignal build-kernel``: compile an artifact's student step ahead of time, once, outside the daemon.
 
-The step is ``kernels.specialise.make_student_step`` for the artifact's architecture, compiled by
+The step is ``kernels.specialise.make_student_step`` for the artifact's architecture (beside it, the live
+scorecard's ``kernels.scorecard_step.scorecard_step``, so serving needs no numba for that either), compiled by
 ``numba.pycc`` into a CPython extension whose only run-time dependency is NumPy, so the serving process
 never imports numba or starts LLVM. It is written into the kernel directory (``daemon.core.kernel_store``)
 with an identity record beside it; the daemon checks both before importing it. Who runs it: ``.ci/setup``
@@ -90,6 +91,8 @@ def _compile(vector, name: str, work: Path) -> Path:
 
     from numba.core.errors import NumbaPendingDeprecationWarning
 
+    from kernels.scorecard_step import SIGNATURE as SCORECARD_SIGNATURE
+    from kernels.scorecard_step import scorecard_step
     from kernels.specialise import SIGNATURE, make_student_step
 
     with warnings.catch_warnings():
@@ -101,6 +104,7 @@ def _compile(vector, name: str, work: Path) -> Path:
             cc.output_dir = str(work)
             cc.verbose = False
             cc.export("student_step", SIGNATURE)(make_student_step(vector))
+            cc.export("scorecard_step", SCORECARD_SIGNATURE)(scorecard_step.py_func)
             cc.compile()
         except Exception as e:  # noqa: BLE001 - distutils, gcc and numba raise many types; all mean "no module"
             first = (str(e).strip().splitlines() or [""])[0]

@@ -32,7 +32,6 @@ import numpy as np
 from daemon.core import trading as tr
 
 from . import evaluate as ev
-from . import methods
 from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
 from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
