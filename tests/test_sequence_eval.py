@@ -72,7 +72,8 @@ def test_opt_in_run_writes_the_methods_row(tmp_path):
                    "--out", str(out), "--no-progress", "--teacher-sequence"])
     assert rc == 0
     doc = json.loads((out.parent / "report.json").read_text())
-    row = doc["methods"]["sequence_teacher"]
+    row = doc["methods"]["sequence_teacher"]["detail"]
+    assert doc["methods"]["sequence_teacher"]["lockbox"]["method"] == "sequence_teacher"  # a row of the table
     for key in ("log_loss", "ic", "direction_auc", "break_even_fee_bp", "n", "seeds", "sequence_weight"):
         assert key in row
     for key in ("gap_recovered", "delta_vs_control", "delta_vs_current_student"):
@@ -87,4 +88,4 @@ def test_opt_in_run_writes_the_methods_row(tmp_path):
     plain = tmp_path / "plain" / "model.npz"
     assert cli_main(["train", "--data", str(DATA), "--interval", "5", "--config", str(tmp_path / "train.toml"),
                      "--out", str(plain), "--no-progress"]) == 0
-    assert "methods" not in json.loads((plain.parent / "report.json").read_text())
+    assert "sequence_teacher" not in json.loads((plain.parent / "report.json").read_text())["methods"]

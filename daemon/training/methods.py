@@ -133,7 +133,8 @@ def collect(folder: str | Path) -> tuple[list[dict], list[str]]:
     rows: dict[str, dict] = {}
     where: dict[str, str] = {}
     notes: list[str] = []
-    for path in sorted(Path(folder).glob("*report.json")):
+    # the classes run's own report.json first: another run's report repeats a classes row of its own
+    for path in sorted(Path(folder).glob("*report.json"), key=lambda p: (p.name != "report.json", p.name)):
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as e:

@@ -467,5 +467,5 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
     if "sequence_teacher" in doc.get("methods", {}):
         from .sequence_eval import markdown_lines
 
-        lines += markdown_lines(doc["methods"]["sequence_teacher"])
+        lines += markdown_lines(doc["methods"]["sequence_teacher"]["detail"])
     return "\n".join(lines)

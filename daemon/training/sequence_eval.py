@@ -20,6 +20,7 @@ from .config import TrainConfig
 from .data import Series
 from .dataset import Pooled
 from .folds import split_validation
+from .methods import method_row
 from .sequence import CHANNELS, bar_inputs
 
 
@@ -115,6 +116,21 @@ def methods_row(lock: dict, dev: dict, trading: dict, cfg: TrainConfig, weight: 
         "fits": fits,
         "timings_s": timings_s,
     }
+
+
+def table_row(lock: dict, trading: dict, weight: float) -> dict:
+    """The row of the methods table (``methods.method_row``): the student distilled from the ensemble with the
+    sequence member against its own control, on the lockbox."""
+    s = lock["student"]
+    return method_row(
+        "sequence_teacher", target=f"ensemble + sequence teacher (weight {weight}) sell/hold/buy probabilities",
+        control="hard sell/hold/buy labels, same rows, seeds, initial weights, optimiser and budget",
+        loss_name="log_loss", loss=s["log_loss"], control_loss=lock["control"]["log_loss"],
+        teacher_loss=lock["teacher"]["log_loss"], ic=s["ic"], direction_auc=s["direction_auc"],
+        delta=lock.get("delta_vs_control"), gap_recovered={"mean": lock.get("gap_recovered"),
+                                                          "ci95": lock.get("gap_recovered_ci95")},
+        trading=trading["student"], n=int(s["n"]), seeds=int(s["seeds"]),
+        note="opt-in (--teacher-sequence); against the current ensemble's student: see the report's section")
 
 
 def _mn(d: dict) -> str:

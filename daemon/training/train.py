@@ -686,8 +686,9 @@ def sequence_teacher(series, P: Pooled, cfg: TrainConfig, folds, split, p_t: np.
     trading, _ = trading_readout(P, P.start_ms >= split.lockbox_lo_ms, {"student": full["lockbox"]}, policies, ticks,
                                  cfg, bars_per_year, argmax)
     timings = {"fits_s": round(fits_s, 1), "total_s": round(time.perf_counter() - t0, 1)}
-    return se.methods_row(parts["lockbox"], parts["development"], trading, cfg, weight, grid, fits, timings,
-                          blocks_of(P.start_ms[lock_idx]))
+    detail = se.methods_row(parts["lockbox"], parts["development"], trading, cfg, weight, grid, fits, timings,
+                            blocks_of(P.start_ms[lock_idx]))
+    return {"lockbox": se.table_row(parts["lockbox"], trading, weight), "detail": detail}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
