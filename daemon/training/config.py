@@ -33,6 +33,7 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
 }
 # ablations that change the labels: their log losses are not comparable row for row with the default's
 LABEL_ABLATIONS = ("label_band_vol_100",)
+REGIME_VARIANTS = ("temperature", "input", "router")  # daemon/training/regime.py, simplest first
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ class TrainConfig:
     control_weight_decays: tuple[float, ...] = (0.0, 0.001)
     # variants re-run over every seed on the development folds, judged by their paired interval (ABLATIONS)
     ablations: tuple[str, ...] = ("teacher_without_extras", "recency_weighting", "student_first_block")
+    # --- regimes (daemon/training/regime.py): the variant the shipped student uses ("none" or "temperature";
+    # "input" and "router" are evaluated but the serving kernel cannot run them), and the variants evaluated
+    regime: str = "none"
+    regime_variants: tuple[str, ...] = ("temperature", "input", "router")
     # --- evaluation / output
     ece_bins: int = 10
     bootstrap_samples: int = 2000  # paired block bootstrap, one-day blocks
@@ -147,7 +152,13 @@ class TrainConfig:
             ("lgbm_weight", 0 <= self.lgbm_weight <= 1),
             ("teacher_buckets", all(b > 1 for b in self.teacher_buckets)),
             ("ablations", all(a in ABLATIONS for a in self.ablations)),
+            ("regime_variants", all(v in REGIME_VARIANTS for v in self.regime_variants)),
         ]
+        if self.regime in ("input", "router"):
+            raise ValueError(f"[train] regime = {self.regime!r} cannot ship: the serving kernel has no regime "
+                             f"router or regime input; list it in regime_variants to evaluate it")
+        if self.regime not in ("none", "temperature"):
+            raise ValueError(f"[train] regime = {self.regime!r}: expected none or temperature")
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"[train] {name} = {getattr(self, name)!r} is out of range")
@@ -207,7 +218,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             if not all(isinstance(x, list) and all(isinstance(i, int) for i in x) for x in value):
                 raise ValueError(f"[train] {key} must be a list of integer lists, got {value!r}")
             return tuple(tuple(x) for x in value)
-        if key == "ablations":
+        if key in ("ablations", "regime_variants"):
             if not all(isinstance(i, str) for i in value):
                 raise ValueError(f"[train] {key} must be a list of strings, got {value!r}")
             return tuple(value)

@@ -32,6 +32,7 @@ import numpy as np
 from daemon.core import trading as tr
 
 from . import evaluate as ev
+from . import regime
 from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
 from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
@@ -158,6 +159,8 @@ class Variant:
     prior_teacher: bool = False  # the distillation loss with a "teacher" that only knows the class shares
     hidden: tuple[int, ...] | None = None  # () is logistic regression
     overrides: tuple[tuple[str, object], ...] = field(default=())
+    regime: str = "none"  # a daemon/training/regime.py variant: "temperature", "input" or "router"
+    regime_params: tuple[tuple[float, float], ...] = ()  # per regime (T, alpha), for "temperature"
 
 
 def distilled(cfg: TrainConfig, temperature: float, alpha: float, **kw) -> Variant:
@@ -185,6 +188,9 @@ def _student_job(job: tuple[int, int, Variant]) -> tuple[tuple, np.ndarray, dict
     pf = p_t[fit]
     if v.prior_teacher:
         pf = np.tile(_prior(P.y[fit]), (len(pf), 1))
+    if v.regime != "none":
+        p, info = regime.fit_variant(v, P, f, fit, val, pf, w, cfg, seed)
+        return job, p, {**info, "fit_rows": int(fit.sum()), "val_rows": int(val.sum())}
     s = train_student(P.x_student[fit], P.y[fit], pf, w, P.x_student[val], P.y[val], cfg, seed,
                       temperature=v.temperature, alpha=v.alpha, hidden=v.hidden, lr=v.lr, weight_decay=v.weight_decay)
     info = {"best_epoch": s.best_epoch, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
@@ -462,6 +468,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     ablations = run_ablations(series, P, cfg, folds, p_t, cache, ch, dev_models, split) if cfg.ablations else []
     timings["ablations_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    reg_dev = regime.develop(P, cfg, folds, p_t, cache, ch, dev_models)
+    timings["regime_development_s"] = time.perf_counter() - t0
+
     # decision policies: chosen on the development test blocks (first seed), before the lockbox is read
     t0 = time.perf_counter()
     ticks = development_ticks(P, split)
@@ -502,6 +512,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     lock["trading"], curves = trading_readout(P, lock_region, lock_edges, policies, ticks, cfg, bars_per_year,
                                               argmax_full(lock_models["student"][0], lock_idx))
     timings["lockbox_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reg_doc, reg_row = regime.lockbox(P, cfg, folds, p_t, cache, reg_dev, lock_models, ticks, dev_region,
+                                      lock_region, bars_per_year)
+    timings["regime_lockbox_s"] = time.perf_counter() - t0
 
     # the shipped student: every row with a soft target, for the epochs the lockbox model early-stopped at
     t0 = time.perf_counter()
@@ -509,7 +523,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     epochs = max(1, int(lock_info["best_epoch"]))
     rows = P.valid & (P.start_ms >= int(folds[0].test_lo_ms)) & np.all(np.isfinite(p_t), axis=1)
     final = train_student(P.x_student[rows], P.y[rows], p_t[rows], np.ones(int(rows.sum())), P.x_student[:0],
-                          P.y[:0], cfg, s0, temperature=ch["temperature"], alpha=ch["alpha"], fixed_epochs=epochs)
+                          P.y[:0], cfg, s0, temperature=ch["temperature"], alpha=ch["alpha"], fixed_epochs=epochs,
+                          **regime.final_kwargs(cfg, reg_dev, P, rows))
     timings["final_s"] = time.perf_counter() - t0
     final_info = {"fit_rows": int(rows.sum()), "fit_lo_ms": int(P.start_ms[rows].min()),
                   "fit_hi_ms": int(P.start_ms[rows].max()), "epochs": epochs, "seed": s0,
@@ -560,6 +575,9 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "training": {"config": cfg.to_dict(), "seed": s0, "choices": {k: ch[k] for k in (
             "temperature", "alpha", "control_lr", "control_weight_decay")}},
     }
+    if cfg.regime != "none":
+        manifest["distillation"]["regime"] = {"variant": cfg.regime, **regime.final_regimes(P, rows).to_dict(),
+                                              "temperature_alpha": reg_dev["params"]}
     model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
                              activations=final.mlp.activations, feature_mean=final.feature_mean,
                              feature_std=final.feature_std, manifest=manifest)
@@ -599,6 +617,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                     "development": {k: v for k, v in dev.items() if not k.startswith("_")}},
         "teacher_members_development_log_loss": {k: ev.log_loss(v[dev_idx], P.y[dev_idx]) for k, v in members.items()},
         "ablations": ablations,
+        "regime": reg_doc,
+        "methods": {"regime": reg_row},
         "final_student": final_info,
         "timings_s": {},
     }
@@ -626,6 +646,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="choose temperature x alpha on the development folds even if [train] sweep = false")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="use [train] temperature and alpha as they are")
+    parser.add_argument("--regime", choices=("none", "temperature", "input", "router"), default=None,
+                        help="regime variant of the shipped student (default [train] regime; input and router are "
+                             "only evaluated, see [train] regime_variants)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one [train] knob (TOML value syntax), e.g. --set lockbox_days=30")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -648,6 +671,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = cfg.replace(progress=False)
     if args.method:
         cfg = cfg.replace(method=args.method)
+    if getattr(args, "regime", None):
+        cfg = cfg.replace(regime=args.regime)
     return cfg
 
 
