@@ -114,3 +114,12 @@ def alpha_readout_reference(outputs, vol, bp_per_unit, buy_above_bp, sell_below_
     a = readout[:, 0]
     cls = np.where(a > buy_above_bp, 2, np.where(a < sell_below_bp, 0, 1))
     return readout, cls
+
+
+def regime_reference(rvol_100: float, ret_20: float, vol_edges) -> int:
+    """Regime of one bar (``daemon.training.regime``): 2 * (vol tercile) + (ret_20 > 0); NaN is low and down."""
+    tercile = 0
+    for edge in vol_edges:
+        if rvol_100 > edge:
+            tercile += 1
+    return 2 * tercile + (1 if ret_20 > 0 else 0)

@@ -1,0 +1,181 @@
+"""Regimes from the student's features, the per-regime loss, the variant choice on development folds, and the
+regime section of a ``kdsignal train`` run on the samples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from daemon.cli import main as cli_main
+from daemon.core.model import Model
+from daemon.training import regime, train
+from daemon.training.config import TrainConfig
+from daemon.training.data import load_dataset
+from daemon.training.dataset import build
+from daemon.training.folds import lockbox_split
+from kernels.layout import FEATURE_NAMES
+from tests.naive import regime_reference
+from tests.support import DATA, TINY_TRAIN, pooled_samples
+
+VOL, TREND = FEATURE_NAMES.index("rvol_100"), FEATURE_NAMES.index("ret_20")
+METHOD_KEYS = {"log_loss", "ic", "direction_auc", "gap_recovered", "delta_vs_control", "taker", "maker",
+               "break_even_fee_bp", "n", "seeds"}
+
+
+@pytest.fixture(scope="module")
+def P():
+    """The five 5m samples pooled with the tiny training config."""
+    return pooled_samples()
+
+
+def test_regimes_follow_their_definition(P):
+    """Every row's regime equals the one-bar reference, NaN rows included."""
+    x = P.x_student.copy()
+    x[:50, VOL] = np.nan
+    x[50:100, TREND] = np.nan
+    reg = regime.fit_regimes(x, P.valid)
+    got = reg.assign(x)
+    want = [regime_reference(x[i, VOL], x[i, TREND], reg.vol_edges) for i in range(len(x))]
+    assert np.array_equal(got, want)
+    assert set(np.unique(got[P.valid])) == set(range(regime.N_REGIMES))
+
+
+def test_thresholds_come_from_training_rows_only(P):
+    """Tercile edges split the training rows in thirds and ignore every other row's value."""
+    train_rows = P.valid & (P.start_ms < np.median(P.start_ms))
+    reg = regime.fit_regimes(P.x_student, train_rows)
+    x2 = P.x_student.copy()
+    x2[~train_rows, VOL] = np.random.default_rng(0).uniform(0, 1, int((~train_rows).sum()))
+    assert regime.fit_regimes(x2, train_rows) == reg
+    tercile = reg.assign(P.x_student[train_rows]) // 2
+    np.testing.assert_allclose(np.bincount(tercile, minlength=3) / train_rows.sum(), 1 / 3, atol=0.01)
+    with pytest.raises(ValueError, match="rvol_100"):
+        regime.fit_regimes(np.full((5, len(FEATURE_NAMES)), np.nan), np.ones(5, dtype=bool))
+
+
+def test_per_regime_params_pick_each_regimes_best():
+    """Each regime takes the (T, alpha) with the lowest log loss on its own rows; an empty regime the default."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 600)
+    r = np.repeat([0, 1, 2], 200)  # regimes 3..5 have no rows
+    good = np.full((600, 3), 0.1)
+    good[np.arange(600), y] = 0.8
+    flat = np.full((600, 3), 1 / 3)
+    a = np.where((r == 1)[:, None], good, flat)  # best on regime 1 only
+    b = np.where((r == 1)[:, None], flat, good)  # best everywhere else
+    got = regime.choose_params({(1.0, 0.5): a, (4.0, 0.25): b}, y, r, default=(2.0, 0.5))
+    assert got == ((4.0, 0.25), (1.0, 0.5), (4.0, 0.25), (2.0, 0.5), (2.0, 0.5), (2.0, 0.5))
+
+
+def test_the_simplest_supported_variant_is_chosen():
+    """Only a wholly positive development interval supports a variant; of several, the simplest is chosen."""
+    yes = {"mean": 0.01, "ci95": [0.001, 0.02]}
+    no = {"mean": 0.01, "ci95": [-0.001, 0.02]}
+    assert regime.choose_variant({"temperature": no, "input": no, "router": no}) == "none"
+    assert regime.choose_variant({"temperature": no, "input": yes, "router": yes}) == "input"
+    assert regime.choose_variant({"router": yes}) == "router"
+    assert regime.choose_variant({}) == "none"
+
+
+def test_router_trains_each_regime_on_its_own_rows(P):
+    """A router's prediction for a regime's rows comes from a student fitted on that regime's rows only."""
+    cfg = TINY_TRAIN.replace(seeds=(0,))
+    _, _, folds = train.layout(P, cfg)
+    f = folds[-1]
+    fit = f.train & P.valid
+    val = np.zeros(len(P), dtype=bool)
+    val[np.flatnonzero(fit)[-300:]] = True
+    fit &= ~val
+    p_fit = np.full((int(fit.sum()), 3), 1 / 3)
+    w = np.ones(int(fit.sum()))
+    v = train.distilled(cfg, 2.0, 0.5, regime="router")
+    p, info = regime.fit_variant(v, P, f, fit, val, p_fit, w, cfg, 0)
+    assert p.shape == (int(f.test.sum()), 3) and np.all(np.isfinite(p))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+    r = regime.fold_regimes(P, f)
+    g = int(np.bincount(r[f.test]).argmax())
+    assert regime.NAMES[g] not in info["fallback_regimes"]
+    mf, mv = r[fit] == g, r[val] == g
+    s = regime.train_student(P.x_student[fit][mf], P.y[fit][mf], p_fit[mf], w[mf], P.x_student[val][mv],
+                             P.y[val][mv], cfg, 0, temperature=2.0, alpha=0.5, hidden=None, lr=v.lr,
+                             weight_decay=v.weight_decay)
+    rows = r[f.test] == g
+    np.testing.assert_array_equal(p[rows], s.predict_proba(P.x_student[f.test][rows]))
+    with pytest.raises(ValueError, match="unknown regime variant"):
+        regime.fit_variant(train.distilled(cfg, 2.0, 0.5, regime="bogus"), P, f, fit, val, p_fit, w, cfg, 0)
+
+
+def test_config_refuses_regimes_it_cannot_serve(tmp_path, capsys):
+    """``regime = "router"`` and unknown variants are refused by name; the CLI exits 2 with the message."""
+    with pytest.raises(ValueError, match="router"):
+        TrainConfig(regime="router")
+    with pytest.raises(ValueError, match="regime"):
+        TrainConfig(regime="sideways")
+    with pytest.raises(ValueError, match="regime_variants"):
+        TrainConfig.from_mapping({"regime_variants": ["temperature", "weather"]})
+    assert TrainConfig.from_mapping({"regime_variants": ["router"]}).regime_variants == ("router",)
+    rc = cli_main(["train", "--regime", "input", "--data", str(DATA), "--out", str(tmp_path / "m.npz"),
+                   "--no-progress"])
+    assert rc == 2 and "regime = 'input' cannot ship" in capsys.readouterr().err
+
+
+def _regime_choices(P, cfg):
+    _, _, folds = train.layout(P, cfg)
+    p_t, _, _ = train.fit_teachers(P, cfg, folds, seed=0)
+    cache: dict = {}
+    ch = train.develop(P, cfg, folds, p_t, cache, {})
+    ks = list(range(1, len(folds) - 1))
+    dev_models = train.models_on(P, cfg, folds, ks, p_t, cache, train.model_variants(cfg, ch))
+    return regime.develop(P, cfg, folds, p_t, cache, ch, dev_models)
+
+
+@pytest.mark.slow
+def test_perturbing_the_lockbox_changes_no_regime_choice(P):
+    """Scrambled lockbox labels and prices leave the per-regime T/alpha, the development intervals and the choice
+    unchanged."""
+    cfg = TINY_TRAIN.replace(regime_variants=("temperature", "router"))
+    d1 = _regime_choices(P, cfg)
+    s = lockbox_split(P.start_ms, P.valid, cfg.lockbox_days, P.interval_ms, cfg.horizon_bars, cfg.embargo_bars)
+    P2 = build(load_dataset([DATA], interval="5"), cfg)
+    lock = P2.start_ms >= s.lockbox_lo_ms
+    rng = np.random.default_rng(4)
+    P2.y[lock & P2.valid] = rng.integers(0, 3, int((lock & P2.valid).sum()))
+    P2.target[:] = P2.y
+    P2.x_student[lock, VOL] *= rng.uniform(0.5, 2.0, int(lock.sum()))
+    d2 = _regime_choices(P2, cfg)
+    assert d1["params"] == d2["params"] and d1["choice"] == d2["choice"]
+    assert d1["delta_vs_student"] == d2["delta_vs_student"]
+    n = len(d1["_dev_idx"])
+    assert d1["per_regime"]["all"]["rows"] == n == sum(d1["per_regime"][g]["rows"] for g in regime.NAMES)
+    assert all(len(ps) == len(cfg.seeds) for ps in d1["_dev_preds"].values())
+
+
+@pytest.mark.slow
+def test_train_reports_regimes_and_ships_the_temperature_variant(tmp_path):
+    """A run with ``--regime temperature`` writes per-regime read-outs, the methods row, and an artifact that
+    carries its thresholds and per-regime T/alpha and serves like any student."""
+    cfgfile = tmp_path / "config.toml"
+    cfgfile.write_text("[train]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_TRAIN.to_dict().items()))
+    out = tmp_path / "m.npz"
+    rc = cli_main(["train", "--regime", "temperature", "--data", str(DATA), "--interval", "5", "--out", str(out),
+                   "--config", str(cfgfile), "--no-progress"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    part = rep["regime"]
+    assert part["shipped"] == "temperature" and part["choice_on_development"] in ("none", *regime.VARIANTS)
+    lock = part["lockbox"]["per_regime"]
+    assert set(lock) == {*regime.NAMES, "all"}
+    assert sum(lock[n]["rows"] for n in regime.NAMES) == lock["all"]["rows"] == rep["summary"]["lockbox"]["rows"]
+    for name in ("control", *regime.VARIANTS):
+        d = lock["all"][name]["delta_vs_student"]
+        assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    # the per-regime student row is the lockbox student's own score restricted to that regime
+    assert lock["all"]["student"]["log_loss"] == pytest.approx(rep["summary"]["lockbox"]["student"]["log_loss"])
+    row = rep["methods"]["regime"]
+    assert set(row) - {"variant"} == METHOD_KEYS
+    assert row["gap_recovered"]["lo"] <= row["gap_recovered"]["point"] <= row["gap_recovered"]["hi"]
+    man = Model.load(out).manifest["distillation"]["regime"]
+    assert man["variant"] == "temperature" and len(man["vol_edges"]) == 2
+    assert set(man["temperature_alpha"]) == set(regime.NAMES)
