@@ -171,6 +171,9 @@ def test_train_reports_regimes_and_ships_the_temperature_variant(tmp_path):
     for name in ("control", *regime.VARIANTS):
         d = lock["all"][name]["delta_vs_student"]
         assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+        # supported on the lockbox exactly when the variant's log loss is lower over the whole interval
+        if name != "control":
+            assert part["lockbox"]["supports"][name] == (d["ci95"][1] < 0)
     # the per-regime student row is the lockbox student's own score restricted to that regime
     assert lock["all"]["student"]["log_loss"] == pytest.approx(rep["summary"]["lockbox"]["student"]["log_loss"])
     row = rep["methods"]["regime"]

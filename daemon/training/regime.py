@@ -159,7 +159,8 @@ def _measures(per_seed: list[np.ndarray], y: np.ndarray, fwd: np.ndarray) -> dic
 
 def per_regime(P, idx: np.ndarray, regime: np.ndarray, models: dict[str, list[np.ndarray]], n_boot: int) -> dict:
     """Per regime (and ``all``): rows, each model's log loss / direction AUC / IC (mean over seeds), and
-    paired day-block intervals of ``log loss(other) - log loss(student)`` (positive: the student is better).
+    paired day-block intervals of ``log loss(other) - log loss(student)`` (positive: the student is better;
+    the verdict is the other model's: "helps" when the whole interval is negative).
 
     ``models`` must hold "student"; rows ``idx`` of ``P``, ``regime`` aligned with them.
     """
@@ -178,7 +179,8 @@ def per_regime(P, idx: np.ndarray, regime: np.ndarray, models: dict[str, list[np
             part[model] = _measures([p[m] for p in ps], y[m], fwd[m])
             if model != "student":
                 d = paired_mean(ll[model][m] - ll["student"][m], blocks, n_boot)
-                part[model]["delta_vs_student"] = {**d, "verdict": verdict(d["ci95"])}
+                # the verdict speaks for the other model: "helps" when its log loss is lower
+                part[model]["delta_vs_student"] = {**d, "verdict": verdict(d["ci95"], better_when_positive=False)}
         out[name] = part
     return out
 
@@ -326,3 +328,41 @@ def final_kwargs(cfg, dev: dict, P, rows: np.ndarray) -> dict:
     if cfg.regime == "none":
         return {}
     return {"regime": final_regimes(P, rows).assign(P.x_student[rows]), "regime_params": dev["_params"]}
+
+
+def markdown(part: dict) -> list[str]:
+    """The report's regime section: per-regime read-outs on development folds and the lockbox, and the verdict."""
+
+    def ci(d: dict) -> str:
+        lo, hi = d["ci95"]
+        return f"{1000 * d['mean']:+.2f} [{1000 * lo:+.2f}, {1000 * hi:+.2f}]"
+
+    edges = part["regimes"]["vol_edges"]
+    lines = ["### Regimes (terciles of rvol_100 x sign of ret_20)", "",
+             "Thresholds from each fold's training rows "
+             f"(lockbox fold: rvol_100 edges {edges[0]:.6g}, {edges[1]:.6g}). "
+             "Per regime: rows, the default distilled student's log loss, direction AUC and IC (mean over seeds), "
+             "and each other model's log loss minus the student's, millinats with a one-day block 95% interval "
+             "(positive: the default student is better).", ""]
+    for where in ("development", "lockbox"):
+        per = part[where]["per_regime"]
+        others = [k for k in per["all"] if isinstance(per["all"][k], dict) and "delta_vs_student" in per["all"][k]]
+        head = " | ".join(f"{o} - student" for o in others)
+        lines += [f"{where.capitalize()}:", "", f"| regime | rows | student LL | dir. AUC | IC | {head} |",
+                  "|---" * (5 + len(others)) + "|"]
+        for name, p in per.items():
+            if "student" not in p:
+                lines.append(f"| {name} | {p['rows']} |" + " n/a |" * (3 + len(others)))
+                continue
+            s = p["student"]
+            lines.append(f"| {name} | {p['rows']} | {s['log_loss']:.4f} | {s['direction_auc']:.3f} | {s['ic']:.3f} | "
+                         + " | ".join(ci(p[o]["delta_vs_student"]) for o in others) + " |")
+        lines.append("")
+    t = part["per_regime_temperature_alpha"]
+    lines += ["Per-regime (T, alpha) of the temperature variant: "
+              + ", ".join(f"{n} ({v['temperature']:g}, {v['alpha']:g})" for n, v in t.items()) + ".", "",
+              f"Chosen on development folds: **{part['choice_on_development']}**; lockbox supports: "
+              + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in part["lockbox"]["supports"].items())
+              + f"; recommended default: **{part['recommended']}**; this artifact uses: **{part['shipped']}**. "
+              + part["serving"] + ".", ""]
+    return lines
