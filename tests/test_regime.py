@@ -3,7 +3,9 @@ regime section of a ``kdsignal train`` run on the samples."""
 
 from __future__ import annotations
 
+import functools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -128,7 +130,9 @@ def _regime_choices(P, cfg):
     ch = train.develop(P, cfg, folds, p_t, cache, {})
     ks = list(range(1, len(folds) - 1))
     dev_models = train.models_on(P, cfg, folds, ks, p_t, cache, train.model_variants(cfg, ch))
-    return regime.develop(P, cfg, folds, p_t, cache, ch, dev_models)
+    run = SimpleNamespace(variant=functools.partial(train.distilled, cfg), trade=train.trading_readout,
+                          predict=functools.partial(train.predict, P, cfg, folds, p_t, cache))
+    return regime.develop(P, cfg, folds, ch, dev_models, run)
 
 
 @pytest.mark.slow

@@ -202,28 +202,26 @@ def interval(d: dict) -> dict:
 
 # --- the run: development choice, then the lockbox once -----------------------------------------------------
 
-def develop(P, cfg, folds, p_t: np.ndarray, cache: dict, ch: dict, dev_models: dict) -> dict:
+def develop(P, cfg, folds, ch: dict, dev_models: dict, run) -> dict:
     """Per-regime T/alpha, every variant over every seed on the development folds, and the variant chosen there.
 
-    ``cache``, ``ch`` and ``dev_models`` are ``train.develop``'s job cache, choices and development predictions.
+    ``ch`` and ``dev_models`` are ``train.develop``'s choices and development predictions; ``run`` is the
+    training run's job runner: ``run.variant(T, alpha, **kw)`` makes a ``train.Variant``,
+    ``run.predict(ks, {name: variant}, seeds)`` trains (or reuses) them and returns per-seed test probabilities
+    on folds ``ks``, ``run.trade`` is ``train.trading_readout``.
     """
-    from . import train as T
-
     ks = list(range(1, len(folds) - 1))
     idx = np.concatenate([np.flatnonzero(folds[k].test) for k in ks])
     y = P.y[idx]
     r = regimes_on(P, folds, ks)
     seed0 = cfg.seeds[0]
     default = (ch["temperature"], ch["alpha"])
-    sweep = {(g["temperature"], g["alpha"]): T._dev_probs(cache, ks, ch["sweep_seed"],
-                                                          T.distilled(cfg, g["temperature"], g["alpha"]))
-             for g in ch["sweep"]}
+    grid = {(g["temperature"], g["alpha"]): run.variant(g["temperature"], g["alpha"]) for g in ch["sweep"]}
+    sweep = {ta: ps[0] for ta, ps in run.predict(ks, grid, (ch["sweep_seed"],)).items()}
     params = choose_params(sweep, y, r, default) if sweep else (default,) * N_REGIMES
-    variants = {name: T.distilled(cfg, *default, regime=name, regime_params=params if name == "temperature" else ())
+    variants = {name: run.variant(*default, regime=name, regime_params=params if name == "temperature" else ())
                 for name in cfg.regime_variants}
-    T.run_jobs(P, cfg, folds, p_t, [(k, s, v) for v in variants.values() for s in cfg.seeds for k in ks], cache,
-               "regimes")
-    preds = {name: [T._dev_probs(cache, ks, s, v) for s in cfg.seeds] for name, v in variants.items()}
+    preds = run.predict(ks, variants, cfg.seeds)
     models = {"student": dev_models["student"], "control": dev_models["control"], **preds}
     per = per_regime(P, idx, r, models, cfg.bootstrap_samples)
     deltas = {name: {**paired_mean(_mean_row_ll(models["student"], y) - _mean_row_ll(ps, y), blocks_of(P.start_ms[idx]),
@@ -237,14 +235,13 @@ def develop(P, cfg, folds, p_t: np.ndarray, cache: dict, ch: dict, dev_models: d
             "seeds": list(cfg.seeds), "seed0": seed0, "on": ch["on"]}
 
 
-def lockbox(P, cfg, folds, p_t: np.ndarray, cache: dict, dev: dict, lock_models: dict, ticks: dict, dev_region,
-            lock_region, bars_per_year: float) -> tuple[dict, dict | None]:
+def lockbox(P, cfg, folds, dev: dict, lock_models: dict, ticks: dict, dev_region, lock_region, bars_per_year: float,
+            run) -> tuple[dict, dict | None]:
     """Score the student, its control and every variant on the lockbox, per regime; return (report part, methods row).
 
     Nothing read here changes ``dev["choice"]``; ``recommended`` is that choice when the lockbox interval
-    against the default student is also wholly positive, else "none".
+    against the default student is also wholly positive, else "none". ``run`` as in ``develop``.
     """
-    from . import train as T
     from .policies import choose_policies
 
     L = len(folds) - 1
@@ -252,8 +249,7 @@ def lockbox(P, cfg, folds, p_t: np.ndarray, cache: dict, dev: dict, lock_models:
     reg = fit_regimes(P.x_student, folds[L].train & P.valid)
     r = reg.assign(P.x_student[idx])
     variants = dev["_variants"]
-    T.run_jobs(P, cfg, folds, p_t, [(L, s, v) for v in variants.values() for s in cfg.seeds], cache, "regimes")
-    preds = {name: [cache[(L, s, v)][0] for s in cfg.seeds] for name, v in variants.items()}
+    preds = run.predict([L], variants, cfg.seeds)
     models = {"student": lock_models["student"], "control": lock_models["control"], **preds}
     per = per_regime(P, idx, r, models, cfg.bootstrap_samples)
     supports = {name: per["all"][name]["delta_vs_student"]["verdict"] == "helps" for name in preds}
@@ -277,7 +273,7 @@ def lockbox(P, cfg, folds, p_t: np.ndarray, cache: dict, dev: dict, lock_models:
     dd = dev["delta_vs_student"]
     name = choice if choice != "none" else max(dd, key=lambda n: dd[n]["mean"])
     row = methods_row(P, cfg, idx, name, models, lock_models["teacher"][0], dev, ticks, dev_region, lock_region,
-                      bars_per_year, choose_policies)
+                      bars_per_year, choose_policies, run.trade)
     return part, row
 
 
@@ -288,9 +284,9 @@ def _edge_full(n: int, idx: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def methods_row(P, cfg, idx, name, models, p_teacher, dev, ticks, dev_region, lock_region, bars_per_year,
-                choose_policies) -> dict:
-    """One row of the methods table for variant ``name`` on the lockbox rows ``idx``."""
-    from . import train as T
+                choose_policies, trade) -> dict:
+    """One row of the methods table for variant ``name`` on the lockbox rows ``idx`` (``trade``:
+    ``train.trading_readout``)."""
     from .bootstrap import paired_ratio
 
     y, fwd = P.y[idx], P.fwd[idx]
@@ -305,7 +301,7 @@ def methods_row(P, cfg, idx, name, models, p_teacher, dev, ticks, dev_region, lo
     lock_edge = {name: _edge_full(len(P), idx, models[name][0])}
     argmax = np.full(len(P), np.nan)
     argmax[idx] = np.argmax(models[name][0], axis=1) - 1
-    trade, _ = T.trading_readout(P, lock_region, lock_edge, policies, ticks, cfg, bars_per_year, argmax)
+    trade, _ = trade(P, lock_region, lock_edge, policies, ticks, cfg, bars_per_year, argmax)
     return {
         "variant": f"regime_{name}",
         "log_loss": m["log_loss"], "ic": m["ic"], "direction_auc": m["direction_auc"],

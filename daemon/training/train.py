@@ -20,12 +20,14 @@ The protocol, in order (``report.md`` states it with this run's dates):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -211,6 +213,13 @@ def run_jobs(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, jobs: list, ca
 
 def _dev_probs(cache: dict, ks: list[int], seed: int, v: Variant) -> np.ndarray:
     return np.concatenate([cache[(k, seed, v)][0] for k in ks])
+
+
+def predict(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, ks: list[int], variants: dict,
+            seeds) -> dict[str, list[np.ndarray]]:
+    """Per-seed test probabilities (folds ``ks`` concatenated) of each named variant, trained where not cached."""
+    run_jobs(P, cfg, folds, p_t, [(k, s, v) for v in variants.values() for s in seeds for k in ks], cache, "variants")
+    return {name: [_dev_probs(cache, ks, s, v) for s in seeds] for name, v in variants.items()}
 
 
 def volatility_baseline(P: Pooled, train: np.ndarray, test: np.ndarray, bins: int = 10) -> np.ndarray:
@@ -469,7 +478,9 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     timings["ablations_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reg_dev = regime.develop(P, cfg, folds, p_t, cache, ch, dev_models)
+    run = SimpleNamespace(variant=functools.partial(distilled, cfg), trade=trading_readout,
+                          predict=functools.partial(predict, P, cfg, folds, p_t, cache))
+    reg_dev = regime.develop(P, cfg, folds, ch, dev_models, run)
     timings["regime_development_s"] = time.perf_counter() - t0
 
     # decision policies: chosen on the development test blocks (first seed), before the lockbox is read
@@ -513,8 +524,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                                               argmax_full(lock_models["student"][0], lock_idx))
     timings["lockbox_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    reg_doc, reg_row = regime.lockbox(P, cfg, folds, p_t, cache, reg_dev, lock_models, ticks, dev_region,
-                                      lock_region, bars_per_year)
+    reg_doc, reg_row = regime.lockbox(P, cfg, folds, reg_dev, lock_models, ticks, dev_region, lock_region,
+                                      bars_per_year, run)
     timings["regime_lockbox_s"] = time.perf_counter() - t0
 
     # the shipped student: every row with a soft target, for the epochs the lockbox model early-stopped at
