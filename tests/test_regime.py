@@ -157,7 +157,7 @@ def test_perturbing_the_lockbox_changes_no_regime_choice(P):
 
 
 @pytest.mark.slow
-def test_train_reports_regimes_and_ships_the_temperature_variant(tmp_path):
+def test_train_reports_regimes_and_ships_the_temperature_variant(tmp_path, capsys):
     """A run with ``--regime temperature`` writes per-regime read-outs, the methods row, and an artifact that
     carries its thresholds and per-regime T/alpha and serves like any student."""
     cfgfile = tmp_path / "config.toml"
@@ -183,6 +183,8 @@ def test_train_reports_regimes_and_ships_the_temperature_variant(tmp_path):
     row = rep["methods"]["regime"]
     assert set(row) - {"variant"} == METHOD_KEYS
     assert row["gap_recovered"]["lo"] <= row["gap_recovered"]["point"] <= row["gap_recovered"]["hi"]
+    printed = json.loads(capsys.readouterr().out)["regime"]
+    assert printed == {k: part[k] for k in ("choice_on_development", "recommended", "shipped")}
     man = Model.load(out).manifest["distillation"]["regime"]
     assert man["variant"] == "temperature" and len(man["vol_edges"]) == 2
     assert set(man["temperature_alpha"]) == set(regime.NAMES)

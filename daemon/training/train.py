@@ -587,8 +587,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
             "temperature", "alpha", "control_lr", "control_weight_decay")}},
     }
     if cfg.regime != "none":
-        manifest["distillation"]["regime"] = {"variant": cfg.regime, **regime.final_regimes(P, rows).to_dict(),
-                                              "temperature_alpha": reg_dev["params"]}
+        manifest["distillation"]["regime"] = {
+            "variant": cfg.regime, **regime.final_regimes(P, rows).to_dict(), "temperature_alpha": reg_dev["params"],
+            "what": "thresholds from the rows this artifact was fitted on; metrics describe the default student, "
+                    "this variant's own lockbox read-out is report.json's regime section"}
     model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
                              activations=final.mlp.activations, feature_mean=final.feature_mean,
                              feature_std=final.feature_std, manifest=manifest)
@@ -739,6 +741,7 @@ def run_cli(args: argparse.Namespace) -> int:
                              "blocks": lk["delta_vs_control"]["blocks"]},
         "gap_recovered": None if lk["gap_recovered"] is None or not np.isfinite(lk["gap_recovered"])
         else round(lk["gap_recovered"], 3),
+        "regime": {k: doc["regime"][k] for k in ("choice_on_development", "recommended", "shipped")},
     }, indent=1))
     return 0
 
