@@ -110,14 +110,17 @@ def test_router_trains_each_regime_on_its_own_rows(P):
 
 
 def test_config_refuses_regimes_it_cannot_serve(tmp_path, capsys):
-    """``regime = "router"`` and unknown variants are refused by name; the CLI exits 2 with the message."""
-    with pytest.raises(ValueError, match="router"):
-        TrainConfig(regime="router")
+    """``regime = "input"``, a regime not evaluated and unknown variants are refused by name; the CLI exits 2 with
+    the message."""
+    with pytest.raises(ValueError, match="input"):
+        TrainConfig(regime="input")
     with pytest.raises(ValueError, match="regime"):
         TrainConfig(regime="sideways")
+    with pytest.raises(ValueError, match="not in regime_variants"):
+        TrainConfig(regime="router", regime_variants=("temperature",))
     with pytest.raises(ValueError, match="regime_variants"):
         TrainConfig.from_mapping({"regime_variants": ["temperature", "weather"]})
-    assert TrainConfig.from_mapping({"regime_variants": ["router"]}).regime_variants == ("router",)
+    assert TrainConfig.from_mapping({"regime": "router", "regime_variants": ["router"]}).regime == "router"
     rc = cli_main(["train", "--regime", "input", "--data", str(DATA), "--out", str(tmp_path / "m.npz"),
                    "--no-progress"])
     assert rc == 2 and "regime = 'input' cannot ship" in capsys.readouterr().err
@@ -188,3 +191,36 @@ def test_train_reports_regimes_and_ships_the_temperature_variant(tmp_path, capsy
     man = Model.load(out).manifest["distillation"]["regime"]
     assert man["variant"] == "temperature" and len(man["vol_edges"]) == 2
     assert set(man["temperature_alpha"]) == set(regime.NAMES)
+
+
+@pytest.mark.slow
+def test_train_ships_a_router_served_by_the_step_kernel(tmp_path):
+    """``--regime router`` writes a router artifact whose thresholds are the fitted rows' terciles and whose
+    compiled step serves each bar with its regime's student."""
+    from kernels.features import features_batch
+    from kernels.layout import router_size
+    from tests.naive import router_reference
+    from tests.support import load_csv
+
+    cfg = TINY_TRAIN.replace(seeds=(0,), regime_variants=("router",))
+    out = tmp_path / "r.npz"
+    doc = train.train([str(DATA)], out, cfg.replace(regime="router"), interval="5")
+    assert doc["regime"]["shipped"] == "router"
+    model = Model.load(out, kernel="jit")
+    assert router_size(model.vector) == regime.N_REGIMES
+    edges = model.manifest["router"]["vol_edges"]
+    assert edges == model.manifest["distillation"]["regime"]["vol_edges"]
+    from daemon.core.artifact import load_artifact
+    from kernels.layout import unpack_mlp
+
+    art = load_artifact(out)
+    one, f = len(art.mlp) // 6, len(FEATURE_NAMES)
+    students = []
+    for g in range(6):
+        w, b, acts, _ = unpack_mlp(art.mlp[g * one : (g + 1) * one])
+        students.append((w, b, acts, art.feature_mean[g * f : (g + 1) * f], art.feature_std[g * f : (g + 1) * f],
+                         cfg.feature_clip))
+    bars = load_csv(DATA / "ETHUSDT-5m.csv")[:, 1:6]
+    feats = features_batch(*bars.T)[200:]
+    np.testing.assert_allclose(model.predict_features(feats), router_reference(students, VOL, TREND, edges, feats),
+                               rtol=1e-10, atol=1e-14)

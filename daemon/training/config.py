@@ -93,8 +93,8 @@ class TrainConfig:
     control_weight_decays: tuple[float, ...] = (0.0, 0.001)
     # variants re-run over every seed on the development folds, judged by their paired interval (ABLATIONS)
     ablations: tuple[str, ...] = ("teacher_without_extras", "recency_weighting", "student_first_block")
-    # --- regimes (daemon/training/regime.py): the variant the shipped student uses ("none" or "temperature";
-    # "input" and "router" are evaluated but the serving kernel cannot run them), and the variants evaluated
+    # --- regimes (daemon/training/regime.py): the variant the shipped student uses ("none", "temperature" or
+    # "router"; "input" is evaluated but the serving kernel cannot run it), and the variants evaluated
     regime: str = "none"
     regime_variants: tuple[str, ...] = ("temperature", "input", "router")
     # --- evaluation / output
@@ -154,11 +154,14 @@ class TrainConfig:
             ("ablations", all(a in ABLATIONS for a in self.ablations)),
             ("regime_variants", all(v in REGIME_VARIANTS for v in self.regime_variants)),
         ]
-        if self.regime in ("input", "router"):
-            raise ValueError(f"[train] regime = {self.regime!r} cannot ship: the serving kernel has no regime "
-                             f"router or regime input; list it in regime_variants to evaluate it")
-        if self.regime not in ("none", "temperature"):
-            raise ValueError(f"[train] regime = {self.regime!r}: expected none or temperature")
+        if self.regime == "input":
+            raise ValueError("[train] regime = 'input' cannot ship: the serving kernel does not append a regime to "
+                             "the student's input; list it in regime_variants to evaluate it")
+        if self.regime not in ("none", "temperature", "router"):
+            raise ValueError(f"[train] regime = {self.regime!r}: expected none, temperature or router")
+        if self.regime != "none" and self.regime not in self.regime_variants:
+            raise ValueError(f"[train] regime = {self.regime!r} is not in regime_variants: a variant is evaluated "
+                             "before it ships")
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"[train] {name} = {getattr(self, name)!r} is out of range")

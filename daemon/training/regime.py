@@ -15,8 +15,9 @@ on the development folds by a paired day-block interval, then scored once on the
 - ``router``: one student per regime, each trained on its regime's rows (a regime with fewer than
   ``MIN_REGIME_ROWS`` training rows uses the student trained on all rows).
 
-``input`` and ``router`` are evaluated here only: the serving kernel has no regime router, so
-``[train] regime`` can ship ``none`` or ``temperature`` (``config.TrainConfig``).
+``[train] regime`` ships ``none``, ``temperature`` (an ordinary student) or ``router`` (a router artifact,
+``daemon.core.artifact.save_router_artifact``, served by the same kernel call: ``kernels.layout.pack_router``);
+``input`` is evaluated here only (the serving kernel does not append a regime to the input).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def fit_variant(v, P, fold, fit: np.ndarray, val: np.ndarray, p_fit: np.ndarray,
     out = np.full((len(test), 3), np.nan)
     rf, rv, rt = r[fit], r[val], r[test]
     fallback = None
-    info["fallback_regimes"] = []
+    info["fallback_regimes"], info["best_epochs"] = [], {}
     for g in range(N_REGIMES):
         here = rt == g
         if not here.any():
@@ -120,6 +121,7 @@ def fit_variant(v, P, fold, fit: np.ndarray, val: np.ndarray, p_fit: np.ndarray,
                 fallback = train_student(x[fit], yf, p_fit, w, x[val], yv, cfg, seed, **kw)
             s = fallback
             info["fallback_regimes"].append(NAMES[g])
+        info["best_epochs"][NAMES[g]] = s.best_epoch
         out[here] = s.predict_proba(x[test[here]])
     return out, info
 
@@ -265,7 +267,8 @@ def lockbox(P, cfg, folds, dev: dict, lock_models: dict, ticks: dict, dev_region
         "choice_on_development": choice,
         "recommended": choice if choice != "none" and supports.get(choice, False) else "none",
         "shipped": cfg.regime,
-        "serving": "temperature changes training only; input and router are evaluated here, not servable",
+        "serving": "temperature changes training only; router ships as a router artifact (a student per regime, "
+                   "routed in the step kernel); input is evaluated here, not servable",
     }
     if not preds:
         return part, None
@@ -320,8 +323,8 @@ def final_regimes(P, rows: np.ndarray) -> Regimes:
 
 
 def final_kwargs(cfg, dev: dict, P, rows: np.ndarray) -> dict:
-    """``train_student`` arguments of the shipped student under ``cfg.regime`` (none: no arguments)."""
-    if cfg.regime == "none":
+    """``train_student`` arguments of the shipped student under ``cfg.regime`` (only temperature has any)."""
+    if cfg.regime != "temperature":  # a router is fitted by save_router
         return {}
     return {"regime": final_regimes(P, rows).assign(P.x_student[rows]), "regime_params": dev["_params"]}
 
@@ -362,3 +365,34 @@ def markdown(part: dict) -> list[str]:
               + f"; recommended default: **{part['recommended']}**; this artifact uses: **{part['shipped']}**. "
               + part["serving"] + ".", ""]
     return lines
+
+
+def save_router(path, P, rows: np.ndarray, p_t: np.ndarray, cfg, seed: int, ch: dict, lock_info: dict,
+                epochs: int, manifest: dict) -> str:
+    """Fit the shipped router on ``rows`` (a student per regime, thresholds from these rows, each for the epochs
+    its regime's lockbox model early-stopped at, else ``epochs``) and write it; return the model id.
+
+    A regime with fewer than ``MIN_REGIME_ROWS`` rows gets the student fitted on all ``rows``.
+    """
+    from daemon.core.artifact import save_router_artifact
+
+    reg = final_regimes(P, rows)
+    r = reg.assign(P.x_student)
+    kw = {"temperature": ch["temperature"], "alpha": ch["alpha"]}
+    best = lock_info.get("best_epochs", {})
+    students, fallback = [], None
+    for g in range(N_REGIMES):
+        m = rows & (r == g)
+        n_ep = max(1, int(best.get(NAMES[g], epochs)))
+        if m.sum() >= MIN_REGIME_ROWS:
+            s = train_student(P.x_student[m], P.y[m], p_t[m], np.ones(int(m.sum())), P.x_student[:0], P.y[:0], cfg,
+                              seed, fixed_epochs=n_ep, **kw)
+        else:
+            if fallback is None:
+                fallback = train_student(P.x_student[rows], P.y[rows], p_t[rows], np.ones(int(rows.sum())),
+                                         P.x_student[:0], P.y[:0], cfg, seed, fixed_epochs=epochs, **kw)
+            s = fallback
+        students.append((s.mlp.weights, s.mlp.biases, s.feature_mean, s.feature_std))
+        acts = s.mlp.activations
+    return save_router_artifact(path, students=students, activations=acts, vol_edges=reg.vol_edges,
+                                manifest=manifest)

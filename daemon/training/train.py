@@ -591,9 +591,13 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
             "variant": cfg.regime, **regime.final_regimes(P, rows).to_dict(), "temperature_alpha": reg_dev["params"],
             "what": "thresholds from the rows this artifact was fitted on; metrics describe the default student, "
                     "this variant's own lockbox read-out is report.json's regime section"}
-    model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
-                             activations=final.mlp.activations, feature_mean=final.feature_mean,
-                             feature_std=final.feature_std, manifest=manifest)
+    if cfg.regime == "router":
+        model_id = regime.save_router(out_path, P, rows, p_t, cfg, s0, ch,
+                                      cache[(L, s0, reg_dev["_variants"]["router"])][1], epochs, manifest)
+    else:
+        model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
+                                 activations=final.mlp.activations, feature_mean=final.feature_mean,
+                                 feature_std=final.feature_std, manifest=manifest)
 
     reliability = {k: ev.reliability(lock_models[k][0], P.y[lock_idx], cfg.ece_bins)
                    for k in ("teacher", "student", "control")}
@@ -660,8 +664,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="use [train] temperature and alpha as they are")
     parser.add_argument("--regime", choices=("none", "temperature", "input", "router"), default=None,
-                        help="regime variant of the shipped student (default [train] regime; input and router are "
-                             "only evaluated, see [train] regime_variants)")
+                        help="regime variant of the shipped student (default [train] regime): temperature "
+                             "(per-regime T and alpha), router (a student per regime); input is only evaluated "
+                             "(see [train] regime_variants)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one [train] knob (TOML value syntax), e.g. --set lockbox_days=30")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
