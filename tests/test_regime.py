@@ -72,9 +72,10 @@ def test_per_regime_params_pick_each_regimes_best():
 
 
 def test_the_simplest_supported_variant_is_chosen():
-    """Only a wholly positive development interval supports a variant; of several, the simplest is chosen."""
-    yes = {"mean": 0.01, "ci95": [0.001, 0.02]}
-    no = {"mean": 0.01, "ci95": [-0.001, 0.02]}
+    """Only a development interval of log loss(variant) - log loss(student) wholly below zero supports a variant;
+    of several, the simplest is chosen."""
+    yes = {"mean": -0.01, "ci95": [-0.02, -0.001]}
+    no = {"mean": -0.01, "ci95": [-0.02, 0.001]}
     assert regime.choose_variant({"temperature": no, "input": no, "router": no}) == "none"
     assert regime.choose_variant({"temperature": no, "input": yes, "router": yes}) == "input"
     assert regime.choose_variant({"router": yes}) == "router"

@@ -188,11 +188,11 @@ def per_regime(P, idx: np.ndarray, regime: np.ndarray, models: dict[str, list[np
 
 
 def choose_variant(deltas: dict[str, dict]) -> str:
-    """The simplest variant whose development interval against the default student is wholly positive, else
-    "none". ``deltas`` maps a variant to ``paired_mean(ll(student) - ll(variant))`` (positive: it helps)."""
+    """The simplest variant whose development interval against the default student is wholly negative (a lower
+    log loss), else "none". ``deltas`` maps a variant to ``paired_mean(ll(variant) - ll(student))``."""
     for name in VARIANTS:
         d = deltas.get(name)
-        if d is not None and verdict(d["ci95"]) == "helps":
+        if d is not None and verdict(d["ci95"], better_when_positive=False) == "helps":
             return name
     return "none"
 
@@ -226,11 +226,7 @@ def develop(P, cfg, folds, ch: dict, dev_models: dict, run) -> dict:
     preds = run.predict(ks, variants, cfg.seeds)
     models = {"student": dev_models["student"], "control": dev_models["control"], **preds}
     per = per_regime(P, idx, r, models, cfg.bootstrap_samples)
-    deltas = {name: {**paired_mean(_mean_row_ll(models["student"], y) - _mean_row_ll(ps, y), blocks_of(P.start_ms[idx]),
-                                   cfg.bootstrap_samples), "what": "log loss(student) - log loss(variant)"}
-              for name, ps in preds.items()}
-    for d in deltas.values():
-        d["verdict"] = verdict(d["ci95"])
+    deltas = {name: per["all"][name]["delta_vs_student"] for name in preds}
     return {"params": {NAMES[g]: {"temperature": t, "alpha": a} for g, (t, a) in enumerate(params)},
             "_params": params, "_variants": variants, "_dev_preds": preds, "_dev_idx": idx,
             "per_regime": per, "delta_vs_student": deltas, "choice": choose_variant(deltas),
@@ -241,8 +237,8 @@ def lockbox(P, cfg, folds, dev: dict, lock_models: dict, ticks: dict, dev_region
             run) -> tuple[dict, dict | None]:
     """Score the student, its control and every variant on the lockbox, per regime; return (report part, methods row).
 
-    Nothing read here changes ``dev["choice"]``; ``recommended`` is that choice when the lockbox interval
-    against the default student is also wholly positive, else "none". ``run`` as in ``develop``.
+    Nothing read here changes ``dev["choice"]``; ``recommended`` is that choice when its lockbox interval
+    against the default student is also wholly below zero (a lower log loss), else "none". ``run`` as in ``develop``.
     """
     from .policies import choose_policies
 
@@ -258,8 +254,8 @@ def lockbox(P, cfg, folds, dev: dict, lock_models: dict, ticks: dict, dev_region
     choice = dev["choice"]
     part = {
         "regimes": reg.to_dict(),
-        "what": "regimes from each fold's training rows; variants vs the default distilled student, paired one-day "
-                "block intervals of log loss(student) - log loss(variant) (positive: the variant is better)",
+        "what": "regimes from each fold's training rows; every model vs the default distilled student: paired "
+                "one-day block intervals of log loss(model) - log loss(student) (negative: the model is better)",
         "per_regime_temperature_alpha": dev["params"],
         "development": {"per_regime": dev["per_regime"], "delta_vs_student": dev["delta_vs_student"],
                         "on": dev["on"], "seeds": dev["seeds"]},
@@ -274,7 +270,7 @@ def lockbox(P, cfg, folds, dev: dict, lock_models: dict, ticks: dict, dev_region
         return part, None
     # the methods row: the development choice, else the variant with the best development mean
     dd = dev["delta_vs_student"]
-    name = choice if choice != "none" else max(dd, key=lambda n: dd[n]["mean"])
+    name = choice if choice != "none" else min(dd, key=lambda n: dd[n]["mean"])
     row = methods_row(P, cfg, idx, name, models, lock_models["teacher"][0], dev, ticks, dev_region, lock_region,
                       bars_per_year, choose_policies, run.trade)
     return part, row
