@@ -33,11 +33,27 @@ is ``alpha_bp = mu * rvol_20 * bp_per_unit`` (``bp_per_unit = 1e4 * sqrt(h)``) a
 ``sd_bp = exp(log_var / 2) * rvol_20 * bp_per_unit``; the step returns the decided class: buy when
 ``alpha_bp > buy_above``, sell when ``alpha_bp < sell_below``, else hold (a NaN is hold).
 
+**Router vector** (``pack_router``): ``R`` students of one architecture (classes head) and the regime
+rule that picks one per bar from the bar's own features (``daemon.training.regime``)::
+
+    [0] ROUTER_MARK (-1: a student vector starts with F >= 1)
+    [1] R               [2] volatility feature index   [3] trend feature index
+    [4], [5]            volatility edges (ascending)
+    [6 .. 6+R]          offset of each student vector in this vector
+    then the R student vectors, as ``pack_student`` writes them
+
+    regime = 2 * ((vol > edge0) + (vol > edge1)) + (trend > 0)    (a NaN compares False)
+
+and the regime's student runs. A plain student vector is the one-student case and keeps its layout.
+
 **Student state**: a feature state followed by ``2W`` scratch slots, then the K outputs, then the K
-read-out values: probabilities, or ``alpha_bp`` [, ``sd_bp``] (``student_state_size``, ``probs_offset``).
+read-out values: probabilities, or ``alpha_bp`` [, ``sd_bp``] (``student_state_size``, ``probs_offset``);
+for a router, W and K of its students (all the same).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -205,8 +221,76 @@ def pack_student(mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float
     return np.ascontiguousarray(np.concatenate([head, mean, 1.0 / std, mlp, tail]))
 
 
+# ------------------------------------------------------------------ router vector
+ROUTER_MARK = -1.0
+R_COUNT = 1
+R_VOL_FEATURE = 2
+R_TREND_FEATURE = 3
+R_EDGES = 4
+R_OFFSETS = 6
+N_VOL_EDGES = 2
+ROUTER_REGIMES = 2 * (N_VOL_EDGES + 1)
+
+
+def pack_router(students: list[np.ndarray], vol_feature: int, trend_feature: int, vol_edges) -> np.ndarray:
+    """Pack ``ROUTER_REGIMES`` student vectors (``pack_student``, same architecture, classes head) and the regime
+    rule's feature indices and volatility edges into one router vector."""
+    if len(students) != ROUTER_REGIMES:
+        raise ValueError(f"a router has {ROUTER_REGIMES} students, got {len(students)}")
+    archs = {architecture(s) for s in students}
+    if len(archs) != 1:
+        raise ValueError(f"a router's students share one architecture; got {len(archs)}")
+    if next(iter(archs))[3] != HEAD_CLASSES:
+        raise ValueError("a router's students have a classes head")
+    edges = np.asarray(vol_edges, dtype=np.float64)
+    if edges.shape != (N_VOL_EDGES,) or not np.all(np.isfinite(edges)) or edges[0] > edges[1]:
+        raise ValueError(f"router volatility edges {edges.tolist()}: expected {N_VOL_EDGES} finite ascending values")
+    for name, j in (("volatility", vol_feature), ("trend", trend_feature)):
+        if not 0 <= j < N_FEATURES:
+            raise ValueError(f"router {name} feature index {j} is not one of the {N_FEATURES} features")
+    offsets, at = [], R_OFFSETS + ROUTER_REGIMES
+    for s in students:
+        offsets.append(at)
+        at += len(s)
+    head = [ROUTER_MARK, ROUTER_REGIMES, vol_feature, trend_feature, *edges.tolist(), *offsets]
+    return np.ascontiguousarray(np.concatenate([np.array(head, dtype=np.float64), *students]))
+
+
+def router_size(model: np.ndarray) -> int:
+    """Students a router vector routes between; 0 for a plain student vector."""
+    return int(model[R_COUNT]) if model[0] == ROUTER_MARK else 0
+
+
+def first_student(model: np.ndarray) -> int:
+    """Offset of the (first) student vector in ``model``: 0 for a plain student."""
+    return int(model[R_OFFSETS]) if model[0] == ROUTER_MARK else 0
+
+
+def router_students(model: np.ndarray) -> list[np.ndarray]:
+    """The student vectors of a router (views); a plain student is its only student."""
+    n = router_size(model)
+    if n == 0:
+        return [model]
+    ends = [*(int(model[R_OFFSETS + i]) for i in range(1, n)), len(model)]
+    return [model[int(model[R_OFFSETS + i]) : ends[i]] for i in range(n)]
+
+
 def architecture(model: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
-    """(features F, layer sizes d_0..d_L, activation codes, head) of a model vector: what a specialised step freezes."""
+    """(features F, layer sizes d_0..d_L, activation codes, head) of a model vector: what a specialised step freezes.
+
+    A router's is its students' (checked equal, and its header against its length)."""
+    if model[0] == ROUTER_MARK:
+        n = int(model[R_COUNT])
+        if n != ROUTER_REGIMES or len(model) < R_OFFSETS + n:
+            raise ValueError(f"router vector with {n} students, expected {ROUTER_REGIMES}")
+        offs = [int(model[R_OFFSETS + i]) for i in range(n)]
+        if offs[0] != R_OFFSETS + n or any(b <= a for a, b in itertools.pairwise(offs)) \
+                or offs[-1] >= len(model):
+            raise ValueError(f"router vector student offsets {offs} do not fit its {len(model)} values")
+        archs = {architecture(s) for s in router_students(model)}
+        if len(archs) != 1:
+            raise ValueError("router vector's students differ in architecture")
+        return next(iter(archs))
     f = int(model[M_FEATURES])
     off = int(model[M_MLP])
     n_layers = int(model[off])
@@ -229,15 +313,16 @@ def alpha_tail_offset(model: np.ndarray) -> int:
 
 def n_classes(model: np.ndarray) -> int:
     """Number of MLP outputs of a model vector (class logits, or an alpha head's mean [and log-variance])."""
-    off = int(model[M_MLP])
+    b = first_student(model)
+    off = b + int(model[b + M_MLP])
     return int(model[off + 1 + int(model[off])])
 
 
 def student_state_size(model: np.ndarray) -> int:
     """Length of the per-symbol state vector ``student_step`` needs for ``model``."""
-    return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + 2 * n_classes(model)
+    return FEATURE_STATE_SIZE + 2 * int(model[first_student(model) + M_WIDTH]) + 2 * n_classes(model)
 
 
 def probs_offset(model: np.ndarray) -> int:
     """Where the K read-out values (probabilities, or alpha_bp [, sd_bp]) sit in a student state."""
-    return FEATURE_STATE_SIZE + 2 * int(model[M_WIDTH]) + n_classes(model)
+    return FEATURE_STATE_SIZE + 2 * int(model[first_student(model) + M_WIDTH]) + n_classes(model)

@@ -37,9 +37,10 @@ from kernels.layout import (
     STATUS_REJECTED,
     STATUS_WARMING,
     architecture,
+    router_size,
 )
 from kernels.mlp import _softmax
-from kernels.student import _alpha_readout
+from kernels.student import _alpha_readout, _route
 
 SIGNATURE = "int64(float64[::1], float64[::1], float64, float64, float64, float64, float64)"
 
@@ -48,11 +49,11 @@ def _normalise(f):
     means, inv_std, dst = M_HEADER, M_HEADER + f, FEATURE_STATE_SIZE
 
     @njit(inline="always")
-    def normalise(state, model):
+    def normalise(state, model, b):
         # kernels.student._infer's loop, reading the features from the state and writing the scratch input.
-        clip = model[M_CLIP]
+        clip = model[b + M_CLIP]
         for j in range(f):
-            z = (state[S_FEATURES + j] - model[means + j]) * model[inv_std + j]
+            z = (state[S_FEATURES + j] - model[b + means + j]) * model[b + inv_std + j]
             if z > clip:
                 z = clip
             elif z < -clip:
@@ -68,12 +69,12 @@ def _dense(n_in, n_out, act, w_at, src, dst):
     b_at = w_at + n_out * n_in
 
     @njit(inline="always")
-    def dense(state, model):
+    def dense(state, model, b):
         # kernels.mlp._mlp_forward's layer: the same sums in the same order.
         for j in range(n_out):
-            acc = model[b_at + j]
+            acc = model[b + b_at + j]
             for i in range(n_in):
-                acc += model[w_at + j * n_in + i] * state[src + i]
+                acc += model[b + w_at + j * n_in + i] * state[src + i]
             if act == ACT_RELU:
                 acc = acc if acc > 0.0 else 0.0
             elif act == ACT_TANH:
@@ -85,9 +86,9 @@ def _dense(n_in, n_out, act, w_at, src, dst):
 
 def _then(first, second):
     @njit(inline="always")
-    def both(state, model):
-        first(state, model)
-        second(state, model)
+    def both(state, model, b):
+        first(state, model, b)
+        second(state, model, b)
 
     return both
 
@@ -97,7 +98,9 @@ def make_student_step(model: np.ndarray):
 
     Same arguments, results and state layout as ``kernels.student.student_step`` (reference
     ``tests/naive.py::student_reference``); compile it to ``SIGNATURE``. Weights, statistics and clip are
-    still read from ``model`` at run time: only the architecture is frozen.
+    still read from ``model`` at run time: only the architecture is frozen. A router vector
+    (``kernels.layout.pack_router``) gets a step that picks its regime's student per bar
+    (``kernels.student._route``); every other read is then offset by that student's position.
     """
     f, sizes, acts, head = architecture(model)
     n_layers = len(sizes) - 1
@@ -119,12 +122,27 @@ def make_student_step(model: np.ndarray):
     tail = pos  # an alpha head's read-out parameters follow the MLP
     vol_at = S_FEATURES + ALPHA_VOL_FEATURE
 
+    if router_size(model):
+        def student_step_router(state, model, o, h, l, c, v):
+            status = _push_bar(state, o, h, l, c, v)
+            if status <= 0:
+                return STATUS_WARMING if status == 0 else STATUS_REJECTED
+            forward(state, model, _route(model, state, S_FEATURES))
+            _softmax(state, logits, k, 1.0, state, probs)
+            best = 0
+            for i in range(1, k):
+                if state[probs + i] > state[probs + best]:
+                    best = i
+            return best
+
+        return student_step_router
+
     if head == HEAD_ALPHA:
         def student_step_alpha(state, model, o, h, l, c, v):
             status = _push_bar(state, o, h, l, c, v)
             if status <= 0:
                 return STATUS_WARMING if status == 0 else STATUS_REJECTED
-            forward(state, model)
+            forward(state, model, 0)
             return _alpha_readout(model, tail, state[vol_at], state, logits, k, state, probs)
 
         return student_step_alpha
@@ -133,7 +151,7 @@ def make_student_step(model: np.ndarray):
         status = _push_bar(state, o, h, l, c, v)
         if status <= 0:
             return STATUS_WARMING if status == 0 else STATUS_REJECTED
-        forward(state, model)
+        forward(state, model, 0)
         _softmax(state, logits, k, 1.0, state, probs)
         best = 0
         for i in range(1, k):
@@ -153,7 +171,7 @@ def specialised_step(model: np.ndarray):
     Called without numba's dispatcher, it skips the per-call type checks: pass only C-contiguous float64
     vectors and floats (``daemon.core.model.SymbolState`` owns such arrays).
     """
-    key = architecture(model)
+    key = (architecture(model), router_size(model))
     if key not in _jitted:
         fn = njit(SIGNATURE)(make_student_step(model))
         # Under NUMBA_DISABLE_JIT njit returns the Python function itself (coverage runs): serve that.

@@ -26,6 +26,12 @@ from kernels.layout import (
     M_HEADER,
     M_MLP,
     M_WIDTH,
+    R_COUNT,
+    R_EDGES,
+    R_OFFSETS,
+    R_TREND_FEATURE,
+    R_VOL_FEATURE,
+    ROUTER_MARK,
     S_FEATURES,
     STATUS_REJECTED,
     STATUS_WARMING,
@@ -58,16 +64,35 @@ def _alpha_readout(model, tail, vol, z, zi, k, out, oi):
 
 
 @njit(cache=True)
-def _infer(model, x, xi, s, si, k, out, oi):
-    """Normalise features ``x[xi:xi+F]``, forward the student, read its head out; return the class.
+def _route(model, x, xi):
+    """Offset of the student vector that serves features ``x[xi:xi+F]``: 0 for a plain student, else the
+    regime's student of a router (``kernels.layout``). Reference: ``tests/naive.py::router_reference``."""
+    if model[0] != ROUTER_MARK:
+        return 0
+    v = x[xi + int(model[R_VOL_FEATURE])]
+    g = 0
+    if v > model[R_EDGES]:
+        g += 2
+    if v > model[R_EDGES + 1]:
+        g += 2
+    if x[xi + int(model[R_TREND_FEATURE])] > 0.0:
+        g += 1
+    if g >= int(model[R_COUNT]):  # a router packed by pack_router always has them all
+        g = 0
+    return int(model[R_OFFSETS + g])
+
+
+@njit(cache=True)
+def _infer(model, b, x, xi, s, si, k, out, oi):
+    """Normalise features ``x[xi:xi+F]``, forward the student at ``model[b:]``, read its head out; return the class.
 
     ``s[si:si+2W]`` is scratch, ``s[si+2W:si+2W+k]`` receives the outputs, ``out[oi:oi+k]`` the
     read-out: softmax probabilities and their argmax, or an alpha head's ``_alpha_readout``.
     """
-    f = int(model[M_FEATURES])
-    clip = model[M_CLIP]
+    f = int(model[b + M_FEATURES])
+    clip = model[b + M_CLIP]
     for j in range(f):
-        z = (x[xi + j] - model[M_HEADER + j]) * model[M_HEADER + f + j]
+        z = (x[xi + j] - model[b + M_HEADER + j]) * model[b + M_HEADER + f + j]
         if z > clip:
             z = clip
         elif z < -clip:
@@ -75,9 +100,9 @@ def _infer(model, x, xi, s, si, k, out, oi):
         elif z != z:
             z = 0.0
         s[si + j] = z
-    li = si + 2 * int(model[M_WIDTH])
-    end = _mlp_forward(model, int(model[M_MLP]), s, si, s, li)
-    if model[M_HEAD] == HEAD_ALPHA:
+    li = si + 2 * int(model[b + M_WIDTH])
+    end = _mlp_forward(model, b + int(model[b + M_MLP]), s, si, s, li)
+    if model[b + M_HEAD] == HEAD_ALPHA:
         return _alpha_readout(model, end, x[xi + ALPHA_VOL_FEATURE], s, li, k, out, oi)
     _softmax(s, li, k, 1.0, out, oi)
     best = 0
@@ -99,20 +124,22 @@ def student_step(state, model, o, h, l, c, v):
     status = _push_bar(state, o, h, l, c, v)
     if status <= 0:
         return STATUS_WARMING if status == 0 else STATUS_REJECTED
-    off = int(model[M_MLP])
+    b = _route(model, state, S_FEATURES)
+    off = b + int(model[b + M_MLP])
     k = int(model[off + 1 + int(model[off])])
-    w2 = 2 * int(model[M_WIDTH])
+    w2 = 2 * int(model[b + M_WIDTH])
     # State tail: scratch (2W) | outputs (K) | read-out (K).
-    return _infer(model, state, S_FEATURES, state, FEATURE_STATE_SIZE, k, state, FEATURE_STATE_SIZE + w2 + k)
+    return _infer(model, b, state, S_FEATURES, state, FEATURE_STATE_SIZE, k, state, FEATURE_STATE_SIZE + w2 + k)
 
 
 @njit("void(float64[::1], float64[:, ::1], float64[:, ::1])", cache=True)
 def student_batch(model, feats, out):
     """Read-outs (n, K) for a feature matrix (n, F): class probabilities, or alpha_bp [, sd_bp] of an alpha
-    head; rows with a NaN feature (warm-up) get NaN."""
-    f = int(model[M_FEATURES])
+    head; rows with a NaN feature (warm-up) get NaN. A router runs each row's regime student."""
+    b0 = int(model[R_OFFSETS]) if model[0] == ROUTER_MARK else 0  # a router's students share F and W
+    f = int(model[b0 + M_FEATURES])
     k = out.shape[1]
-    w2 = 2 * int(model[M_WIDTH])
+    w2 = 2 * int(model[b0 + M_WIDTH])
     s = np.empty(w2 + k)
     x = np.empty(f)
     p = np.empty(k)
@@ -126,7 +153,7 @@ def student_batch(model, feats, out):
             for i in range(k):
                 out[r, i] = np.nan
             continue
-        _infer(model, x, 0, s, 0, k, p, 0)
+        _infer(model, _route(model, x, 0), x, 0, s, 0, k, p, 0)
         for i in range(k):
             out[r, i] = p[i]
 

@@ -192,3 +192,24 @@ def scorecard_reference(bars, window: int, *, horizon_bars: int, band_k: float, 
     cal = np.minimum((conf * bins).astype(int), bins - 1)
     return {"ll": -np.log(np.clip(p[np.arange(len(t)), y], 1e-15, 1.0)), "brier": ((p - onehot) ** 2).sum(axis=1),
             "dec": dec, "hit": dec == y, "bins": cal, "conf": conf}
+
+
+def regime_reference(rvol_100: float, ret_20: float, vol_edges) -> int:
+    """Regime of one bar (``daemon.training.regime``): 2 * (vol tercile) + (ret_20 > 0); NaN is low and down."""
+    tercile = 0
+    for edge in vol_edges:
+        if rvol_100 > edge:
+            tercile += 1
+    return 2 * tercile + (1 if ret_20 > 0 else 0)
+
+
+def router_reference(students, vol_feature, trend_feature, vol_edges, features) -> np.ndarray:
+    """Probabilities of a router (``kernels.layout.pack_router``): each row's regime student, by
+    ``regime_reference`` and ``student_reference``. ``students``: per regime (weights, biases, activations,
+    mean, std, clip)."""
+    features = np.asarray(features, dtype=np.float64)
+    out = np.empty((len(features), 3))
+    for i, x in enumerate(features):
+        g = regime_reference(x[vol_feature], x[trend_feature], vol_edges)
+        out[i] = student_reference(*students[g], x[None, :])[0]
+    return out

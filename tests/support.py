@@ -202,6 +202,32 @@ def write_random_artifact(path, *, seed: int = 0, interval: str = "5", symbols=(
     )
 
 
+def write_router_artifact(path, *, seed: int = 0, interval: str = "5") -> tuple[str, list[tuple], list[float]]:
+    """Write a valid router artifact: six seeded random students, each with the feature statistics of another
+    slice of real BTCUSDT 5m bars, edges at the rvol_100 terciles. Returns (id, per-regime (weights, biases,
+    activations, mean, std, clip) for ``tests.naive.router_reference``, edges)."""
+    from daemon.core.artifact import save_router_artifact
+
+    bars = load_csv(DATA / "BTCUSDT-5m.csv")
+    feats = features_batch(*(bars[:, i] for i in range(1, 6)))
+    edges = np.nanquantile(feats[:, FEATURE_NAMES.index("rvol_100")], [1 / 3, 2 / 3]).tolist()
+    students, ref = [], []
+    for g, part in enumerate(np.array_split(feats[WINDOW:], 6)):
+        w, b, acts = random_student(seed + g)
+        mean, std = part.mean(axis=0), part.std(axis=0)
+        students.append((w, b, mean, std))
+        ref.append((w, b, acts, mean, std, 6.0))
+    manifest = {
+        "normalisation": {"clip": 6.0},
+        "distillation": {"temperature": 1.0, "alpha": 1.0},
+        "labels": {"note": "random weights for tests"},
+        "data": {"symbols": ["BTCUSDT"], "interval": interval, "start_ms": int(bars[0, 0]), "end_ms": int(bars[-1, 0])},
+        "metrics": {},
+    }
+    model_id = save_router_artifact(path, students=students, activations=ref[0][2], vol_edges=edges, manifest=manifest)
+    return model_id, ref, edges
+
+
 # --- waiting ---------------------------------------------------------------------------------------------------
 
 async def wait_until(predicate, timeout_s: float = 15.0, what: str = "condition") -> None:

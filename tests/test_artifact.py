@@ -12,7 +12,7 @@ import pytest
 from daemon.core.artifact import ArtifactError, load_artifact, save_artifact
 from daemon.core.model import Model
 from kernels.layout import FEATURE_NAMES, WINDOW
-from tests.support import write_random_artifact
+from tests.support import write_random_artifact, write_router_artifact
 
 
 def rewrite(src, dst, *, arrays=None, manifest=None, keep_id=True):
@@ -345,3 +345,71 @@ def test_artifact_policy_is_validated(tmp_path):
         with pytest.raises(ArtifactError, match=field):  # save_artifact reads its file back, so it refuses too
             save_artifact(p, weights=mlp.weights, biases=mlp.biases, activations=mlp.activations,
                           feature_mean=np.zeros(f), feature_std=np.ones(f), manifest={**base, "policy": bad})
+
+
+@pytest.fixture
+def router_good(tmp_path):
+    """A valid router artifact (six random students)."""
+    path = tmp_path / "router.npz"
+    write_router_artifact(path)
+    return path
+
+
+@pytest.mark.parametrize(("over", "words"), [
+    ({"regimes": 5}, "router.regimes"),
+    ({"regimes": 6.0}, "router.regimes"),
+    ({"vol_feature": "rvol_20"}, "router.vol_feature"),
+    ({"trend_feature": "ret_5"}, "router.trend_feature"),
+    ({"vol_edges": [0.002, 0.001]}, "router.vol_edges"),
+    ({"vol_edges": [0.001, None]}, "router.vol_edges"),
+    ({"vol_edges": [0.001]}, "router.vol_edges"),
+    ({"vol_edges": "low"}, "router.vol_edges"),
+])
+def test_bad_router_fields_are_named(tmp_path, router_good, over, words):
+    """Each bad router field is refused by name, even with a matching content hash."""
+    from daemon.core.artifact import _content_hash
+
+    art = load_artifact(router_good)
+    m = dict(art.manifest, router={**art.manifest["router"], **over})
+    m["model_id"] = _content_hash(art.mlp, art.feature_mean, art.feature_std, m)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mlp=art.mlp, feature_mean=art.feature_mean, feature_std=art.feature_std,
+             manifest=np.frombuffer(json.dumps(m).encode(), dtype=np.uint8))
+    with pytest.raises(ArtifactError, match=words.replace(".", r"\.")):
+        load_artifact(bad)
+
+
+def test_router_arrays_must_hold_every_student(tmp_path, router_good, good):
+    """A router manifest over one student's arrays, a plain manifest over six students' arrays, a bad fifth
+    student, a zero std and an unservable last student are all refused, naming the field."""
+    from daemon.core.artifact import _content_hash
+
+    art, plain = load_artifact(router_good), load_artifact(good)
+
+    def write(mlp, mean, std, manifest):
+        m = dict(manifest)
+        m["model_id"] = _content_hash(mlp, mean, std, m)
+        path = tmp_path / "bad.npz"
+        np.savez(path, mlp=mlp, feature_mean=mean, feature_std=std,
+                 manifest=np.frombuffer(json.dumps(m).encode(), dtype=np.uint8))
+        return path
+
+    with pytest.raises(ArtifactError, match="mlp: shape"):
+        load_artifact(write(plain.mlp, plain.feature_mean, plain.feature_std,
+                            dict(plain.manifest, router=art.manifest["router"])))
+    with pytest.raises(ArtifactError, match="mlp: shape"):
+        load_artifact(write(art.mlp, art.feature_mean, art.feature_std,
+                            {k: v for k, v in art.manifest.items() if k != "router"}))
+    one = len(art.mlp) // 6
+    mlp = art.mlp.copy()
+    mlp[4 * one + 1] = 12  # the fifth student's packed input size
+    with pytest.raises(ArtifactError, match=r"mlp \(student 4\): packed layer sizes"):
+        load_artifact(write(mlp, art.feature_mean, art.feature_std, art.manifest))
+    std = art.feature_std.copy()
+    std[3 * 11 + 2] = 0.0
+    with pytest.raises(ArtifactError, match="feature_std"):
+        load_artifact(write(art.mlp, art.feature_mean, std, art.manifest))
+    mlp = art.mlp.copy()
+    mlp[5 * one + 8 :] *= 1e200  # the last student's weights (past its 8-value header): finite, not servable
+    with pytest.raises(ArtifactError, match="student 5: non-finite output"):
+        load_artifact(write(mlp, art.feature_mean, art.feature_std, art.manifest))

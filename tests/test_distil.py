@@ -13,7 +13,7 @@ from daemon.core.model import Model
 from daemon.training import nn
 from daemon.training.config import TrainConfig
 from daemon.training.data import read_csv
-from daemon.training.distil import Student, kd_loss_fn, teacher_logits, train_student
+from daemon.training.distil import Student, grouped_kd_loss_fn, kd_loss_fn, teacher_logits, train_student
 from daemon.training.inputs import student_features
 from daemon.training.labels import LabelParams, make_labels
 from kernels.layout import FEATURE_NAMES, pack_mlp
@@ -88,6 +88,33 @@ def test_parameter_gradients_match_finite_differences(rows, alpha, temperature, 
         part_hard = kd_loss_fn(y, teacher_logits(p), w, temperature, 1.0)(z[~s_], idx[~s_])[0]
         ws, wh = w[idx][s_].sum(), w[idx][~s_].sum()
         assert whole == pytest.approx((ws * part_soft + wh * part_hard) / (ws + wh), rel=1e-12)
+
+
+def test_grouped_loss_is_the_weighted_mean_of_its_groups(rows):
+    """Rows in group g scored at params[g]: one group gives the plain loss and gradient; several give the
+    row-weighted mean of each group's plain loss, and each row's gradient is its own group's, scaled."""
+    _, y, p = rows
+    rng = np.random.default_rng(8)
+    idx = rng.choice(len(y), 96, replace=False)
+    zt = teacher_logits(p)
+    w = rng.uniform(0.2, 2.0, len(y))
+    zs = rng.normal(0, 1, (96, 3))
+    group = rng.integers(0, 3, len(y))
+    one = grouped_kd_loss_fn(y, zt, w, np.zeros(len(y), dtype=np.int64), [(2.0, 0.5)])(zs, idx)
+    plain = kd_loss_fn(y, zt, w, 2.0, 0.5)(zs, idx)
+    assert one[0] == pytest.approx(plain[0], rel=1e-12)
+    np.testing.assert_allclose(one[1], plain[1], rtol=1e-12, atol=1e-15)
+    params = [(1.0, 0.25), (4.0, 0.75), (2.0, 1.0)]
+    loss, g = grouped_kd_loss_fn(y, zt, w, group, params)(zs, idx)
+    total, want = 0.0, 0.0
+    for k, (t, a) in enumerate(params):
+        m = group[idx] == k
+        lk, gk = kd_loss_fn(y, zt, w, t, a)(zs[m], idx[m])
+        share = w[idx][m].sum() / w[idx].sum()
+        want += share * lk
+        total += share
+        np.testing.assert_allclose(g[m], gk * share, rtol=1e-12, atol=1e-15)
+    assert total == pytest.approx(1.0) and loss == pytest.approx(want, rel=1e-12)
 
 
 def test_control_ignores_the_teacher(rows):

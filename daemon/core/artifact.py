@@ -37,6 +37,16 @@ carries ``alpha``::
 policy's thresholds decide the served class from ``alpha_bp`` (null: never on that side), the rest of
 the policy records how they were chosen.
 
+Optional: ``router``, a student per market regime (``kernels.layout.pack_router``, written by
+``save_router_artifact``)::
+
+    {"regimes": 6, "vol_feature": "rvol_100", "trend_feature": "ret_20", "vol_edges": [lo, hi], ...}
+
+``mlp`` then holds the six students' packed MLPs one after another (each of ``student.sizes``), and
+``feature_mean`` / ``feature_std`` their six normalisations (6 x F values); the head is ``classes``. Each
+bar is served by the student of its regime ``2 * ((vol > lo) + (vol > hi)) + (trend > 0)``, computed from
+the bar's own features in the step kernel. Without the key an artifact is one student, as before.
+
 ``save_artifact`` fills ``schema_version``, ``features``, ``warmup_bars``, ``student`` and ``model_id``
 itself; ``load_artifact`` refuses a bad file with ``ArtifactError`` naming the field.
 
@@ -71,6 +81,8 @@ from kernels.layout import (
     FEATURE_NAMES,
     FEATURE_PARAMS,
     HEADS,
+    N_VOL_EDGES,
+    ROUTER_REGIMES,
     WINDOW,
     bp_per_unit,
     mlp_size,
@@ -79,6 +91,7 @@ from kernels.layout import (
 )
 
 SCHEMA_VERSION = 1
+ROUTER_VOL, ROUTER_TREND = "rvol_100", "ret_20"  # the features a router's regime is read from
 # Caps for a hostile file, far above the shipped model's figures (a few kB, under 1,000 weights).
 MAX_FILE_BYTES = 16 << 20
 MAX_MEMBERS = 16
@@ -135,6 +148,11 @@ class Artifact:
         """``"classes"`` or ``"alpha"`` (validated)."""
         return self.manifest.get("head", "classes")
 
+    @property
+    def regimes(self) -> int:
+        """Students in the artifact: ``kernels.layout.ROUTER_REGIMES`` for a router, else 1 (validated)."""
+        return int(self.manifest["router"]["regimes"]) if "router" in self.manifest else 1
+
     def alpha_readout(self) -> tuple[float, float, float] | None:
         """An alpha head's (bp per unit, buy above bp, sell below bp) for ``kernels.layout.pack_student``."""
         if self.head != "alpha":
@@ -188,6 +206,35 @@ def save_artifact(
         "warmup_bars": WINDOW,
         "student": {"sizes": sizes, "activations": list(activations)},
     }
+    return _write(path, mlp, mean, std, full)
+
+
+def save_router_artifact(path, *, students, activations, vol_edges, manifest: dict) -> str:
+    """Write a router artifact (one classes student per regime, ``kernels.layout.pack_router``); return its id.
+
+    ``students``: ``ROUTER_REGIMES`` tuples ``(weights, biases, feature_mean, feature_std)`` of one
+    architecture, in regime order; ``vol_edges``: the two ascending ``rvol_100`` edges. Validated on
+    load like any artifact before this returns.
+    """
+    sizes = [int(np.shape(students[0][0][0])[1])] + [int(np.shape(w)[0]) for w in students[0][0]]
+    mlp = np.concatenate([pack_mlp(w, b, activations) for w, b, _, _ in students])
+    mean = np.concatenate([np.asarray(m, dtype=np.float64) for _, _, m, _ in students])
+    std = np.concatenate([np.asarray(sd, dtype=np.float64) for _, _, _, sd in students])
+    full = {
+        "schema_version": SCHEMA_VERSION,
+        "classes": list(CLASSES),
+        "metrics": {},
+        **manifest,
+        "features": features_manifest(),
+        "warmup_bars": WINDOW,
+        "student": {"sizes": sizes, "activations": list(activations)},
+        "router": {"regimes": len(students), "vol_feature": ROUTER_VOL, "trend_feature": ROUTER_TREND,
+                   "vol_edges": [float(e) for e in vol_edges]},
+    }
+    return _write(path, mlp, mean, std, full)
+
+
+def _write(path, mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, full: dict) -> str:
     full["model_id"] = _content_hash(mlp, mean, std, full)
     manifest_bytes = np.frombuffer(json.dumps(full, sort_keys=True, indent=1).encode(), dtype=np.uint8)
     path = Path(path)
@@ -357,6 +404,26 @@ def _check_manifest(manifest: object) -> tuple[list[int], list[str], float]:
     return sizes, acts, float(clip)
 
 
+def _check_router(manifest: dict) -> int:
+    """Validate the optional ``router`` entry; return the number of students (1 without it)."""
+    if "router" not in manifest:
+        return 1
+    r = _table(manifest, "router")
+    _require(r.get("regimes") == ROUTER_REGIMES and type(r.get("regimes")) is int,
+             f"router.regimes: {r.get('regimes')!r:.40}, expected {ROUTER_REGIMES}")
+    _require(r.get("vol_feature") == ROUTER_VOL, f"router.vol_feature: {r.get('vol_feature')!r:.40}, "
+             f"this code routes on {ROUTER_VOL!r}")
+    _require(r.get("trend_feature") == ROUTER_TREND, f"router.trend_feature: {r.get('trend_feature')!r:.40}, "
+             f"this code routes on {ROUTER_TREND!r}")
+    edges = r.get("vol_edges")
+    _require(isinstance(edges, list) and len(edges) == N_VOL_EDGES and all(_number(e) for e in edges)
+             and edges[0] <= edges[1],
+             f"router.vol_edges: {edges!r:.80}, expected {N_VOL_EDGES} finite numbers in ascending order")
+    _require(manifest.get("head", "classes") == "classes",
+             f"router: head {manifest.get('head')!r:.40}, a router serves the classes head only")
+    return ROUTER_REGIMES
+
+
 def _check_alpha(alpha: dict, n_outputs: int) -> None:
     h = alpha.get("horizon_bars")
     _require(type(h) is int and 1 <= h <= MAX_HORIZON_BARS,
@@ -373,6 +440,17 @@ def _check_alpha(alpha: dict, n_outputs: int) -> None:
              f"alpha.policy: sell_below_bp {sell!r} is above buy_above_bp {buy!r}")
 
 
+def _check_packed(mlp: np.ndarray, sizes: list[int], acts: list[str], name: str) -> None:
+    packed_sizes = [int(s) for s in mlp[1 : len(sizes) + 1]]
+    _require(int(mlp[0]) == len(sizes) - 1 and packed_sizes == sizes,
+             f"{name}: packed layer sizes {packed_sizes} differ from student.sizes {sizes}")
+    codes = mlp[len(sizes) + 1 : 2 * len(sizes)]
+    _require(bool(np.all(np.isin(codes, list(ACTIVATIONS.values())))),
+             f"{name}: packed activation codes {codes.tolist()} are not all known")
+    _, _, packed_acts, _ = unpack_mlp(mlp)
+    _require(packed_acts == acts, f"{name}: packed activations {packed_acts} differ from student.activations {acts}")
+
+
 def _forward(weights, biases, acts, z: np.ndarray) -> np.ndarray:
     # The student's logits for standardised inputs z (n, F), in plain NumPy (the kernels' arithmetic).
     h = z
@@ -385,7 +463,7 @@ def _forward(weights, biases, acts, z: np.ndarray) -> np.ndarray:
     return h
 
 
-def _check_outputs(mlp: np.ndarray, clip: float) -> None:
+def _check_outputs(mlp: np.ndarray, clip: float, name: str = "student") -> None:
     """Refuse a student that can give a non-finite output for some valid input."""
     weights, biases, acts, _ = unpack_mlp(mlp)
     f = weights[0].shape[1]
@@ -403,7 +481,7 @@ def _check_outputs(mlp: np.ndarray, clip: float) -> None:
         probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
         for i, what in enumerate(probes):
             _require(bool(np.all(np.isfinite(logits[i])) and np.all(np.isfinite(probs[i]))),
-                     f"student: non-finite output for {what} (logits {logits[i].tolist()})")
+                     f"{name}: non-finite output for {what} (logits {logits[i].tolist()})")
         # Interval bound over the whole box: |a_k+1| <= |W_k| |a_k| + |b_k|; tanh caps at 1. This also
         # bounds every partial sum the kernel forms, so no valid input can overflow a layer.
         bound = np.full(f, clip)
@@ -413,7 +491,7 @@ def _check_outputs(mlp: np.ndarray, clip: float) -> None:
                 bound = np.minimum(bound, 1.0)
             top = float(np.max(bound))
             _require(math.isfinite(top) and top <= MAX_LOGIT_BOUND,
-                     f"student: weights too large: a layer's output can reach {top:.3g} for inputs within "
+                     f"{name}: weights too large: a layer's output can reach {top:.3g} for inputs within "
                      f"+-clip ({clip:g}); at most {MAX_LOGIT_BOUND:g} is served")
 
 
@@ -444,10 +522,14 @@ def _load(path: Path) -> Artifact:
             except (UnicodeDecodeError, ValueError, RecursionError) as e:
                 raise ArtifactError(f"manifest: not valid JSON ({str(e)[:120]})") from e
             sizes, acts, clip = _check_manifest(manifest)
+            n = _check_router(manifest)
             f64 = np.dtype("<f8")
-            mlp = _check_values(_npy(zf, "mlp", f64, mlp_size(sizes), MAX_MLP_VALUES), "mlp")
-            mean = _check_values(_npy(zf, "feature_mean", f64, f, f), "feature_mean")
-            std = _check_values(_npy(zf, "feature_std", f64, f, f), "feature_std")
+            _require(n * mlp_size(sizes) <= MAX_MLP_VALUES,
+                     f"router: {n} students of sizes {sizes} need {n * mlp_size(sizes)} packed values, "
+                     f"at most {MAX_MLP_VALUES} are read")
+            mlp = _check_values(_npy(zf, "mlp", f64, n * mlp_size(sizes), MAX_MLP_VALUES), "mlp")
+            mean = _check_values(_npy(zf, "feature_mean", f64, n * f, n * f), "feature_mean")
+            std = _check_values(_npy(zf, "feature_std", f64, n * f, n * f), "feature_std")
     except ArtifactError:
         raise
     # RuntimeError: an encrypted member; NotImplementedError: its compression.
@@ -455,14 +537,9 @@ def _load(path: Path) -> Artifact:
             NotImplementedError, RuntimeError) as e:
         raise ArtifactError(f"artifact {path}: not a readable .npz (truncated or corrupt: {str(e)[:160]})") from e
 
-    packed_sizes = [int(s) for s in mlp[1 : len(sizes) + 1]]
-    _require(int(mlp[0]) == len(sizes) - 1 and packed_sizes == sizes,
-             f"mlp: packed layer sizes {packed_sizes} differ from student.sizes {sizes}")
-    codes = mlp[len(sizes) + 1 : 2 * len(sizes)]
-    _require(bool(np.all(np.isin(codes, list(ACTIVATIONS.values())))),
-             f"mlp: packed activation codes {codes.tolist()} are not all known")
-    _, _, packed_acts, _ = unpack_mlp(mlp)
-    _require(packed_acts == acts, f"mlp: packed activations {packed_acts} differ from student.activations {acts}")
+    one = mlp_size(sizes)
+    for i in range(n):
+        _check_packed(mlp[i * one : (i + 1) * one], sizes, acts, f"mlp (student {i})" if n > 1 else "mlp")
     _require(bool(np.all(std > 0)), f"feature_std: must be positive, got minimum {std.min()!r}")
     _require(bool(np.all(np.isfinite(1.0 / std))), f"feature_std: minimum {std.min()!r} is too small to invert")
 
@@ -472,7 +549,8 @@ def _load(path: Path) -> Artifact:
     expected_id = _content_hash(mlp, mean, std, manifest)
     _require(manifest["model_id"] == expected_id,
              f"model_id: {manifest['model_id']!r:.40} does not match the content hash {expected_id!r} (file altered?)")
-    _check_outputs(mlp, clip)
+    for i in range(n):
+        _check_outputs(mlp[i * one : (i + 1) * one], clip, f"student {i}" if n > 1 else "student")
     return Artifact(mlp=mlp, feature_mean=mean, feature_std=std, manifest=manifest, path=str(path))
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from daemon.core.artifact import ArtifactError
 from kernels import KERNELS_HASH
-from kernels.layout import architecture
+from kernels.layout import architecture, router_size
 
 KERNEL_DIR_ENV = "KDSIGNAL_KERNEL_DIR"
 EXTENSION_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -61,8 +61,11 @@ def kernel_dir(configured: str | os.PathLike | None = None) -> Path:
 def identity(vector: np.ndarray) -> dict:
     """What a compiled step for this model vector must have been built from (JSON-ready)."""
     f, sizes, acts, head = architecture(vector)
+    arch = {"features": f, "sizes": list(sizes), "activations": list(acts), "head": head}
+    if router_size(vector):  # a router's step is another program over the same student architecture
+        arch["router"] = router_size(vector)
     return {
-        "architecture": {"features": f, "sizes": list(sizes), "activations": list(acts), "head": head},
+        "architecture": arch,
         "kernels_hash": KERNELS_HASH,
         **{p: importlib.metadata.version(p) for p in ("numba", "llvmlite", "numpy")},
         "extension_suffix": EXTENSION_SUFFIX,

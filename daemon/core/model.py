@@ -22,10 +22,12 @@ from daemon.core.artifact import Artifact, load_artifact
 from daemon.core.kernel_store import KernelUnavailable
 from kernels.layout import (
     ALPHA_OUTPUTS,
+    FEATURE_NAMES,
     FEATURE_STATE_SIZE,
     S_FILLED,
     S_SEEN,
     n_classes,
+    pack_router,
     pack_student,
     probs_offset,
     student_state_size,
@@ -108,9 +110,17 @@ class Model:
 
 
 def student_vector(artifact: Artifact) -> np.ndarray:
-    """The packed model vector the step kernels read, from a validated artifact."""
-    return pack_student(artifact.mlp, artifact.feature_mean, artifact.feature_std,
-                        float(artifact.manifest["normalisation"]["clip"]), artifact.alpha_readout())
+    """The packed model vector the step kernels read, from a validated artifact (a router's: ``pack_router``)."""
+    clip = float(artifact.manifest["normalisation"]["clip"])
+    n = artifact.regimes
+    if n == 1:
+        return pack_student(artifact.mlp, artifact.feature_mean, artifact.feature_std, clip, artifact.alpha_readout())
+    one, f = len(artifact.mlp) // n, len(artifact.feature_mean) // n
+    students = [pack_student(artifact.mlp[i * one : (i + 1) * one], artifact.feature_mean[i * f : (i + 1) * f],
+                             artifact.feature_std[i * f : (i + 1) * f], clip) for i in range(n)]
+    router = artifact.manifest["router"]
+    return pack_router(students, FEATURE_NAMES.index(router["vol_feature"]),
+                       FEATURE_NAMES.index(router["trend_feature"]), router["vol_edges"])
 
 
 class SymbolState:

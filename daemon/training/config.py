@@ -33,6 +33,7 @@ ABLATIONS: dict[str, tuple[dict, str]] = {
 }
 # ablations that change the labels: their log losses are not comparable row for row with the default's
 LABEL_ABLATIONS = ("label_band_vol_100",)
+REGIME_VARIANTS = ("temperature", "input", "router")  # daemon/training/regime.py, simplest first
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ class TrainConfig:
     control_weight_decays: tuple[float, ...] = (0.0, 0.001)
     # variants re-run over every seed on the development folds, judged by their paired interval (ABLATIONS)
     ablations: tuple[str, ...] = ("teacher_without_extras", "recency_weighting", "student_first_block")
+    # --- regimes (daemon/training/regime.py): the variant the shipped student uses ("none", "temperature" or
+    # "router"; "input" is evaluated but the serving kernel cannot run it), and the variants evaluated
+    regime: str = "none"
+    regime_variants: tuple[str, ...] = ("temperature", "input", "router")
     # --- evaluation / output
     teacher_dir: str = "teacher"  # the final teacher's folder, relative to the artifact's ("": not written)
     ece_bins: int = 10
@@ -180,7 +185,16 @@ class TrainConfig:
             ("sequence_weights", len(self.sequence_weights) >= 1 and all(0 <= w <= 1 for w in self.sequence_weights)),
             ("teacher_buckets", all(b > 1 for b in self.teacher_buckets)),
             ("ablations", all(a in ABLATIONS for a in self.ablations)),
+            ("regime_variants", all(v in REGIME_VARIANTS for v in self.regime_variants)),
         ]
+        if self.regime == "input":
+            raise ValueError("[train] regime = 'input' cannot ship: the serving kernel does not append a regime to "
+                             "the student's input; list it in regime_variants to evaluate it")
+        if self.regime not in ("none", "temperature", "router"):
+            raise ValueError(f"[train] regime = {self.regime!r}: expected none, temperature or router")
+        if self.regime != "none" and self.regime not in self.regime_variants:
+            raise ValueError(f"[train] regime = {self.regime!r} is not in regime_variants: a variant is evaluated "
+                             "before it ships")
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"[train] {name} = {getattr(self, name)!r} is out of range")
@@ -246,7 +260,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             if not all(isinstance(x, list) and all(isinstance(i, int) for i in x) for x in value):
                 raise ValueError(f"[train] {key} must be a list of integer lists, got {value!r}")
             return tuple(tuple(x) for x in value)
-        if key == "ablations":
+        if key in ("ablations", "regime_variants"):
             if not all(isinstance(i, str) for i in value):
                 raise ValueError(f"[train] {key} must be a list of strings, got {value!r}")
             return tuple(value)

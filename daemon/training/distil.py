@@ -71,6 +71,34 @@ def recency_weights(start_ms: np.ndarray, half_life_days: float) -> np.ndarray:
     return np.power(0.5, age_days / half_life_days)
 
 
+def grouped_kd_loss_fn(y: np.ndarray, zt: np.ndarray, w: np.ndarray, group: np.ndarray,
+                       params: list[tuple[float, float]]) -> nn.LossFn:
+    """Minibatch loss where rows of ``group`` g use ``params[g] = (temperature, alpha)``.
+
+    Each group's ``kernels.mlp.kd_loss_grad`` is weighted by its share of the minibatch's row weight, so
+    the whole is one weighted mean over the minibatch.
+    """
+
+    def fn(zs: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray]:
+        zs = np.ascontiguousarray(zs, dtype=np.float64)
+        g = np.empty_like(zs)
+        gr, wr = group[rows], w[rows]
+        loss = 0.0
+        total = wr.sum()
+        for k, (t, a) in enumerate(params):
+            part = gr == k
+            if not part.any():
+                continue
+            zp = np.ascontiguousarray(zs[part])
+            gp = np.empty_like(zp)
+            share = wr[part].sum() / total
+            loss += share * kd_loss_grad(zp, zt[rows][part], y[rows][part], wr[part], t, a, gp)
+            g[part] = gp * share
+        return float(loss), g
+
+    return fn
+
+
 def kd_loss_fn(y: np.ndarray, zt: np.ndarray, w: np.ndarray, temperature: float, alpha: float,
                soft: np.ndarray | None = None) -> nn.LossFn:
     """Minibatch loss for ``nn.fit`` backed by ``kernels.mlp.kd_loss_grad``.
@@ -78,39 +106,30 @@ def kd_loss_fn(y: np.ndarray, zt: np.ndarray, w: np.ndarray, temperature: float,
     Rows where ``soft`` is False have no teacher target and are scored on hard labels alone (alpha = 1);
     the two groups are combined as one weighted mean over the minibatch.
     """
-
-    def fn(zs: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray]:
-        zs = np.ascontiguousarray(zs, dtype=np.float64)
-        g = np.empty_like(zs)
-        if soft is None or alpha == 1.0:
+    if soft is None or alpha == 1.0:
+        def fn(zs: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray]:
+            zs = np.ascontiguousarray(zs, dtype=np.float64)
+            g = np.empty_like(zs)
             return float(kd_loss_grad(zs, zt[rows], y[rows], w[rows], temperature, alpha, g)), g
-        s = soft[rows]
-        loss = 0.0
-        total = w[rows].sum()
-        for part, a in ((s, alpha), (~s, 1.0)):
-            if not part.any():
-                continue
-            zp = np.ascontiguousarray(zs[part])
-            gp = np.empty_like(zp)
-            share = w[rows][part].sum() / total
-            loss += share * kd_loss_grad(zp, zt[rows][part], y[rows][part], w[rows][part], temperature, a, gp)
-            g[part] = gp * share
-        return float(loss), g
 
-    return fn
+        return fn
+    return grouped_kd_loss_fn(y, zt, w, (~soft).astype(np.int64), [(temperature, alpha), (temperature, 1.0)])
 
 
 def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit: np.ndarray,
                   x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, seed: int, *,
                   temperature: float | None = None, alpha: float | None = None,
                   hidden: tuple[int, ...] | None = None, lr: float | None = None,
-                  weight_decay: float | None = None, fixed_epochs: int | None = None) -> Student:
+                  weight_decay: float | None = None, fixed_epochs: int | None = None,
+                  regime: np.ndarray | None = None, regime_params: tuple | None = None) -> Student:
     """Distil a student on rows ``x_fit`` (raw features) from teacher probabilities ``p_fit``.
 
     ``alpha=1`` gives the hard-label control (the teacher's probabilities are then ignored). Rows whose
     ``p_fit`` is NaN (no out-of-fold teacher exists for them) train on hard labels only. Early stopping
     scores the log loss of hard labels on the validation block, the quantity the report compares; with
     ``fixed_epochs`` there is no validation (``x_val`` is ignored) and the model after that many epochs is kept.
+    With ``regime`` (a group index per fit row), rows of group g use ``regime_params[g] = (T, alpha)``
+    instead (``daemon.training.regime``).
     """
     temperature = cfg.temperature if temperature is None else temperature
     alpha = cfg.alpha if alpha is None else alpha
@@ -133,7 +152,12 @@ def train_student(x_fit: np.ndarray, y_fit: np.ndarray, p_fit: np.ndarray, w_fit
         p = nn.softmax(z)
         return float(-np.mean(np.log(np.clip(p[np.arange(len(yv)), yv], 1e-15, 1.0))))
 
-    res = nn.fit(s.mlp, zf, kd_loss_fn(y_fit, zt, w, temperature, alpha, None if soft.all() else soft), zv,
+    if regime is None:
+        loss = kd_loss_fn(y_fit, zt, w, temperature, alpha, None if soft.all() else soft)
+    else:  # rows without a soft target form one more group, on hard labels
+        loss = grouped_kd_loss_fn(y_fit, zt, w, np.where(soft, regime, len(regime_params)).astype(np.int64),
+                                  [*regime_params, (1.0, 1.0)])
+    res = nn.fit(s.mlp, zf, loss, zv,
                  None if fixed_epochs else val_fn,
                  epochs=fixed_epochs or cfg.student_epochs, batch=cfg.student_batch,
                  lr=cfg.student_lr if lr is None else lr, patience=cfg.student_patience,

@@ -422,6 +422,10 @@ def markdown(doc: dict, cfg: TrainConfig) -> str:
                          f"{_ci(a.get('delta_vs_default'))} | {a['verdict']} | {a['seconds']} |")
         lines += ["", f"Default distilled LL on the same rows: {_f(dv['student']['log_loss'])}. "
                   "Positive: the option lowers the log loss. None of these is adopted automatically; the config is as shipped.", ""]
+    if doc.get("regime"):
+        from .regime import markdown as regime_markdown
+
+        lines += regime_markdown(doc["regime"])
     fs = doc["final_student"]
     ti = doc["teacher_inputs"]
     lines += [

@@ -20,18 +20,21 @@ The protocol, in order (``report.md`` states it with this run's dates):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from daemon.core import trading as tr
 
 from . import evaluate as ev
+from . import regime
 from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
 from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
@@ -163,6 +166,8 @@ class Variant:
     prior_teacher: bool = False  # the distillation loss with a "teacher" that only knows the class shares
     hidden: tuple[int, ...] | None = None  # () is logistic regression
     overrides: tuple[tuple[str, object], ...] = field(default=())
+    regime: str = "none"  # a daemon/training/regime.py variant: "temperature", "input" or "router"
+    regime_params: tuple[tuple[float, float], ...] = ()  # per regime (T, alpha), for "temperature"
 
 
 def distilled(cfg: TrainConfig, temperature: float, alpha: float, **kw) -> Variant:
@@ -190,6 +195,9 @@ def _student_job(job: tuple[int, int, Variant]) -> tuple[tuple, np.ndarray, dict
     pf = p_t[fit]
     if v.prior_teacher:
         pf = np.tile(_prior(P.y[fit]), (len(pf), 1))
+    if v.regime != "none":
+        p, info = regime.fit_variant(v, P, f, fit, val, pf, w, cfg, seed)
+        return job, p, {**info, "fit_rows": int(fit.sum()), "val_rows": int(val.sum())}
     s = train_student(P.x_student[fit], P.y[fit], pf, w, P.x_student[val], P.y[val], cfg, seed,
                       temperature=v.temperature, alpha=v.alpha, hidden=v.hidden, lr=v.lr, weight_decay=v.weight_decay)
     info = {"best_epoch": s.best_epoch, "fit_rows": int(fit.sum()), "val_rows": int(val.sum()),
@@ -210,6 +218,13 @@ def run_jobs(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, jobs: list, ca
 
 def _dev_probs(cache: dict, ks: list[int], seed: int, v: Variant) -> np.ndarray:
     return np.concatenate([cache[(k, seed, v)][0] for k in ks])
+
+
+def predict(P: Pooled, cfg: TrainConfig, folds, p_t: np.ndarray, cache: dict, ks: list[int], variants: dict,
+            seeds) -> dict[str, list[np.ndarray]]:
+    """Per-seed test probabilities (folds ``ks`` concatenated) of each named variant, trained where not cached."""
+    run_jobs(P, cfg, folds, p_t, [(k, s, v) for v in variants.values() for s in seeds for k in ks], cache, "variants")
+    return {name: [_dev_probs(cache, ks, s, v) for s in seeds] for name, v in variants.items()}
 
 
 def volatility_baseline(P: Pooled, train: np.ndarray, test: np.ndarray, bins: int = 10) -> np.ndarray:
@@ -470,6 +485,12 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     ablations = run_ablations(series, P, cfg, folds, p_t, cache, ch, dev_models, split) if cfg.ablations else []
     timings["ablations_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    run = SimpleNamespace(variant=functools.partial(distilled, cfg), trade=trading_readout,
+                          predict=functools.partial(predict, P, cfg, folds, p_t, cache))
+    reg_dev = regime.develop(P, cfg, folds, ch, dev_models, run)
+    timings["regime_development_s"] = time.perf_counter() - t0
+
     # decision policies: chosen on the development test blocks (first seed), before the lockbox is read
     t0 = time.perf_counter()
     ticks = development_ticks(P, split)
@@ -510,6 +531,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     lock["trading"], curves = trading_readout(P, lock_region, lock_edges, policies, ticks, cfg, bars_per_year,
                                               argmax_full(lock_models["student"][0], lock_idx))
     timings["lockbox_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reg_doc, reg_row = regime.lockbox(P, cfg, folds, reg_dev, lock_models, ticks, dev_region, lock_region,
+                                      bars_per_year, run)
+    timings["regime_lockbox_s"] = time.perf_counter() - t0
 
     # the shipped student: every row with a soft target, for the epochs the lockbox model early-stopped at
     t0 = time.perf_counter()
@@ -517,12 +542,12 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     epochs = max(1, int(lock_info["best_epoch"]))
     rows = P.valid & (P.start_ms >= int(folds[0].test_lo_ms)) & np.all(np.isfinite(p_t), axis=1)
 
-    def refit(v: Variant, n_epochs: int):
+    def refit(v: Variant, n_epochs: int, **kw):
         return train_student(P.x_student[rows], P.y[rows], p_t[rows], np.ones(int(rows.sum())), P.x_student[:0],
                              P.y[:0], cfg, s0, temperature=v.temperature, alpha=v.alpha, hidden=v.hidden,
-                             fixed_epochs=n_epochs)
+                             fixed_epochs=n_epochs, **kw)
 
-    final = refit(variants["student"], epochs)
+    final = refit(variants["student"], epochs, **regime.final_kwargs(cfg, reg_dev, P, rows))
     timings["final_s"] = time.perf_counter() - t0
     methods = {}
     if cfg.teacher_sequence:
@@ -579,9 +604,18 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "training": {"config": cfg.to_dict(), "seed": s0, "choices": {k: ch[k] for k in (
             "temperature", "alpha", "control_lr", "control_weight_decay")}},
     }
-    model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
-                             activations=final.mlp.activations, feature_mean=final.feature_mean,
-                             feature_std=final.feature_std, manifest=manifest)
+    if cfg.regime != "none":
+        manifest["distillation"]["regime"] = {
+            "variant": cfg.regime, **regime.final_regimes(P, rows).to_dict(), "temperature_alpha": reg_dev["params"],
+            "what": "thresholds from the rows this artifact was fitted on; metrics describe the default student, "
+                    "this variant's own lockbox read-out is report.json's regime section"}
+    if cfg.regime == "router":
+        model_id = regime.save_router(out_path, P, rows, p_t, cfg, s0, ch,
+                                      cache[(L, s0, reg_dev["_variants"]["router"])][1], epochs, manifest)
+    else:
+        model_id = save_artifact(out_path, weights=final.mlp.weights, biases=final.mlp.biases,
+                                 activations=final.mlp.activations, feature_mean=final.feature_mean,
+                                 feature_std=final.feature_std, manifest=manifest)
     alt = cfg.alt_student_name
     side = {}
     if alt:
@@ -630,9 +664,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
                     "development": {k: v for k, v in dev.items() if not k.startswith("_")}},
         "teacher_members_development_log_loss": {k: ev.log_loss(v[dev_idx], P.y[dev_idx]) for k, v in members.items()},
         "ablations": ablations,
+        "regime": reg_doc,
+        "methods": {"regime": reg_row, **methods},
         "final_student": final_info,
         **side,
-        **({"methods": methods} if methods else {}),
         "timings_s": {},
     }
     timings["total_s"] = time.perf_counter() - t_start
@@ -707,6 +742,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="choose temperature x alpha on the development folds even if [train] sweep = false")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="use [train] temperature and alpha as they are")
+    parser.add_argument("--regime", choices=("none", "temperature", "input", "router"), default=None,
+                        help="regime variant of the shipped student (default [train] regime): temperature "
+                             "(per-regime T and alpha), router (a student per regime); input is only evaluated "
+                             "(see [train] regime_variants)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one [train] knob (TOML value syntax), e.g. --set lockbox_days=30")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -734,6 +773,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = cfg.replace(method=args.method)
     if getattr(args, "teacher_sequence", False):
         cfg = cfg.replace(teacher_sequence=True)
+    if getattr(args, "regime", None):
+        cfg = cfg.replace(regime=args.regime)
     return cfg
 
 
@@ -800,6 +841,7 @@ def run_cli(args: argparse.Namespace) -> int:
                              "blocks": lk["delta_vs_control"]["blocks"]},
         "gap_recovered": None if lk["gap_recovered"] is None or not np.isfinite(lk["gap_recovered"])
         else round(lk["gap_recovered"], 3),
+        "regime": {k: doc["regime"][k] for k in ("choice_on_development", "recommended", "shipped")},
     }, indent=1))
     return 0
 
