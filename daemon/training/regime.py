@@ -308,7 +308,8 @@ def methods_row(P, cfg, idx, name, models, p_teacher, dev, ticks, dev_region, lo
         loss_name="log_loss", loss=m["log_loss"], control_loss=float(ll_c.mean()), teacher_loss=float(ll_t.mean()),
         ic=m["ic"], direction_auc=m["direction_auc"], delta=dvc, gap_recovered=gap, trading=trade[name],
         n=len(idx), seeds=len(models[name]),
-        note=f"variant regime_{name}: the development choice, else the best development mean"), "variant": f"regime_{name}"}
+        note=f"variant regime_{name}: the development choice, else the best development mean"),
+        "variant": f"regime_{name}"}
 
 
 def final_regimes(P, rows: np.ndarray) -> Regimes:
