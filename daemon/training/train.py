@@ -549,10 +549,10 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
 
     final = refit(variants["student"], epochs, **regime.final_kwargs(cfg, reg_dev, P, rows))
     timings["final_s"] = time.perf_counter() - t0
-    methods = {}
+    method_rows = {}
     if cfg.teacher_sequence:
         t0 = time.perf_counter()
-        methods["sequence_teacher"] = sequence_teacher(series, P, cfg, folds, split, p_t, ch, dev_models, lock_models,
+        method_rows["sequence_teacher"] = sequence_teacher(series, P, cfg, folds, split, p_t, ch, dev_models, lock_models,
                                                        ticks, bars_per_year)
         timings["sequence_teacher_s"] = time.perf_counter() - t0
     final_info = {"fit_rows": int(rows.sum()), "fit_lo_ms": int(P.start_ms[rows].min()),
@@ -665,7 +665,7 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
         "teacher_members_development_log_loss": {k: ev.log_loss(v[dev_idx], P.y[dev_idx]) for k, v in members.items()},
         "ablations": ablations,
         "regime": reg_doc,
-        "methods": {"regime": reg_row, **methods},
+        "methods": {"regime": reg_row, **method_rows},
         "final_student": final_info,
         **side,
         "timings_s": {},
