@@ -34,7 +34,7 @@ import numpy as np
 from daemon.core import trading as tr
 
 from . import evaluate as ev
-from . import regime
+from . import methods, regime
 from .bootstrap import blocks_of, paired_mean, paired_ratio, verdict
 from .config import ABLATIONS, LABEL_ABLATIONS, TrainConfig, load_train_config
 from .data import gap_report, load_dataset
@@ -552,8 +552,8 @@ def train(inputs: list[str], out_path: str | Path, cfg: TrainConfig, *, interval
     method_rows = {}
     if cfg.teacher_sequence:
         t0 = time.perf_counter()
-        method_rows["sequence_teacher"] = sequence_teacher(series, P, cfg, folds, split, p_t, ch, dev_models, lock_models,
-                                                       ticks, bars_per_year)
+        method_rows["sequence_teacher"] = sequence_teacher(series, P, cfg, folds, split, p_t, ch, dev_models,
+                                                           lock_models, ticks, bars_per_year)
         timings["sequence_teacher_s"] = time.perf_counter() - t0
     final_info = {"fit_rows": int(rows.sum()), "fit_lo_ms": int(P.start_ms[rows].min()),
                   "fit_hi_ms": int(P.start_ms[rows].max()), "epochs": epochs, "seed": s0,
