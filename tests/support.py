@@ -423,6 +423,26 @@ def log_events(path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+async def wait_settled(fake, log) -> int:
+    """Wait until a daemon process logging to ``log`` has read its subscription ack and has no fetch out; return
+    the start of the one bar this plays to find out.
+
+    ``fake.subscribed`` turns true when the fake sends the ack; the daemon asks REST for a catch-up only once it
+    has read it (``feed_subscribed``), and holds every close while that fetch is out, so a close it signals
+    proves the fetch answered. A flat-out burst played before that races the catch-up: the fake answers REST
+    only after ``step`` returns, at a clock a whole burst ahead of the stream the daemon has read, which a real
+    exchange cannot do (see ``FakeBybit.step``); the daemon then takes the burst for a gap longer than its
+    window and re-warms.
+    """
+    await wait_until(lambda: any(e["event"] == "feed_subscribed" for e in log_events(log)), 30,
+                     "the daemon's feed_subscribed")
+    start = fake.open_start_ms
+    await fake.step(1)
+    await wait_until(lambda: any(e["event"] == "signal_emitted" and e["start"] == start for e in log_events(log)),
+                     30, "the signal of the first bar after the catch-up")
+    return start
+
+
 # --- a stand-in systemd ----------------------------------------------------------------------------------------
 
 class NotifyReceiver:

@@ -23,6 +23,7 @@ from tests.support import (
     Proc,
     child_env,
     sample_rows,
+    wait_settled,
     wait_until,
     write_config,
     write_random_artifact,
@@ -250,16 +251,11 @@ async def test_daemon_whose_stdout_reader_stops_keeps_pinging_and_stops_on_sigte
             stdout=w, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=child_env())
         os.close(w)
         try:
-            await wait_until(lambda: fake.subscribed("kline.5.BTCUSDT") and log.exists()
-                             and "warmup_loaded" in log.read_text(), 30, "daemon start")
-            # Far more lines than the pipe and the writer's buffer hold, played in rounds the daemon has logged
-            # before the next: stepped flat out, the fake outruns the daemon's reads and the test would be about a
-            # gap instead of a stuck reader.
-            for _ in range(15):
-                await fake.step(100)
-                played = fake.open_start_ms
-                await wait_until(lambda p=played: f'"start": {p - 300_000}' in log.read_text(), 30,
-                                 "the daemon caught up with the fake")
+            # Settled first: a burst that races the daemon's subscription catch-up is a gap, not a stuck reader.
+            first = await wait_settled(fake, log)
+            await fake.step(1499)  # flat out: far more lines than the pipe and the writer's buffer hold
+            last = fake.open_start_ms - 300_000
+            await wait_until(lambda: f'"start": {last},' in log.read_text(), 30, "the last bar logged")
             await wait_until(lambda: "signal_dropped" in log.read_text(), 30, "dropped lines")
             pings = fake.pings
             await wait_until(lambda: fake.pings > pings + 2, 20, "pings while stdout is stuck")
@@ -270,8 +266,10 @@ async def test_daemon_whose_stdout_reader_stops_keeps_pinging_and_stops_on_sigte
                 p.kill()
                 await p.wait()
             os.close(r)
-    events = [json.loads(x)["event"] for x in log.read_text().splitlines()]
-    assert rc == 0 and events[-1] == "daemon_stopped" and "signal_dropped" in events
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    starts = [e["start"] for e in events if e["event"] == "signal_emitted"]
+    assert starts == list(range(first, last + 1, 300_000))  # every bar signalled once: no gap, no reset
+    assert rc == 0 and events[-1]["event"] == "daemon_stopped" and any(e["event"] == "signal_dropped" for e in events)
 
 
 async def test_daemon_keeps_its_log_when_sighup_cannot_reopen_it_and_still_reloads(tmp_path):

@@ -22,6 +22,7 @@ from tests.support import (
     log_events,
     run_daemon,
     sample_rows,
+    wait_settled,
     wait_until,
     write_config,
     write_random_artifact,
@@ -54,6 +55,48 @@ async def test_stop_signal_exits_zero_without_a_partial_line(tmp_path, sig):
     assert starts == list(range(first + 2 * BAR_MS, first + (2 + len(starts)) * BAR_MS, BAR_MS))
     events = [e["event"] for e in log_events(log)]
     assert events[-1] == "daemon_stopped" and "latency_summary" in events
+
+
+def _read_to_eof(fd: int) -> bytes:
+    """Everything written to the pipe ``fd`` until its writer closes it (blocking: run in a thread)."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_flat_out_burst_after_the_catch_up_is_signalled_bar_for_bar(tmp_path):
+    """Once its subscription catch-up has settled, a daemon whose stdout is read as fast as it writes signals every
+    bar of a 1,500-bar burst played flat out, live and in order: no gap, no re-warm."""
+    log = tmp_path / "daemon.log"
+    write_random_artifact(tmp_path / "a.npz")
+    r, w = os.pipe()
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 1600), "5", start_index=OPEN_INDEX) as fake:
+        config = write_config(tmp_path / "c.toml", fake, log_file=log)
+        p = await asyncio.create_subprocess_exec(sys.executable, "-m", "daemon", "run", "--config", str(config),
+                                                 stdout=w, stderr=subprocess.DEVNULL, cwd=ROOT, env=child_env())
+        os.close(w)
+        # A thread reads stdout: the fake's flat-out step holds this event loop, and a reader in it would stall.
+        out = asyncio.create_task(asyncio.to_thread(_read_to_eof, r))
+        try:
+            first = await wait_settled(fake, log)
+            await fake.step(1499)
+            last = fake.open_start_ms - BAR_MS
+            await wait_until(lambda: any(e["event"] == "signal_emitted" and e["start"] == last
+                                         for e in log_events(log)), 30, "the last bar signalled")
+            p.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(p.wait(), 20)
+            lines = [json.loads(x) for x in (await asyncio.wait_for(out, 20)).splitlines()]
+        finally:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+            await out
+            os.close(r)
+    assert [x["start"] for x in lines] == list(range(first, last + BAR_MS, BAR_MS)) and last - first == 1499 * BAR_MS
+    assert not any(x["backfill"] for x in lines) and rc == 0
+    events = {e["event"] for e in log_events(log)}
+    assert not events & {"features_reset", "gap_unfilled", "gap_backfilled", "signal_dropped"}
 
 
 async def test_sighup_reopens_the_log_and_reloads_only_a_valid_artifact(tmp_path):

@@ -274,6 +274,15 @@ class FakeBybit:
         """Play ``n`` bars: updates, then the close, then the clock moves to the next bar. Returns bars played.
 
         ``pause_s`` > 0 sleeps that long after each round of sends (the bars take longer than that).
+
+        Without a pause the bars go out flat out, and a step does not yield to the event loop while the socket
+        buffers take its frames (``websockets`` awaits a send only when the transport is paused). The REST
+        server shares this loop, so a request made during a step is answered after it, at the clock the step
+        left: a client that asked REST for anything during the burst (the catch-up after it subscribes, a gap)
+        sees closed bars up to the end of a burst it has not read yet. A real exchange cannot do that (its
+        stream and REST both run in real time); a client whose feature window is shorter than the burst takes
+        it for a gap and re-warms. Before a burst longer than the client's window, wait until it has no fetch
+        out (``tests.support.wait_settled``, ``InProcessDaemon.ready``), or :meth:`play` in real time.
         """
         pause = (lambda: asyncio.sleep(pause_s)) if pause_s else None
         played = 0
