@@ -33,6 +33,7 @@ print(kernels.KERNELS_HASH, repr(float(s.probs[0])), m.kernel_note, repr(float(s
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # recompiles every kernel module in a child process: minutes on a loaded 2-core machine
 def test_changed_feature_kernel_is_recompiled_everywhere(tmp_path, random_artifact):
     """After features.py changes, the ahead-of-time and the JIT steps run the new feature code, not a cached copy."""
     for name in ("kernels", "daemon"):
