@@ -15,7 +15,8 @@ from daemon.training.sequence_net import (  # noqa: E402
     load_sequence_member,
     save_sequence_member,
 )
-from tests.support import DATA, TINY_TRAIN, pooled_samples  # noqa: E402
+from daemon.training.teacher_store import load_teacher  # noqa: E402
+from tests.support import DATA, TINY_TRAIN, pooled_samples, save_tiny_teacher, tiny_teacher  # noqa: E402
 
 SMALL = TINY_TRAIN.replace(sequence_window_bars=16, sequence_channels=4, sequence_epochs=2,
                            sequence_rows_per_epoch=1500, sequence_batch=128)
@@ -70,3 +71,13 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_array_equal(back.predict(bars, P.sym, rows), m.predict(bars, P.sym, rows))
     with pytest.raises(ValueError, match="kind"):
         load_sequence_member(tmp_path / "teacher", {**entry, "kind": "mlp"})
+
+
+def test_teacher_folder_keeps_a_sequence_member(fitted, tmp_path):
+    """A sequence member written into a teacher folder beside the ensemble comes back from ``load_teacher``
+    (its files checked by the manifest) predicting exactly what it did."""
+    P, bars, m = fitted
+    save_tiny_teacher(tiny_teacher(), tmp_path / "teacher", sequence_members=[("seq", m)])
+    back = load_teacher(tmp_path / "teacher").others["seq"]
+    rows = np.flatnonzero(P.valid)[::7]
+    np.testing.assert_array_equal(back.predict(bars, P.sym, rows), m.predict(bars, P.sym, rows))

@@ -170,7 +170,7 @@ def test_unknown_kind_is_refused(folder, monkeypatch):
     man["members"][2]["kind"] = "sequence"
     man["members"][2]["files"] = [{k: man["members"][2][k] for k in ("file", "bytes", "sha256")}]
     (folder / "manifest.json").write_text(json.dumps(man))
-    monkeypatch.setitem(sys.modules, "daemon.training.sequence", None)  # as on a branch without it
+    monkeypatch.setitem(sys.modules, "daemon.training.sequence_net", None)  # as without the [seq] extra
     with pytest.raises(TeacherStoreError, match=r"member lgbm has unknown kind 'sequence'"):
         load_teacher(folder)
 

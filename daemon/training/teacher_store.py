@@ -13,7 +13,7 @@ whose soft targets the shipped student learnt last) next to the artifact, in ``<
   or ``Standardizer`` (``mean``, ``std`` (F,), ``clip`` ());
 - ``mlp<i>.npz`` (kind ``mlp``): ``w0, b0, w1, b1, ...`` float32, weights ``(out, in)`` as ``nn.MLP`` keeps them;
 - ``lgbm.txt`` (kind ``lightgbm``): LightGBM's own text model format, its early-stopped trees only;
-- kind ``sequence``: files written and read by ``daemon.training.sequence`` (``save_sequence_member`` /
+- kind ``sequence``: files written and read by ``daemon.training.sequence_net`` (``save_sequence_member`` /
   ``load_sequence_member``); without that module the kind is refused as unknown.
 
 ``load_teacher`` treats the folder as hostile: sizes are capped, every file's byte count and sha256 must be
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.core.kernel_store import file_sha256
 from daemon.ops.files import atomic_write, fsync_dir
 
 from . import nn
@@ -115,14 +116,6 @@ def _describe(name: str, data: bytes) -> dict:
     return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def member_weights(teacher: Teacher) -> dict[str, float]:
     """Each member's share of the ensemble probability (``Teacher.predict``'s blend, spelled out)."""
     n = len(teacher.mlps)
@@ -140,7 +133,7 @@ def save_teacher(teacher: Teacher, folder: str | Path, *, input_names: list[str]
 
     ``input_names``: the teacher's feature columns in order; ``model_id``/``artifact``: the student artifact
     it belongs to; ``data``: the rows it was fitted on (free-form, JSON). ``sequence_members``: (name, model)
-    pairs saved by ``daemon.training.sequence.save_sequence_member``. With ``check_rows`` the folder is read
+    pairs saved by ``daemon.training.sequence_net.save_sequence_member``. With ``check_rows`` the folder is read
     back and must predict exactly what ``teacher`` predicts on them before it replaces the old one.
     """
     folder = Path(folder)
@@ -175,11 +168,11 @@ def save_teacher(teacher: Teacher, folder: str | Path, *, input_names: list[str]
                             "trees": text.count(b"\nTree="), "outputs": len(teacher.to_class),
                             "weight": weights["lgbm"]})
         for name, model in sequence_members:
-            from .sequence import save_sequence_member
+            from .sequence_net import save_sequence_member
 
             entry = dict(save_sequence_member(model, tmp))
-            names = [f if isinstance(f, str) else f["file"] for f in entry.get("files") or [entry.pop("file")]]
-            entry["files"] = [{"file": n, "bytes": (tmp / n).stat().st_size, "sha256": _sha_file(tmp / n)}
+            names = [f if isinstance(f, str) else f["file"] for f in entry.get("files") or [entry["file"]]]
+            entry["files"] = [{"file": n, "bytes": (tmp / n).stat().st_size, "sha256": file_sha256(tmp / n)}
                               for n in names]
             members.append({**entry, "name": name, "kind": "sequence", "weight": entry.get("weight", 0.0)})
         manifest = {
@@ -243,7 +236,7 @@ def _check_file(folder: Path, f: object, where: str) -> Path:
     _require(path.is_file() and not path.is_symlink(), f"{path}: missing (named by {where})")
     real = path.stat().st_size
     _require(real == size, f"{path}: {real} bytes, the manifest says {size} (truncated or replaced)")
-    _require(_sha_file(path) == sha, f"{path}: sha256 differs from the manifest's (changed since it was written)")
+    _require(file_sha256(path) == sha, f"{path}: sha256 differs from the manifest's (changed since it was written)")
     return path
 
 
@@ -461,10 +454,11 @@ def _load_lgbm(folder: Path, m: dict, n_in: int, n_out: int):
 def _load_sequence(folder: Path, m: dict):
     where = f"member {m['name']}"
     try:
-        from .sequence import load_sequence_member
+        from .sequence_net import load_sequence_member
     except ImportError:
         raise TeacherStoreError(f"{folder / MANIFEST}: {where} has unknown kind 'sequence' "
-                                "(daemon.training.sequence is not available here)") from None
+                                "(daemon.training.sequence_net, which needs the [seq] extra's torch, is not "
+                                "available here)") from None
     files = m.get("files")
     _require(isinstance(files, list) and 1 <= len(files) <= 8, f"{folder / MANIFEST}: {where}.files must list 1 to 8")
     for f in files:
