@@ -13,7 +13,7 @@ import pytest
 
 from daemon.core.artifact import load_artifact
 from daemon.core.kernel_store import KERNEL_DIR_ENV
-from tests.support import DATA, load_csv, write_random_artifact
+from tests.support import DATA, load_csv, redis_server, write_random_artifact
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +72,12 @@ def kernel_dir(request, tmp_path_factory) -> Path:
         write_random_artifact(artifact)
         build_kernel(student_vector(load_artifact(artifact)), directory)
     return directory
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A redis-server on a free loopback port, stopped after the test."""
+    server = redis_server(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -15,7 +15,6 @@ from tests.support import (
     SinkDaemon,
     log_events,
     metric_value,
-    redis_server,
     redis_stream_lines,
     sample_rows,
     wait_for,
@@ -27,15 +26,6 @@ from tests.support import (
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 80)
 STREAM = "kdsignal:signals"
-
-
-@pytest.fixture
-def redis(tmp_path):
-    """A redis-server on a free loopback port, stopped after the test."""
-    server = redis_server(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

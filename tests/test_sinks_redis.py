@@ -16,15 +16,6 @@ STREAM = "kdsignal:signals"
 
 
 @pytest.fixture
-def redis(tmp_path):
-    """A redis-server on a free loopback port, stopped after the test."""
-    server = redis_server(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 async def fake():
     """The fake exchange with real BTCUSDT and ETHUSDT bars."""
     async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:

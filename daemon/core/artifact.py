@@ -196,17 +196,7 @@ def save_artifact(
     mlp = pack_mlp(weights, biases, activations)
     mean = np.asarray(feature_mean, dtype=np.float64)
     std = np.asarray(feature_std, dtype=np.float64)
-    sizes = [int(np.shape(weights[0])[1])] + [int(np.shape(w)[0]) for w in weights]
-    full = {
-        "schema_version": SCHEMA_VERSION,
-        "classes": list(CLASSES),
-        "metrics": {},
-        **manifest,
-        "features": features_manifest(),
-        "warmup_bars": WINDOW,
-        "student": {"sizes": sizes, "activations": list(activations)},
-    }
-    return _write(path, mlp, mean, std, full)
+    return _write(path, mlp, mean, std, _structural(manifest, weights, activations))
 
 
 def save_router_artifact(path, *, students, activations, vol_edges, manifest: dict) -> str:
@@ -216,11 +206,19 @@ def save_router_artifact(path, *, students, activations, vol_edges, manifest: di
     architecture, in regime order; ``vol_edges``: the two ascending ``rvol_100`` edges. Validated on
     load like any artifact before this returns.
     """
-    sizes = [int(np.shape(students[0][0][0])[1])] + [int(np.shape(w)[0]) for w in students[0][0]]
     mlp = np.concatenate([pack_mlp(w, b, activations) for w, b, _, _ in students])
     mean = np.concatenate([np.asarray(m, dtype=np.float64) for _, _, m, _ in students])
     std = np.concatenate([np.asarray(sd, dtype=np.float64) for _, _, _, sd in students])
-    full = {
+    full = _structural(manifest, students[0][0], activations)
+    full["router"] = {"regimes": len(students), "vol_feature": ROUTER_VOL, "trend_feature": ROUTER_TREND,
+                      "vol_edges": [float(e) for e in vol_edges]}
+    return _write(path, mlp, mean, std, full)
+
+
+def _structural(manifest: dict, weights, activations) -> dict:
+    # The keys every writer fills in itself around the caller's manifest (the caller's cannot override them).
+    sizes = [int(np.shape(weights[0])[1])] + [int(np.shape(w)[0]) for w in weights]
+    return {
         "schema_version": SCHEMA_VERSION,
         "classes": list(CLASSES),
         "metrics": {},
@@ -228,10 +226,7 @@ def save_router_artifact(path, *, students, activations, vol_edges, manifest: di
         "features": features_manifest(),
         "warmup_bars": WINDOW,
         "student": {"sizes": sizes, "activations": list(activations)},
-        "router": {"regimes": len(students), "vol_feature": ROUTER_VOL, "trend_feature": ROUTER_TREND,
-                   "vol_edges": [float(e) for e in vol_edges]},
     }
-    return _write(path, mlp, mean, std, full)
 
 
 def _write(path, mlp: np.ndarray, mean: np.ndarray, std: np.ndarray, full: dict) -> str:
