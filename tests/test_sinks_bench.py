@@ -31,8 +31,9 @@ def test_a_small_live_variant(tmp_path, random_artifact):
     try:
         with bench.Consumers(redis.port, nats_.port) as consumers:
             row = bench.run_variant(tmp_path, random_artifact, "redis+nats", bench.sink_tables(redis.port, nats_.port),
-                                    5, 0.2, 1.5, consumers)
+                                    5, 0.2, 1.5, consumers, {"redis-server": redis.proc.pid})
         floor = bench.floor(redis.port, nats_.port, n=20, gap_s=0.005)
+        floor["pipe hop"] = bench.pipe_hop(n=20, gap_s=0.005)
     finally:
         redis.stop()
         nats_.stop()
@@ -41,5 +42,10 @@ def test_a_small_live_variant(tmp_path, random_artifact):
         assert row["sinks"][sink]["dropped"] == 0 and row["sinks"][sink]["sent"] >= row["live_samples"]
         assert row["consumer"][sink]["seen_fraction"] == 1.0 and row["consumer"][sink]["p50_us"] > 0
         assert floor[sink]["n"] == 20
+    assert floor["pipe hop"]["n"] == 20 and floor["pipe hop"]["seen_fraction"] == 1.0
+    # The CPU of the processes beside the daemon, over the same window: the stand-in exchange always works.
+    assert set(row["others_cpu_percent"]) == {"fake exchange", "redis-server", "consumers"}
+    assert row["others_cpu_percent"]["fake exchange"] > 0
     text = markdown.section_sinks({"parts": {"sinks": {"variants": [row], "floor": floor}}}, markdown=True)
-    assert "| redis+nats | 5 |" in text and "floor: another process" in text
+    assert "| redis+nats | 5 |" in text and "floor: another process" in text and "floor: a line into a pipe" in text
+    assert "fake exchange" in text and "/dev/cpu_dma_latency" in text

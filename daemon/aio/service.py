@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -37,6 +38,7 @@ from daemon.aio.rest import RestClient, RestError
 from daemon.aio.sinks.process import SinkProcess
 from daemon.core.artifact import ArtifactError
 from daemon.core.config import Config, ConfigError, load_config
+from daemon.core.cpus import apply_cpu_config, format_cpu_list
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.core.model import Model
 from daemon.core.parser import KlineFrame, kline_topic
@@ -315,7 +317,9 @@ class Service:
                                    log=self.log)
             self.log.info("daemon_started", symbols=list(self.pipelines), interval=self.cfg.feed.interval,
                           model=self.model.id, kernel=self.model.kernel_note, ws_url=self.cfg.feed.ws_url,
-                          config=self.cfg.source, **self.policy.describe())
+                          config=self.cfg.source, cpus=format_cpu_list(os.sched_getaffinity(0)),
+                          sink_cpus=format_cpu_list(self.sinks.cpus) if self.sinks and self.sinks.cpus else None,
+                          **self.policy.describe())
             if self.cfg.metrics.beyond_loopback:
                 self.log.warning("metrics_beyond_loopback", host=self.cfg.metrics.host, port=self.cfg.metrics.port)
             self.writer.attach(asyncio.get_running_loop())  # stdout writes never block the loop
@@ -385,10 +389,12 @@ def run_cli(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, early: EarlySignals) -> int:
     try:
         cfg = load_config(args.config)
+        sink_cpus = apply_cpu_config(cfg.cpu.daemon, cfg.cpu.sinks)  # first: later threads and children inherit it
         model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
         check_model(cfg, model)
         log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
-        sinks = SinkProcess.from_config(cfg)  # reads the sinks' secrets: a missing one is a configuration error
+        # Reads the sinks' secrets: a missing one is a configuration error.
+        sinks = SinkProcess.from_config(cfg, cpus=sink_cpus)
     except (ConfigError, ArtifactError, StartupError, OSError) as exc:
         print(f"kdsignal run: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default=None, metavar="DIR",
                         help="persisted teacher folder (default teacher/ beside the artifact, else models/teacher)")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher contenders (faster)")
+    parser.add_argument("--cpu-latency-us", type=int, default=None, metavar="US",
+                        help="hold the kernel's CPU wake-up latency at US microseconds while the bench runs "
+                             "(/dev/cpu_dma_latency, as tuned's latency-performance profile does; needs root)")
 
 
 def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True, workdir=None,
@@ -127,10 +130,23 @@ def run_cli(args: argparse.Namespace) -> int:
     from . import markdown as rep
 
     command = "kdsignal bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "kdsignal bench"
-    with tempfile.TemporaryDirectory(prefix="kdsignal-bench-") as tmp:
-        report, samples = run_bench(args.parts, args.n, model_path=args.model, teacher=not args.no_teacher,
-                                    workdir=tmp, command=command.strip(), alpha_path=args.alpha_model,
-                                    alt_path=args.alt_model, teacher_dir=args.teacher)
+    from .timing import HoldCpuLatency
+
+    hold = None
+    if args.cpu_latency_us is not None:
+        try:
+            hold = HoldCpuLatency(args.cpu_latency_us).__enter__()
+        except OSError as e:
+            print(f"kdsignal bench: {e}", file=sys.stderr)
+            return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdsignal-bench-") as tmp:
+            report, samples = run_bench(args.parts, args.n, model_path=args.model, teacher=not args.no_teacher,
+                                        workdir=tmp, command=command.strip(), alpha_path=args.alpha_model,
+                                        alt_path=args.alt_model, teacher_dir=args.teacher)
+    finally:
+        if hold is not None:
+            hold.__exit__(None, None, None)
     plot = Path(args.plot) if args.plot else (rep.DEFAULT_PLOT if args.write_md else None)
     if plot is not None and samples:
         m = report["machine"]

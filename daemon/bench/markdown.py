@@ -366,6 +366,11 @@ def section_scorecard(report: dict, markdown: bool) -> str:
     return table + "\n\n" + note
 
 
+_FLOORS = {"client": "floor: another process, no daemon",
+           "raw sockets": "floor: raw sockets both sides, no client library",
+           "pipe hop": "floor: a line into a pipe, read by another process"}
+
+
 def section_sinks(report: dict, markdown: bool) -> str:
     """The sinks table (tick-to-signal by variant, then consumer latency behind stdout)."""
     part = report["parts"].get("sinks", {})
@@ -373,20 +378,30 @@ def section_sinks(report: dict, markdown: bool) -> str:
     if not rows:
         return "not measured"
     out = [_table(["variant", "symbols", "bar s", "signals/s written", "samples", "tick_to_signal p50 us", "p99 us",
-                   "max us", "daemon CPU %", "RSS MB", "sink process CPU % / RSS MB", "sink sent / dropped"],
+                   "max us", "daemon CPU %", "RSS MB", "sink process CPU % / RSS MB", "sink sent / dropped",
+                   "other processes CPU %"],
                   [[r["variant"], r["symbols"], r["bar_s"], r["signals_per_s"], r["live_samples"], r["p50_us"],
                     r["p99_us"], r["max_us"], r["cpu_percent"], r["rss_mb"],
                     (f"{r['sinks_process']['cpu_percent']} / {r['sinks_process']['rss_mb']}"
                      if r.get("sinks_process") else "-"),
-                    ", ".join(f"{k} {v['sent']}/{v['dropped']}" for k, v in r.get("sinks", {}).items()) or "-"]
+                    ", ".join(f"{k} {v['sent']}/{v['dropped']}" for k, v in r.get("sinks", {}).items()) or "-",
+                    ", ".join(f"{k} {v}" for k, v in (r.get("others_cpu_percent") or {}).items()) or "-"]
                    for r in rows], markdown)]
     consumer = [(r["variant"], k, c) for r in rows for k, c in (r.get("consumer") or {}).items()]
-    consumer += [("floor: another process, no daemon", k, c) for k, c in (part.get("floor") or {}).items()]
+    consumer += [(_FLOORS.get(k.split(", ")[-1], _FLOORS["client"]), k.split(", ")[0], c)
+                 for k, c in (part.get("floor") or {}).items()]
     if consumer:
         out += ["", _table(["variant", "consumer", "lines seen", "share of stdout", "after stdout p50 us", "p99 us",
                             "max us"],
                            [[v, k, c["n"], c["seen_fraction"], c["p50_us"], c["p99_us"], c["max_us"]]
                             for v, k, c in consumer], markdown)]
+    if part.get("ratios"):
+        out += ["", "p99 against the first no-sink row of the same series: "
+                + "; ".join(f"{r['name'].removeprefix('sinks p99 ')} {r['ratio']:.2f}" for r in part["ratios"]) + "."]
+    qos = report.get("machine", {}).get("cpu_dma_latency_us")
+    out += ["", "CPU wake-up latency asked of the kernel during the run (/dev/cpu_dma_latency): "
+            + ("unreadable" if qos is None else "no limit (the default)" if qos >= 2_000_000_000 else f"{qos} us")
+            + "."]
     return "\n".join(out)
 
 

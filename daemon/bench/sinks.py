@@ -28,6 +28,7 @@ colocated deployment would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import json
 import os
@@ -42,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from daemon.core.cpus import apply_cpu_config, format_cpu_list
 
 __all__ = ["Consumers", "ServerProcess", "find_binary", "free_port", "nats_argv", "redis_argv", "run"]
 
@@ -162,16 +165,18 @@ class StampedOut:
 async def _drive(config_path: str, signals_path: str, stamps_path: str, settle_s: float, duration_s: float) -> dict:
     from daemon.aio.output import configure_logging
     from daemon.aio.service import Service
+    from daemon.aio.sinks.process import SinkProcess
     from daemon.core.config import load_config
     from daemon.core.model import Model
 
     from .loopback_driver import KeepAll, _cpu_s, _status_mb, latency_split, until_ready
 
     cfg = load_config(config_path)
+    sink_cpus = apply_cpu_config(cfg.cpu.daemon, cfg.cpu.sinks)  # as `kdsignal run` does
     model = Model.load(cfg.model.artifact, kernel=cfg.model.kernel, kernel_dir=cfg.model.kernel_dir)
     log_file = configure_logging(cfg.log.file, cfg.log.level, cfg.log.format)
     out = StampedOut(signals_path)
-    service = Service(cfg, model, out=out, log_file=log_file)
+    service = Service(cfg, model, out=out, log_file=log_file, sinks=SinkProcess.from_config(cfg, cpus=sink_cpus))
     recorder = KeepAll()
     service.writer.latency = recorder
     task = asyncio.create_task(service.run())
@@ -245,6 +250,10 @@ class Consumers:
             self._kill()
             raise
         return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values()]
 
     def collect(self) -> dict[str, list[tuple[int, bytes]]]:
         """Stop the consumers (once) and return what each saw."""
@@ -332,12 +341,16 @@ async def _consume(kind: str, port: int) -> list[tuple[int, bytes]]:
 
 def consumer_latency(stamps: dict[bytes, int], got: list[tuple[int, bytes]]) -> dict:
     """Per line the consumer saw: its arrival minus its stdout flush, in µs (p50, p99, max), and coverage."""
-    deltas = np.array([ns - stamps[line] for ns, line in got if line in stamps], dtype=np.float64) / 1000.0
+    return _summary([ns - stamps[line] for ns, line in got if line in stamps], len(stamps))
+
+
+def _summary(deltas_ns: list[int], expected: int) -> dict:
+    deltas = np.array(deltas_ns, dtype=np.float64) / 1000.0
     if not deltas.size:
         return {"n": 0, "p50_us": None, "p99_us": None, "max_us": None, "seen_fraction": 0.0}
     return {"n": int(deltas.size), "p50_us": round(float(np.percentile(deltas, 50)), 1),
             "p99_us": round(float(np.percentile(deltas, 99)), 1), "max_us": round(float(deltas.max()), 1),
-            "seen_fraction": round(deltas.size / max(1, len(stamps)), 4)}
+            "seen_fraction": round(deltas.size / max(1, expected), 4)}
 
 
 _FLOOR_PRODUCER = """
@@ -376,15 +389,153 @@ def floor(redis_port: int, nats_port: int, n: int = 300, gap_s: float = 0.01) ->
     return out
 
 
+_PIPE_READER = """
+import asyncio, os, sys, time
+
+async def main():
+    loop, got, done = asyncio.get_running_loop(), [], asyncio.Event()
+    def on_readable():
+        data = os.read(0, 1 << 16)
+        now = time.monotonic_ns()
+        if not data:
+            loop.remove_reader(0)
+            done.set()
+            return
+        got.extend((now, line) for line in data.split(b"\\n") if line)
+    os.set_blocking(0, False)
+    loop.add_reader(0, on_readable)
+    await done.wait()
+    sys.stdout.buffer.write(b"".join(b"%d\\t%s\\n" % row for row in got))
+
+asyncio.run(main())
+"""
+
+
+def pipe_hop(n: int = 300, gap_s: float = 0.01) -> dict:
+    """One hop of the machine, the one the daemon adds before the sinks: ``n`` stamped lines written one at a
+    time into a pipe, read by another Python process's event loop (as the sink process reads them)."""
+    proc = subprocess.Popen([sys.executable, "-c", _PIPE_READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        time.sleep(0.5)  # the reader's interpreter starts
+        fd = proc.stdin.fileno()
+        for _ in range(n):
+            os.write(fd, b"%d\n" % time.monotonic_ns())
+            time.sleep(gap_s)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    got = [(int(ns), line) for ns, line in (row.split(b"\t", 1) for row in out.splitlines())]
+    return consumer_latency({line: int(line) for _, line in got}, got)
+
+
+# The machine without client libraries: raw sockets both sides, each line's stamp found by a plain scan.
+_RAW_FLOOR = r"""
+import os, re, socket, sys, time
+kind, port, n, gap_s, key = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5].encode()
+stamp = re.compile(rb"K(\d{6,})K")
+
+
+def connect():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if kind == "nats":
+        s.recv(65536)  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        until(s, b"PONG\r\n")
+    return s
+
+
+def until(s, mark):
+    buf = b""
+    while mark not in buf:
+        buf += s.recv(65536)
+
+
+def resp(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # the consumer
+    os.close(r)
+    s, seen, last = connect(), [], b"$"
+    if kind == "nats":
+        s.sendall(b"SUB " + key + b" 1\r\nPING\r\n")
+        until(s, b"PONG\r\n")
+    os.write(w, b"r")
+    while len(seen) < n:
+        if kind == "redis":
+            s.sendall(resp(b"XREAD", b"BLOCK", b"5000", b"STREAMS", key, last))
+        data = s.recv(1 << 20)
+        now = time.monotonic_ns()
+        seen += [now - int(m) for m in stamp.findall(data)]
+        if kind == "redis":
+            ids = re.findall(rb"\r\n(\d+-\d+)\r\n", data)
+            last = ids[-1] if ids else last
+        elif b"PING\r\n" in data:
+            s.sendall(b"PONG\r\n")
+    os.write(w, " ".join(map(str, seen)).encode())
+    os._exit(0)
+os.close(w)
+os.read(r, 1)
+s = connect()
+for _ in range(n):  # the producer
+    payload = b"K%dK" % time.monotonic_ns()
+    if kind == "redis":
+        s.sendall(resp(b"XADD", key, b"*", b"line", payload))
+        s.recv(65536)
+    else:
+        s.sendall(b"PUB %s %d\r\n%s\r\n" % (key, len(payload), payload))
+    time.sleep(gap_s)
+out = b""
+while chunk := os.read(r, 1 << 20):
+    out += chunk
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode())
+"""
+
+
+def raw_floor(redis_port: int, nats_port: int, n: int = 300, gap_s: float = 0.01) -> dict:
+    """The machine's floor with no client library at all: raw sockets on both sides, one line at a time."""
+    out = {}
+    for kind, port, key in (("redis", redis_port, "kdsignal:raw-floor"), ("nats", nats_port, "kdsignal.raw-floor")):
+        done = subprocess.run([sys.executable, "-c", _RAW_FLOOR, kind, str(port), str(n), str(gap_s), key],
+                              check=True, timeout=120, capture_output=True)
+        out[kind] = _summary([int(x) for x in done.stdout.split()], n)
+    return out
+
+
 # ---------------------------------------------------------------------- orchestration (the bench process)
 def sink_tables(redis_port: int, nats_port: int) -> str:
     return (f'\n[[sink]]\nkind = "redis"\nurl = "redis://127.0.0.1:{redis_port}/0"\nstream = "{STREAM}"\n'
             f'\n[[sink]]\nkind = "nats"\nurl = "nats://127.0.0.1:{nats_port}"\nsubject = "{SUBJECT}"\n')
 
 
+def _cpu_ticks(pids: dict[str, list[int]]) -> dict[str, int]:
+    """utime + stime ticks of each named group of processes (a process that is gone counts 0)."""
+    out = {}
+    for name, group in pids.items():
+        total = 0
+        for pid in group:
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        out[name] = total
+    return out
+
+
 def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbols: int, bar_s: float,
-                duration_s: float, consumers: Consumers | None = None) -> dict:
-    """One fresh daemon at (symbols, bar_s) with ``sinks_toml`` appended to its configuration."""
+                duration_s: float, consumers: Consumers | None = None,
+                servers: dict[str, int] | None = None) -> dict:
+    """One fresh daemon at (symbols, bar_s) with ``sinks_toml`` appended to its configuration; ``servers``
+    (name: pid) are the server processes whose CPU share over the recording window is reported beside the
+    exchange stand-in's and the consumers'."""
     from .loopback import SETTLE_S, START_INDEX, FakeServer, _readline, _spawn, _stop, make_symbols, write_config
 
     level_dir = Path(tempfile.mkdtemp(prefix=f"sinks-{name}-", dir=workdir))
@@ -403,13 +554,20 @@ def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbo
         driver = _spawn([sys.executable, "-m", "daemon.bench.sinks", "driver", str(cfg),
                          str(level_dir / "signals.jsonl"), str(stamps_path), str(SETTLE_S), str(duration_s)],
                         level_dir / "driver.err")
-        _readline(driver, 300.0)
+        others = {"fake exchange": [fake.proc.pid], **{k: [v] for k, v in (servers or {}).items()}}
+        if consumers is not None:
+            others["consumers"] = consumers.pids
+        _readline(driver, 300.0)  # "recording": the window starts
+        ticks0, t0 = _cpu_ticks(others), time.monotonic()
         out = json.loads(_readline(driver, duration_s + 120.0))
+        ticks1, t1 = _cpu_ticks(others), time.monotonic()
         driver.wait(timeout=60)
     finally:
         _stop(driver)
         fake.close()
-    out.update({"variant": name, "symbols": symbols, "bar_s": bar_s})
+    hz = os.sysconf("SC_CLK_TCK")
+    out.update({"variant": name, "symbols": symbols, "bar_s": bar_s,
+                "others_cpu_percent": {k: round(100.0 * (ticks1[k] - ticks0[k]) / hz / (t1 - t0), 1) for k in others}})
     if consumers is not None:
         time.sleep(1.0)  # lines written at the end of the window are still on their way to the consumers
         stamps = {}
@@ -420,8 +578,56 @@ def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbo
     return out
 
 
+OWN_CPU = "daemon on a CPU of its own"
+
+
+@contextlib.contextmanager
+def _servers(workdir: Path, redis_exe: str, nats_exe: str):
+    """A fresh ``redis-server`` and core ``nats-server`` on free loopback ports, stopped on the way out."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    redis = ServerProcess(redis_argv(redis_exe, port, workdir), port, workdir, "redis")
+    port = free_port()
+    nats_ = ServerProcess(nats_argv(nats_exe, port, workdir, jetstream=False), port, workdir, "nats")
+    try:
+        redis.start()
+        nats_.start()
+        yield redis, nats_
+    finally:
+        redis.stop()
+        nats_.stop()
+
+
+@contextlib.contextmanager
+def _running_on(cpus: set[int]):
+    """This process (and every process it starts meanwhile) on ``cpus``; as before afterwards."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run_plan(plan, workdir: Path, artifact: Path, redis: ServerProcess, nats_: ServerProcess, duration_s: float,
+              series: str, rows: list, skipped: list) -> None:
+    servers = {"redis-server": redis.proc.pid, "nats-server": nats_.proc.pid}
+    for name, tables, consume, (symbols, bar_s) in plan:
+        try:
+            if consume:
+                with Consumers(redis.port, nats_.port) as consumers:
+                    row = run_variant(workdir, artifact, name, tables, symbols, bar_s, duration_s, consumers, servers)
+            else:
+                row = run_variant(workdir, artifact, name, tables, symbols, bar_s, duration_s, servers=servers)
+            rows.append({**row, "series": series})
+        except (RuntimeError, TimeoutError, ValueError, OSError) as e:
+            skipped.append({"name": f"sinks_{name}", "reason": str(e)[:300]})
+
+
 def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
-    """The sinks part: no sinks, Redis + NATS, dead sinks, no sinks again, at the issue's level."""
+    """The sinks part: no sinks, Redis + NATS (read and unread), dead sinks, no sinks again, at the issue's level,
+    with every process sharing the machine's CPUs and again with the daemon on a CPU of its own ([cpu]);
+    then smaller bursts, and the machine's floors."""
     from .loopback import ISSUE_LEVEL, missing
 
     why = missing()
@@ -433,40 +639,41 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
     if why is not None:
         return {"variants": [], "skipped": [{"name": "sinks", "reason": why}]}
     rows, skipped, floor_row = [], [], None
+    artifact = Path(artifact_path)
+    allowed = sorted(os.sched_getaffinity(0))
+
+    def core_plan(redis: ServerProcess, nats_: ServerProcess, extra: str = "") -> list:
+        live, dead = sink_tables(redis.port, nats_.port), sink_tables(free_port(), free_port())
+        # "nobody reading": the sinks' own cost, without the consumers' CPU on the same cores.
+        return [("none", extra, False, ISSUE_LEVEL), ("redis+nats", live + extra, True, ISSUE_LEVEL),
+                ("redis+nats, nobody reading", live + extra, False, ISSUE_LEVEL),
+                ("dead sinks", dead + extra, False, ISSUE_LEVEL), ("none again", extra, False, ISSUE_LEVEL)]
+
     with tempfile.TemporaryDirectory(prefix="kdsignal-bench-sinks-") as tmp:
         workdir = Path(tmp)
-        port = free_port()
-        redis = ServerProcess(redis_argv(redis_exe, port, workdir), port, workdir, "redis")
-        port = free_port()
-        nats_ = ServerProcess(nats_argv(nats_exe, port, workdir, jetstream=False), port, workdir, "nats")
-        dead = sink_tables(free_port(), free_port())
-        try:
-            redis.start()
-            nats_.start()
+        with _servers(workdir / "shared", redis_exe, nats_exe) as (redis, nats_):
             try:
                 floor_row = floor(redis.port, nats_.port)
+                floor_row["pipe hop"] = pipe_hop()
+                floor_row.update({f"{k}, raw sockets": v for k, v in raw_floor(redis.port, nats_.port).items()})
             except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                 floor_row = None
                 skipped.append({"name": "sinks_floor", "reason": str(e)[:300]})
-            live = sink_tables(redis.port, nats_.port)
-            plan = [("none", "", False, ISSUE_LEVEL), ("redis+nats", live, True, ISSUE_LEVEL),
-                    ("dead sinks", dead, False, ISSUE_LEVEL), ("none again", "", False, ISSUE_LEVEL)]
+            plan = core_plan(redis, nats_)
             # Smaller bursts: how soon a consumer sees a line depends on how many lines a burst holds.
+            live = sink_tables(redis.port, nats_.port)
             plan += [(f"redis+nats, {n} symbols", live, True, (n, b)) for n, b in SMALL_BURSTS]
-            for name, tables, consume, (symbols, bar_s) in plan:
-                try:
-                    if consume:
-                        with Consumers(redis.port, nats_.port) as consumers:
-                            rows.append(run_variant(workdir, Path(artifact_path), name, tables, symbols, bar_s,
-                                                    duration_s, consumers))
-                    else:
-                        rows.append(run_variant(workdir, Path(artifact_path), name, tables, symbols, bar_s,
-                                                duration_s))
-                except (RuntimeError, TimeoutError, ValueError, OSError) as e:
-                    skipped.append({"name": f"sinks_{name}", "reason": str(e)[:300]})
-        finally:
-            redis.stop()
-            nats_.stop()
+            _run_plan(plan, workdir, artifact, redis, nats_, duration_s, "shared", rows, skipped)
+        if len(allowed) < 2:
+            skipped.append({"name": f"sinks, {OWN_CPU}", "reason": "a single CPU: nothing to keep off it"})
+        else:
+            # The daemon pins itself to the first CPU ([cpu] daemon, its sink process then keeps to the others);
+            # the servers, the exchange stand-in and the consumers start from here, on the others.
+            with _running_on(set(allowed[1:])), _servers(workdir / "own", redis_exe, nats_exe) as (redis, nats_):
+                cpu = f'\n[cpu]\ndaemon = "{allowed[0]}"\n'
+                plan = [(f"{name}, {OWN_CPU}", tables, consume, level)
+                        for name, tables, consume, level in core_plan(redis, nats_, cpu)]
+                _run_plan(plan, workdir, artifact, redis, nats_, duration_s, "own CPU", rows, skipped)
     results = []
     for r in rows:
         key = r["variant"].replace("+", "_").replace(", ", "_").replace(" ", "_")
@@ -475,19 +682,21 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
         for sink, c in (r.get("consumer") or {}).items():
             results.append({"name": f"sinks_consumer_after_stdout_{sink}", "p50_us": c["p50_us"],
                             "p99_us": c["p99_us"], "n": c["n"]})
-    base = next((r for r in rows if r["variant"] == "none"), None)
     ratios = []
-    if base and base["p99_us"]:
-        for r in rows[1:]:
-            if r["p99_us"] and r["symbols"] == base["symbols"]:
-                ratios.append({"name": f"sinks p99 {r['variant']} / none",
+    for series in ("shared", "own CPU"):
+        in_series = [r for r in rows if r["series"] == series and r["symbols"] == ISSUE_LEVEL[0]]
+        base = next((r for r in in_series if r["variant"].startswith("none")), None)
+        if not base or not base["p99_us"]:
+            continue
+        for r in in_series:
+            if r is not base and r["p99_us"]:
+                ratios.append({"name": f"sinks p99 {r['variant']} / {base['variant']}",
                                "ratio": round(r["p99_us"] / base["p99_us"], 3)})
     for sink, c in (floor_row or {}).items():
         results.append({"name": f"sinks_floor_{sink}", "p50_us": c["p50_us"], "p99_us": c["p99_us"], "n": c["n"]})
     return {"variants": rows, "floor": floor_row, "results": results, "ratios": ratios, "skipped": skipped,
             "settings": {"issue_level": list(ISSUE_LEVEL), "small_bursts": [list(x) for x in SMALL_BURSTS],
-                         "duration_s": duration_s}}
-
+                         "duration_s": duration_s, "cpus": format_cpu_list(allowed)}}
 
 
 def main(argv: list[str]) -> int:

@@ -200,7 +200,45 @@ def machine_info() -> dict:
         "lightgbm": _version("lightgbm"),
         # Other work on a shared machine shows up here; the ratios are fair regardless (interleaved rounds).
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "cpu_dma_latency_us": cpu_dma_latency_us(),
     }
+
+
+CPU_DMA_LATENCY = "/dev/cpu_dma_latency"
+
+
+def cpu_dma_latency_us() -> int | None:
+    """The CPU wake-up latency the kernel is asked to keep (PM QoS, in us), None where it cannot be read.
+
+    Idle CPUs sleep deeper when this is large (the default, 2000 s: no limit), and waking one takes longer:
+    on a virtual machine, hundreds of microseconds. Every process-to-process hop of the sinks pays it.
+    """
+    try:
+        with open(CPU_DMA_LATENCY, "rb") as f:
+            return int.from_bytes(f.read(4), "little", signed=True)
+    except OSError:
+        return None
+
+
+class HoldCpuLatency:
+    """Ask the kernel for at most ``us`` microseconds of CPU wake-up latency while this is open (PM QoS, as
+    tuned's latency-performance profile does; needs write access to /dev/cpu_dma_latency, normally root)."""
+
+    def __init__(self, us: int) -> None:
+        self.us, self._fd = us, -1
+
+    def __enter__(self) -> HoldCpuLatency:
+        try:
+            self._fd = os.open(CPU_DMA_LATENCY, os.O_WRONLY)
+            os.write(self._fd, int(self.us).to_bytes(4, "little", signed=True))
+        except OSError as e:
+            if self._fd >= 0:
+                os.close(self._fd)
+            raise OSError(f"cannot hold {CPU_DMA_LATENCY} at {self.us} us: {e.strerror or e}") from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._fd)  # the kernel drops the request with the last close
 
 
 def utc_now() -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from daemon.core.cpus import parse_cpu_list
 from daemon.core.errors import ConfigError
 from daemon.core.parser import INTERVAL_MS
 from daemon.core.policy import EMITS, FROM_ARTIFACT, POLICIES
@@ -164,6 +165,14 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
+class CpuConfig:
+    """[cpu]: Linux CPU lists ("0", "1-3"); empty leaves a process where it started (daemon.core.cpus)."""
+
+    daemon: str = ""  # the daemon pins itself here at start-up
+    sinks: str = ""  # the sink process; empty with ``daemon`` set: every other CPU the daemon could use
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -175,6 +184,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    cpu: CpuConfig = field(default_factory=CpuConfig)
     # Accepted untouched; validated by the training code, never by the daemon.
     train: dict = field(default_factory=dict)
     retrain: dict = field(default_factory=dict)  # read by daemon/training/retrain.py
@@ -184,7 +194,8 @@ class Config:
 
 
 _SECTIONS = {"feed": FeedConfig, "backoff": BackoffConfig, "rest": RestConfig, "model": ModelConfig,
-             "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig, "signal": SignalConfig}
+             "log": LogConfig, "metrics": MetricsConfig, "scorecard": ScorecardConfig, "signal": SignalConfig,
+             "cpu": CpuConfig}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 
@@ -319,6 +330,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[signal].threshold is {sig.threshold!r}, expected a number from 0 to 1")
     if not sig.fee_case or len(sig.fee_case) > 64:
         raise ConfigError(f"[signal].fee_case is {sig.fee_case!r:.80}, expected a case name like \"taker\"")
+    parse_cpu_list("[cpu].daemon", cfg.cpu.daemon)
+    parse_cpu_list("[cpu].sinks", cfg.cpu.sinks)
 
 
 _CHECKOUT = Path(__file__).resolve().parents[2]

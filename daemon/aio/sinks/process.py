@@ -109,8 +109,10 @@ class SinkProcess(SinkGroup):
 
     def __init__(self, configs: list[SinkConfig], secrets: list[str | None], *, backoff: BackoffConfig | None = None,
                  log=None, drain_s: float = 2.0, notice_every_s: float = 10.0,
-                 argv: list[str] | None = None, pipe_bytes: int = PIPE_BYTES) -> None:
+                 argv: list[str] | None = None, pipe_bytes: int = PIPE_BYTES,
+                 cpus: frozenset[int] | None = None) -> None:
         self.configs, self._secrets = list(configs), list(secrets)
+        self.cpus = cpus  # where the process pins itself ([cpu], daemon.core.cpus); None: where it starts
         self.backoff = backoff or BackoffConfig()
         self.log = (log or structlog.get_logger("kdsignal")).bind(component="sinks")
         self.drain_s = drain_s
@@ -135,9 +137,11 @@ class SinkProcess(SinkGroup):
         self._noticed_drops = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, log=None, environ: dict | None = None) -> SinkProcess:
+    def from_config(cls, cfg: Config, log=None, environ: dict | None = None,
+                    cpus: frozenset[int] | None = None) -> SinkProcess:
         """The sinks of ``cfg.sinks``; their secrets are read now (``ConfigError`` if one is missing)."""
-        return cls(list(cfg.sinks), [read_secret(s, environ) for s in cfg.sinks], backoff=cfg.backoff, log=log)
+        return cls(list(cfg.sinks), [read_secret(s, environ) for s in cfg.sinks], backoff=cfg.backoff, log=log,
+                   cpus=cpus)
 
     @property
     def pid(self) -> int | None:
@@ -203,7 +207,7 @@ class SinkProcess(SinkGroup):
         os.close(r)
         os.close(sw)
         # Written before any line, while the pipe is empty: the description always fits.
-        init = memoryview(encode_init(self.configs, self._secrets, self.backoff, self.drain_s))
+        init = memoryview(encode_init(self.configs, self._secrets, self.backoff, self.drain_s, self.cpus))
         while init:
             init = init[os.write(w, init):]
         os.set_blocking(w, False)

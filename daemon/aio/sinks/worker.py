@@ -39,10 +39,24 @@ _PR_SET_PDEATHSIG = 1
 _LINE_MAX_BYTES = 1 << 20  # a "line" longer than this without a newline is garbage: dropped
 
 
-def encode_init(configs, secrets, backoff, drain_s: float) -> bytes:
-    """The first line the daemon writes to the sink process: sink tables, their secrets, backoff, drain time."""
+def encode_init(configs, secrets, backoff, drain_s: float, cpus=None) -> bytes:
+    """The first line the daemon writes to the sink process: sink tables, their secrets, backoff, drain time
+    and the CPUs to run on (None: where it started)."""
     sinks = [{"config": asdict(c), "secret": s} for c, s in zip(configs, secrets, strict=True)]
-    return json.dumps({"sinks": sinks, "backoff": asdict(backoff), "drain_s": drain_s}).encode() + b"\n"
+    return json.dumps({"sinks": sinks, "backoff": asdict(backoff), "drain_s": drain_s,
+                       "cpus": sorted(cpus) if cpus else None}).encode() + b"\n"
+
+
+def _pin(cpus, log) -> None:
+    # The daemon checked the list and pinned itself first; a refusal here (a seccomp filter, a cpuset
+    # that changed) leaves this process where it started, which costs latency, not signals: logged.
+    if not cpus:
+        return
+    try:
+        os.sched_setaffinity(0, {int(c) for c in cpus})
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("sink_cpus_refused", cpus=str(cpus)[:200], error=str(exc)[:200],
+                    running_on=sorted(os.sched_getaffinity(0)))
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -172,6 +186,7 @@ async def serve(init: dict, in_fd: int = 0, out_fd: int = 1, rest: bytes = b"") 
 
     pipe = StatusPipe(out_fd)
     log = PipeLog(pipe.send)
+    _pin(init.get("cpus"), log)
     backoff = BackoffConfig(**init["backoff"])
     sinks = SinkSet(build_sink(KINDS[d["config"]["kind"]](**d["config"]), secret=d["secret"], backoff=backoff,
                                log=log) for d in init["sinks"])

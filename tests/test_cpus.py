@@ -1,0 +1,93 @@
+"""[cpu]: CPU lists checked at the door, the daemon pinned at start-up, its sink process kept off its CPUs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.core.config import ConfigError, parse_config
+from daemon.core.cpus import MAX_CPU, format_cpu_list, parse_cpu_list, sink_cpus
+from daemon.tools.fake_bybit import FakeBybit
+from tests.support import OPEN_INDEX, Proc, log_events, sample_rows, wait_until, write_config, write_random_artifact
+
+
+def test_cpu_lists_parse_like_the_kernels():
+    assert parse_cpu_list("k", "") == frozenset() == parse_cpu_list("k", "  ")
+    assert parse_cpu_list("k", "0") == {0}
+    assert parse_cpu_list("k", "0,2-3, 5") == {0, 2, 3, 5}
+    assert parse_cpu_list("k", f"{MAX_CPU}") == {MAX_CPU}
+
+
+@pytest.mark.parametrize("text", ["-1", "1-", "a", "3-1", "0,,1", str(MAX_CPU + 1), "\u00b2", "1 - 2", "0x1",
+                                  "1;2", "0," * 200])
+def test_a_bad_cpu_list_is_refused_naming_the_key(text):
+    with pytest.raises(ConfigError, match=r"^\[cpu\]\.daemon is "):
+        parse_cpu_list("[cpu].daemon", text)
+
+
+@given(st.frozensets(st.integers(0, MAX_CPU), max_size=40))
+def test_format_and_parse_round_trip(cpus):
+    assert parse_cpu_list("k", format_cpu_list(cpus)) == cpus
+
+
+def test_the_sink_process_keeps_off_the_daemons_cpus_by_default():
+    allowed = frozenset({0, 1, 2, 3})
+    assert sink_cpus(frozenset({0}), frozenset(), allowed) == {1, 2, 3}
+    assert sink_cpus(frozenset({0}), frozenset({3}), allowed) == {3}  # told: as told
+    assert sink_cpus(frozenset(), frozenset({2}), allowed) == {2}
+    assert sink_cpus(frozenset(), frozenset(), allowed) is None  # nothing set: where it starts
+    assert sink_cpus(frozenset({0}), frozenset(), frozenset({0})) is None  # no other CPU: shares the daemon's
+
+
+def test_the_cpu_table_in_the_configuration():
+    cfg = parse_config({"cpu": {"daemon": "0", "sinks": "1-3"}})
+    assert (cfg.cpu.daemon, cfg.cpu.sinks) == ("0", "1-3")
+    with pytest.raises(ConfigError, match=r"unknown key in \[cpu\]: sink$"):
+        parse_config({"cpu": {"sink": "1"}})
+    with pytest.raises(ConfigError, match=r"^\[cpu\]\.sinks is '1-x'"):
+        parse_config({"cpu": {"sinks": "1-x"}})
+    with pytest.raises(ConfigError, match=r"^\[cpu\]\.daemon is 0, expected a string"):
+        parse_config({"cpu": {"daemon": 0}})
+
+
+def test_run_refuses_a_cpu_the_kernel_refuses(tmp_path, capsys):
+    """A CPU this machine does not have: exit 78 and one line naming [cpu].daemon, before anything starts."""
+    from daemon.aio.service import run_cli
+    from daemon.core.exitcodes import EXIT_CONFIG
+
+    before = os.sched_getaffinity(0)
+    path = tmp_path / "k.toml"
+    path.write_text(f'[cpu]\ndaemon = "{MAX_CPU}"\n')
+    assert run_cli(argparse.Namespace(config=str(path))) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith("kdsignal run: [cpu].daemon is '4095', which the kernel refused") and err.count("\n") == 1
+    assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin the daemon and its sinks apart")
+async def test_the_daemon_and_its_sink_process_run_where_configured(tmp_path):
+    """[cpu] daemon = the first CPU: the daemon runs there, its sink process on the others, and it says so."""
+    cpus = sorted(os.sched_getaffinity(0))
+    log = tmp_path / "daemon.log"
+    write_random_artifact(tmp_path / "a.npz")
+    extra = f'\n[cpu]\ndaemon = "{cpus[0]}"\n\n[[sink]]\nkind = "redis"\nurl = "redis://127.0.0.1:9/0"\n'
+    async with FakeBybit(sample_rows(("BTCUSDT",), OPEN_INDEX + 40), "5", start_index=OPEN_INDEX) as fake:
+        proc = await Proc().start(write_config(tmp_path / "c.toml", fake, log_file=log, extra=extra))
+        try:
+            started = {"sink_process_started", "daemon_started"}
+            await wait_until(lambda: started <= {e["event"] for e in log_events(log)}, 30, "daemon and sinks start")
+            events = {e["event"]: e for e in log_events(log)}
+            child = events["sink_process_started"]["pid"]
+            rest = format_cpu_list(cpus[1:])
+            assert (events["daemon_started"]["cpus"], events["daemon_started"]["sink_cpus"]) == (str(cpus[0]), rest)
+            assert os.sched_getaffinity(proc.p.pid) == {cpus[0]}
+            # The sink process pins itself once it has read its description: wait for that.
+            await wait_until(lambda: os.sched_getaffinity(child) == set(cpus[1:]), 10, "the sink process moved")
+            await fake.step(1)
+            assert (await proc.line())["symbol"] == "BTCUSDT"
+        finally:
+            await proc.stop()
