@@ -10,9 +10,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.core.config import ConfigError, parse_config
-from daemon.core.cpus import MAX_CPU, format_cpu_list, parse_cpu_list, sink_cpus
+from daemon.core.cpus import MAX_CPU, apply_cpu_config, format_cpu_list, parse_cpu_list, sink_cpus
 from daemon.tools.fake_bybit import FakeBybit
-from tests.support import OPEN_INDEX, Proc, log_events, sample_rows, wait_until, write_config, write_random_artifact
+from tests.support import (
+    OPEN_INDEX,
+    Proc,
+    log_events,
+    sample_rows,
+    wait_settled,
+    wait_until,
+    write_config,
+    write_random_artifact,
+)
+
+
+def threads_cpus(pid: int) -> set[str]:
+    """The distinct ``Cpus_allowed_list`` of every thread of ``pid``."""
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status", encoding="ascii") as f:
+            out |= {line.split(":", 1)[1].strip() for line in f if line.startswith("Cpus_allowed_list:")}
+    return out
 
 
 def test_cpu_lists_parse_like_the_kernels():
@@ -22,11 +40,31 @@ def test_cpu_lists_parse_like_the_kernels():
     assert parse_cpu_list("k", f"{MAX_CPU}") == {MAX_CPU}
 
 
-@pytest.mark.parametrize("text", ["-1", "1-", "a", "3-1", "0,,1", str(MAX_CPU + 1), "\u00b2", "1 - 2", "0x1",
-                                  "1;2", "0," * 200])
+@pytest.mark.parametrize("text", ["-1", "1-", "a", "3-1", "0,,1", "0,", str(MAX_CPU + 1), "\u00b2", "1 - 2",
+                                  "0x1", "1;2", ",".join(["0"] * 3000)])
 def test_a_bad_cpu_list_is_refused_naming_the_key(text):
     with pytest.raises(ConfigError, match=r"^\[cpu\]\.daemon is "):
         parse_cpu_list("[cpu].daemon", text)
+
+
+def test_a_list_too_long_says_so():
+    with pytest.raises(ConfigError, match="characters long"):
+        parse_cpu_list("[cpu].daemon", ",".join(["0"] * 3000))
+    assert parse_cpu_list("k", ",".join(map(str, range(0, 1024, 2)))) == set(range(0, 1024, 2))
+
+
+@pytest.mark.parametrize("daemon, sinks, needle", [
+    (f"0,{MAX_CPU}", "", "[cpu].daemon is '0,4095', but this machine has no CPU 4095"),
+    (f"0-{MAX_CPU}", "", "[cpu].daemon is '0-4095', but this machine has no CPU"),
+    ("", f"{MAX_CPU}", "[cpu].sinks is '4095', but this machine has no CPU 4095"),
+])
+def test_cpus_the_machine_lacks_are_refused_before_pinning(daemon, sinks, needle):
+    """Even where the kernel would take the CPUs it has and drop the others, the start is refused."""
+    before = os.sched_getaffinity(0)
+    with pytest.raises(ConfigError) as err:
+        apply_cpu_config(daemon, sinks)
+    assert str(err.value).startswith(needle)
+    assert os.sched_getaffinity(0) == before
 
 
 @given(st.frozensets(st.integers(0, MAX_CPU), max_size=40))
@@ -54,7 +92,7 @@ def test_the_cpu_table_in_the_configuration():
         parse_config({"cpu": {"daemon": 0}})
 
 
-def test_run_refuses_a_cpu_the_kernel_refuses(tmp_path, capsys):
+def test_run_refuses_a_cpu_the_machine_lacks(tmp_path, capsys):
     """A CPU this machine does not have: exit 78 and one line naming [cpu].daemon, before anything starts."""
     from daemon.aio.service import run_cli
     from daemon.core.exitcodes import EXIT_CONFIG
@@ -64,7 +102,8 @@ def test_run_refuses_a_cpu_the_kernel_refuses(tmp_path, capsys):
     path.write_text(f'[cpu]\ndaemon = "{MAX_CPU}"\n')
     assert run_cli(argparse.Namespace(config=str(path))) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert err.startswith("kdsignal run: [cpu].daemon is '4095', which the kernel refused") and err.count("\n") == 1
+    assert err.startswith("kdsignal run: [cpu].daemon is '4095', but this machine has no CPU 4095")
+    assert err.count("\n") == 1
     assert os.sched_getaffinity(0) == before
 
 
@@ -84,10 +123,11 @@ async def test_the_daemon_and_its_sink_process_run_where_configured(tmp_path):
             child = events["sink_process_started"]["pid"]
             rest = format_cpu_list(cpus[1:])
             assert (events["daemon_started"]["cpus"], events["daemon_started"]["sink_cpus"]) == (str(cpus[0]), rest)
-            assert os.sched_getaffinity(proc.p.pid) == {cpus[0]}
-            # The sink process pins itself once it has read its description: wait for that.
-            await wait_until(lambda: os.sched_getaffinity(child) == set(cpus[1:]), 10, "the sink process moved")
-            await fake.step(1)
-            assert (await proc.line())["symbol"] == "BTCUSDT"
+            # Every thread of each: the daemon pinned itself before starting any, the sink process was moved
+            # by the daemon as it started, before its interpreter could start one.
+            assert threads_cpus(proc.p.pid) == {str(cpus[0])}
+            assert threads_cpus(child) == {rest}
+            first = await wait_settled(fake, log)  # and it signals as ever
+            assert (await proc.line())["start"] == first
         finally:
             await proc.stop()

@@ -320,6 +320,8 @@ class Service:
                           config=self.cfg.source, cpus=format_cpu_list(os.sched_getaffinity(0)),
                           sink_cpus=format_cpu_list(self.sinks.cpus) if self.sinks and self.sinks.cpus else None,
                           **self.policy.describe())
+            if self.cfg.cpu.daemon and self.sinks and not self.sinks.cpus:
+                self.log.warning("sink_process_shares_daemon_cpus", cpus=format_cpu_list(os.sched_getaffinity(0)))
             if self.cfg.metrics.beyond_loopback:
                 self.log.warning("metrics_beyond_loopback", host=self.cfg.metrics.host, port=self.cfg.metrics.port)
             self.writer.attach(asyncio.get_running_loop())  # stdout writes never block the loop

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .timing import machine_info, utc_now
+from .timing import MAX_CPU_LATENCY_US, machine_info, utc_now
 
 PARTS = ("inference", "throughput", "loopback", "sinks", "training", "size", "hostile", "scorecard")
 
@@ -63,9 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default=None, metavar="DIR",
                         help="persisted teacher folder (default teacher/ beside the artifact, else models/teacher)")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher contenders (faster)")
-    parser.add_argument("--cpu-latency-us", type=int, default=None, metavar="US",
+    parser.add_argument("--cpu-latency-us", type=_latency_us, default=None, metavar="US",
                         help="hold the kernel's CPU wake-up latency at US microseconds while the bench runs "
                              "(/dev/cpu_dma_latency, as tuned's latency-performance profile does; needs root)")
+
+
+def _latency_us(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_CPU_LATENCY_US:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of microseconds 0..{MAX_CPU_LATENCY_US}")
+    return value
 
 
 def run_bench(parts: list[str], n: int, *, model_path=None, teacher: bool = True, workdir=None,

@@ -366,9 +366,9 @@ def section_scorecard(report: dict, markdown: bool) -> str:
     return table + "\n\n" + note
 
 
-_FLOORS = {"client": "floor: another process, no daemon",
+_FLOORS = {"client library": "floor: another process, no daemon",
            "raw sockets": "floor: raw sockets both sides, no client library",
-           "pipe hop": "floor: a line into a pipe, read by another process"}
+           "pipe": "floor: a line into a pipe, read by another process"}
 
 
 def section_sinks(report: dict, markdown: bool) -> str:
@@ -388,8 +388,8 @@ def section_sinks(report: dict, markdown: bool) -> str:
                     ", ".join(f"{k} {v}" for k, v in (r.get("others_cpu_percent") or {}).items()) or "-"]
                    for r in rows], markdown)]
     consumer = [(r["variant"], k, c) for r in rows for k, c in (r.get("consumer") or {}).items()]
-    consumer += [(_FLOORS.get(k.split(", ")[-1], _FLOORS["client"]), k.split(", ")[0], c)
-                 for k, c in (part.get("floor") or {}).items()]
+    consumer += [(_FLOORS.get(kind, kind), k, c)
+                 for kind, by_consumer in (part.get("floor") or {}).items() for k, c in by_consumer.items()]
     if consumer:
         out += ["", _table(["variant", "consumer", "lines seen", "share of stdout", "after stdout p50 us", "p99 us",
                             "max us"],

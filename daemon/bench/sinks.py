@@ -1,13 +1,15 @@
 """Sinks on loopback: what a Redis and a NATS sink cost the hot path, and how soon a consumer sees each line.
 
 At the issue's level (500 symbols, 10 pushes a second each: ``loopback.ISSUE_LEVEL``) the daemon runs under
-the fake Bybit four times in one bench run, each a fresh daemon process: without sinks; with a Redis
-Streams sink and a core-NATS sink on a real ``redis-server`` and ``nats-server`` started here on loopback;
-with both sinks pointing at ports nobody listens on (a dead sink: every line queued until the queue is
-full, then dropped and counted); and without sinks once more, so the run-to-run spread of the figure is on
-the table beside the differences. Live sinks run again at smaller bursts of closes (``SMALL_BURSTS``), and
-the floor of the machine is measured too: another process sending stamped lines straight to the same
-servers, one at a time, timed by the same consumers.
+the fake Bybit in two series, each variant a fresh daemon process. Shared: every process may run on any
+CPU: without sinks; with a Redis Streams sink and a core-NATS sink on a real ``redis-server`` and
+``nats-server`` started here on loopback, read by two consumers; the same with nobody reading (the sinks'
+own cost, without the consumers' CPU); with both sinks pointing at ports nobody listens on (a dead sink:
+every line queued until the queue is full, then dropped and counted); and without sinks once more, so the
+run-to-run spread of the figure is on the table beside the differences. Live sinks run again at smaller
+bursts of closes (``SMALL_BURSTS``). Own CPU: the same five with ``[cpu] daemon`` set to the first CPU, while
+the servers, the exchange stand-in and the consumers start from this process pinned to the others (the sink
+process keeps off the daemon's CPU by itself). The CPU each other process used in the window is recorded.
 
 The sinks run in a process of their own (``daemon.aio.sinks.process``): the daemon writes each line to a
 pipe right after stdout, and the sink process sends as lines arrive, while the daemon goes on with the
@@ -21,8 +23,12 @@ stream; a NATS subscription), stamp each line when their client library hands it
 (``CLOCK_MONOTONIC``, one clock for every process of the machine); the difference, per line, is how long
 after stdout the line reached a consumer. A Redis reply holding a burst is stamped once, when it is parsed
 (redis-py in pure Python: parsing a few hundred entries takes milliseconds on a busy machine, and a
-consumer would wait for it too). All of it shares the machine's cores with the fake exchange and the servers, as a
-colocated deployment would.
+consumer would wait for it too).
+
+Three floors, with no daemon: another process sending stamped lines one at a time straight to the servers,
+timed by the same consumers; the same with raw sockets on both sides and no client library; and one line
+at a time into a pipe, read by another Python process's event loop (the hop the daemon adds before the
+sinks).
 """
 
 from __future__ import annotations
@@ -404,6 +410,7 @@ async def main():
         got.extend((now, line) for line in data.split(b"\\n") if line)
     os.set_blocking(0, False)
     loop.add_reader(0, on_readable)
+    print("ready", flush=True)
     await done.wait()
     sys.stdout.buffer.write(b"".join(b"%d\\t%s\\n" % row for row in got))
 
@@ -416,7 +423,9 @@ def pipe_hop(n: int = 300, gap_s: float = 0.01) -> dict:
     time into a pipe, read by another Python process's event loop (as the sink process reads them)."""
     proc = subprocess.Popen([sys.executable, "-c", _PIPE_READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        time.sleep(0.5)  # the reader's interpreter starts
+        if _readline_within(proc, 30.0) != b"ready\n":
+            raise RuntimeError("the pipe reader did not start within 30 s")
+        time.sleep(0.1)  # its loop is waiting in epoll now
         fd = proc.stdin.fileno()
         for _ in range(n):
             os.write(fd, b"%d\n" % time.monotonic_ns())
@@ -426,8 +435,7 @@ def pipe_hop(n: int = 300, gap_s: float = 0.01) -> dict:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    got = [(int(ns), line) for ns, line in (row.split(b"\t", 1) for row in out.splitlines())]
-    return consumer_latency({line: int(line) for _, line in got}, got)
+    return _summary([int(ns) - int(line) for ns, line in (row.split(b"\t", 1) for row in out.splitlines())], n)
 
 
 # The machine without client libraries: raw sockets both sides, each line's stamp found by a plain scan.
@@ -438,7 +446,7 @@ stamp = re.compile(rb"K(\d{6,})K")
 
 
 def connect():
-    s = socket.create_connection(("127.0.0.1", port))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)  # every recv gives up after 10 s
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if kind == "nats":
         s.recv(65536)  # INFO
@@ -450,7 +458,10 @@ def connect():
 def until(s, mark):
     buf = b""
     while mark not in buf:
-        buf += s.recv(65536)
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit(f"{kind} closed the connection")
+        buf += chunk
 
 
 def resp(*args):
@@ -459,25 +470,32 @@ def resp(*args):
 
 r, w = os.pipe()
 pid = os.fork()
-if pid == 0:  # the consumer
+if pid == 0:  # the consumer: each stamp's first arrival (a stamp split over two reads counts when whole)
     os.close(r)
-    s, seen, last = connect(), [], b"$"
+    s, seen, tail, last = connect(), {}, b"", b"0-0"  # a fresh key: from its start, nothing is missed
     if kind == "nats":
         s.sendall(b"SUB " + key + b" 1\r\nPING\r\n")
         until(s, b"PONG\r\n")
     os.write(w, b"r")
-    while len(seen) < n:
-        if kind == "redis":
-            s.sendall(resp(b"XREAD", b"BLOCK", b"5000", b"STREAMS", key, last))
-        data = s.recv(1 << 20)
-        now = time.monotonic_ns()
-        seen += [now - int(m) for m in stamp.findall(data)]
-        if kind == "redis":
-            ids = re.findall(rb"\r\n(\d+-\d+)\r\n", data)
-            last = ids[-1] if ids else last
-        elif b"PING\r\n" in data:
-            s.sendall(b"PONG\r\n")
-    os.write(w, " ".join(map(str, seen)).encode())
+    try:
+        while len(seen) < n:
+            if kind == "redis":
+                s.sendall(resp(b"XREAD", b"BLOCK", b"5000", b"STREAMS", key, last))
+            data = s.recv(1 << 20)
+            now = time.monotonic_ns()
+            if not data:
+                break
+            data, tail = tail + data, data[-64:]
+            for m in stamp.findall(data):
+                seen.setdefault(int(m), now - int(m))
+            if kind == "redis":
+                ids = re.findall(rb"\r\n(\d+-\d+)\r\n", data)  # in order: the last is the newest whole one
+                last = ids[-1] if ids else last
+            elif b"PING\r\n" in data:
+                s.sendall(b"PONG\r\n")
+    except OSError:
+        pass
+    os.write(w, " ".join(map(str, seen.values())).encode())
     os._exit(0)
 os.close(w)
 os.read(r, 1)
@@ -500,8 +518,9 @@ sys.stdout.write(out.decode())
 
 def raw_floor(redis_port: int, nats_port: int, n: int = 300, gap_s: float = 0.01) -> dict:
     """The machine's floor with no client library at all: raw sockets on both sides, one line at a time."""
-    out = {}
-    for kind, port, key in (("redis", redis_port, "kdsignal:raw-floor"), ("nats", nats_port, "kdsignal.raw-floor")):
+    out, fresh = {}, time.time_ns()  # a key nobody wrote before: the consumer reads it from its start
+    for kind, port, key in (("redis", redis_port, f"kdsignal:raw-floor-{fresh}"),
+                            ("nats", nats_port, f"kdsignal.raw-floor-{fresh}")):
         done = subprocess.run([sys.executable, "-c", _RAW_FLOOR, kind, str(port), str(n), str(gap_s), key],
                               check=True, timeout=120, capture_output=True)
         out[kind] = _summary([int(x) for x in done.stdout.split()], n)
@@ -567,7 +586,9 @@ def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbo
         fake.close()
     hz = os.sysconf("SC_CLK_TCK")
     out.update({"variant": name, "symbols": symbols, "bar_s": bar_s,
-                "others_cpu_percent": {k: round(100.0 * (ticks1[k] - ticks0[k]) / hz / (t1 - t0), 1) for k in others}})
+                # A process that ended inside the window counts 0, not a negative share.
+                "others_cpu_percent": {k: round(max(0.0, 100.0 * (ticks1[k] - ticks0[k]) / hz / (t1 - t0)), 1)
+                                       for k in others}})
     if consumers is not None:
         time.sleep(1.0)  # lines written at the end of the window are still on their way to the consumers
         stamps = {}
@@ -579,6 +600,10 @@ def run_variant(workdir: Path, artifact: Path, name: str, sinks_toml: str, symbo
 
 
 OWN_CPU = "daemon on a CPU of its own"
+
+
+def _result_name(text: str) -> str:
+    return text.replace("+", "_").replace(", ", "_").replace(" ", "_")
 
 
 @contextlib.contextmanager
@@ -638,7 +663,7 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
         why = "redis-server or nats-server is not installed (Debian packages of the same names)"
     if why is not None:
         return {"variants": [], "skipped": [{"name": "sinks", "reason": why}]}
-    rows, skipped, floor_row = [], [], None
+    rows, skipped, floor_row = [], [], {}
     artifact = Path(artifact_path)
     allowed = sorted(os.sched_getaffinity(0))
 
@@ -652,13 +677,14 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
     with tempfile.TemporaryDirectory(prefix="kdsignal-bench-sinks-") as tmp:
         workdir = Path(tmp)
         with _servers(workdir / "shared", redis_exe, nats_exe) as (redis, nats_):
-            try:
-                floor_row = floor(redis.port, nats_.port)
-                floor_row["pipe hop"] = pipe_hop()
-                floor_row.update({f"{k}, raw sockets": v for k, v in raw_floor(redis.port, nats_.port).items()})
-            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
-                floor_row = None
-                skipped.append({"name": "sinks_floor", "reason": str(e)[:300]})
+            floor_row = {}
+            for kind, measure in (("client library", lambda: floor(redis.port, nats_.port)),
+                                  ("raw sockets", lambda: raw_floor(redis.port, nats_.port)),
+                                  ("pipe", lambda: {"pipe hop": pipe_hop()})):
+                try:
+                    floor_row[kind] = measure()
+                except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as e:
+                    skipped.append({"name": f"sinks_floor_{kind}", "reason": str(e)[:300]})
             plan = core_plan(redis, nats_)
             # Smaller bursts: how soon a consumer sees a line depends on how many lines a burst holds.
             live = sink_tables(redis.port, nats_.port)
@@ -676,11 +702,11 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
                 _run_plan(plan, workdir, artifact, redis, nats_, duration_s, "own CPU", rows, skipped)
     results = []
     for r in rows:
-        key = r["variant"].replace("+", "_").replace(", ", "_").replace(" ", "_")
+        key = _result_name(r["variant"])
         results.append({"name": f"sinks_tick_to_signal_{key}", "p50_us": r["p50_us"], "p99_us": r["p99_us"],
                         "n": r["live_samples"], "signals_per_s": r["signals_per_s"]})
         for sink, c in (r.get("consumer") or {}).items():
-            results.append({"name": f"sinks_consumer_after_stdout_{sink}", "p50_us": c["p50_us"],
+            results.append({"name": f"sinks_consumer_after_stdout_{key}_{sink}", "p50_us": c["p50_us"],
                             "p99_us": c["p99_us"], "n": c["n"]})
     ratios = []
     for series in ("shared", "own CPU"):
@@ -692,8 +718,10 @@ def run(artifact_path: Path | None, duration_s: float = DURATION_S) -> dict:
             if r is not base and r["p99_us"]:
                 ratios.append({"name": f"sinks p99 {r['variant']} / {base['variant']}",
                                "ratio": round(r["p99_us"] / base["p99_us"], 3)})
-    for sink, c in (floor_row or {}).items():
-        results.append({"name": f"sinks_floor_{sink}", "p50_us": c["p50_us"], "p99_us": c["p99_us"], "n": c["n"]})
+    for kind, by_consumer in floor_row.items():
+        for consumer, c in by_consumer.items():
+            results.append({"name": _result_name(f"sinks_floor_{kind}_{consumer}"), "p50_us": c["p50_us"],
+                            "p99_us": c["p99_us"], "n": c["n"]})
     return {"variants": rows, "floor": floor_row, "results": results, "ratios": ratios, "skipped": skipped,
             "settings": {"issue_level": list(ISSUE_LEVEL), "small_bursts": [list(x) for x in SMALL_BURSTS],
                          "duration_s": duration_s, "cpus": format_cpu_list(allowed)}}

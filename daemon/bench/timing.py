@@ -205,19 +205,21 @@ def machine_info() -> dict:
 
 
 CPU_DMA_LATENCY = "/dev/cpu_dma_latency"
+MAX_CPU_LATENCY_US = 2_000_000_000  # the kernel's default, which means no limit
 
 
 def cpu_dma_latency_us() -> int | None:
     """The CPU wake-up latency the kernel is asked to keep (PM QoS, in us), None where it cannot be read.
 
-    Idle CPUs sleep deeper when this is large (the default, 2000 s: no limit), and waking one takes longer:
-    on a virtual machine, hundreds of microseconds. Every process-to-process hop of the sinks pays it.
+    Idle CPUs sleep deeper when this is large (the default: no limit), and waking one takes longer, more so
+    on a virtual machine. Every process-to-process hop of the sinks pays it.
     """
     try:
         with open(CPU_DMA_LATENCY, "rb") as f:
-            return int.from_bytes(f.read(4), "little", signed=True)
+            raw = f.read(4)
     except OSError:
         return None
+    return int.from_bytes(raw, sys.byteorder, signed=True) if len(raw) == 4 else None
 
 
 class HoldCpuLatency:
@@ -230,7 +232,7 @@ class HoldCpuLatency:
     def __enter__(self) -> HoldCpuLatency:
         try:
             self._fd = os.open(CPU_DMA_LATENCY, os.O_WRONLY)
-            os.write(self._fd, int(self.us).to_bytes(4, "little", signed=True))
+            os.write(self._fd, int(self.us).to_bytes(4, sys.byteorder, signed=True))
         except OSError as e:
             if self._fd >= 0:
                 os.close(self._fd)

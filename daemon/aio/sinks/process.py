@@ -31,6 +31,7 @@ import structlog
 from daemon.aio.sinks import SinkGroup
 from daemon.aio.sinks.worker import encode_init
 from daemon.core.config import BackoffConfig, Config
+from daemon.core.cpus import format_cpu_list
 from daemon.core.sinks_config import SinkConfig, read_secret
 
 __all__ = ["RemoteSink", "SinkProcess"]
@@ -112,7 +113,7 @@ class SinkProcess(SinkGroup):
                  argv: list[str] | None = None, pipe_bytes: int = PIPE_BYTES,
                  cpus: frozenset[int] | None = None) -> None:
         self.configs, self._secrets = list(configs), list(secrets)
-        self.cpus = cpus  # where the process pins itself ([cpu], daemon.core.cpus); None: where it starts
+        self.cpus = cpus  # where the process runs ([cpu], daemon.core.cpus); None: where the daemon runs
         self.backoff = backoff or BackoffConfig()
         self.log = (log or structlog.get_logger("kdsignal")).bind(component="sinks")
         self.drain_s = drain_s
@@ -206,8 +207,14 @@ class SinkProcess(SinkGroup):
             raise
         os.close(r)
         os.close(sw)
+        if self.cpus:
+            # From here, at once: the child's interpreter start and imports run off the daemon's CPU too.
+            try:
+                os.sched_setaffinity(self.proc.pid, self.cpus)
+            except OSError as exc:  # costs latency, not signals: it runs where the daemon runs
+                self.log.warning("sink_cpus_refused", cpus=format_cpu_list(self.cpus), error=exc.strerror or str(exc))
         # Written before any line, while the pipe is empty: the description always fits.
-        init = memoryview(encode_init(self.configs, self._secrets, self.backoff, self.drain_s, self.cpus))
+        init = memoryview(encode_init(self.configs, self._secrets, self.backoff, self.drain_s))
         while init:
             init = init[os.write(w, init):]
         os.set_blocking(w, False)

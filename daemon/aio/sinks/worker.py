@@ -39,24 +39,10 @@ _PR_SET_PDEATHSIG = 1
 _LINE_MAX_BYTES = 1 << 20  # a "line" longer than this without a newline is garbage: dropped
 
 
-def encode_init(configs, secrets, backoff, drain_s: float, cpus=None) -> bytes:
-    """The first line the daemon writes to the sink process: sink tables, their secrets, backoff, drain time
-    and the CPUs to run on (None: where it started)."""
+def encode_init(configs, secrets, backoff, drain_s: float) -> bytes:
+    """The first line the daemon writes to the sink process: sink tables, their secrets, backoff, drain time."""
     sinks = [{"config": asdict(c), "secret": s} for c, s in zip(configs, secrets, strict=True)]
-    return json.dumps({"sinks": sinks, "backoff": asdict(backoff), "drain_s": drain_s,
-                       "cpus": sorted(cpus) if cpus else None}).encode() + b"\n"
-
-
-def _pin(cpus, log) -> None:
-    # The daemon checked the list and pinned itself first; a refusal here (a seccomp filter, a cpuset
-    # that changed) leaves this process where it started, which costs latency, not signals: logged.
-    if not cpus:
-        return
-    try:
-        os.sched_setaffinity(0, {int(c) for c in cpus})
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("sink_cpus_refused", cpus=str(cpus)[:200], error=str(exc)[:200],
-                    running_on=sorted(os.sched_getaffinity(0)))
+    return json.dumps({"sinks": sinks, "backoff": asdict(backoff), "drain_s": drain_s}).encode() + b"\n"
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -70,7 +56,7 @@ def _die_with_parent(parent_pid: int | None) -> None:
 def _batch_scheduling() -> None:
     # SCHED_BATCH: woken by a line, this process does not preempt the daemon that wrote it (the kernel skips
     # wake-up preemption for batch tasks), so the daemon finishes its burst first. A seccomp filter that
-    # refuses sched_setscheduler (the shipped unit's ~@resources) leaves the normal policy: no harm.
+    # refuses sched_setscheduler (~@resources; the shipped units allow it back) leaves the normal policy.
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
@@ -186,7 +172,6 @@ async def serve(init: dict, in_fd: int = 0, out_fd: int = 1, rest: bytes = b"") 
 
     pipe = StatusPipe(out_fd)
     log = PipeLog(pipe.send)
-    _pin(init.get("cpus"), log)
     backoff = BackoffConfig(**init["backoff"])
     sinks = SinkSet(build_sink(KINDS[d["config"]["kind"]](**d["config"]), secret=d["secret"], backoff=backoff,
                                log=log) for d in init["sinks"])
