@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.core.config import ConfigError, parse_config
-from daemon.core.cpus import MAX_CPU, apply_cpu_config, format_cpu_list, parse_cpu_list, sink_cpus
+from daemon.core.cpus import MAX_CPU, format_cpu_list, parse_cpu_list, sink_cpus
+from daemon.ops.affinity import apply_cpu_config
 from daemon.tools.fake_bybit import FakeBybit
 from tests.support import (
     OPEN_INDEX,

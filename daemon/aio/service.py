@@ -38,7 +38,7 @@ from daemon.aio.rest import RestClient, RestError
 from daemon.aio.sinks.process import SinkProcess
 from daemon.core.artifact import ArtifactError
 from daemon.core.config import Config, ConfigError, load_config
-from daemon.core.cpus import apply_cpu_config, format_cpu_list
+from daemon.core.cpus import format_cpu_list
 from daemon.core.exitcodes import EXIT_CONFIG, EXIT_OK
 from daemon.core.model import Model
 from daemon.core.parser import KlineFrame, kline_topic
@@ -55,6 +55,7 @@ from daemon.core.pipeline import (
 from daemon.core.policy import Policy
 from daemon.core.policy import resolve as resolve_policy
 from daemon.ops import early_signals
+from daemon.ops.affinity import apply_cpu_config
 from daemon.ops.early_signals import EarlySignals
 from daemon.ops.files import remove_pid_file, write_pid_file
 from daemon.ops.status import ServiceStatus

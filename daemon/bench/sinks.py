@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.core.cpus import apply_cpu_config, format_cpu_list
+from daemon.core.cpus import format_cpu_list
+from daemon.ops.affinity import apply_cpu_config
 
 __all__ = ["Consumers", "ServerProcess", "find_binary", "free_port", "nats_argv", "redis_argv", "run"]
 
