@@ -626,7 +626,7 @@ def _servers(workdir: Path, redis_exe: str, nats_exe: str):
 
 @contextlib.contextmanager
 def _running_on(cpus: set[int]):
-    """This process (and every process it starts meanwhile) on ``cpus``; as before afterwards."""
+    """The calling thread, and every process it starts meanwhile, on ``cpus``; as before afterwards."""
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, cpus)
     try:
