@@ -13,7 +13,8 @@ import pytest
 
 from daemon.core.artifact import load_artifact
 from daemon.core.kernel_store import KERNEL_DIR_ENV
-from tests.support import DATA, load_csv, redis_server, write_random_artifact
+from daemon.tools.fake_bybit import FakeBybit
+from tests.support import DATA, OPEN_INDEX, SINK_SYMBOLS, load_csv, redis_server, sample_rows, write_random_artifact
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +82,14 @@ def redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+_SINK_ROWS = sample_rows(SINK_SYMBOLS, OPEN_INDEX + 80)
+
+
+@pytest.fixture
+async def fake():
+    """The fake exchange with real BTCUSDT and ETHUSDT bars (the sink tests'; a file needing other bars
+    defines its own ``fake``, which wins)."""
+    async with FakeBybit(_SINK_ROWS, "5", start_index=OPEN_INDEX) as f:
+        yield f

@@ -481,6 +481,15 @@ class NotifyReceiver:
 
 
 # ---------------------------------------------------------------- sinks: real servers, a webhook receiver
+SINK_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+SINK_STREAM = "kdsignal:signals"
+
+
+def redis_sink_table(port: int, **extra) -> dict:
+    """A ``[[sink]]`` table for a Redis stream on ``port``."""
+    return {"kind": "redis", "url": f"redis://127.0.0.1:{port}/0", "stream": SINK_STREAM, **extra}
+
+
 def binary(name: str, package: str) -> str:
     """The path of ``name``, or skip the test saying which Debian package provides it."""
     path = find_binary(name)
@@ -561,7 +570,7 @@ class SinkDaemon(InProcessDaemon):
         return next(s for s in self.service.sinks.sinks if s.name == name)
 
 
-async def redis_stream_lines(port: int, stream: str = "kdsignal:signals") -> list[bytes]:
+async def redis_stream_lines(port: int, stream: str = SINK_STREAM) -> list[bytes]:
     """Every entry's ``line`` field in a Redis stream on 127.0.0.1:port, oldest first."""
     from redis.asyncio import Redis
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import nats
 import pytest
 
-from daemon.tools.fake_bybit import FakeBybit
-from tests.support import OPEN_INDEX, SinkDaemon, metric_value, nats_server, sample_rows, wait_for
+from tests.support import SINK_SYMBOLS, SinkDaemon, metric_value, nats_server, wait_for
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT")
-ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)
 SUBJECT = "kdsignal.signals"
 
 
@@ -21,13 +18,6 @@ def server(tmp_path):
     s.start()
     yield s
     s.stop()
-
-
-@pytest.fixture
-async def fake():
-    """The fake exchange with real BTCUSDT and ETHUSDT bars."""
-    async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:
-        yield f
 
 
 def table(port: int, **extra) -> dict:
@@ -65,7 +55,7 @@ async def test_core_publish_every_line_once_in_order(server, fake, random_artifa
     await nc.subscribe(SUBJECT, cb=on_msg)
     await nc.flush()
     try:
-        async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[table(server.port)]) as d:
+        async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[table(server.port)]) as d:
             sink = d.sink_named("nats")
             await fake.step(6)
             await wait_for(lambda: len(got) == 12 and sink.sent == 12, "12 messages received, 12 reported sent")
@@ -79,7 +69,7 @@ async def test_core_publish_every_line_once_in_order(server, fake, random_artifa
 async def test_jetstream_acks_every_line(server, fake, random_artifact):
     """With ``jetstream = true`` every line is stored in the stream once, in order (each publish acked)."""
     await add_stream(server.port)
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[table(server.port, jetstream=True)]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[table(server.port, jetstream=True)]) as d:
         sink = d.sink_named("nats")
         await fake.step(6)
         await wait_for(lambda: len(d.raw_lines) == 12 and sink.sent == 12, "12 lines acked")
@@ -88,7 +78,7 @@ async def test_jetstream_acks_every_line(server, fake, random_artifact):
 
 async def test_jetstream_without_a_stream_is_an_error_not_a_loss(server, fake, random_artifact):
     """Publishing to a subject no stream captures keeps the lines queued and the sink down, saying why."""
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[table(server.port, jetstream=True)]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[table(server.port, jetstream=True)]) as d:
         sink = d.sink_named("nats")
         await fake.step(1)
         await wait_for(lambda: sink.errors >= 1 and not sink.up, "the sink reporting the missing stream")
@@ -103,7 +93,7 @@ async def test_server_killed_and_restarted(server, fake, random_artifact):
     queued lines and every later one are stored once, in order."""
     await add_stream(server.port)
     sinks = [table(server.port, jetstream=True, queue_size=3, timeout_s=1.0)]
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=sinks) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=sinks) as d:
         sink = d.sink_named("nats")
         for n in (2, 4):
             await fake.step(1)

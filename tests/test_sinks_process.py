@@ -11,10 +11,12 @@ from daemon.aio.sinks.worker import LineReader
 from daemon.tools.fake_bybit import FakeBybit
 from tests.support import (
     OPEN_INDEX,
+    SINK_SYMBOLS,
     Proc,
     SinkDaemon,
     log_events,
     metric_value,
+    redis_sink_table,
     redis_stream_lines,
     sample_rows,
     wait_for,
@@ -22,22 +24,6 @@ from tests.support import (
     write_config,
     write_random_artifact,
 )
-
-SYMBOLS = ("BTCUSDT", "ETHUSDT")
-ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 80)
-STREAM = "kdsignal:signals"
-
-
-@pytest.fixture
-async def fake():
-    """The fake exchange with real BTCUSDT and ETHUSDT bars."""
-    async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:
-        yield f
-
-
-def sink_table(port: int) -> dict:
-    return {"kind": "redis", "url": f"redis://127.0.0.1:{port}/0", "stream": STREAM}
-
 
 
 def gone(pid: int) -> bool:
@@ -71,7 +57,7 @@ def test_line_reader_joins_lines_split_across_reads():
 async def test_killed_sink_process_is_restarted_and_counts_what_it_lost(redis, fake, random_artifact):
     """SIGKILL to the sink process mid-stream: stdout goes on, another process starts, every line is either
     delivered (in order) or counted as dropped, and lines after the restart arrive."""
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[redis_sink_table(redis.port)]) as d:
         sinks, sink = d.service.sinks, d.sink_named("redis")
         await fake.step(2)
         await wait_for(lambda: sink.sent == 4, "4 lines sent")
@@ -97,7 +83,7 @@ async def test_killed_sink_process_is_restarted_and_counts_what_it_lost(redis, f
 async def test_full_pipe_drops_and_counts_stdout_unaffected(redis, fake, random_artifact):
     """A stopped sink process fills its pipe: stdout gets every line, the rest are dropped and counted, and
     once it runs again it delivers what the pipe held, then new lines."""
-    d = SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)])
+    d = SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[redis_sink_table(redis.port)])
     d.service.sinks.pipe_bytes = 8192  # a few dozen lines fill it
     async with d:
         sinks, sink = d.service.sinks, d.sink_named("redis")
@@ -145,7 +131,7 @@ async def test_no_orphan_after_the_daemon_exits(tmp_path, sig):
 
 async def test_clean_stop_delivers_what_stdout_got(redis, fake, random_artifact):
     """Stopping right after stdout got its lines: the sink process drains before it exits, nothing is lost."""
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[redis_sink_table(redis.port)]) as d:
         sinks = d.service.sinks
         await fake.step(20)
         await wait_for(lambda: len(d.raw_lines) == 40, "40 lines on stdout")

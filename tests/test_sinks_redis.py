@@ -7,34 +7,26 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from daemon.tools.fake_bybit import FakeBybit
-from tests.support import OPEN_INDEX, SinkDaemon, metric_value, redis_server, redis_stream_lines, sample_rows, wait_for
-
-SYMBOLS = ("BTCUSDT", "ETHUSDT")
-ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)
-STREAM = "kdsignal:signals"
-
-
-@pytest.fixture
-async def fake():
-    """The fake exchange with real BTCUSDT and ETHUSDT bars."""
-    async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:
-        yield f
-
-
-
-def sink_table(port: int, **extra) -> dict:
-    return {"kind": "redis", "url": f"redis://127.0.0.1:{port}/0", "stream": STREAM, **extra}
+from tests.support import (
+    SINK_STREAM,
+    SINK_SYMBOLS,
+    SinkDaemon,
+    metric_value,
+    redis_server,
+    redis_sink_table,
+    redis_stream_lines,
+    wait_for,
+)
 
 
 async def test_every_line_once_in_order(redis, fake, random_artifact):
     """Each stdout line becomes one stream entry whose ``line`` field is that line, in stdout order."""
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[redis_sink_table(redis.port)]) as d:
         sink = d.sink_named("redis")
         await fake.step(6)
         await wait_for(lambda: len(d.raw_lines) == 12 and sink.sent == 12, "12 lines sent")
         assert await redis_stream_lines(redis.port) == d.raw_lines
-        assert json.loads(d.raw_lines[0])["symbol"] in SYMBOLS
+        assert json.loads(d.raw_lines[0])["symbol"] in SINK_SYMBOLS
         text = d.service.supervision.metrics.render().decode()
         assert metric_value(text, "kdsignal_sink_sent_total", sink="redis", kind="redis") == 12
         assert metric_value(text, "kdsignal_sink_dropped_total", sink="redis", kind="redis") == 0
@@ -47,7 +39,7 @@ async def test_every_line_once_in_order(redis, fake, random_artifact):
 
 async def test_maxlen_trims_approximately(redis, fake, random_artifact):
     """``maxlen`` keeps the stream near that length (MAXLEN ~), newest entries kept."""
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port, maxlen=1)]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[redis_sink_table(redis.port, maxlen=1)]) as d:
         sink = d.sink_named("redis")
         await fake.step(30)
         await wait_for(lambda: len(d.raw_lines) == 60 and sink.sent == 60, "60 lines sent")
@@ -58,8 +50,8 @@ async def test_maxlen_trims_approximately(redis, fake, random_artifact):
 
 async def test_server_killed_and_restarted(redis, fake, random_artifact):
     """While Redis is dead stdout goes on and a full queue drops; after a restart the sink resumes by itself."""
-    table = sink_table(redis.port, queue_size=3, timeout_s=1.0)
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[table]) as d:
+    table = redis_sink_table(redis.port, queue_size=3, timeout_s=1.0)
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[table]) as d:
         sink = d.sink_named("redis")
         for n in (2, 4):  # a bar at a time: a burst of 2 lines must not meet a full queue of 3 yet
             await fake.step(1)
@@ -94,7 +86,7 @@ async def test_password_from_environment(tmp_path, fake, random_artifact):
     server.argv += ["--requirepass", "s3cret-pw"]
     server.start()
     try:
-        table = sink_table(server.port, password_env="KDSIGNAL_TEST_REDIS_PW")
+        table = redis_sink_table(server.port, password_env="KDSIGNAL_TEST_REDIS_PW")
         async with SinkDaemon(fake, random_artifact, ("BTCUSDT",), sinks=[table],
                               environ={"KDSIGNAL_TEST_REDIS_PW": "s3cret-pw"}) as d:
             sink = d.sink_named("redis")
@@ -102,7 +94,7 @@ async def test_password_from_environment(tmp_path, fake, random_artifact):
             await wait_for(lambda: sink.sent == 2, "2 lines sent")
             client = Redis(host="127.0.0.1", port=server.port, password="s3cret-pw")
             try:
-                assert [f[b"line"] for _, f in await client.xrange(STREAM)] == d.raw_lines
+                assert [f[b"line"] for _, f in await client.xrange(SINK_STREAM)] == d.raw_lines
             finally:
                 await client.aclose()
     finally:
@@ -113,14 +105,14 @@ async def test_error_reply_keeps_the_lines(redis, fake, random_artifact):
     """A stream key holding another type fails the batch with Redis's reason; once fixed, every line arrives in
     order."""
     client = Redis(host="127.0.0.1", port=redis.port)
-    await client.set(STREAM, "not a stream")
+    await client.set(SINK_STREAM, "not a stream")
     try:
-        async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[sink_table(redis.port)]) as d:
+        async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[redis_sink_table(redis.port)]) as d:
             sink = d.sink_named("redis")
             await fake.step(2)
             await wait_for(lambda: sink.errors >= 1 and not sink.up, "the error reply")
             assert "WRONGTYPE" in sink.last_error and sink.sent == 0 and sink.queued == 4
-            await client.delete(STREAM)
+            await client.delete(SINK_STREAM)
             await wait_for(lambda: sink.up and sink.sent == 4, "the 4 lines after the key was removed")
             assert await redis_stream_lines(redis.port) == d.raw_lines
     finally:

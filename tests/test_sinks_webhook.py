@@ -7,18 +7,14 @@ import hmac
 
 import pytest
 
-from daemon.tools.fake_bybit import FakeBybit
-from tests.support import OPEN_INDEX, SinkDaemon, WebhookReceiver, free_port, metric_value, sample_rows, wait_for
-
-SYMBOLS = ("BTCUSDT", "ETHUSDT")
-ROWS = sample_rows(SYMBOLS, OPEN_INDEX + 40)
-
-
-@pytest.fixture
-async def fake():
-    """The fake exchange with real BTCUSDT and ETHUSDT bars."""
-    async with FakeBybit(ROWS, "5", start_index=OPEN_INDEX) as f:
-        yield f
+from tests.support import (
+    SINK_SYMBOLS,
+    SinkDaemon,
+    WebhookReceiver,
+    free_port,
+    metric_value,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -34,7 +30,7 @@ async def test_every_line_posted_once_and_signed(receiver, fake, random_artifact
     (tmp_path / "hook-key").write_text("k3y-from-systemd\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     sinks = [{"kind": "webhook", "url": receiver.url, "secret_file": "hook-key"}]
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=sinks) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=sinks) as d:
         await fake.step(4)
         await wait_for(lambda: len(receiver.bodies) == 8, "8 POSTs")
         assert receiver.bodies == d.raw_lines
@@ -47,7 +43,7 @@ async def test_every_line_posted_once_and_signed(receiver, fake, random_artifact
 async def test_server_errors_are_retried_and_refusals_skipped(receiver, fake, random_artifact):
     """500 and 429 answers make the same line go again; a 400 skips that line, counted as rejected."""
     receiver.statuses[:] = [500, 429, 200, 400]
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=[{"kind": "webhook", "url": receiver.url}]) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=[{"kind": "webhook", "url": receiver.url}]) as d:
         sink = d.sink_named("webhook")
         await fake.step(3)
         await wait_for(lambda: sink.sent + sink.rejected == 6, "6 lines done")
@@ -63,7 +59,7 @@ async def test_dead_receiver_costs_stdout_nothing(fake, random_artifact):
     """With nobody listening, every line still reaches stdout; the sink queues, then drops and counts."""
     url = f"http://127.0.0.1:{free_port()}/hook"
     sinks = [{"kind": "webhook", "url": url, "queue_size": 2, "timeout_s": 1.0}]
-    async with SinkDaemon(fake, random_artifact, SYMBOLS, sinks=sinks) as d:
+    async with SinkDaemon(fake, random_artifact, SINK_SYMBOLS, sinks=sinks) as d:
         sink = d.sink_named("webhook")
         await fake.step(5)
         # The sink process reports a few times a second: wait for the report that has seen all 10 lines.

@@ -29,7 +29,7 @@ import time
 import structlog
 
 from daemon.aio.sinks import SinkGroup
-from daemon.aio.sinks.worker import encode_init
+from daemon.aio.sinks.worker import LineReader, encode_init
 from daemon.core.config import BackoffConfig, Config
 from daemon.core.cpus import format_cpu_list
 from daemon.core.sinks_config import SinkConfig, read_secret
@@ -39,7 +39,6 @@ __all__ = ["RemoteSink", "SinkProcess"]
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the fcntl module only from Python 3.10 on some builds
 PIPE_BYTES = 1 << 20  # the unprivileged maximum (/proc/sys/fs/pipe-max-size) by default
 _COUNTERS = ("sent", "dropped", "errors", "rejected", "connects")
-_STATUS_MAX_BYTES = 1 << 20
 # A process that ran this long before dying starts again after the first backoff delay, not a longer one.
 _HEALTHY_RUN_S = 30.0
 
@@ -129,7 +128,6 @@ class SinkProcess(SinkGroup):
         self.proc: subprocess.Popen | None = None
         self._fd = -1
         self._status_fd = -1
-        self._status_buf = bytearray()
         self._tail = b""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ended: asyncio.Event | None = None
@@ -222,37 +220,23 @@ class SinkProcess(SinkGroup):
         self._fd, self._status_fd = w, sr
         self.written = self.received = 0
         self._ended = asyncio.Event()
-        loop.add_reader(sr, self._on_status)
+        # The status pipe is read as the sink process reads its line pipe: whole lines, a runaway one dropped.
+        loop.add_reader(sr, LineReader(sr, self._on_status_line, self._on_status_eof).on_readable)
         self.log.info("sink_process_started", pid=self.proc.pid, sinks=[s.name for s in self.sinks],
                       restarts=self.restarts)
 
-    def _on_status(self) -> None:
+    def _on_status_eof(self) -> None:
+        # The process closed its end: it has exited (or is about to).
+        self._loop.remove_reader(self._status_fd)
+        self._ended.set()
+
+    def _on_status_line(self, raw: bytes) -> None:
         try:
-            data = os.read(self._status_fd, 1 << 16)
-        except BlockingIOError:
+            msg = json.loads(raw)
+        except ValueError:
             return
-        except OSError:
-            data = b""
-        if not data:  # the process closed its end: it has exited (or is about to)
-            self._loop.remove_reader(self._status_fd)
-            self._ended.set()
-            return
-        buf = self._status_buf
-        buf += data
-        end = buf.rfind(b"\n")
-        if end < 0:
-            if len(buf) > _STATUS_MAX_BYTES:
-                buf.clear()
-            return
-        chunk = bytes(buf[:end])
-        del buf[:end + 1]
-        for raw in chunk.split(b"\n"):
-            try:
-                msg = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(msg, dict):
-                self._handle(msg)
+        if isinstance(msg, dict):
+            self._handle(msg)
 
     def _handle(self, msg: dict) -> None:
         kind = msg.pop("t", None)
@@ -282,7 +266,6 @@ class SinkProcess(SinkGroup):
                 loop.remove_reader(self._status_fd)
             os.close(self._status_fd)
             self._status_fd = -1
-        self._status_buf.clear()
 
     async def _reap(self, timeout_s: float) -> int | None:
         proc = self.proc
